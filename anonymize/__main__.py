@@ -1,0 +1,3 @@
+from anonymize.cli import main
+
+main()
