@@ -1,0 +1,177 @@
+"""``anonymize run``: anonymize a folder of images into a mirrored output folder."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from anonymize.cli import app
+from anonymize.cli.console import console, fail, stdout
+from anonymize.faces.detect import DETECTORS
+from anonymize.methods import METHODS, MethodError
+from anonymize.pipeline import Progress as PipelineProgress
+from anonymize.pipeline import RunConfig, RunError, RunSummary, default_output_dir, run
+from anonymize.weights import WeightsError
+
+MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
+DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
+
+
+class OnNoFace(str, Enum):
+    copy = "copy"
+    skip = "skip"
+    fail = "fail"
+
+
+class OnError(str, Enum):
+    skip = "skip"
+    fail = "fail"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Region(str, Enum):
+    ellipse = "ellipse"
+    hull = "hull"
+
+
+class RichProgress(PipelineProgress):
+    """A progress bar with images/s and the number of faces found."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.faces = 0
+        self.quiet = quiet
+        self.bar = Progress(
+            TextColumn("[bold]anonymizing"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]} img/s"), TextColumn("{task.fields[faces]} faces"),
+            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False,
+        )
+        self.task = None
+
+    def __enter__(self) -> RichProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)
+
+    def start(self, total: int) -> None:
+        self.task = self.bar.add_task("run", total=total, faces=0, rate="-")
+
+    def advance(self, faces: int) -> None:
+        self.faces += faces
+        self.bar.advance(self.task, 1)
+        task = self.bar.tasks[0]
+        rate = f"{task.completed / task.elapsed:.1f}" if task.elapsed else "-"
+        self.bar.update(self.task, faces=self.faces, rate=rate)
+
+    def message(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.console.print(f"[yellow]skipped:[/] {text}", soft_wrap=True)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(f"--option {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def _print_summary(summary: RunSummary) -> None:
+    table = Table(title="dry run (nothing written)" if summary.dry_run else "anonymize run", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("images", str(summary.images))
+    table.add_row("faces", str(summary.faces))
+    table.add_row("no-face images", str(summary.no_face_images))
+    table.add_row("errors", str(summary.errors))
+    table.add_row("resumed (already done)", str(summary.resumed))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    console.print(table)
+    if not summary.dry_run:
+        console.print(f"output:   {summary.output_dir}", soft_wrap=True)
+        console.print(f"manifest: {summary.manifest_path}", soft_wrap=True)
+
+
+@app.command("run")
+def run_command(
+    input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: <input>-anonymized beside the input]."),
+    method: MethodName = typer.Option("falco", help="Anonymization method."),
+    margin: float = typer.Option(0.0, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original."),
+    option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
+    detector: DetectorName = typer.Option("retinaface", help="Face detector."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder [default: ~/.cache/anonymize]."),
+    aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned face crops (CelebA, FFHQ): no detection."),
+    min_face: int = typer.Option(0, min=0, help="Ignore faces smaller than this many pixels."),
+    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold [default: per detector]."),
+    on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
+    on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images an earlier run finished (same source hash)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Forget earlier runs into this output and redo everything."),
+    batch_size: str = typer.Option("auto", help="Faces per method batch, or auto."),
+    device: Device = typer.Option("auto", help="Where models run."),
+    seed: int = typer.Option(0, help="Seed for every random choice."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Process at most N images."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, report, write nothing."),
+    jpeg_quality: int = typer.Option(95, min=1, max=100, help="JPEG output quality."),
+    region: Region = typer.Option("ellipse", help="Face region pasted back: an ellipse or the landmark hull."),
+    region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
+    identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
+    manifest: Optional[Path] = typer.Option(None, help="Manifest path [default: <out>/manifest.parquet]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
+) -> None:
+    """Detect, align and anonymize every face under INPUT_DIR; write a mirrored tree and a Parquet manifest."""
+    if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
+        fail(f"--batch-size {batch_size!r}: expected a positive integer or auto")
+    config = RunConfig(
+        input_dir=input_dir,
+        output_dir=out if out is not None else default_output_dir(input_dir),
+        method=method.value,
+        method_options=_parse_options(option),
+        margin=margin,
+        detector=detector.value,
+        weights_dir=weights_dir,
+        aligned=aligned,
+        min_face=min_face,
+        det_threshold=det_threshold,
+        on_no_face=on_no_face.value,
+        on_error=on_error.value,
+        resume=resume,
+        overwrite=overwrite,
+        batch_size=None if batch_size == "auto" else int(batch_size),
+        device=device.value,
+        seed=seed,
+        limit=limit,
+        dry_run=dry_run,
+        jpeg_quality=jpeg_quality,
+        region=region.value,
+        region_scale=region_scale,
+        identity_metric=identity_metric,
+        manifest_path=manifest,
+    )
+    try:
+        with RichProgress(quiet or as_json) as progress:
+            summary = run(config, progress)
+    except (RunError, MethodError, WeightsError) as exc:
+        fail(str(exc))
+    if as_json:
+        stdout.print_json(json.dumps(summary.as_dict()))
+    elif not quiet:
+        _print_summary(summary)
+    if on_error == OnError.fail and summary.errors:
+        raise typer.Exit(1)

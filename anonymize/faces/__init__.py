@@ -1,0 +1,1 @@
+"""Finding faces, aligning them to square crops, and pasting anonymized crops back."""

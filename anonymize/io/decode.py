@@ -1,0 +1,323 @@
+"""Decode any supported image file into plain 8-bit RGB pixels, or fail with a one-line reason.
+
+Every failure a file's content can cause ends as :class:`ImageDecodeError`, so the pipeline can
+record an error row and carry on. Three rules matter for an anonymizer:
+
+* a partially decoded image is never accepted (Pillow's ``LOAD_TRUNCATED_IMAGES`` must stay
+  False and the pixels are fully loaded here): anonymizing the top half of a photo and writing it
+  out as if complete would be silent data loss;
+* the pixel limit is checked from the header, before any pixel is decoded. The plugin classes are
+  called directly instead of ``Image.open`` so that the limit is ours (configurable) rather than
+  Pillow's global ``MAX_IMAGE_PIXELS`` (which still applies inside a few plugins, e.g. tiled
+  TIFF, and is reported the same way);
+* the returned pixels are what a viewer shows: EXIF orientation applied, palette/CMYK/16-bit
+  converted, so faces are detected upright and the writer never needs the orientation tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    Image,
+    ImageCms,
+    ImageFile,
+    ImageOps,
+    JpegImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+    WebPImagePlugin,
+)
+
+from anonymize.io.walk import sniff_format_of_bytes
+
+DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) by default
+
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+
+_OPENERS: dict[str, Callable[[BinaryIO, str], ImageFile.ImageFile]] = {
+    "JPEG": JpegImagePlugin.jpeg_factory,  # returns an MpoImageFile for multi-picture JPEGs
+    "PNG": PngImagePlugin.PngImageFile,
+    "WEBP": WebPImagePlugin.WebPImageFile,
+    "BMP": BmpImagePlugin.BmpImageFile,
+    "TIFF": TiffImagePlugin.TiffImageFile,
+}
+
+# Signatures of image formats we recognise but do not process, for a clearer error message.
+_OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"GIF87a", "GIF"),
+    (0, b"GIF89a", "GIF"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (0, b"\xff\x0a", "JPEG XL"),
+    (0, b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (0, b"%PDF", "PDF"),
+)
+
+
+class ImageDecodeError(Exception):
+    """A file that cannot be decoded into a complete image; ``str(e)`` is ``"<name>: <cause>"`` on one line."""
+
+    def __init__(self, name: str, cause: str) -> None:
+        self.name = name
+        self.cause = cause
+        super().__init__(f"{name}: {cause}")
+
+
+@dataclass
+class DecodedImage:
+    """Fully decoded pixels plus what the writer needs to re-encode them like the source."""
+
+    rgb: np.ndarray  # H x W x 3 uint8, EXIF orientation already applied
+    alpha: np.ndarray | None  # H x W uint8 when the source had transparency
+    format: str  # "JPEG", "PNG", "WEBP", "BMP" or "TIFF"
+    mode: str  # source Pillow mode ("RGB", "L", "P", "CMYK", "I;16", "RGBA", ...)
+    icc_profile: bytes | None  # describes ``rgb`` (or its gray version); kept on write
+    webp_lossless: bool = False  # the source WebP was lossless (VP8L), so it is re-encoded losslessly
+
+    @property
+    def grayscale(self) -> bool:
+        """The source had no colour, so it is written back as grayscale."""
+        return self.mode in GRAYSCALE_MODES
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks (images can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None) -> DecodedImage:
+    """Decode ``path`` completely, or raise :class:`ImageDecodeError` naming it and the cause."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code; refusing to decode, "
+            "truncated images would be accepted as complete"
+        )
+    name = display_name if display_name is not None else str(path)
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageDecodeError(name, "not a regular file")
+        if info.st_size == 0:
+            raise ImageDecodeError(name, "empty file (0 bytes)")
+        handle = open(path, "rb")
+    except OSError as exc:
+        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    with handle:
+        try:
+            head = handle.read(4096)
+            handle.seek(0)
+        except OSError as exc:
+            raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
+        image_format = sniff_format_of_bytes(head)
+        if image_format is None:
+            raise ImageDecodeError(name, _describe_non_image(head))
+        decoded = _decode_stream(handle, os.fspath(path), image_format, max_pixels, name)
+        if image_format == "WEBP":
+            decoded.webp_lossless = _webp_is_lossless(handle)
+        return decoded
+
+
+def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixels: int, name: str) -> DecodedImage:
+    try:
+        image = _OPENERS[image_format](handle, filename)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(name, f"image too large: {_one_line(exc)}") from exc
+    except Exception as exc:  # plugins raise SyntaxError, struct.error, ValueError, OSError, ...
+        raise ImageDecodeError(name, f"corrupt {image_format} header ({_one_line(exc)})") from exc
+
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            name,
+            f"image too large: {width}x{height} pixels exceeds the {max_pixels}-pixel limit (decompression bomb?)",
+        )
+    if image_format in ("TIFF", "WEBP"):  # a JPEG's extra MPO pictures are previews: dropping them is wanted
+        try:
+            frames = getattr(image, "n_frames", 1)
+        except Exception as exc:
+            raise ImageDecodeError(name, f"corrupt {image_format} structure ({_one_line(exc)})") from exc
+        if frames > 1:
+            raise ImageDecodeError(name, f"multi-frame {image_format} ({frames} frames) is not supported")
+
+    mode = image.mode
+    icc_profile = image.info.get("icc_profile") or None
+    try:
+        image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(name, f"image too large: {_one_line(exc)}") from exc
+    except MemoryError as exc:
+        raise ImageDecodeError(name, f"not enough memory to decode a {width}x{height} image") from exc
+    except Exception as exc:
+        message = _one_line(exc)
+        if isinstance(exc, EOFError) or "truncated" in message.lower():
+            raise ImageDecodeError(name, f"truncated {image_format}") from exc
+        raise ImageDecodeError(name, f"corrupt {image_format} data ({message})") from exc
+
+    try:
+        upright = _apply_exif_orientation(image)
+        rgb, alpha, icc_profile = _to_rgb_and_alpha(upright, icc_profile)
+    except MemoryError as exc:
+        raise ImageDecodeError(name, f"not enough memory to convert a {width}x{height} image") from exc
+    except Exception as exc:
+        raise ImageDecodeError(name, f"cannot convert {mode} pixels to RGB ({_one_line(exc)})") from exc
+    return DecodedImage(
+        rgb=_writable(rgb),
+        alpha=None if alpha is None else _writable(alpha),
+        format=image_format,
+        mode=mode,
+        icc_profile=icc_profile,
+    )
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """Rotate/flip as the EXIF orientation says; an unreadable EXIF block means no rotation."""
+    try:
+        upright = ImageOps.exif_transpose(image)
+    except Exception:
+        return image
+    return upright if upright is not None else image
+
+
+def _to_rgb_and_alpha(image: Image.Image, icc_profile: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
+    """8-bit RGB (+ alpha) pixels and the ICC profile that still describes them (or None)."""
+    mode = image.mode
+    has_transparency_info = image.info.get("transparency") is not None
+    gray_profile = icc_profile if _icc_colour_space(icc_profile) == b"GRAY" else None
+    rgb_profile = icc_profile if _icc_colour_space(icc_profile) == b"RGB " else None
+
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        gray = _wide_gray_to_uint8(np.asarray(image), mode)
+        return _gray_to_rgb(gray), None, gray_profile
+    if mode in ("1", "L", "LA", "La"):
+        if mode in ("LA", "La") or has_transparency_info:
+            rgba = np.asarray(image.convert("RGBA"))
+            return _gray_to_rgb(rgba[..., 0]), np.ascontiguousarray(rgba[..., 3]), gray_profile
+        return _gray_to_rgb(np.asarray(image.convert("L"))), None, gray_profile
+    if mode == "CMYK":
+        return np.asarray(_cmyk_to_rgb(image, icc_profile)), None, None
+    if mode in ("HSV", "LAB"):  # Pillow's conversions from these to RGB are not colorimetric
+        raise ValueError("unsupported pixel mode")
+    if mode in _ALPHA_MODES or has_transparency_info:
+        rgba = np.asarray(image.convert("RGBA"))
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), rgb_profile
+    return np.asarray(image.convert("RGB")), None, rgb_profile
+
+
+def _writable(pixels: np.ndarray) -> np.ndarray:
+    """Arrays over Pillow buffers are read-only; callers paint faces in place, so own the memory."""
+    if pixels.flags.writeable and pixels.flags.c_contiguous:
+        return pixels
+    return np.array(pixels, order="C")
+
+
+def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+
+
+def _wide_gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Scale 16-bit (or 32-bit / float) gray to 8 bit over its full range, never clip."""
+    if mode in _SIXTEEN_BIT_MODES:
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if mode == "I":
+        low, high = int(values.min()), int(values.max())
+        if low >= 0 and high <= 65535:  # 16-bit data held in a 32-bit image (older PNG/TIFF paths)
+            return ((values.astype(np.int64) + 128) // 257).astype(np.uint8)
+        return _stretch_to_uint8(values.astype(np.float64), low, high)
+    finite = values.astype(np.float64)
+    finite = np.nan_to_num(finite, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(finite.min()), float(finite.max())
+    if low >= 0.0 and high <= 1.0:
+        return np.round(finite * 255.0).astype(np.uint8)
+    return _stretch_to_uint8(finite, low, high)
+
+
+def _stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _cmyk_to_rgb(image: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    """Colour-managed through the embedded CMYK profile when there is one, else Pillow's formula."""
+    if _icc_colour_space(icc_profile) == b"CMYK":
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            converted = ImageCms.profileToProfile(image, source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:
+                return converted
+        except Exception:  # a broken or unusual profile: fall back to the plain conversion
+            pass
+    return image.convert("RGB")
+
+
+def _icc_colour_space(icc_profile: bytes | None) -> bytes | None:
+    """The data colour space field of an ICC header (b"RGB ", b"GRAY", b"CMYK", ...)."""
+    if not icc_profile or len(icc_profile) < 20:
+        return None
+    return bytes(icc_profile[16:20])
+
+
+def _webp_is_lossless(handle: BinaryIO) -> bool:
+    """True when the WebP bitstream is VP8L (lossless) and there is no lossy VP8 chunk."""
+    try:
+        handle.seek(12)
+        lossless = False
+        while True:
+            header = handle.read(8)
+            if len(header) < 8:
+                return lossless
+            fourcc, size = header[:4], int.from_bytes(header[4:], "little")
+            if fourcc == b"VP8 ":
+                return False
+            if fourcc == b"VP8L":
+                lossless = True
+            handle.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return False
+
+
+def _describe_non_image(head: bytes) -> str:
+    for offset, signature, format_name in _OTHER_FORMATS:
+        if head[offset : offset + len(signature)] == signature:
+            return f"unsupported image format ({format_name})"
+    if _looks_like_text(head):
+        return "not an image (text file)"
+    return "not an image (unrecognised content)"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return head.startswith((b"\xff\xfe", b"\xfe\xff"))  # UTF-16 with a byte-order mark
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return False
+    controls = sum(1 for char in text if ord(char) < 32 and char not in "\t\n\r\f")
+    return controls <= len(text) // 100
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

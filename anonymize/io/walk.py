@@ -1,0 +1,113 @@
+"""Find the images of a dataset tree, in an order that does not depend on the file system.
+
+A file is an image candidate when its bytes say so (magic numbers) or when its name says so
+(extension). The second rule is deliberate: a broken ``photo.jpg`` must reach the decoder and be
+reported as a per-file error, never be skipped silently, because a skipped file is a file the user
+believes was anonymized.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+_SNIFF_BYTES = 32
+# Sizes of the BMP info headers that exist (core, v1..v5 and the OS/2 variants): "BM" alone is
+# too weak a signature, plenty of text files start with it.
+_BMP_INFO_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One image candidate found by :func:`walk_images`."""
+
+    path: Path  # absolute path of the source file (through symlinks, not resolved)
+    relpath: PurePosixPath  # path relative to the walked root, posix form (mirrored in the output tree)
+
+
+def sniff_format_of_bytes(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if len(head) >= 18 and head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_INFO_HEADER_SIZES:
+        return "BMP"
+    return None
+
+
+def sniff_format(path: Path) -> str | None:
+    """"JPEG" | "PNG" | "WEBP" | "BMP" | "TIFF" from the magic bytes; None otherwise or if unreadable."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device: it could block
+            return None
+        with open(path, "rb") as handle:
+            head = handle.read(_SNIFF_BYTES)
+    except OSError:
+        return None
+    return sniff_format_of_bytes(head)
+
+
+def walk_images(root: Path, exclude: Path | None = None) -> Iterator[ImageFile]:
+    """Yield the image candidates under ``root``, sorted by relpath.
+
+    Follows directory symlinks but enters each real directory once (so loops end and a directory
+    linked twice is not processed twice), skips hidden entries and everything under ``exclude``
+    (the output tree, which may live inside the input tree and must never be read back).
+    """
+    root = Path(os.path.abspath(root))
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    excluded = Path(os.path.realpath(exclude)) if exclude is not None else None
+    visited: set[Path] = {Path(os.path.realpath(root))}
+    yield from _walk_dir(root, PurePosixPath(), excluded, visited)
+
+
+def _is_under(path: Path, ancestor: Path | None) -> bool:
+    return ancestor is not None and (path == ancestor or ancestor in path.parents)
+
+
+def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visited: set[Path]) -> Iterator[ImageFile]:
+    # Depth-first over names sorted per directory yields exactly sorted(relpath): PurePosixPath
+    # orders by path components, and so does this traversal.
+    try:
+        with os.scandir(directory) as entries:
+            names = sorted(entry.name for entry in entries)
+    except OSError as exc:
+        log.warning("skipping unreadable directory %s: %s", directory, exc.strerror or exc)
+        return
+    for name in names:
+        if name.startswith("."):
+            continue
+        path = directory / name
+        try:
+            info = os.stat(path)  # follows symlinks
+        except OSError:
+            # Dangling symlink or vanished entry: still report it if its name promises an image,
+            # so the user sees an error row instead of a silently missing file.
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                yield ImageFile(path=path, relpath=rel / name)
+            continue
+        real = Path(os.path.realpath(path))
+        if _is_under(real, excluded):
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if real in visited:
+                continue
+            visited.add(real)
+            yield from _walk_dir(path, rel / name, excluded, visited)
+        elif stat.S_ISREG(info.st_mode):
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS or sniff_format(path) is not None:
+                yield ImageFile(path=path, relpath=rel / name)

@@ -1,0 +1,128 @@
+"""The one interface every anonymization method implements.
+
+A method sees aligned square face crops (FFHQ-style, at the size it asks for) in batches and
+returns anonymized crops plus per-face metrics; the pipeline owns everything else (decode,
+detection, alignment, paste-back, writing, the manifest). Adding a method is one module with a
+:class:`Method` subclass plus one line in :mod:`anonymize.methods.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from anonymize.weights import WeightsStore
+
+MetricValue = float | int | str | None
+
+
+class MethodError(Exception):
+    """A method that cannot run as configured (bad option, missing weights): the run stops before writing."""
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    """One aligned face: the crop, its landmarks in crop pixels (None for --aligned input) and a stable id."""
+
+    image: np.ndarray  # S x S x 3 uint8
+    landmarks: np.ndarray | None
+    key: str  # "<relative path>#<face index>": seeds and saved latents are named after it
+
+
+@dataclass
+class AnonymizedFace:
+    crop: np.ndarray  # square uint8 RGB, any size (pasted back scaled to the alignment)
+    metrics: dict[str, MetricValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What the run gives every method: where models come from, where to compute, how to seed."""
+
+    weights: WeightsStore
+    device: str = "cpu"
+    seed: int = 0
+    margin: float = 0.0
+    batch_size: int | None = None  # None: the method chooses
+    aligned_input: bool = False
+    output_dir: Path | None = None  # for side outputs such as saved latents; None in dry runs
+
+
+class Method(ABC):
+    """Base class of all methods; subclasses declare ``name`` and a frozen ``Params`` dataclass."""
+
+    name: ClassVar[str]
+    crop_size: ClassVar[int] = 256
+    # With --aligned input, True replaces the whole image by the output crop (FALCO, as in the paper);
+    # False pastes the face region back and keeps the background.
+    replaces_aligned_image: ClassVar[bool] = False
+
+    @dataclass(frozen=True)
+    class Params:
+        pass
+
+    def __init__(self, context: MethodContext, options: Mapping[str, str] | None = None) -> None:
+        self.context = context
+        self.params = parse_params(self.Params, options or {}, self.name)
+
+    def describe(self) -> dict[str, Any]:
+        """Everything that determines the output, for the manifest's method-parameters column."""
+        return {**dataclasses.asdict(self.params), "margin": self.context.margin, "seed": self.context.seed}
+
+    def weights_used(self) -> dict[str, str]:
+        """Artefact name -> sha256 of every weight file the method loaded."""
+        return {}
+
+    def default_batch_size(self) -> int:
+        return 16
+
+    @abstractmethod
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        """Anonymize a batch of crops; the result has one entry per input, in order."""
+
+
+def parse_params(params_type: type, options: Mapping[str, str], method_name: str) -> Any:
+    """Turn ``--option key=value`` strings into the method's typed Params, with one-line errors."""
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
+    hints = typing.get_type_hints(params_type)
+    values: dict[str, Any] = {}
+    for key, raw in options.items():
+        name = key.replace("-", "_")
+        if name not in fields:
+            known = ", ".join(sorted(fields)) or "none"
+            raise MethodError(f"method {method_name!r} has no option {key!r} (its options: {known})")
+        kind = hints[name]
+        try:
+            values[name] = _convert(raw, kind)
+        except ValueError as exc:
+            raise MethodError(f"method {method_name!r}: option {key}={raw!r} is not a valid {getattr(kind, '__name__', kind)}") from exc
+    params = params_type(**values)
+    validate = getattr(params, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as exc:
+            raise MethodError(f"method {method_name!r}: {exc}") from exc
+    return params
+
+
+def _convert(raw: str, kind: Any) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(raw)
+    if kind in (int, float, str):
+        return kind(raw)
+    if kind == tuple[int, ...]:
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    raise ValueError(f"unsupported option type {kind}")

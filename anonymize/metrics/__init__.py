@@ -1,0 +1,1 @@
+"""Measurements of faces: identity (dlib's recognizer) and image quality."""

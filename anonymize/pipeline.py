@@ -1,0 +1,473 @@
+"""The run: walk -> decode -> detect/align -> method -> paste back -> write -> manifest.
+
+Data flows one way. Images are gathered until a batch of faces is full, the method anonymizes
+the whole batch at once (one GPU batch), then every image of the batch is pasted, written
+atomically and its manifest rows flushed as one Parquet part, so a crash loses at most one batch.
+A failing image becomes an error row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+
+from anonymize import __version__
+from anonymize.faces.align import AlignedFace, align_face, whole_image_as_face
+from anonymize.faces.detect import Detector, DetectorSettings, create_detector
+from anonymize.faces.paste import RegionKind, paste_back, region_mask, replace_whole
+from anonymize.faces.types import Face
+from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
+from anonymize.io.manifest import (
+    FINISHED_STATUSES,
+    MANIFEST_NAME,
+    STATUS_DONE,
+    STATUS_ERROR,
+    STATUS_NO_FACE,
+    WORK_DIR_NAME,
+    ManifestWriter,
+    new_run_id,
+    recover_previous_rows,
+)
+from anonymize.io.walk import ImageFile, walk_images
+from anonymize.io.write import output_path_for, write_image
+from anonymize.methods import FaceCrop, Method, MethodContext, create_method
+from anonymize.weights import WeightsStore
+
+OnNoFace = Literal["copy", "skip", "fail"]
+OnError = Literal["skip", "fail"]
+MAX_IMAGES_PER_BATCH = 64  # bounds memory when images have few faces
+
+
+class RunError(Exception):
+    """A run that cannot start (bad paths, bad options): one line, nothing written."""
+
+
+class StopRun(Exception):
+    """--on-error fail met an error: the run stops after flushing what is done."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    input_dir: Path
+    output_dir: Path
+    method: str = "falco"
+    method_options: dict[str, str] = field(default_factory=dict)
+    margin: float = 0.0
+    detector: str = "retinaface"
+    weights_dir: Path | None = None
+    aligned: bool = False
+    min_face: int = 0
+    det_threshold: float | None = None
+    on_no_face: OnNoFace = "copy"
+    on_error: OnError = "skip"
+    resume: bool = True
+    overwrite: bool = False
+    batch_size: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    limit: int | None = None
+    dry_run: bool = False
+    jpeg_quality: int = 95
+    region: RegionKind = "ellipse"
+    region_scale: float = 1.0
+    feather: float = 0.04
+    identity_metric: bool = False
+    manifest_path: Path | None = None
+    max_pixels: int = 178_956_970
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    images: int = 0  # images processed by this run
+    faces: int = 0
+    no_face_images: int = 0
+    errors: int = 0
+    resumed: int = 0  # images skipped because an earlier run finished them
+    seconds: float = 0.0
+    output_dir: str = ""
+    manifest_path: str | None = None
+    dry_run: bool = False
+    error_messages: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Progress:
+    """What the pipeline reports as it goes; the CLI draws it, tests ignore it."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, faces: int) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass
+class _Pending:
+    """One decoded image waiting for its faces to be anonymized."""
+
+    file: ImageFile
+    sha256: str
+    image: DecodedImage
+    faces: list[Face]
+    aligned: list[AlignedFace]
+    started: float
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RunError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_paths(input_dir: Path, output_dir: Path) -> None:
+    """Refuse any layout in which writing the output could touch the input."""
+    if not input_dir.exists():
+        raise RunError(f"{input_dir}: input folder does not exist")
+    if not input_dir.is_dir():
+        raise RunError(f"{input_dir}: input is not a folder")
+    source, target = input_dir.resolve(), output_dir.resolve()
+    if target == source:
+        raise RunError(f"{output_dir}: the output folder must differ from the input folder")
+    if source in target.parents:
+        raise RunError(f"{output_dir}: the output folder is inside the input folder {input_dir}; choose a folder outside it")
+    if target in source.parents:
+        raise RunError(f"{output_dir}: the output folder contains the input folder {input_dir}; choose a folder beside it")
+
+
+def default_output_dir(input_dir: Path) -> Path:
+    resolved = input_dir.resolve()
+    return resolved.parent / f"{resolved.name}-anonymized"
+
+
+class Pipeline:
+    """One run over one input tree; build it, then call :meth:`run`."""
+
+    def __init__(self, config: RunConfig, progress: Progress | None = None) -> None:
+        self.config = config
+        self.progress = progress or Progress()
+        self.run_id = new_run_id()
+        self.weights = WeightsStore(config.weights_dir)
+        self.device = resolve_device(config.device)
+        self.manifest_path = config.manifest_path or config.output_dir / MANIFEST_NAME
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def _find_images(self) -> list[ImageFile]:
+        files = list(walk_images(self.config.input_dir, exclude=self.config.output_dir))
+        if not files:
+            raise RunError(f"{self.config.input_dir}: no image found (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
+        return files[: self.config.limit] if self.config.limit else files
+
+    def _check_output_dir(self) -> None:
+        out = self.config.output_dir
+        if self.config.dry_run or not out.exists():
+            return
+        if not out.is_dir():
+            raise RunError(f"{out}: output path exists and is not a folder")
+        ours = self.manifest_path.exists() or (out / WORK_DIR_NAME).exists()
+        if not ours and any(out.iterdir()) and not self.config.overwrite:
+            raise RunError(f"{out}: output folder is not empty and holds no anonymize manifest; pass --overwrite to write into it")
+
+    def _build_method(self) -> Method:
+        context = MethodContext(
+            weights=self.weights,
+            device=self.device,
+            seed=self.config.seed,
+            margin=self.config.margin,
+            batch_size=self.config.batch_size,
+            aligned_input=self.config.aligned,
+            output_dir=None if self.config.dry_run else self.config.output_dir,
+        )
+        return create_method(self.config.method, context, self.config.method_options)
+
+    def _build_detector(self) -> Detector | None:
+        if self.config.aligned:
+            return None
+        settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device)
+        return create_detector(self.config.detector, self.weights, settings)
+
+    def _metadata(self, method: Method | None, detector: Detector | None) -> dict[str, str]:
+        weights = {**(detector.weights_used() if detector else {}), **(method.weights_used() if method else {})}
+        arguments = {key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(self.config).items()}
+        return {
+            "anonymize_version": __version__,
+            "run_id": self.run_id,
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "arguments": json.dumps(arguments, sort_keys=True, default=str),
+            "seed": str(self.config.seed),
+            "device": self.device,
+            "weights_sha256": json.dumps(weights, sort_keys=True),
+            "method_params": json.dumps(method.describe() if method else {}, sort_keys=True, default=str),
+        }
+
+    # -- the run ----------------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        config = self.config
+        check_paths(config.input_dir, config.output_dir)
+        started = time.perf_counter()
+        files = self._find_images()
+        self._check_output_dir()
+        if config.overwrite and not config.dry_run:
+            self._forget_previous_runs()
+        previous = {} if config.dry_run or not config.output_dir.exists() else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
+        method = self._build_method()
+        detector = self._build_detector()
+        self.recognizer = None
+        if config.identity_metric:
+            from anonymize.metrics.identity import DlibRecognizer
+
+            self.recognizer = DlibRecognizer(self.weights)
+        self.method = method
+        self.mask = region_mask(method.crop_size, config.region, config.region_scale, config.feather) if config.region != "hull" else None
+        summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run)
+        writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
+        batch_faces = config.batch_size or method.default_batch_size()
+        self.progress.start(len(files))
+        pending: list[_Pending] = []
+        try:
+            for file in files:
+                item = self._prepare(file, detector, previous, summary, writer)
+                if item is None:
+                    continue
+                pending.append(item)
+                if sum(len(p.faces) for p in pending) >= batch_faces or len(pending) >= MAX_IMAGES_PER_BATCH:
+                    self._flush(pending, summary, writer)
+                    pending = []
+            self._flush(pending, summary, writer)
+        except StopRun:
+            pass
+        finally:
+            if writer is not None:
+                carried = [row for rows in previous.values() for row in rows]
+                summary.manifest_path = str(writer.finalise(carried))
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
+
+    def _forget_previous_runs(self) -> None:
+        if self.manifest_path.exists():
+            self.manifest_path.unlink()
+        shutil.rmtree(self.config.output_dir / WORK_DIR_NAME, ignore_errors=True)
+
+    def _prepare(self, file: ImageFile, detector: Detector | None, previous: dict[str, list[dict[str, Any]]],
+                 summary: RunSummary, writer: ManifestWriter | None) -> _Pending | None:
+        """Hash, decode, detect and align one image; None when it needs no method call."""
+        started = time.perf_counter()
+        relpath = str(file.relpath)
+        try:
+            digest = sha256_file(file.path)
+        except OSError as exc:
+            self._record_error(file, None, None, f"{relpath}: cannot read ({exc.strerror or exc})", started, summary, writer)
+            return None
+        if self.config.resume and self._already_done(relpath, digest, previous):
+            summary.resumed += 1
+            self.progress.advance(0)
+            return None
+        try:
+            image = decode_image(file.path, self.config.max_pixels, display_name=relpath)
+            if detector is None:
+                faces = [_whole_image_face(image.rgb)]
+                aligned = [whole_image_as_face(image.rgb, self.method.crop_size)]
+            else:
+                faces = detector.detect(image.rgb)
+                aligned = [align_face(image.rgb, face.landmarks, self.method.crop_size) for face in faces]
+        except ImageDecodeError as exc:
+            self._record_error(file, digest, None, str(exc), started, summary, writer)
+            return None
+        except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
+            self._record_error(file, digest, None, f"{relpath}: detection failed ({type(exc).__name__}: {exc})", started, summary, writer)
+            return None
+        previous.pop(relpath, None)
+        if faces:
+            return _Pending(file, digest, image, faces, aligned, started)
+        self._finish_without_face(file, digest, image, started, summary, writer)
+        return None
+
+    def _already_done(self, relpath: str, digest: str, previous: dict[str, list[dict[str, Any]]]) -> bool:
+        rows = previous.get(relpath)
+        if not rows or any(row["status"] not in FINISHED_STATUSES or row["source_sha256"] != digest for row in rows):
+            return False
+        outputs = {row["output_path"] for row in rows if row["output_path"]}
+        return all((self.config.output_dir / output).is_file() for output in outputs)
+
+    def _finish_without_face(self, file: ImageFile, digest: str, image: DecodedImage, started: float,
+                             summary: RunSummary, writer: ManifestWriter | None) -> None:
+        relpath = str(file.relpath)
+        if self.config.on_no_face == "fail":
+            self._record_error(file, digest, image, f"{relpath}: no face detected (--on-no-face fail)", started, summary, writer)
+            return
+        output = None
+        if self.config.on_no_face == "copy" and not self.config.dry_run:
+            output = self._write(file, image, image.rgb)
+        summary.images += 1
+        summary.no_face_images += 1
+        self.progress.advance(0)
+        if writer:
+            writer.append([self._row(file, digest, image, STATUS_NO_FACE, output, time.perf_counter() - started)])
+
+    def _flush(self, pending: list[_Pending], summary: RunSummary, writer: ManifestWriter | None) -> None:
+        if not pending:
+            return
+        results = None if self.config.dry_run else self._anonymize_batch(pending)
+        rows: list[dict[str, Any]] = []
+        failed: list[tuple[_Pending, str]] = []
+        for index, item in enumerate(pending):
+            if self.config.dry_run:
+                rows.extend(self._face_rows(item, None, [{} for _ in item.faces], STATUS_DONE, time.perf_counter() - item.started))
+                summary.images += 1
+                summary.faces += len(item.faces)
+                self.progress.advance(len(item.faces))
+                continue
+            outcome = results[index]
+            if isinstance(outcome, str):
+                failed.append((item, outcome))
+                continue
+            try:
+                metrics = [dict(face.metrics) for face in outcome]
+                composite = self._composite(item, [face.crop for face in outcome])
+                if self.recognizer is not None:
+                    self._add_identity_distance(item, composite, metrics)
+                output = self._write(item.file, item.image, composite)
+            except Exception as exc:  # noqa: BLE001
+                failed.append((item, f"{item.file.relpath}: writing failed ({type(exc).__name__}: {exc})"))
+                continue
+            seconds = (time.perf_counter() - item.started) / max(len(item.faces), 1)
+            rows.extend(self._face_rows(item, output, metrics, STATUS_DONE, seconds))
+            summary.images += 1
+            summary.faces += len(item.faces)
+            self.progress.advance(len(item.faces))
+        if writer:
+            writer.append(rows)
+        for item, message in failed:
+            self._record_error(item.file, item.sha256, item.image, message, item.started, summary, writer)
+
+    def _anonymize_batch(self, pending: list[_Pending]) -> list[list[Any] | str]:
+        """Anonymize all faces of the batch at once; if that fails, retry image by image to isolate the culprit."""
+        try:
+            return _split(self._call_method([crop for item in pending for crop in self._crops(item)]), pending)
+        except Exception:  # noqa: BLE001 - fall through to the image-by-image retry
+            pass
+        outcome: list[list[Any] | str] = []
+        for item in pending:
+            try:
+                outcome.append(self._call_method(self._crops(item)))
+            except Exception as exc:  # noqa: BLE001
+                outcome.append(f"{item.file.relpath}: {self.config.method} failed ({type(exc).__name__}: {exc})")
+        return outcome
+
+    def _call_method(self, crops: list[FaceCrop]) -> list[Any]:
+        size = self.config.batch_size or self.method.default_batch_size()
+        results: list[Any] = []
+        for start in range(0, len(crops), size):
+            chunk = crops[start:start + size]
+            out = self.method.anonymize(chunk)
+            if len(out) != len(chunk):
+                raise RuntimeError(f"method returned {len(out)} faces for {len(chunk)}")
+            results.extend(out)
+        return results
+
+    def _crops(self, item: _Pending) -> list[FaceCrop]:
+        return [FaceCrop(aligned.crop, aligned.landmarks, f"{item.file.relpath}#{index}") for index, aligned in enumerate(item.aligned)]
+
+    def _composite(self, item: _Pending, crops: Sequence[np.ndarray]) -> np.ndarray:
+        result = item.image.rgb
+        if self.config.aligned and self.method.replaces_aligned_image:
+            return replace_whole(result, crops[0])
+        for aligned, crop in zip(item.aligned, crops):
+            mask = self.mask if self.mask is not None else region_mask(
+                aligned.size, "hull", self.config.region_scale, self.config.feather, aligned.landmarks)
+            result = paste_back(result, crop, aligned.matrix, mask)
+        return result
+
+    def _add_identity_distance(self, item: _Pending, composite: np.ndarray, metrics: list[dict[str, Any]]) -> None:
+        from anonymize.metrics.identity import distance
+
+        boxes = [face.box for face in item.faces]
+        before = self.recognizer.descriptors(item.image.rgb, boxes)
+        after = self.recognizer.descriptors(composite, boxes)
+        for face_metrics, value in zip(metrics, distance(before, after)):
+            face_metrics["identity_distance_dlib"] = float(value)
+
+    def _write(self, file: ImageFile, image: DecodedImage, rgb: np.ndarray) -> str:
+        write_image(image, rgb, output_path_for(self.config.output_dir, file.relpath), self.config.jpeg_quality)
+        return str(file.relpath)
+
+    # -- manifest rows ----------------------------------------------------------------------------------
+    def _row(self, file: ImageFile, digest: str | None, image: DecodedImage | None, status: str,
+             output: str | None, seconds: float, **extra: Any) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "source_path": str(file.relpath),
+            "output_path": output,
+            "source_sha256": digest,
+            "width": int(image.rgb.shape[1]) if image is not None else None,
+            "height": int(image.rgb.shape[0]) if image is not None else None,
+            "method": self.config.method,
+            "method_params": json.dumps(self.method.describe(), sort_keys=True, default=str),
+            "status": status,
+            "seconds": round(seconds, 4),
+            **extra,
+        }
+
+    def _face_rows(self, item: _Pending, output: str | None, metrics: list[dict[str, Any]], status: str,
+                   seconds: float) -> list[dict[str, Any]]:
+        return [
+            self._row(item.file, item.sha256, item.image, status, output, seconds, face_index=index,
+                      box=[float(v) for v in face.box], det_score=float(face.score),
+                      landmarks=[float(v) for v in np.asarray(face.landmarks).reshape(-1)], **face_metrics)
+            for index, (face, face_metrics) in enumerate(zip(item.faces, metrics))
+        ]
+
+    def _record_error(self, file: ImageFile, digest: str | None, image: DecodedImage | None, message: str,
+                      started: float, summary: RunSummary, writer: ManifestWriter | None) -> None:
+        summary.errors += 1
+        if len(summary.error_messages) < 50:
+            summary.error_messages.append(message)
+        self.progress.message(message)
+        self.progress.advance(0)
+        if writer:
+            writer.append([self._row(file, digest, image, STATUS_ERROR, None, time.perf_counter() - started, error=message)])
+        if self.config.on_error == "fail":
+            raise StopRun(message)
+
+
+def _whole_image_face(rgb: np.ndarray) -> Face:
+    height, width = rgb.shape[:2]
+    return Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((0, 2), np.float32))
+
+
+def _split(results: list[Any], pending: list[_Pending]) -> list[list[Any] | str]:
+    out, start = [], 0
+    for item in pending:
+        out.append(results[start:start + len(item.faces)])
+        start += len(item.faces)
+    return out
+
+
+def _rows_by_source(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["source_path"], []).append(row)
+    return grouped
+
+
+def run(config: RunConfig, progress: Progress | None = None) -> RunSummary:
+    """Anonymize ``config.input_dir`` into ``config.output_dir``; see :class:`RunConfig`."""
+    return Pipeline(config, progress).run()
+

@@ -1,0 +1,444 @@
+"""The weights store and `anonymize weights`: nothing unverified is used unless the user says so.
+
+A tiny lock pins a tarball (members extracted by `fetch`) and a directly downloadable file; their
+URLs point at 127.0.0.1:9 where nothing listens, so no test needs the network. The resume test
+serves the tarball from a loopback HTTP server that honours Range requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import anonymize.cli.weights  # noqa: F401  (attaches `weights` to the app)
+from anonymize.cli import app
+from anonymize.weights import WeightsError, WeightsStore, default_weights_dir, read_lock
+
+REPO_LOCK = Path(__file__).resolve().parents[1] / "weights.lock"
+UNREACHABLE = "http://127.0.0.1:9"
+MODEL_BYTES = b"tiny model weights " * 300
+OTHER_BYTES = b"another member " * 50
+DIRECT_BYTES = b"direct detector weights " * 100
+DLIB_NAMES = ("dlib_shape_predictor_68", "dlib_shape_predictor_5", "dlib_mmod_detector", "dlib_face_recognition_resnet")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tar_bytes(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class Setup:
+    lock_path: Path
+    root: Path
+    tarball: bytes
+    url_base: str
+
+    def store(self, **kwargs) -> WeightsStore:
+        return WeightsStore(root=self.root, lock=read_lock(self.lock_path), **kwargs)
+
+    def place_tarball(self, data: bytes | None = None) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / "pack.tar"
+        path.write_bytes(self.tarball if data is None else data)
+        return path
+
+    def cli(self, *args: str):
+        env = {"ANONYMIZE_WEIGHTS_LOCK": str(self.lock_path), "ANONYMIZE_HOME": str(self.root), "COLUMNS": "250"}
+        return CliRunner().invoke(app, ["weights", *args], env=env)
+
+
+def _write_lock(path: Path, tarball: bytes, url_base: str) -> None:
+    path.write_text(
+        f"""
+version = 1
+
+[archives.pack]
+filename = "pack.tar"
+url = "{url_base}/pack.tar"
+sha256 = "{_sha256(tarball)}"
+
+[artifacts.packed_model]
+filename = "pack/model.bin"
+archive = "pack"
+member = "pack/model.bin"
+license = "test"
+used_by = ["falco"]
+
+[artifacts.other_member]
+filename = "pack/other.bin"
+archive = "pack"
+member = "./pack/other.bin"
+license = "test"
+used_by = ["falco"]
+
+[artifacts.direct_model]
+filename = "direct/direct.bin"
+url = "{url_base}/direct.bin"
+sha256 = "{_sha256(DIRECT_BYTES)}"
+size = {len(DIRECT_BYTES)}
+license = "test"
+used_by = ["detector:test"]
+""",
+        encoding="utf-8",
+    )
+
+
+def _published_tarball() -> bytes:
+    return _tar_bytes({"pack/model.bin": MODEL_BYTES, "./pack/other.bin": OTHER_BYTES, "pack/unlisted.bin": b"x"})
+
+
+def _make_setup(tmp_path: Path, url_base: str = UNREACHABLE) -> Setup:
+    tarball = _published_tarball()
+    lock_path = tmp_path / "weights.lock"
+    _write_lock(lock_path, tarball, url_base)
+    return Setup(lock_path, tmp_path / "weights", tarball, url_base)
+
+
+@pytest.fixture(autouse=True)
+def _no_proxies(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def setup(tmp_path) -> Setup:
+    return _make_setup(tmp_path)
+
+
+def _status_row(output: str, name: str) -> str:
+    rows = [line for line in output.splitlines() if f" {name} " in line]
+    assert len(rows) == 1, output
+    return rows[0]
+
+
+# ---- tarball members -------------------------------------------------------------------------
+
+
+def test_fetch_verifies_a_hand_placed_tarball_and_extracts_only_the_listed_members(setup):
+    tarball = setup.place_tarball()
+    store = setup.store()
+    store.fetch(["packed_model"])
+    assert store.status("packed_model") == "present"
+    assert store.require("packed_model").read_bytes() == MODEL_BYTES
+    assert store.sha256("packed_model") == _sha256(MODEL_BYTES)
+    assert not (setup.root / "pack" / "unlisted.bin").exists()
+    assert store.status("other_member") == "missing"
+    assert tarball.exists(), "a tarball the user placed is left where it was"
+
+
+def test_member_paths_with_a_leading_dot_slash_are_found(setup):
+    setup.place_tarball()
+    store = setup.store()
+    store.fetch(["other_member"])
+    assert store.require("other_member").read_bytes() == OTHER_BYTES
+
+
+def test_a_tarball_with_the_wrong_hash_is_refused_before_anything_is_extracted(setup):
+    forged = _tar_bytes({"pack/model.bin": b"forged"})
+    setup.place_tarball(forged)
+    with pytest.raises(WeightsError) as error:
+        setup.store().fetch(["packed_model"])
+    assert _sha256(forged) in str(error.value) and _sha256(setup.tarball) in str(error.value)
+    assert not (setup.root / "pack" / "model.bin").exists()
+
+
+def test_a_truncated_member_is_corrupt_and_require_prints_both_hashes(setup):
+    setup.place_tarball()
+    store = setup.store()
+    store.fetch(["packed_model"])
+    member = setup.root / "pack" / "model.bin"
+    member.write_bytes(MODEL_BYTES[:100])
+    assert store.status("packed_model") == "corrupt"
+    with pytest.raises(WeightsError) as error:
+        store.require("packed_model")
+    message = str(error.value)
+    assert _sha256(MODEL_BYTES) in message and _sha256(MODEL_BYTES[:100]) in message
+    assert "\n" not in message
+
+
+def test_an_unchanged_file_is_not_hashed_again_on_later_checks(setup, monkeypatch):
+    setup.place_tarball()
+    setup.store().fetch(["packed_model"])
+    path = setup.root / "direct" / "direct.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(DIRECT_BYTES)
+    setup.store().require("direct_model")  # first check hashes and records it
+
+    def must_not_hash(*args, **kwargs):
+        raise AssertionError("re-hashed an unchanged file")
+
+    monkeypatch.setattr("anonymize.weights.store.sha256_file", must_not_hash)
+    store = setup.store()
+    assert store.require("packed_model") and store.require("direct_model")
+    assert store.sha256("direct_model") == _sha256(DIRECT_BYTES)
+
+
+def test_in_place_tampering_that_keeps_size_and_mtime_is_caught_by_verify(setup):
+    setup.place_tarball()
+    store = setup.store()
+    store.fetch(["packed_model"])
+    member = setup.root / "pack" / "model.bin"
+    stat = member.stat()
+    member.write_bytes(b"X" * len(MODEL_BYTES))
+    os.utime(member, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert store.status("packed_model") == "present", "day-to-day checks trust the size+mtime cache"
+    assert store.verify(["packed_model"]) == {"packed_model": "corrupt"}
+
+
+def test_a_member_placed_by_hand_is_unverified_and_refused_unless_trusted(setup):
+    member = setup.root / "pack" / "model.bin"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(MODEL_BYTES)
+    store = setup.store()
+    assert store.status("packed_model") == "unverified"
+    with pytest.raises(WeightsError, match=r"pack\.tar.*--trust-unverified"):
+        store.require("packed_model")
+    assert setup.store(trust_unverified=True).require("packed_model") == member
+
+
+def test_fetch_trust_unverified_records_the_file_so_later_changes_are_still_caught(setup):
+    member = setup.root / "pack" / "model.bin"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(MODEL_BYTES)
+    setup.store(trust_unverified=True).fetch(["packed_model"])
+    store = setup.store()
+    check = store.check("packed_model")
+    assert (check.status, check.trusted) == ("unverified", True)
+    assert store.require("packed_model") == member
+    member.write_bytes(MODEL_BYTES + b"!")
+    assert store.status("packed_model") == "corrupt"
+
+
+def test_a_trusted_member_is_verified_once_its_tarball_is_placed(setup):
+    member = setup.root / "pack" / "model.bin"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(MODEL_BYTES)
+    setup.store(trust_unverified=True).fetch(["packed_model"])
+    setup.place_tarball()
+    store = setup.store()
+    store.fetch(["packed_model"])
+    assert store.status("packed_model") == "present"
+
+
+def test_a_symlink_member_is_never_extracted(setup):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        link = tarfile.TarInfo("pack/model.bin")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tar.addfile(link)
+    evil = buffer.getvalue()
+    _write_lock(setup.lock_path, evil, UNREACHABLE)
+    setup.place_tarball(evil)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        setup.store().fetch(["packed_model"])
+    assert not (setup.root / "pack" / "model.bin").exists()
+
+
+# ---- direct files ----------------------------------------------------------------------------
+
+
+def test_a_direct_file_is_checked_against_the_lock_hash(setup):
+    path = setup.root / "direct" / "direct.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(DIRECT_BYTES)
+    assert setup.store().require("direct_model") == path
+    path.write_bytes(b"tampered")
+    store = setup.store()
+    assert store.status("direct_model") == "corrupt"
+    with pytest.raises(WeightsError) as error:
+        store.require("direct_model")
+    assert _sha256(b"tampered") in str(error.value) and _sha256(DIRECT_BYTES) in str(error.value)
+    assert setup.store(trust_unverified=True).require("direct_model") == path
+
+
+def test_a_missing_file_error_says_what_to_put_where(setup):
+    with pytest.raises(WeightsError) as error:
+        setup.store().require("packed_model")
+    message = str(error.value)
+    assert "pack.tar" in message and str(setup.root) in message and "anonymize weights fetch packed_model" in message
+
+
+# ---- network -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "file_name"), [("packed_model", "pack.tar"), ("direct_model", "direct.bin")])
+def test_fetch_without_network_fails_in_seconds_naming_the_file_and_the_folder(setup, name, file_name):
+    started = time.monotonic()
+    with pytest.raises(WeightsError) as error:
+        setup.store().fetch([name])
+    assert time.monotonic() - started < 5
+    message = str(error.value)
+    assert file_name in message and str(setup.root) in message
+
+
+class _RangeServer(ThreadingHTTPServer):
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.ranges: list[str | None] = []
+        super().__init__(("127.0.0.1", 0), _RangeHandler)
+
+
+class _RangeHandler(BaseHTTPRequestHandler):
+    server: _RangeServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        data = self.server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        requested = self.headers.get("Range")
+        self.server.ranges.append(requested)
+        start = int(requested.removeprefix("bytes=").split("-")[0]) if requested else 0
+        self.send_response(206 if requested else 200)
+        if requested:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def served(tmp_path):
+    server = _RangeServer({"/pack.tar": _published_tarball(), "/direct.bin": DIRECT_BYTES})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield _make_setup(tmp_path, f"http://127.0.0.1:{server.server_address[1]}"), server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_interrupted_tarball_download_resumes_where_it_stopped(served):
+    setup, server = served
+    setup.root.mkdir(parents=True)
+    half = len(setup.tarball) // 2
+    (setup.root / "pack.tar.part").write_bytes(setup.tarball[:half])
+    seen: list[tuple[str, int, int | None]] = []
+    store = setup.store()
+    store.fetch(["packed_model"], progress=lambda label, done, total: seen.append((label, done, total)))
+    assert server.ranges == [f"bytes={half}-"]
+    assert store.require("packed_model").read_bytes() == MODEL_BYTES
+    assert not (setup.root / "pack.tar").exists() and not (setup.root / "pack.tar.part").exists()
+    assert ("download pack.tar", len(setup.tarball), len(setup.tarball)) in seen
+
+
+def test_a_direct_file_downloads_and_verifies(served):
+    setup, server = served
+    store = setup.store()
+    store.fetch(["direct_model"])
+    assert server.ranges == [None]
+    assert store.require("direct_model").read_bytes() == DIRECT_BYTES
+
+
+# ---- CLI -----------------------------------------------------------------------------------------
+
+
+def test_weights_list_shows_present_missing_and_corrupt(setup):
+    setup.place_tarball()
+    setup.store().fetch(["packed_model"])
+    direct = setup.root / "direct" / "direct.bin"
+    direct.parent.mkdir(parents=True)
+    direct.write_bytes(b"wrong bytes")
+    result = setup.cli("list")
+    assert result.exit_code == 0, result.output
+    assert "present" in _status_row(result.output, "packed_model")
+    assert "missing" in _status_row(result.output, "other_member")
+    assert "corrupt" in _status_row(result.output, "direct_model")
+
+
+def test_weights_verify_exits_non_zero_when_a_file_is_corrupt(setup):
+    setup.place_tarball()
+    assert setup.cli("fetch", "packed_model").exit_code == 0
+    assert setup.cli("verify").exit_code == 0
+    (setup.root / "pack" / "model.bin").write_bytes(b"tampered")
+    result = setup.cli("verify")
+    assert result.exit_code == 1
+    assert "packed_model: corrupt" in result.output and _sha256(b"tampered") in result.output
+
+
+def test_weights_fetch_without_network_exits_2_with_one_line_naming_file_and_folder(setup):
+    result = setup.cli("fetch", "direct_model")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "direct.bin" in errors[0] and str(setup.root / "direct") in errors[0]
+
+
+def test_weights_fetch_rejects_unknown_names(setup):
+    result = setup.cli("fetch", "no_such_model")
+    assert result.exit_code == 2 and "unknown weights no_such_model" in result.output
+
+
+# ---- the lock ------------------------------------------------------------------------------------
+
+
+def test_the_real_lock_pins_every_artefact_the_project_loads():
+    lock = read_lock(REPO_LOCK)
+    assert set(lock) == {
+        "e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce",
+        "retinaface_mobilenet0.25", *DLIB_NAMES,
+    }  # fmt: skip
+    assert lock["farl_ep64"].archive.sha256 == "1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8"
+    assert lock["farl_ep64"].member == "farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth"
+    assert lock["e4e_ffhq_encode"].archive.sha256 == "b4a95155f2bebbb229b7dfc914fe937753b9a5b8de9a837875f9fbcacf8bb287"
+    assert lock["arcface_ir_se50"].archive.sha256 == "edd5854cacd86c17a78a11f70ab8c49bceffefb90ee070754288fa7ceadcdfb2"
+    assert lock["stylegan2_ffhq1024_genforce"].archive.sha256 == "63284b4f4ffeac38037061fd175c462afff82bbe570ed80092720a724a67a6dc"
+    retinaface = lock["retinaface_mobilenet0.25"]
+    assert (retinaface.size, retinaface.sha256) == (1789735, "ed6fa7d45a5179f03cb5ce82c73b0c6711372968e53782e88395acee88d319e1")
+    assert retinaface.filename.endswith("/detection_mobilenet0.25_Final.pth"), "facexlib looks the file up by this name"
+    assert all(artifact.license and artifact.used_by for artifact in lock.values())
+
+
+def test_the_packaged_dlib_models_are_present_and_match_the_real_lock(tmp_path):
+    store = WeightsStore(root=tmp_path, lock=read_lock(REPO_LOCK))
+    assert store.verify(DLIB_NAMES) == dict.fromkeys(DLIB_NAMES, "present")
+    assert "face_recognition_models" in store.require("dlib_shape_predictor_68").parts
+
+
+def test_a_lock_path_that_escapes_the_weights_dir_is_rejected(tmp_path):
+    lock = tmp_path / "weights.lock"
+    lock.write_text(f'[artifacts.evil]\nfilename = "../outside.bin"\nurl = "{UNREACHABLE}/x"\nsha256 = "{"0" * 64}"\n')
+    with pytest.raises(WeightsError, match="must be relative"):
+        read_lock(lock)
+
+
+def test_the_lock_and_weights_dir_default_to_their_environment_variables(setup, monkeypatch, tmp_path):
+    monkeypatch.setenv("ANONYMIZE_WEIGHTS_LOCK", str(setup.lock_path))
+    monkeypatch.setenv("ANONYMIZE_HOME", str(tmp_path / "home"))
+    assert set(read_lock()) == {"packed_model", "other_member", "direct_model"}
+    assert default_weights_dir() == tmp_path / "home"
+    assert WeightsStore().root == tmp_path / "home"
+
+
+def test_copying_a_fetched_weights_dir_keeps_it_usable(setup, tmp_path):
+    setup.place_tarball()
+    setup.store().fetch(["packed_model"])
+    copy = tmp_path / "copied"
+    shutil.copytree(setup.root, copy)
+    store = WeightsStore(root=copy, lock=read_lock(setup.lock_path))
+    assert store.status("packed_model") == "present"
