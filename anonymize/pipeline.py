@@ -185,7 +185,7 @@ class Pipeline:
         if not ours and any(out.iterdir()) and not self.config.overwrite:
             raise RunError(f"{out}: output folder is not empty and holds no anonymize manifest; pass --overwrite to write into it")
 
-    def _build_method(self) -> Method:
+    def _build_method(self, expected_faces: int) -> Method:
         context = MethodContext(
             weights=self.weights,
             device=self.device,
@@ -194,6 +194,7 @@ class Pipeline:
             batch_size=self.config.batch_size,
             aligned_input=self.config.aligned,
             output_dir=None if self.config.dry_run else self.config.output_dir,
+            expected_faces=expected_faces,
         )
         return create_method(self.config.method, context, self.config.method_options)
 
@@ -227,7 +228,7 @@ class Pipeline:
         if config.overwrite and not config.dry_run:
             self._forget_previous_runs()
         previous = {} if config.dry_run or not config.output_dir.exists() else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
-        method = self._build_method()
+        method = self._build_method(expected_faces=len(files))
         detector = self._build_detector()
         self.recognizer = None
         if config.identity_metric:

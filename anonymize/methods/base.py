@@ -53,6 +53,7 @@ class MethodContext:
     batch_size: int | None = None  # None: the method chooses
     aligned_input: bool = False
     output_dir: Path | None = None  # for side outputs such as saved latents; None in dry runs
+    expected_faces: int | None = None  # a size hint before detection (e.g. for FALCO's fake bank)
 
 
 class Method(ABC):
