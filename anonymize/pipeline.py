@@ -121,7 +121,7 @@ class _Pending:
     image: DecodedImage
     faces: list[Face]
     aligned: list[AlignedFace]
-    started: float
+    seconds: float  # time spent on this image so far (hash, decode, detect, align)
 
 
 def resolve_device(device: str) -> str:
@@ -274,7 +274,7 @@ class Pipeline:
         try:
             digest = sha256_file(file.path)
         except OSError as exc:
-            self._record_error(file, None, None, f"{relpath}: cannot read ({exc.strerror or exc})", started, summary, writer)
+            self._record_error(file, None, None, f"{relpath}: cannot read ({exc.strerror or exc})", time.perf_counter() - started, summary, writer)
             return None
         if self.config.resume and self._already_done(relpath, digest, previous):
             summary.resumed += 1
@@ -289,14 +289,14 @@ class Pipeline:
                 faces = detector.detect(image.rgb)
                 aligned = [align_face(image.rgb, face.landmarks, self.method.crop_size) for face in faces]
         except ImageDecodeError as exc:
-            self._record_error(file, digest, None, str(exc), started, summary, writer)
+            self._record_error(file, digest, None, str(exc), time.perf_counter() - started, summary, writer)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
-            self._record_error(file, digest, None, f"{relpath}: detection failed ({type(exc).__name__}: {exc})", started, summary, writer)
+            self._record_error(file, digest, None, f"{relpath}: detection failed ({type(exc).__name__}: {exc})", time.perf_counter() - started, summary, writer)
             return None
         previous.pop(relpath, None)
         if faces:
-            return _Pending(file, digest, image, faces, aligned, started)
+            return _Pending(file, digest, image, faces, aligned, time.perf_counter() - started)
         self._finish_without_face(file, digest, image, started, summary, writer)
         return None
 
@@ -311,7 +311,7 @@ class Pipeline:
                              summary: RunSummary, writer: ManifestWriter | None) -> None:
         relpath = str(file.relpath)
         if self.config.on_no_face == "fail":
-            self._record_error(file, digest, image, f"{relpath}: no face detected (--on-no-face fail)", started, summary, writer)
+            self._record_error(file, digest, image, f"{relpath}: no face detected (--on-no-face fail)", time.perf_counter() - started, summary, writer)
             return
         output = None
         if self.config.on_no_face == "copy" and not self.config.dry_run:
@@ -325,38 +325,43 @@ class Pipeline:
     def _flush(self, pending: list[_Pending], summary: RunSummary, writer: ManifestWriter | None) -> None:
         if not pending:
             return
-        results = None if self.config.dry_run else self._anonymize_batch(pending)
         rows: list[dict[str, Any]] = []
         failed: list[tuple[_Pending, str]] = []
-        for index, item in enumerate(pending):
-            if self.config.dry_run:
-                rows.extend(self._face_rows(item, None, [{} for _ in item.faces], STATUS_DONE, time.perf_counter() - item.started))
-                summary.images += 1
-                summary.faces += len(item.faces)
-                self.progress.advance(len(item.faces))
-                continue
-            outcome = results[index]
-            if isinstance(outcome, str):
-                failed.append((item, outcome))
-                continue
-            try:
-                metrics = [dict(face.metrics) for face in outcome]
-                composite = self._composite(item, [face.crop for face in outcome])
-                if self.recognizer is not None:
-                    self._add_identity_distance(item, composite, metrics)
-                output = self._write(item.file, item.image, composite)
-            except Exception as exc:  # noqa: BLE001
-                failed.append((item, f"{item.file.relpath}: writing failed ({type(exc).__name__}: {exc})"))
-                continue
-            seconds = (time.perf_counter() - item.started) / max(len(item.faces), 1)
-            rows.extend(self._face_rows(item, output, metrics, STATUS_DONE, seconds))
-            summary.images += 1
-            summary.faces += len(item.faces)
-            self.progress.advance(len(item.faces))
+        if self.config.dry_run:
+            for item in pending:
+                rows.extend(self._face_rows(item, None, [{} for _ in item.faces], item.seconds))
+                self._count_done(item, summary)
+        else:
+            method_started = time.perf_counter()
+            results = self._anonymize_batch(pending)
+            # Each face is charged an equal share of the batch's method time.
+            share = (time.perf_counter() - method_started) / sum(len(item.faces) for item in pending)
+            for item, outcome in zip(pending, results):
+                if isinstance(outcome, str):
+                    failed.append((item, outcome))
+                    continue
+                write_started = time.perf_counter()
+                try:
+                    metrics = [dict(face.metrics) for face in outcome]
+                    composite = self._composite(item, [face.crop for face in outcome])
+                    if self.recognizer is not None:
+                        self._add_identity_distance(item, composite, metrics)
+                    output = self._write(item.file, item.image, composite)
+                except Exception as exc:  # noqa: BLE001
+                    failed.append((item, f"{item.file.relpath}: writing failed ({type(exc).__name__}: {exc})"))
+                    continue
+                seconds = item.seconds + share * len(item.faces) + time.perf_counter() - write_started
+                rows.extend(self._face_rows(item, output, metrics, seconds / len(item.faces)))
+                self._count_done(item, summary)
         if writer:
             writer.append(rows)
         for item, message in failed:
-            self._record_error(item.file, item.sha256, item.image, message, item.started, summary, writer)
+            self._record_error(item.file, item.sha256, item.image, message, item.seconds, summary, writer)
+
+    def _count_done(self, item: _Pending, summary: RunSummary) -> None:
+        summary.images += 1
+        summary.faces += len(item.faces)
+        self.progress.advance(len(item.faces))
 
     def _anonymize_batch(self, pending: list[_Pending]) -> list[list[Any] | str]:
         """Anonymize all faces of the batch at once; if that fails, retry image by image to isolate the culprit."""
@@ -426,24 +431,24 @@ class Pipeline:
             **extra,
         }
 
-    def _face_rows(self, item: _Pending, output: str | None, metrics: list[dict[str, Any]], status: str,
+    def _face_rows(self, item: _Pending, output: str | None, metrics: list[dict[str, Any]],
                    seconds: float) -> list[dict[str, Any]]:
         return [
-            self._row(item.file, item.sha256, item.image, status, output, seconds, face_index=index,
+            self._row(item.file, item.sha256, item.image, STATUS_DONE, output, seconds, face_index=index,
                       box=[float(v) for v in face.box], det_score=float(face.score),
                       landmarks=[float(v) for v in np.asarray(face.landmarks).reshape(-1)], **face_metrics)
             for index, (face, face_metrics) in enumerate(zip(item.faces, metrics))
         ]
 
     def _record_error(self, file: ImageFile, digest: str | None, image: DecodedImage | None, message: str,
-                      started: float, summary: RunSummary, writer: ManifestWriter | None) -> None:
+                      seconds: float, summary: RunSummary, writer: ManifestWriter | None) -> None:
         summary.errors += 1
         if len(summary.error_messages) < 50:
             summary.error_messages.append(message)
         self.progress.message(message)
         self.progress.advance(0)
         if writer:
-            writer.append([self._row(file, digest, image, STATUS_ERROR, None, time.perf_counter() - started, error=message)])
+            writer.append([self._row(file, digest, image, STATUS_ERROR, None, seconds, error=message)])
         if self.config.on_error == "fail":
             raise StopRun(message)
 

@@ -145,6 +145,11 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
     atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata)))
     for part in parts:
         part.unlink()
+    if parts:
+        try:
+            parts[0].parent.rmdir()
+        except OSError:
+            pass  # another writer's part appeared meanwhile
     return manifest_path
 
 

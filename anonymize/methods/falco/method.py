@@ -1,0 +1,230 @@
+"""FALCO (Barattin et al., CVPR 2023) as a pipeline method: real face -> paired fake -> optimised W+ code.
+
+Per batch of aligned 256 px crops: FaRL CLS features and ArcFace identities of the real faces, e4e
+inversion into W+, nearest fake in the bank (:mod:`.pairing`), mixed starting code, and the
+batched optimisation of :mod:`.optimize`. The output crop is the generated face at the
+generator's resolution; with ``--aligned`` the pipeline lets it replace the whole image, as the
+paper does, and otherwise pastes it back with a soft mask.
+
+Everything that can fail for lack of weights fails in the constructor, before the pipeline writes
+anything: every artefact is checked first and all problems are reported in one WeightsError. The
+fake bank is loaded (or built and cached) on the first batch, so dry runs never build one.
+
+Seeds: the run seed selects the fake bank (z is drawn from it); nothing else in the method is
+random (constant noise maps, deterministic initialisation, Adam), so a face's result depends only
+on the seed, the weights, the options and the face itself, not on how faces are batched. The
+manifest's ``seed`` column records that run seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+
+from anonymize.io.manifest import WORK_DIR_NAME
+from anonymize.io.write import atomic_write_bytes
+from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
+from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, load_or_build_bank
+from anonymize.methods.falco.optimize import LossNetworks, OptimSettings, mix_codes, optimise_latents, real_targets
+from anonymize.methods.falco.pairing import FakePairer, PairingError
+from anonymize.models.checkpoint import CheckpointError
+from anonymize.models.images import CanonicalImages
+from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact, load_arcface_model, load_e4e_pair, load_farl_model, load_generator
+from anonymize.weights import WeightsError
+
+LATENTS_DIR = PurePosixPath(WORK_DIR_NAME) / "latents"
+CPU_BATCH_SIZE = 4
+CPU_BANK_BATCH_SIZE = 16
+CUDA_BANK_BATCH_SIZE = 64
+MAX_CUDA_BATCH_SIZE = 64
+CUDA_MEMORY_SHARE = 0.8  # of the free memory; the rest is headroom for fragmentation and faiss
+# Peak memory one more face adds to an optimisation step (forward + backward through G, ArcFace and
+# FaRL), float32, at 1024 px. Measured on CPU as the peak-RSS difference between batches of 2 and 1
+# of the real-size networks (benchmarks/falco.py --memory); it scales with the generator's pixel count.
+BYTES_PER_FACE_1024 = 2.6 * 2**30
+BF16_MEMORY_FACTOR = 0.6  # autocast keeps float32 master copies: estimated, not measured on a GPU
+
+
+@dataclass(frozen=True)
+class FalcoModels:
+    encoder: torch.nn.Module
+    networks: LossNetworks
+
+
+class FalcoMethod(Method):
+    name = "falco"
+    crop_size = 256
+    replaces_aligned_image = True
+
+    @dataclass(frozen=True)
+    class Params:
+        steps: int = 50
+        lr: float = 0.01
+        lr_gamma: float = 0.8  # learning-rate factor at 75% and 90% of the steps
+        lambda_id: float = 10.0
+        lambda_attr: float = 0.1
+        trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)  # W+ layers taken from the fake and optimised
+        bank_size: int = 0  # 0: max(10 x expected faces, 10000)
+        psi: float = DEFAULT_PSI  # truncation of the fake bank's W codes
+        unique_pairs: bool = False  # every face of the run gets a different fake
+        save_latents: bool = False  # write each final W+ code under <out>/.anonymize/latents/
+        bf16: bool = False  # bf16 autocast for the networks (CUDA only)
+        generator: str = "genforce"  # "genforce" (FALCO's file) or "e4e" (the decoder inside e4e's file)
+
+        def validate(self) -> None:
+            if self.steps < 0:
+                raise ValueError(f"steps must be >= 0, got {self.steps}")
+            if self.lr <= 0:
+                raise ValueError(f"lr must be positive, got {self.lr}")
+            if not 0 < self.lr_gamma <= 1:
+                raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
+            if self.lambda_id < 0 or self.lambda_attr < 0:
+                raise ValueError("lambda_id and lambda_attr must be >= 0")
+            layers = self.trainable_layers
+            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
+            if self.bank_size < 0:
+                raise ValueError(f"bank_size must be >= 0 (0 = automatic), got {self.bank_size}")
+            if not 0 < self.psi <= 1:
+                raise ValueError(f"psi must be in (0, 1], got {self.psi}")
+            if self.generator not in GENERATORS:
+                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+
+    def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
+        super().__init__(context, options)
+        self.device = torch.device(context.device)
+        if self.params.bf16 and self.device.type != "cuda":
+            raise MethodError("method 'falco': bf16=true needs a CUDA device (--device cuda)")
+        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
+                                             generator_artefact(self.params.generator)]))
+        require_all(context.weights, self.artefacts)
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
+        self.models = self._load_models()
+        num_ws = self.models.networks.generator.num_ws
+        out_of_range = [layer for layer in self.params.trainable_layers if layer >= num_ws]
+        if out_of_range:
+            raise MethodError(f"method 'falco': trainable_layers {out_of_range} do not exist; the generator has W+ layers 0..{num_ws - 1}")
+        self.bank_key = BankKey(
+            generator_sha256=self.sha256[generator_artefact(self.params.generator)],
+            farl_sha256=self.sha256[artefact_of("farl")],
+            seed=context.seed,
+            size=self.params.bank_size or default_bank_size(context.expected_faces),
+            psi=self.params.psi,
+        )
+        self.settings = OptimSettings(self.params.steps, self.params.lr, self.params.lr_gamma, self.params.lambda_id,
+                                      self.params.lambda_attr, context.margin, self.params.bf16)
+        self.bank: FakeBank | None = None
+        self.pairer: FakePairer | None = None
+
+    def _load_models(self) -> FalcoModels:
+        store, device = self.context.weights, self.device
+        try:
+            encoder, _ = load_e4e_pair(store, device)
+            generator = load_generator(store, self.params.generator, device)
+            networks = LossNetworks(generator, load_arcface_model(store, device), load_farl_model(store, device))
+        except CheckpointError as exc:
+            raise MethodError(f"method 'falco': {exc}") from exc
+        if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
+            raise MethodError(
+                f"method 'falco': e4e makes {encoder.num_ws} x {encoder.w_dim} codes but the {self.params.generator} "
+                f"generator takes {generator.num_ws} x {generator.w_dim}"
+            )
+        return FalcoModels(encoder, networks)
+
+    # -- what the manifest records ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "bank": self.bank_key.as_dict()}
+
+    def weights_used(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def default_batch_size(self) -> int:
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        free, _ = torch.cuda.mem_get_info(self.device)
+        resolution = self.models.networks.generator.resolution
+        per_face = BYTES_PER_FACE_1024 * (resolution / 1024) ** 2 * (BF16_MEMORY_FACTOR if self.params.bf16 else 1.0)
+        return int(max(1, min(MAX_CUDA_BATCH_SIZE, free * CUDA_MEMORY_SHARE // per_face)))
+
+    # -- the bank --------------------------------------------------------------------------------------
+    def ensure_bank(self) -> FakeBank:
+        """Load the cached bank or build it (once per method instance)."""
+        if self.bank is None:
+            batch = CUDA_BANK_BATCH_SIZE if self.device.type == "cuda" else CPU_BANK_BATCH_SIZE
+            self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key,
+                                              self.models.networks.generator, self.models.networks.farl, batch)
+            self.pairer = FakePairer(self.bank.features, use_gpu=self.device.type == "cuda")
+        return self.bank
+
+    # -- the method ------------------------------------------------------------------------------------
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        if not faces:
+            return []
+        bank = self.ensure_bank()
+        networks = self.models.networks
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
+        with torch.no_grad():
+            real_ws = self.models.encoder(real).float()
+            query = networks.farl(real).cls.float().cpu().numpy()
+        targets = real_targets(real, networks, self.params.bf16)
+        try:
+            pairs = self.pairer.pair(query, unique=self.params.unique_pairs)
+        except PairingError as exc:
+            raise MethodError(f"method 'falco': {exc}") from exc
+        fake_ws = torch.from_numpy(bank.ws[[pair.fake_index for pair in pairs]]).to(self.device)
+        initial = mix_codes(real_ws, fake_ws, self.params.trainable_layers)
+        result = optimise_latents(initial, self.params.trainable_layers, targets, networks, self.settings)
+        crops = result.images.to_uint8()
+        outputs = []
+        for i, (face, pair) in enumerate(zip(faces, pairs)):
+            latent_path = self._save_latent(face.key, result.ws[i]) if self.params.save_latents else None
+            metrics = {
+                "fake_index": pair.fake_index,
+                "pairing_similarity": pair.similarity,
+                "id_cos_before": float(result.id_cos_start[i]),
+                "id_cos_after": float(result.id_cos_end[i]),
+                "id_margin_gap": abs(float(result.id_cos_end[i]) - self.context.margin),
+                "attr_loss_start": float(result.attr_start[i]),
+                "attr_loss_end": float(result.attr_end[i]),
+                "steps": self.params.steps,
+                "seed": self.context.seed,
+                "latent_path": latent_path,
+            }
+            outputs.append(AnonymizedFace(crops[i], metrics))
+        return outputs
+
+    def _save_latent(self, key: str, code: torch.Tensor) -> str:
+        """Write one face's final W+ code [num_ws, w_dim] as .npy (atomically); its path relative to the output."""
+        if self.context.output_dir is None:
+            raise MethodError("method 'falco': save_latents needs an output folder (not a dry run)")
+        relative = LATENTS_DIR / latent_filename(key)
+        buffer = io.BytesIO()
+        np.save(buffer, code.detach().float().cpu().numpy(), allow_pickle=False)
+        atomic_write_bytes(Path(self.context.output_dir) / relative, buffer.getvalue())
+        return relative.as_posix()
+
+
+def latent_filename(key: str) -> str:
+    """A file name for a face key such as ``a/b.jpg#0``: readable, and unique thanks to a hash of the key."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("._")[:100] or "face"
+    return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.npy"
+
+
+def require_all(store, artefacts: Sequence[str]) -> None:
+    """Check every artefact; one WeightsError carrying the store's message for each one that is unusable."""
+    problems = []
+    for name in artefacts:
+        try:
+            store.require(name)
+        except WeightsError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise WeightsError("; ".join(problems))

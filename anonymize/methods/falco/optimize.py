@@ -1,0 +1,159 @@
+"""FALCO's latent optimisation, many faces at once.
+
+Each face starts from a mixed W+ code: the layers in ``trainable_layers`` (3-7 by default, the
+middle resolutions that carry identity) come from its paired fake, every other layer from the e4e
+inversion of the real face. Only the trainable layers change; the others are never written to,
+so they stay bitwise equal to the inversion. The loss of face i is
+
+    lambda_id * |cos(ArcFace(G(w_i)), ArcFace(x_i)) - m| + lambda_attr * mean |FaRL_tok(G(w_i)) - FaRL_tok(x_i)|
+
+where the FaRL term averages the L1 distance over all tokens (CLS and patches) and channels of the
+last transformer block. (The reference sums the per-token means instead, a factor of 1 + patches,
+197 at ViT-B/16, larger; ``lambda_attr = 19.7`` reproduces its weighting.) Both images go through
+the same networks and the same preprocessing (:class:`CanonicalImages`); the reference also
+averages its ID loss wrongly over a batch, which cannot happen here because losses are per face.
+
+Batching: the per-face losses are summed, and no network mixes faces (frozen BatchNorm, per-sample
+modulated convolutions, per-image attention), so the gradient reaching face i's code is exactly the
+gradient of its own loss; Adam works elementwise, so each face follows the trajectory it would
+follow alone, up to floating-point differences between batched and single kernels. Adam runs with
+``lr`` and multiplies it by ``lr_gamma`` at 75% and 90% of the steps, as FALCO's MultiStepLR does.
+
+Mixed precision (``bf16``, CUDA only): the three networks run under bf16 autocast for both the
+generated and the real side; embeddings and tokens are cast to float32 before the loss, and the
+codes and Adam state stay float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anonymize.models.arcface import ArcFace
+from anonymize.models.farl import FaRLEncoder
+from anonymize.models.images import CanonicalImages
+from anonymize.models.stylegan2 import StyleGAN2Generator
+
+LR_MILESTONES = (0.75, 0.9)
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    steps: int = 50
+    lr: float = 0.01
+    lr_gamma: float = 0.8
+    lambda_id: float = 10.0
+    lambda_attr: float = 0.1
+    margin: float = 0.0
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class LossNetworks:
+    generator: StyleGAN2Generator
+    arcface: ArcFace
+    farl: FaRLEncoder
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the loss compares against, from the real crops: [B, E] identities and [B, T, C] tokens."""
+
+    identity: Tensor
+    tokens: Tensor
+
+
+@dataclass
+class OptimResult:
+    ws: Tensor  # [B, num_ws, w_dim] final codes
+    images: CanonicalImages  # G(final codes), at the generator's resolution
+    id_cos_start: Tensor  # [B] ArcFace cosine to the original, initial mixed code
+    id_cos_end: Tensor  # [B] same, final code
+    attr_start: Tensor  # [B] attribute loss, initial mixed code
+    attr_end: Tensor  # [B]
+    loss_history: Tensor  # [steps + 1, B] per-face total loss before each step and at the end
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; a no-op otherwise."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def real_targets(real: CanonicalImages, networks: LossNetworks, bf16: bool = False) -> Targets:
+    with autocast_for(real.tensor.device, bf16):
+        identity = networks.arcface(real)
+        tokens = networks.farl(real).tokens
+    return Targets(identity.float(), tokens.float())
+
+
+def mix_codes(real_ws: Tensor, fake_ws: Tensor, trainable_layers: Sequence[int]) -> Tensor:
+    """The starting code: the real inversion, with the trainable layers taken from the fake.
+
+    real_ws [B, L, D]; fake_ws [B, L, D] or [B, D] (a W code, the same on every layer).
+    """
+    if fake_ws.ndim == 2:
+        fake_ws = fake_ws.unsqueeze(1).expand_as(real_ws)
+    layers = torch.as_tensor(list(trainable_layers), device=real_ws.device)
+    return real_ws.index_copy(1, layers, fake_ws.index_select(1, layers).to(real_ws.dtype))
+
+
+def lr_at(step: int, settings: OptimSettings) -> float:
+    """Learning rate of 0-based ``step``: decayed once for every milestone already reached."""
+    milestones = [int(fraction * settings.steps) for fraction in LR_MILESTONES]
+    return settings.lr * settings.lr_gamma ** sum(step >= milestone for milestone in milestones)
+
+
+def face_losses(images: CanonicalImages, targets: Targets, networks: LossNetworks,
+                settings: OptimSettings) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-face (total loss, identity cosine, attribute loss), each [B], float32."""
+    with autocast_for(images.tensor.device, settings.bf16):
+        identity = networks.arcface(images)
+        tokens = networks.farl(images).tokens
+    cosine = F.cosine_similarity(identity.float(), targets.identity, dim=1)
+    attribute = (tokens.float() - targets.tokens).abs().mean(dim=(1, 2))
+    total = settings.lambda_id * (cosine - settings.margin).abs() + settings.lambda_attr * attribute
+    return total, cosine, attribute
+
+
+def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool) -> CanonicalImages:
+    with autocast_for(ws.device, bf16):
+        images = generator(ws, noise_mode="const")
+    return CanonicalImages(images.tensor.float())
+
+
+def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], targets: Targets,
+                     networks: LossNetworks, settings: OptimSettings) -> OptimResult:
+    """Run FALCO's optimisation on a batch of codes [B, num_ws, w_dim]; see the module docstring."""
+    frozen = initial_ws.detach().float()
+    layers = torch.as_tensor(list(trainable_layers), device=frozen.device)
+    trainable = frozen.index_select(1, layers).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([trainable], lr=settings.lr)
+    history = []
+    id_start = attr_start = None
+    for step in range(settings.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, settings)
+        images = render(networks.generator, frozen.index_copy(1, layers, trainable), settings.bf16)
+        losses, cosine, attribute = face_losses(images, targets, networks, settings)
+        if step == 0:
+            id_start, attr_start = cosine.detach(), attribute.detach()
+        history.append(losses.detach())
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        final_ws = frozen.index_copy(1, layers, trainable.detach())
+        images = render(networks.generator, final_ws, settings.bf16)
+        losses, cosine, attribute = face_losses(images, targets, networks, settings)
+    history.append(losses)
+    if id_start is None:  # zero steps: the start is the end
+        id_start, attr_start = cosine, attribute
+    return OptimResult(final_ws, images, id_start, cosine, attr_start, attribute, torch.stack(history))

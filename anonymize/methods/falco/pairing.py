@@ -1,0 +1,107 @@
+"""Pair each real face with the fake whose FaRL CLS feature is most similar (cosine), with faiss.
+
+Features are L2-normalised, so the inner product of an exact flat index (``IndexFlatIP``) is the
+cosine similarity. The index lives on the GPU when the run does and faiss was built with GPU
+support, on the CPU otherwise; both are exact, so they pick the same fakes.
+
+With ``unique=True`` no fake is used twice in the whole run, however the faces are split into
+batches: the pairer remembers the fakes it has handed out. For a batch of B faces it asks each
+face for its ``used + B`` nearest fakes, which leaves every face at least B unused candidates, and
+then assigns greedily, best similarity first (ties broken by face order, then fake index), so the
+result is deterministic and each face gets its nearest fake not taken by a closer pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger searches go to the CPU index
+
+
+class PairingError(ValueError):
+    """The bank cannot give every face of the run its own fake."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    fake_index: int
+    similarity: float
+
+
+def _normalised(features: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(features, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"features must be a [N, D] array, got shape {array.shape}")
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.ascontiguousarray(array / np.maximum(norms, 1e-12))
+
+
+def faiss_gpu_available() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@dataclass
+class FakePairer:
+    """A cosine k-NN index over the bank's features, plus the fakes already handed out."""
+
+    features: np.ndarray
+    use_gpu: bool = False
+    used: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.features = _normalised(self.features)
+        self.cpu_index = faiss.IndexFlatIP(self.features.shape[1])
+        self.cpu_index.add(self.features)
+        self.gpu_index = None
+        if self.use_gpu and faiss_gpu_available():
+            self._gpu_resources = faiss.StandardGpuResources()
+            self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.cpu_index)
+
+    @property
+    def size(self) -> int:
+        return int(self.features.shape[0])
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, fake indices), each [Q, k], best first."""
+        k = min(k, self.size)
+        index = self.gpu_index if self.gpu_index is not None and k <= GPU_MAX_K else self.cpu_index
+        similarities, indices = index.search(_normalised(queries), k)
+        return similarities, indices
+
+    def pair(self, queries: np.ndarray, unique: bool = False) -> list[Pair]:
+        """The chosen fake of each query (one row per real face)."""
+        if len(queries) == 0:
+            return []
+        if not unique:
+            similarities, indices = self.search(queries, 1)
+            return [Pair(int(i), float(s)) for s, i in zip(similarities[:, 0], indices[:, 0])]
+        return self._pair_unique(queries)
+
+    def _pair_unique(self, queries: np.ndarray) -> list[Pair]:
+        count = len(queries)
+        if len(self.used) + count > self.size:
+            raise PairingError(
+                f"unique pairs: the fake bank has {self.size} faces, {len(self.used)} already used, "
+                f"and {count} more are needed; raise bank_size"
+            )
+        similarities, indices = self.search(queries, len(self.used) + count)
+        rows = np.repeat(np.arange(count), indices.shape[1])
+        fakes, sims = indices.reshape(-1), similarities.reshape(-1)
+        keep = (fakes >= 0) & ~np.isin(fakes, np.fromiter(self.used, dtype=np.int64, count=len(self.used)))
+        rows, fakes, sims = rows[keep], fakes[keep], sims[keep]
+        order = np.lexsort((fakes, rows, -sims))  # best similarity first, then face, then fake
+        chosen: dict[int, Pair] = {}
+        taken: set[int] = set()
+        for position in order:
+            row, fake = int(rows[position]), int(fakes[position])
+            if row in chosen or fake in taken:
+                continue
+            chosen[row] = Pair(fake, float(sims[position]))
+            taken.add(fake)
+            if len(chosen) == count:
+                break
+        self.used |= taken
+        return [chosen[row] for row in range(count)]
