@@ -18,8 +18,12 @@ install:
 test:
 	$(BIN)/python -m pytest -q tests
 
+# deface (CenterFace) runs in its own venv: it pins its own OpenCV and onnxruntime.
 bench:
-	$(BIN)/python -m benchmarks.run --shared $(SHARED)
+	test -x .bench/deface-venv/bin/python || ($(PYTHON) -m venv .bench/deface-venv && .bench/deface-venv/bin/pip install -q deface)
+	mkdir -p .bench/weights/retinaface
+	test -f .bench/weights/retinaface/detection_mobilenet0.25_Final.pth || cp $(SHARED)/weights/retinaface_mobilenet0.25.pth .bench/weights/retinaface/detection_mobilenet0.25_Final.pth
+	$(BIN)/python -m benchmarks.run --shared $(SHARED) --weights-dir .bench/weights
 
 demo:
 	rm -rf /tmp/anonymize-demo

@@ -90,6 +90,16 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def _with_falco_flags(method: str, options: dict[str, str], unique_pairs: bool, save_latents: bool) -> dict[str, str]:
+    """--unique-pairs and --save-latents are FALCO options with their own flags."""
+    for flag, enabled, key in (("--unique-pairs", unique_pairs, "unique_pairs"), ("--save-latents", save_latents, "save_latents")):
+        if enabled:
+            if method != "falco":
+                fail(f"{flag} only applies to --method falco (got --method {method})")
+            options[key] = "true"
+    return options
+
+
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title="dry run (nothing written)" if summary.dry_run else "anonymize run", show_header=False)
     table.add_column(style="bold")
@@ -113,6 +123,8 @@ def run_command(
     method: MethodName = typer.Option("falco", help="Anonymization method."),
     margin: float = typer.Option(0.0, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original."),
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
+    unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
+    save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
     detector: DetectorName = typer.Option("retinaface", help="Face detector."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder [default: ~/.cache/anonymize]."),
     aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned face crops (CelebA, FFHQ): no detection."),
@@ -142,7 +154,7 @@ def run_command(
         input_dir=input_dir,
         output_dir=out if out is not None else default_output_dir(input_dir),
         method=method.value,
-        method_options=_parse_options(option),
+        method_options=_with_falco_flags(method.value, _parse_options(option), unique_pairs, save_latents),
         margin=margin,
         detector=detector.value,
         weights_dir=weights_dir,

@@ -41,6 +41,8 @@ Z_CHUNK = 1000
 MIN_BANK_SIZE = 10_000
 FAKES_PER_FACE = 10
 DEFAULT_PSI = 0.7
+CPU_BUILD_BATCH = 8  # a 1024 px render holds ~0.5 GB of activations per face on the way
+CUDA_BUILD_BATCH = 64
 
 BankProgress = Callable[[int, int], None]  # (fakes done, fakes wanted)
 
@@ -85,6 +87,11 @@ class FakeBank:
 def default_bank_size(expected_faces: int | None) -> int:
     """max(10 x faces, 10000): enough fakes that the nearest one is close, as in FALCO."""
     return max(FAKES_PER_FACE * (expected_faces or 0), MIN_BANK_SIZE)
+
+
+def default_build_batch_size(device: torch.device | str) -> int:
+    """Fakes rendered per batch: no gradients are kept, so far more than an optimisation batch."""
+    return CUDA_BUILD_BATCH if torch.device(device).type == "cuda" else CPU_BUILD_BATCH
 
 
 def bank_dir(weights_root: Path) -> Path:

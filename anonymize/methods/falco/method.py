@@ -32,18 +32,32 @@ import torch
 from anonymize.io.manifest import WORK_DIR_NAME
 from anonymize.io.write import atomic_write_bytes
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
-from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, load_or_build_bank
+from anonymize.methods.falco.bank import (
+    DEFAULT_PSI,
+    BankKey,
+    FakeBank,
+    bank_dir,
+    default_bank_size,
+    default_build_batch_size,
+    load_or_build_bank,
+)
 from anonymize.methods.falco.optimize import LossNetworks, OptimSettings, mix_codes, optimise_latents, real_targets
 from anonymize.methods.falco.pairing import FakePairer, PairingError
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact, load_arcface_model, load_e4e_pair, load_farl_model, load_generator
-from anonymize.weights import WeightsError
+from anonymize.models.registry import (
+    GENERATORS,
+    artefact_of,
+    generator_artefact,
+    load_arcface_model,
+    load_e4e_pair,
+    load_farl_model,
+    load_generator,
+)
+from anonymize.weights import WeightsError, WeightsStore
 
 LATENTS_DIR = PurePosixPath(WORK_DIR_NAME) / "latents"
 CPU_BATCH_SIZE = 4
-CPU_BANK_BATCH_SIZE = 16
-CUDA_BANK_BATCH_SIZE = 64
 MAX_CUDA_BATCH_SIZE = 64
 CUDA_MEMORY_SHARE = 0.8  # of the free memory; the rest is headroom for fragmentation and faiss
 # Peak memory one more face adds to an optimisation step (forward + backward through G, ArcFace and
@@ -158,9 +172,9 @@ class FalcoMethod(Method):
     def ensure_bank(self) -> FakeBank:
         """Load the cached bank or build it (once per method instance)."""
         if self.bank is None:
-            batch = CUDA_BANK_BATCH_SIZE if self.device.type == "cuda" else CPU_BANK_BATCH_SIZE
             self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key,
-                                              self.models.networks.generator, self.models.networks.farl, batch)
+                                              self.models.networks.generator, self.models.networks.farl,
+                                              default_build_batch_size(self.device))
             self.pairer = FakePairer(self.bank.features, use_gpu=self.device.type == "cuda")
         return self.bank
 
@@ -218,7 +232,7 @@ def latent_filename(key: str) -> str:
     return f"{readable}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.npy"
 
 
-def require_all(store, artefacts: Sequence[str]) -> None:
+def require_all(store: WeightsStore, artefacts: Sequence[str]) -> None:
     """Check every artefact; one WeightsError carrying the store's message for each one that is unusable."""
     problems = []
     for name in artefacts:

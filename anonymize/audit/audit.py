@@ -1,0 +1,414 @@
+"""The audit: prove that an anonymized folder is safe to release, independently of how it was made.
+
+``run_audit(AuditConfig(original_dir, anonymized_dir))`` is all a caller needs; every other
+field has a default meant for a release gate:
+
+* pairing through ``<anonymized>/manifest.parquet`` when present, else by relative path;
+* detector ``"auto"``: RetinaFace when its weights are verified, else dlib HOG, and never the run's
+  own detector when another fast one is available (the manifest says which the run used); faces
+  the run recorded are audited too. dlib's CNN detector is available on request; it is thorough
+  but takes about ten seconds per photo on a CPU;
+* ``aligned`` None: taken from the run's options in the manifest (False without one);
+* identity labels (``identity_from_folders`` None): used when every source lies in a top-level
+  folder, there are at least two such folders and one holds two images or more (CelebA-style
+  ``<identity>/<photo>``), so rank-1 counts another photo of the same person as re-identified and
+  the recognizer's same- vs different-person separation is checked;
+* thresholds (:class:`Thresholds`): at most 5 % of faces verified as their original (dlib distance
+  < 0.6), no missed face, no metadata leak; rank-1 rate and detection rate are reported but not
+  gated unless asked; an output that cannot be audited always fails;
+* files: ``audit.parquet`` and ``audit-summary.json`` in ``report_dir`` when given, else in
+  ``<anonymized>-audit/`` beside the anonymized folder; the HTML report only with ``report_dir``.
+  Nothing is ever written inside the original or anonymized folder.
+
+The HTML report shows crops of original faces: keep it with the originals, never publish it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from anonymize import __version__
+from anonymize.audit.faces import SourceFace, match_boxes, source_faces
+from anonymize.audit.fid import FidFeatures, FidResult, open_fid_features
+from anonymize.audit.leaks import inspect_metadata
+from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region_change
+from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
+from anonymize.audit.quality import outside_faces_mask, psnr, ssim
+from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
+from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, write_rows, write_summary
+from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures
+from anonymize.faces.detect import DETECTORS, Detector, DetectorSettings, create_detector
+from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, sha256_file
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
+from anonymize.weights import WeightsError, WeightsStore
+
+AUTO = "auto"
+RETINAFACE_ARTEFACT = "retinaface_mobilenet0.25"
+MAX_PAIRWISE_FACES = 2000  # the "before" distances use at most this many original faces (pairs grow quadratically)
+
+
+class AuditProgress:
+    """What the audit reports as it goes; the CLI draws it, tests ignore it."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    original_dir: Path
+    anonymized_dir: Path
+    manifest_path: Path | None = None
+    report_dir: Path | None = None
+    parquet_path: Path | None = None
+    summary_path: Path | None = None
+    write_files: bool = True
+    detector: str = AUTO
+    det_threshold: float | None = None
+    weights_dir: Path | None = None
+    trust_unverified: bool = False
+    device: str = AUTO
+    aligned: bool | None = None
+    identity_from_folders: bool | None = None
+    distance_threshold: float = SAME_PERSON_DISTANCE
+    unchanged_threshold: float = UNCHANGED_MEAN_ABS_DIFF
+    fid: bool = True
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    worst_cases: int = 8
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class AuditResult:
+    rows: list[dict[str, Any]]  # one per audited face, or per image without one (see results.ROW_SCHEMA)
+    summary: dict[str, Any]
+    passed: bool
+    crossed: list[str]  # one sentence per crossed threshold
+    parquet_path: Path | None = None
+    summary_path: Path | None = None
+    report_path: Path | None = None
+    before_distances: dict[str, list[float]] = field(default_factory=dict)  # for the report's histogram
+
+
+# ---- set-up -------------------------------------------------------------------------------------
+
+
+def default_audit_dir(anonymized_dir: Path) -> Path:
+    """``<anonymized>-audit`` beside the anonymized folder."""
+    resolved = Path(anonymized_dir).resolve()
+    return resolved.parent / f"{resolved.name}-audit"
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
+    """Parquet, summary and report folder, refused when inside the original or anonymized folder."""
+    base = Path(config.report_dir) if config.report_dir is not None else default_audit_dir(config.anonymized_dir)
+    parquet = Path(config.parquet_path) if config.parquet_path is not None else base / AUDIT_PARQUET_NAME
+    summary = Path(config.summary_path) if config.summary_path is not None else base / AUDIT_SUMMARY_NAME
+    report = Path(config.report_dir) if config.report_dir is not None else None
+    for path, what in ((parquet, "audit Parquet"), (summary, "audit summary"), (report, "report folder")):
+        if path is None:
+            continue
+        for folder, role in ((config.original_dir, "original"), (config.anonymized_dir, "anonymized")):
+            if _is_inside(path, folder):
+                raise AuditError(f"{path}: the {what} must not be written inside the {role} folder {folder}")
+    return parquet, summary, report
+
+
+def choose_detector(requested: str, weights: WeightsStore, run_detector: object) -> tuple[str, str]:
+    """(detector name, why): ``auto`` prefers a fast detector other than the run's own."""
+    if requested != AUTO:
+        if requested not in DETECTORS:
+            raise AuditError(f"unknown detector {requested!r}: choose auto or one of {', '.join(DETECTORS)}")
+        return requested, "chosen by the user"
+    fast = [name for name in ("retinaface", "dlib-hog") if name != "retinaface" or weights.status(RETINAFACE_ARTEFACT) == "present"]
+    for name in fast:
+        if name != run_detector:
+            reason = "independent of the run's detector" if isinstance(run_detector, str) else "the run's detector is unknown"
+            return name, reason
+    return fast[0], f"the run also used {run_detector}: not independent (install RetinaFace weights for an independent check)"
+
+
+def resolve_device(device: str) -> str:
+    if device != AUTO:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | None:
+    """Source path -> top-level folder, when the dataset is organised by identity (see module doc)."""
+    if mode is False:
+        return None
+    folders = {source: source.split("/", 1)[0] for source in sources if "/" in source}
+    if mode is None:
+        counts: dict[str, int] = {}
+        for folder in folders.values():
+            counts[folder] = counts.get(folder, 0) + 1
+        if len(folders) != len(sources) or len(counts) < 2 or max(counts.values(), default=0) < 2:
+            return None
+    return folders
+
+
+# ---- one image ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    config: AuditConfig
+    detector: Detector
+    recognizer: DlibRecognizer
+    aligned: bool
+    labels: dict[str, str] | None
+    fid: FidFeatures | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    gallery: list[np.ndarray] = field(default_factory=list)  # original face descriptors
+    probes: list[np.ndarray] = field(default_factory=list)  # anonymized face descriptors, same order
+    face_rows: list[int] = field(default_factory=list)  # row index of each gallery face
+    first_faces: list[int] = field(default_factory=list)  # gallery index of each labelled image's first face
+
+
+def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
+    """A row with every schema column (None where not measured)."""
+    row: dict[str, Any] = dict.fromkeys(ROW_SCHEMA.names)
+    row.update(source_path=pair.source_rel, output_path=pair.output_rel, metadata_leak=[], metadata_detail="", size_mismatch=False)
+    row.update(values)
+    return row
+
+
+def _audit_pair(pair: ImagePair, context: _Context) -> None:
+    config = context.config
+    try:
+        output = decode_image(pair.output_path, config.max_pixels, display_name=pair.output_rel)
+    except ImageDecodeError as exc:
+        context.rows.append(_image_row(pair, error=f"unreadable output: {exc}"))
+        return
+    finding = inspect_metadata(pair.output_path)
+    common = {"metadata_leak": list(finding.kinds), "metadata_detail": finding.detail}
+    if pair.source_path is None:
+        context.rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
+        return
+    try:
+        original = decode_image(pair.source_path, config.max_pixels, display_name=pair.source_rel)
+    except ImageDecodeError as exc:
+        context.rows.append(_image_row(pair, **common, error=f"unreadable original: {exc}"))
+        return
+    common["identity"] = context.labels.get(pair.source_rel) if context.labels else None
+    common["identical_to_source"] = _same_bytes(pair.source_path, pair.output_path)
+    output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
+    try:
+        faces = source_faces(original.rgb, context.detector, pair.manifest_boxes, context.aligned)
+        found = context.detector.detect(output_rgb)
+        boxes = [face.box for face in faces]
+        before = context.recognizer.descriptors(original.rgb, boxes)
+        after = context.recognizer.descriptors(output_rgb, boxes)
+    except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
+        context.rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
+        return
+    mask = outside_faces_mask(original.rgb.shape, [*boxes, *pair.manifest_boxes])
+    common["psnr_outside_db"] = psnr(original.rgb, output_rgb, mask)
+    common["ssim_outside"] = ssim(original.rgb, output_rgb, mask)
+    if context.fid is not None:
+        context.fid.add(original.rgb, output_rgb)
+    if not faces:
+        context.rows.append(_image_row(pair, **common))
+        return
+    matches = match_boxes(boxes, [face.box for face in found])
+    for index, (face, overlap, descriptor_before, descriptor_after) in enumerate(zip(faces, matches, before, after)):
+        _add_face(context, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb, common)
+
+
+def _add_face(context: _Context, pair: ImagePair, index: int, face: SourceFace, overlap: float | None,
+              descriptor_before: np.ndarray, descriptor_after: np.ndarray, original: np.ndarray, output: np.ndarray,
+              common: dict[str, Any]) -> None:
+    config = context.config
+    change = region_change(original, output, face.box)
+    distance = float(np.linalg.norm(descriptor_before - descriptor_after))
+    if index == 0 and common.get("identity") is not None:
+        context.first_faces.append(len(context.gallery))
+    context.face_rows.append(len(context.rows))
+    context.gallery.append(descriptor_before)
+    context.probes.append(descriptor_after)
+    values = {**common, "identity": common.get("identity") if index == 0 else None}
+    context.rows.append(_image_row(
+        pair, **values,
+        face_index=index,
+        box=[float(v) for v in face.box],
+        found_by=face.found_by,
+        det_score=face.score,
+        detected_in_output=overlap is not None,
+        output_iou=overlap,
+        identity_distance=distance,
+        reidentified=distance < config.distance_threshold,
+        region_change=change,
+        missed=is_unchanged(change, config.unchanged_threshold),
+    ))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return os.path.getsize(a) == os.path.getsize(b) and sha256_file(a) == sha256_file(b)
+    except OSError:
+        return False
+
+
+def _same_size(output: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The output at the original's size (resized when it differs) and whether it differed."""
+    if output.shape == original.shape:
+        return output, False
+    height, width = original.shape[:2]
+    return cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA), True
+
+
+# ---- across the dataset ---------------------------------------------------------------------------
+
+
+def _fill_identification(context: _Context) -> float | None:
+    """Rank-1 columns of every face row; returns the chance hit rate."""
+    if not context.gallery:
+        return None
+    gallery_labels = [context.rows[row].get("identity") for row in context.face_rows] if context.labels else None
+    result = identify(np.stack(context.probes), np.stack(context.gallery), list(range(len(context.gallery))), gallery_labels)
+    for probe, row_index in enumerate(context.face_rows):
+        nearest_row = context.rows[context.face_rows[int(result.nearest[probe])]]
+        row = context.rows[row_index]
+        row["nearest_original"] = f"{nearest_row['source_path']}#{nearest_row['face_index']}"
+        row["nearest_distance"] = float(result.nearest_distance[probe])
+        row["rank1_hit"] = bool(result.hits[probe])
+    return result.chance
+
+
+def _subsample(indices: list[int], limit: int) -> list[int]:
+    if len(indices) <= limit:
+        return indices
+    chosen = np.random.default_rng(0).choice(len(indices), size=limit, replace=False)
+    return [indices[i] for i in sorted(chosen)]
+
+
+def _before_distances(context: _Context, separation: IdentitySeparation | None) -> dict[str, list[float]]:
+    """Distances between originals, the scale the anonymized distances are read against."""
+    if separation is not None:
+        return {"same person": separation.same_distances, "different people": separation.different_distances}
+    chosen = _subsample(list(range(len(context.gallery))), MAX_PAIRWISE_FACES)
+    if len(chosen) < 2:
+        return {}
+    distances = pairwise_distances(np.stack([context.gallery[i] for i in chosen]), np.stack([context.gallery[i] for i in chosen]))
+    return {"between originals": [float(v) for v in distances[np.triu_indices(len(chosen), 1)]]}
+
+
+def _separation(context: _Context, threshold: float) -> IdentitySeparation | None:
+    if not context.labels:
+        return None
+    chosen = _subsample(context.first_faces, MAX_PAIRWISE_FACES)
+    labels = [context.rows[context.face_rows[i]]["identity"] for i in chosen]
+    if len(chosen) < 2:
+        return None
+    return identity_separation(np.stack([context.gallery[i] for i in chosen]), labels, threshold)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> AuditResult:
+    """Audit ``config.anonymized_dir`` against ``config.original_dir``; see the module doc for the defaults."""
+    progress = progress or AuditProgress()
+    original_dir, anonymized_dir = Path(config.original_dir), Path(config.anonymized_dir)
+    if _is_inside(original_dir, anonymized_dir):  # the anonymized tree would then hold the originals too
+        raise AuditError(f"{original_dir}: the original folder must not be the anonymized folder or lie inside it")
+    parquet_path, summary_path, report_dir = output_paths(config)
+    pairing = pair_images(original_dir, anonymized_dir, config.manifest_path)
+    weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
+    device = resolve_device(config.device)
+    detector_name, detector_reason = choose_detector(config.detector, weights, pairing.run_arguments.get("detector"))
+    aligned = bool(pairing.run_arguments.get("aligned", False)) if config.aligned is None else config.aligned
+    try:
+        detector = create_detector(detector_name, weights, DetectorSettings(config.det_threshold, 0, device))
+        recognizer = DlibRecognizer(weights)
+    except WeightsError as exc:
+        raise AuditError(str(exc)) from None
+    fid = open_fid_features(weights, device) if config.fid else FidResult(None, "not requested")
+    labels = identity_labels([pair.source_rel for pair in pairing.pairs if pair.source_rel], config.identity_from_folders)
+    context = _Context(config, detector, recognizer, aligned, labels, fid if isinstance(fid, FidFeatures) else None)
+
+    progress.start(len(pairing.pairs))
+    for pair in pairing.pairs:
+        _audit_pair(pair, context)
+        progress.advance()
+
+    chance = _fill_identification(context)
+    separation = _separation(context, config.distance_threshold)
+    fid_result = context.fid.result() if context.fid is not None else fid
+    summary = _summary(config, pairing, context, detector_name, detector_reason, aligned, chance, separation, fid_result)
+    crossed = crossed_thresholds(summary, config.thresholds)
+    summary["passed"], summary["crossed"] = not crossed, crossed
+    result = AuditResult(context.rows, summary, not crossed, crossed, before_distances=_before_distances(context, separation))
+    if config.write_files:
+        _write(result, config, pairing, parquet_path, summary_path, report_dir, progress)
+    return result
+
+
+def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector: str, detector_reason: str,
+             aligned: bool, chance: float | None, separation: IdentitySeparation | None, fid: FidResult) -> dict[str, Any]:
+    faces, images = face_figures(context.rows), image_figures(context.rows)
+    faces["reid"]["rank1_chance"] = chance
+    images["quality"]["fid"] = fid.value
+    images["quality"]["fid_status"] = fid.status
+    warnings = []
+    if separation is not None and not separation.separated:
+        warnings.append("the recognizer does not separate the identities of these originals well: re-identification figures are unreliable")
+    if "not independent" in detector_reason:
+        warnings.append(f"detector {detector}: {detector_reason}")
+    return {
+        "anonymize_version": __version__,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "original_dir": str(Path(config.original_dir).resolve()),
+        "anonymized_dir": str(Path(config.anonymized_dir).resolve()),
+        "manifest_path": str(pairing.manifest_path) if pairing.manifest_path else None,
+        "pairing": "manifest" if pairing.manifest_path else "relative path",
+        "detector": detector,
+        "detector_reason": detector_reason,
+        "aligned": aligned,
+        "identity_labels": "folders" if context.labels else None,
+        "distance_threshold": config.distance_threshold,
+        "unchanged_threshold": config.unchanged_threshold,
+        "thresholds": asdict(config.thresholds),
+        "not_released": len(pairing.not_released),
+        "missing_outputs": pairing.missing_outputs[:200],
+        **images,
+        **faces,
+        "identity_check": {"available": True, **separation.as_dict()} if separation is not None else {
+            "available": False,
+            "reason": "the originals are not grouped in identity folders" if not context.labels else "too few labelled faces",
+        },
+        "warnings": warnings,
+    }
+
+
+def _write(result: AuditResult, config: AuditConfig, pairing: Pairing, parquet_path: Path, summary_path: Path,
+           report_dir: Path | None, progress: AuditProgress) -> None:
+    metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(result.summary, default=str)}
+    result.parquet_path = write_rows(parquet_path, result.rows, metadata)
+    result.summary["parquet_path"] = str(parquet_path)
+    if report_dir is not None:
+        from anonymize.audit.report import write_report
+
+        result.report_path = write_report(result, config, report_dir)
+        result.summary["report_path"] = str(result.report_path)
+    result.summary_path = write_summary(summary_path, result.summary)
+    progress.message(f"audit written to {summary_path.parent}")

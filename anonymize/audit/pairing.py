@@ -1,0 +1,110 @@
+"""Pair every released image with the source it was made from.
+
+The anonymized folder is what gets published, so the audit starts from it: every image in it is
+checked, and each is paired with its source through the run's manifest (``output_path`` ->
+``source_path``) or, without one, by the same relative path. An output that pairs with no source
+cannot have its faces checked and is reported as unpaired. Sources without an output were not
+released (no face and ``--on-no-face skip``, or an error) and need no check.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from anonymize.io.manifest import MANIFEST_NAME, STATUS_DONE, read_manifest
+from anonymize.io.walk import walk_images
+
+Box = tuple[float, float, float, float]
+
+
+class AuditError(Exception):
+    """An audit that cannot start (missing folders, unreadable manifest, unsafe paths): one line."""
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    """One released image and, when known, its source; paths relative to their folders, posix form."""
+
+    output_rel: str
+    output_path: Path
+    source_rel: str | None
+    source_path: Path | None
+    manifest_boxes: tuple[Box, ...] = ()  # faces the run itself anonymized in this image
+
+
+@dataclass
+class Pairing:
+    pairs: list[ImagePair]
+    not_released: list[str]  # sources with no output in the anonymized folder
+    missing_outputs: list[str]  # outputs the manifest lists but the folder lacks
+    manifest_path: Path | None
+    run_arguments: dict[str, object] = field(default_factory=dict)  # the run's options, from the manifest
+
+    @property
+    def unpaired(self) -> list[ImagePair]:
+        return [pair for pair in self.pairs if pair.source_path is None]
+
+
+def resolve_manifest(anonymized_dir: Path, manifest_path: Path | None) -> Path | None:
+    """The given manifest (it must exist), else ``<anonymized>/manifest.parquet`` when present."""
+    if manifest_path is not None:
+        if not Path(manifest_path).is_file():
+            raise AuditError(f"{manifest_path}: manifest not found")
+        return Path(manifest_path)
+    default = anonymized_dir / MANIFEST_NAME
+    return default if default.is_file() else None
+
+
+def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | None = None) -> Pairing:
+    """Every image under ``anonymized_dir`` with its source under ``original_dir`` (or None)."""
+    for folder, role in ((original_dir, "original"), (anonymized_dir, "anonymized")):
+        if not folder.is_dir():
+            raise AuditError(f"{folder}: {role} folder does not exist or is not a folder")
+    manifest = resolve_manifest(anonymized_dir, manifest_path)
+    rows, arguments = _manifest_rows(manifest) if manifest is not None else ([], {})
+    originals = {str(found.relpath): found.path for found in walk_images(original_dir, exclude=anonymized_dir)}
+    outputs = list(walk_images(anonymized_dir))
+    if not outputs:
+        raise AuditError(f"{anonymized_dir}: no image found to audit")
+
+    source_of_output: dict[str, str] = {}
+    boxes_of_output: dict[str, list[Box]] = {}
+    for row in rows:
+        if row.get("output_path") and row.get("source_path"):
+            source_of_output[row["output_path"]] = row["source_path"]
+            if row.get("status") == STATUS_DONE and row.get("box") is not None:
+                boxes_of_output.setdefault(row["output_path"], []).append(tuple(float(v) for v in row["box"]))
+
+    pairs = []
+    for found in outputs:
+        output_rel = str(found.relpath)
+        source_rel = source_of_output.get(output_rel, output_rel)
+        source_path = originals.get(source_rel)
+        pairs.append(ImagePair(output_rel, found.path, source_rel if source_path else None, source_path,
+                               tuple(boxes_of_output.get(output_rel, ()))))
+    released_sources = {pair.source_rel for pair in pairs if pair.source_rel}
+    present_outputs = {pair.output_rel for pair in pairs}
+    return Pairing(
+        pairs=pairs,
+        not_released=sorted(set(originals) - released_sources),
+        missing_outputs=sorted(set(source_of_output) - present_outputs),
+        manifest_path=manifest,
+        run_arguments=arguments,
+    )
+
+
+def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object]]:
+    try:
+        table, metadata = read_manifest(path)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise AuditError(f"{path}: not a readable manifest ({type(exc).__name__}: {exc})") from None
+    missing = {"source_path", "output_path", "status", "box"} - set(table.column_names)
+    if missing:
+        raise AuditError(f"{path}: not an anonymize manifest (no column {', '.join(sorted(missing))})")
+    try:
+        arguments = json.loads(metadata.get("arguments", "{}"))
+    except json.JSONDecodeError:
+        arguments = {}
+    return table.select(["source_path", "output_path", "status", "box"]).to_pylist(), arguments if isinstance(arguments, dict) else {}

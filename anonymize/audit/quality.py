@@ -1,0 +1,76 @@
+"""Image quality outside the faces: a paste-back anonymizer must leave the background as it was.
+
+PSNR (over RGB) and SSIM (on luma, Gaussian window of sigma 1.5 as in Wang et al. 2004, constants
+K1 = 0.01, K2 = 0.03) are averaged over the pixels outside every face. A face's region is its box
+grown by ``FACE_MARGIN`` of its size on each side: the pasted region (an ellipse in the aligned
+crop, plus its feathered edge) reaches beyond a detector's tight box, above all towards the
+forehead and chin. Identical pixels give an infinite PSNR; it is reported as ``PSNR_IDENTICAL_DB``
+so the numbers stay plain JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+Box = tuple[float, float, float, float]
+
+FACE_MARGIN = 0.5
+PSNR_IDENTICAL_DB = 100.0
+SSIM_SIGMA = 1.5
+SSIM_WINDOW = 11
+_C1 = (0.01 * 255) ** 2
+_C2 = (0.03 * 255) ** 2
+
+
+def outside_faces_mask(shape: tuple[int, ...], boxes: Sequence[Box], margin: float = FACE_MARGIN) -> np.ndarray:
+    """H x W bool: True where no (grown) face box covers the pixel."""
+    height, width = shape[:2]
+    mask = np.ones((height, width), bool)
+    for x0, y0, x1, y1 in boxes:
+        grow_x, grow_y = (x1 - x0) * margin, (y1 - y0) * margin
+        left, top = max(int(np.floor(x0 - grow_x)), 0), max(int(np.floor(y0 - grow_y)), 0)
+        right, bottom = min(int(np.ceil(x1 + grow_x)), width), min(int(np.ceil(y1 + grow_y)), height)
+        if right > left and bottom > top:
+            mask[top:bottom, left:right] = False
+    return mask
+
+
+def psnr(original: np.ndarray, output: np.ndarray, mask: np.ndarray) -> float | None:
+    """PSNR in dB over the masked pixels (None when the mask is empty)."""
+    if not mask.any():
+        return None
+    difference = original[mask].astype(np.float64) - output[mask].astype(np.float64)
+    mse = float(np.mean(difference**2))
+    if mse == 0.0:
+        return PSNR_IDENTICAL_DB
+    return min(PSNR_IDENTICAL_DB, 10.0 * np.log10(255.0**2 / mse))
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def ssim_map(original: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Per-pixel SSIM of the two images' luma (H x W, float64)."""
+    a, b = _luma(original), _luma(output)
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(values, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+
+    mean_a, mean_b = smooth(a), smooth(b)
+    var_a = smooth(a * a) - mean_a**2
+    var_b = smooth(b * b) - mean_b**2
+    covariance = smooth(a * b) - mean_a * mean_b
+    numerator = (2 * mean_a * mean_b + _C1) * (2 * covariance + _C2)
+    denominator = (mean_a**2 + mean_b**2 + _C1) * (var_a + var_b + _C2)
+    return numerator / denominator
+
+
+def ssim(original: np.ndarray, output: np.ndarray, mask: np.ndarray) -> float | None:
+    """Mean SSIM over the masked pixels (None when the mask is empty)."""
+    if not mask.any():
+        return None
+    return float(ssim_map(original, output)[mask].mean())

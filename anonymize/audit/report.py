@@ -1,0 +1,326 @@
+"""The audit as one static HTML page: opens from the file system, loads nothing from anywhere.
+
+``index.html`` holds the verdict, the summary figures, the identity check, a histogram of identity
+distances drawn as inline SVG, and side-by-side crops of the worst cases (the faces that stay most
+similar to their original, and the missed faces). The crops are small JPEG files in
+``audit-thumbs/`` next to the page, written without metadata. They show ORIGINAL faces: the
+report belongs with the originals and must never be published with the anonymized data (the audit
+refuses to write it inside the anonymized folder).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.write import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from anonymize.audit.audit import AuditConfig, AuditResult
+
+REPORT_NAME = "index.html"
+THUMBS_DIR = "audit-thumbs"
+THUMB_SIDE = 160
+CROP_MARGIN = 0.3
+HISTOGRAM_BIN = 0.05
+SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#e8590c", "#862e9c")
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0; background: #f4f5f7; color: #1f2328; }
+main { max-width: 1180px; margin: 0 auto; padding: 24px; }
+h1 { margin: 0 0 4px; font-size: 28px; } h2 { margin: 32px 0 12px; font-size: 20px; }
+.muted { color: #59636e; font-size: 14px; }
+.verdict { border-radius: 10px; padding: 16px 20px; margin: 16px 0; color: #fff; }
+.verdict.pass { background: #2b8a3e; } .verdict.fail { background: #c92a2a; }
+.verdict strong { font-size: 22px; } .verdict ul { margin: 8px 0 0; padding-left: 20px; }
+.warning { background: #fff3bf; border: 1px solid #f0c000; border-radius: 8px; padding: 10px 14px; margin: 12px 0; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); gap: 12px; }
+.card { background: #fff; border-radius: 10px; padding: 14px 16px; border-left: 6px solid #1c7ed6; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.card.bad { border-left-color: #c92a2a; } .card.good { border-left-color: #2b8a3e; }
+.card .value { font-size: 30px; font-weight: 700; margin: 4px 0; } .card .label { font-size: 14px; font-weight: 600; }
+.card .note { font-size: 12px; color: #59636e; }
+table { border-collapse: collapse; background: #fff; border-radius: 8px; overflow: hidden; width: 100%; }
+td, th { padding: 6px 10px; border-bottom: 1px solid #e6e8eb; text-align: left; font-size: 14px; vertical-align: top; }
+th { background: #eef0f3; }
+.chart { background: #fff; border-radius: 10px; padding: 12px; }
+.cases { display: grid; grid-template-columns: repeat(auto-fill, minmax(350px, 1fr)); gap: 12px; }
+.case { background: #fff; border-radius: 10px; padding: 10px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
+.case .pair { display: flex; gap: 8px; justify-content: center; }
+.case figure { margin: 0; text-align: center; font-size: 12px; color: #59636e; }
+.case img { width: 160px; height: 160px; object-fit: contain; background: #222; border-radius: 6px; display: block; }
+.case .caption { font-size: 13px; margin-top: 6px; word-break: break-all; }
+.tag { display: inline-block; border-radius: 4px; padding: 1px 6px; font-size: 12px; color: #fff; margin-right: 4px; }
+.tag.red { background: #c92a2a; } .tag.orange { background: #e8590c; } .tag.grey { background: #868e96; }
+"""
+
+
+# ---- formatting ---------------------------------------------------------------------------------
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value))
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _number(value: float | None, digits: int = 2, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _card(label: str, value: str, note: str = "", state: str = "") -> str:
+    return (f'<div class="card {state}"><div class="label">{_e(label)}</div><div class="value">{_e(value)}</div>'
+            f'<div class="note">{_e(note)}</div></div>')
+
+
+# ---- histogram ----------------------------------------------------------------------------------
+
+
+def histogram_svg(series: Mapping[str, Sequence[float]], threshold: float, width: int = 1100, height: int = 360) -> str:
+    """Overlaid histograms (share per bin) as an inline SVG, with the threshold marked."""
+    present = {name: np.asarray(values, float) for name, values in series.items() if len(values)}
+    if not present:
+        return '<p class="muted">No identity distances to show.</p>'
+    top = max(1.2, max(float(values.max()) for values in present.values()) + HISTOGRAM_BIN)
+    edges = np.arange(0.0, top + HISTOGRAM_BIN, HISTOGRAM_BIN)
+    shares = {name: np.histogram(np.clip(values, 0, edges[-1]), bins=edges)[0] / len(values) for name, values in present.items()}
+    peak = max(float(share.max()) for share in shares.values()) or 1.0
+    left, right, lower = 56, 16, 44
+    upper = 16 + 20 * len(present)  # room for the legend above the plot
+    plot_w, plot_h = width - left - right, height - upper - lower
+
+    def x(value: float) -> float:
+        return left + value / edges[-1] * plot_w
+
+    def y(share: float) -> float:
+        return upper + plot_h - share / peak * plot_h
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="100%" role="img" '
+             f'aria-label="Histogram of identity distances">',
+             f'<rect x="{left}" y="{upper}" width="{plot_w}" height="{plot_h}" fill="#fafbfc" stroke="#d0d7de"/>']
+    for step in np.linspace(0, peak, 5)[1:]:
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(step):.1f}" y2="{y(step):.1f}" stroke="#e6e8eb"/>')
+        parts.append(f'<text x="{left - 6}" y="{y(step) + 4:.1f}" font-size="12" text-anchor="end" fill="#59636e">{step:.0%}</text>')
+    for tick in np.arange(0.0, edges[-1] + 1e-9, 0.2):
+        parts.append(f'<text x="{x(tick):.1f}" y="{upper + plot_h + 18}" font-size="12" text-anchor="middle" fill="#59636e">{tick:.1f}</text>')
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="13" text-anchor="middle" fill="#1f2328">'
+                 f'dlib identity distance (lower = more similar)</text>')
+    for index, (name, share) in enumerate(shares.items()):
+        colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
+        points = [f"{x(edges[0]):.1f},{y(0):.1f}"]
+        for bin_index, value in enumerate(share):
+            points += [f"{x(edges[bin_index]):.1f},{y(value):.1f}", f"{x(edges[bin_index + 1]):.1f},{y(value):.1f}"]
+        points.append(f"{x(edges[-1]):.1f},{y(0):.1f}")
+        parts.append(f'<polygon points="{" ".join(points)}" fill="{colour}" fill-opacity="0.22" stroke="{colour}" stroke-width="2"/>')
+        legend_y = 14 + index * 20
+        parts.append(f'<rect x="{left}" y="{legend_y - 11}" width="14" height="14" fill="{colour}" fill-opacity="0.6"/>')
+        parts.append(f'<text x="{left + 20}" y="{legend_y + 1}" font-size="13" fill="#1f2328">'
+                     f'{_e(name)} (n = {len(present[name])})</text>')
+    parts.append(f'<line x1="{x(threshold):.1f}" x2="{x(threshold):.1f}" y1="{upper}" y2="{upper + plot_h}" '
+                 f'stroke="#c92a2a" stroke-width="2" stroke-dasharray="6 4"/>')
+    parts.append(f'<text x="{x(threshold) + 6:.1f}" y="{upper + 14}" font-size="12" fill="#c92a2a">same-person threshold {threshold:g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---- thumbnails ---------------------------------------------------------------------------------
+
+
+class _Thumbnails:
+    """Writes side-by-side face crops, decoding each image once."""
+
+    def __init__(self, config: AuditConfig, folder: Path) -> None:
+        self.original_dir, self.anonymized_dir = Path(config.original_dir), Path(config.anonymized_dir)
+        self.folder = folder
+        self.count = 0
+        self._images: dict[Path, np.ndarray | None] = {}
+
+    def _load(self, path: Path) -> np.ndarray | None:
+        if path not in self._images:
+            try:
+                self._images[path] = decode_image(path).rgb
+            except ImageDecodeError:
+                self._images[path] = None
+        return self._images[path]
+
+    def pair(self, row: Mapping[str, Any]) -> tuple[str, str] | None:
+        original = self._load(self.original_dir / row["source_path"])
+        output = self._load(self.anonymized_dir / row["output_path"])
+        if original is None or output is None or row["box"] is None:
+            return None
+        if output.shape != original.shape:
+            output = cv2.resize(output, (original.shape[1], original.shape[0]), interpolation=cv2.INTER_AREA)
+        self.count += 1
+        names = (f"{self.count:03d}-original.jpg", f"{self.count:03d}-anonymized.jpg")
+        for name, pixels in zip(names, (original, output)):
+            atomic_write_bytes(self.folder / name, _crop_jpeg(pixels, row["box"]))
+        return f"{THUMBS_DIR}/{names[0]}", f"{THUMBS_DIR}/{names[1]}"
+
+
+def _crop_jpeg(rgb: np.ndarray, box: Sequence[float]) -> bytes:
+    height, width = rgb.shape[:2]
+    x0, y0, x1, y1 = box
+    grow_x, grow_y = (x1 - x0) * CROP_MARGIN, (y1 - y0) * CROP_MARGIN
+    left, top = max(int(x0 - grow_x), 0), max(int(y0 - grow_y), 0)
+    right, bottom = min(int(np.ceil(x1 + grow_x)), width), min(int(np.ceil(y1 + grow_y)), height)
+    crop = rgb[top:max(bottom, top + 1), left:max(right, left + 1)]
+    scale = THUMB_SIDE / max(crop.shape[:2])
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(crop)).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def _case(row: Mapping[str, Any], images: tuple[str, str] | None) -> str:
+    tags = []
+    if row["reidentified"]:
+        tags.append('<span class="tag red">re-identified</span>')
+    if row["missed"]:
+        tags.append('<span class="tag red">missed</span>')
+    if row["rank1_hit"]:
+        tags.append('<span class="tag orange">rank-1 hit</span>')
+    if not row["detected_in_output"]:
+        tags.append('<span class="tag grey">not detected in output</span>')
+    if images is None:
+        pictures = '<p class="muted">(image could not be read)</p>'
+    else:
+        pictures = "".join(f'<figure><img src="{_e(src)}" alt="{label}"><figcaption>{label}</figcaption></figure>'
+                           for src, label in zip(images, ("original", "anonymized")))
+    return (f'<div class="case"><div class="pair">{pictures}</div><div class="caption">{"".join(tags)}'
+            f'<b>{_e(row["source_path"])}</b> face {row["face_index"]} &middot; distance {_number(row["identity_distance"], 3)}'
+            f' &middot; region change {_number(row["region_change"], 1)}</div></div>')
+
+
+# ---- the page -----------------------------------------------------------------------------------
+
+
+def _verdict(summary: Mapping[str, Any]) -> str:
+    if summary["passed"]:
+        return '<div class="verdict pass"><strong>PASS</strong> &mdash; no threshold crossed.</div>'
+    items = "".join(f"<li>{_e(text)}</li>" for text in summary["crossed"])
+    return f'<div class="verdict fail"><strong>FAIL</strong> &mdash; thresholds crossed:<ul>{items}</ul></div>'
+
+
+def _cards(summary: Mapping[str, Any]) -> str:
+    thresholds, reid, quality = summary["thresholds"], summary["reid"], summary["quality"]
+    verification = reid["verification_rate"]
+    detection = summary["detection"]["rate"]
+    missed, leaks, unaudited = summary["missed_faces"]["count"], summary["metadata"]["leaks"], summary["unaudited"]["count"]
+    rank1_limit = thresholds["max_rank1_rate"]
+    cards = [
+        _card("Faces audited", str(summary["faces"]), f"in {summary['outputs']} released images"),
+        _card("Re-identified (verification)", _percent(verification),
+              f"{reid['reidentified']} faces closer than {summary['distance_threshold']:g} to their original; max {thresholds['max_reid_rate']:.1%}",
+              "bad" if verification is not None and verification > thresholds["max_reid_rate"] else "good"),
+        _card("Rank-1 identification", _percent(reid["rank1_rate"]),
+              f"{reid['rank1_hits']} faces; chance level {_percent(reid['rank1_chance'])}"
+              + (f"; max {rank1_limit:.1%}" if rank1_limit is not None else ""),
+              "bad" if rank1_limit is not None and (reid["rank1_rate"] or 0) > rank1_limit else ""),
+        _card("Still detected in output", _percent(detection),
+              f"{summary['detection']['detected']} faces, detector {summary['detector']}; min {thresholds['min_detection_rate']:.0%}",
+              "bad" if detection is not None and detection < thresholds["min_detection_rate"] else ""),
+        _card("Missed faces", str(missed), f"region left unchanged; max {thresholds['max_missed_faces']}",
+              "bad" if missed > thresholds["max_missed_faces"] else "good"),
+        _card("Metadata leaks", str(leaks), f"files with metadata beyond ICC; max {thresholds['max_metadata_leaks']}",
+              "bad" if leaks > thresholds["max_metadata_leaks"] else "good"),
+        _card("Not audited", str(unaudited), "unreadable or without original", "bad" if unaudited else "good"),
+        _card("PSNR outside faces", _number(quality["psnr_outside_db"], 1, " dB"), f"mean over {quality['images_measured']} images"),
+        _card("SSIM outside faces", _number(quality["ssim_outside"], 4), "1.0 = background untouched"),
+        _card("FID", _number(quality["fid"], 2), quality["fid_status"] if quality["fid"] is not None else "unavailable"),
+    ]
+    return '<div class="cards">' + "".join(cards) + "</div>"
+
+
+def _identity_check(summary: Mapping[str, Any]) -> str:
+    check = summary["identity_check"]
+    if check.get("available") is False:
+        return f'<p class="muted">Not available: {_e(check["reason"])}.</p>'
+    verdict = "separates" if check["separated"] else "does NOT separate"
+    rows = [
+        ("identities / faces", f"{check['identities']} / {check['faces']}"),
+        ("same-person pairs: mean distance", f"{check['mean_same']:.3f} ({check['same_pairs']} pairs)"),
+        ("different-person pairs: mean distance", f"{check['mean_different']:.3f} ({check['different_pairs']} pairs)"),
+        ("ROC AUC (different farther than same)", f"{check['roc_auc']:.3f}"),
+        (f"same-person pairs below {check['threshold']:g}", _percent(check["same_below_threshold"])),
+        (f"different-person pairs at or above {check['threshold']:g}", _percent(check["different_above_threshold"])),
+    ]
+    table = "".join(f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in rows)
+    return f'<p>The recognizer <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
+    if not rows:
+        return f'<p class="muted">{_e(empty)}</p>'
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None) -> str:
+    """The page's HTML; thumbnails are written through ``thumbnails`` (None: no pictures)."""
+    summary = result.summary
+    faces = [row for row in result.rows if row["face_index"] is not None]
+    closest = sorted((row for row in faces if row["identity_distance"] is not None), key=lambda row: row["identity_distance"])
+    closest = closest[:config.worst_cases]
+    missed = [row for row in faces if row["missed"]][:config.worst_cases]
+
+    def cases(rows: list[dict[str, Any]], empty: str) -> str:
+        if not rows:
+            return f'<p class="muted">{_e(empty)}</p>'
+        return '<div class="cases">' + "".join(_case(row, thumbnails.pair(row) if thumbnails else None) for row in rows) + "</div>"
+
+    series = {f"before: {name}": values for name, values in result.before_distances.items()}
+    series["after: anonymized vs its own original"] = [row["identity_distance"] for row in faces if row["identity_distance"] is not None]
+    warnings = "".join(f'<div class="warning">{_e(text)}</div>' for text in summary.get("warnings", []))
+    leaks = [(path, detail) for path, detail in summary["metadata"]["files"].items()]
+    unaudited = list(summary["unaudited"]["files"].items())
+    settings = [
+        ("original folder", summary["original_dir"]), ("anonymized folder", summary["anonymized_dir"]),
+        ("pairing", f"{summary['pairing']} {summary['manifest_path'] or ''}".strip()),
+        ("detector", f"{summary['detector']} ({summary['detector_reason']})"), ("aligned input", summary["aligned"]),
+        ("identity labels", summary["identity_labels"] or "none"), ("not released (no output)", summary["not_released"]),
+        ("anonymize version", summary["anonymize_version"]), ("created", summary["created_at"]),
+    ]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Anonymization audit</title><style>{_STYLE}</style></head>
+<body><main>
+<h1>Anonymization audit</h1>
+<p class="muted">{_e(summary['anonymized_dir'])} against {_e(summary['original_dir'])} &middot; {_e(summary['created_at'])}</p>
+<div class="warning">This report shows crops of the <b>original</b> faces. Keep it with the originals; never publish it with the anonymized data.</div>
+{_verdict(summary)}{warnings}
+<h2>Summary</h2>{_cards(summary)}
+<h2>Identity distances</h2>
+<div class="chart">{histogram_svg(series, summary['distance_threshold'])}</div>
+<p class="muted">Before: distances between original faces, the scale on which the recognizer tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
+<h2>Identity check of the recognizer</h2>{_identity_check(summary)}
+<h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
+<h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.")}
+<h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "None: no output carries metadata beyond its ICC profile.")}
+<h2>Not audited</h2>{_table(("file", "why"), unaudited, "None: every released image was audited.")}
+<h2>Settings</h2>{_table(("setting", "value"), settings, "")}
+</main></body></html>
+"""
+
+
+def write_report(result: AuditResult, config: AuditConfig, report_dir: Path) -> Path:
+    """Write ``index.html`` and its thumbnails into ``report_dir``; returns the page's path."""
+    report_dir = Path(report_dir)
+    thumbs = report_dir / THUMBS_DIR
+    shutil.rmtree(thumbs, ignore_errors=True)  # our own folder: stale crops of an earlier audit must not linger
+    thumbs.mkdir(parents=True, exist_ok=True)
+    page = render_report(result, config, _Thumbnails(config, thumbs))
+    path = report_dir / REPORT_NAME
+    atomic_write_bytes(path, page.encode("utf-8"))
+    return path

@@ -1,0 +1,73 @@
+"""The audit's files: one Parquet row per audited face (or per image without one) and a summary JSON.
+
+Both are written atomically next to each other, by default in ``<anonymized>-audit/`` beside the
+anonymized folder (or in the ``--report`` folder), never inside the original or anonymized folder:
+the audit must not change what it audits, nor leave files in the release.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anonymize.io.write import atomic_write_bytes
+
+AUDIT_PARQUET_NAME = "audit.parquet"
+AUDIT_SUMMARY_NAME = "audit-summary.json"
+
+ROW_SCHEMA = pa.schema(
+    [
+        ("source_path", pa.string()),  # relative to the original folder; null for an unpaired output
+        ("output_path", pa.string()),  # relative to the anonymized folder
+        ("identity", pa.string()),  # the source's identity folder, when identities are known
+        ("face_index", pa.int32()),  # null: an image row (no face found in the original, or an error)
+        ("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in the original
+        ("found_by", pa.string()),  # audit | manifest | both | whole-image
+        ("det_score", pa.float32()),
+        ("detected_in_output", pa.bool_()),  # a face is still found at this place in the output
+        ("output_iou", pa.float32()),
+        ("identity_distance", pa.float32()),  # dlib distance, anonymized face vs its own original
+        ("reidentified", pa.bool_()),  # identity_distance < threshold (verification)
+        ("nearest_original", pa.string()),  # "<source_path>#<face_index>" of the nearest original face
+        ("nearest_distance", pa.float32()),
+        ("rank1_hit", pa.bool_()),  # nearest original is its own (or the same identity)
+        ("region_change", pa.float32()),  # mean |original - output| in the face's central part
+        ("missed", pa.bool_()),  # region left unchanged
+        ("psnr_outside_db", pa.float32()),  # the image's PSNR outside every face
+        ("ssim_outside", pa.float32()),
+        ("metadata_leak", pa.list_(pa.string())),  # kinds of metadata beyond ICC in the output
+        ("metadata_detail", pa.string()),
+        ("identical_to_source", pa.bool_()),  # the output file is a byte-for-byte copy of its source
+        ("size_mismatch", pa.bool_()),  # output and source differ in size (compared after resizing)
+        ("error", pa.string()),
+    ]
+)
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], metadata: Mapping[str, str] | None = None) -> pa.Table:
+    columns = {name: [row.get(name) for row in rows] for name in ROW_SCHEMA.names}
+    table = pa.Table.from_pydict(columns, schema=ROW_SCHEMA)
+    if metadata:
+        table = table.replace_schema_metadata({key.encode(): value.encode() for key, value in metadata.items()})
+    return table
+
+
+def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], metadata: Mapping[str, str] | None = None) -> Path:
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows_table(rows, metadata), sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
+    atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    return path
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return pq.read_table(path).to_pylist()

@@ -1,0 +1,110 @@
+"""From per-face rows to the summary figures, and from the figures to the gate's verdict.
+
+Every threshold is checked the same way: a crossed one becomes one sentence naming the measured
+value, the limit and how many faces or files are behind it. Outputs that could not be audited at
+all (unreadable, or with no original to compare with) always fail the gate: a release is only as
+anonymous as what was actually checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_reid_rate: float = 0.05  # share of faces still verified as their original
+    max_rank1_rate: float | None = None  # share re-identified rank-1 (off by default: chance is 1/N on small sets)
+    min_detection_rate: float = 0.0  # share of faces still detected in the output (a utility measure; off by default)
+    max_missed_faces: int = 0
+    max_metadata_leaks: int = 0
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return float(np.mean(present)) if present else None
+
+
+def face_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Detection, re-identification and missed-face figures over the face rows."""
+    faces = [row for row in rows if row.get("face_index") is not None]
+    detected = sum(bool(row["detected_in_output"]) for row in faces)
+    verified = sum(bool(row["reidentified"]) for row in faces)
+    rank1 = sum(bool(row["rank1_hit"]) for row in faces)
+    missed = [f"{row['source_path']}#{row['face_index']}" for row in faces if row["missed"]]
+    distances = [row["identity_distance"] for row in faces if row["identity_distance"] is not None]
+    return {
+        "faces": len(faces),
+        "detection": {"detected": detected, "rate": _rate(detected, len(faces))},
+        "reid": {
+            "reidentified": verified,
+            "verification_rate": _rate(verified, len(faces)),
+            "rank1_hits": rank1,
+            "rank1_rate": _rate(rank1, len(faces)),
+            "mean_distance": _mean(distances),
+            "median_distance": float(np.median(distances)) if distances else None,
+            "min_distance": float(min(distances)) if distances else None,
+        },
+        "missed_faces": {"count": len(missed), "faces": missed[:100]},
+    }
+
+
+def image_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Metadata, quality and error figures, one value per released image."""
+    images: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        images.setdefault(row["output_path"], row)
+    leaking = {path: row["metadata_detail"] or ", ".join(row["metadata_leak"]) for path, row in images.items() if row["metadata_leak"]}
+    errors = {path: row["error"] for path, row in images.items() if row["error"]}
+    return {
+        "outputs": len(images),
+        "metadata": {"leaks": len(leaking), "files": dict(list(leaking.items())[:200])},
+        "identical_copies": sum(bool(row["identical_to_source"]) for row in images.values()),
+        "size_mismatches": sum(bool(row["size_mismatch"]) for row in images.values()),
+        "quality": {
+            "psnr_outside_db": _mean([row["psnr_outside_db"] for row in images.values()]),
+            "ssim_outside": _mean([row["ssim_outside"] for row in images.values()]),
+            "images_measured": sum(row["ssim_outside"] is not None for row in images.values()),
+        },
+        "unaudited": {"count": len(errors), "files": dict(list(errors.items())[:200])},
+    }
+
+
+def crossed_thresholds(figures: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
+    """One sentence per crossed threshold (empty: the release passes)."""
+    crossed = []
+    faces = figures["faces"]
+    reid, detection = figures["reid"], figures["detection"]
+    if reid["verification_rate"] is not None and reid["verification_rate"] > thresholds.max_reid_rate:
+        crossed.append(
+            f"re-identification rate {reid['verification_rate']:.1%} > max {thresholds.max_reid_rate:.1%} "
+            f"({reid['reidentified']} of {faces} faces still match their original)"
+        )
+    if thresholds.max_rank1_rate is not None and reid["rank1_rate"] is not None and reid["rank1_rate"] > thresholds.max_rank1_rate:
+        crossed.append(
+            f"rank-1 identification rate {reid['rank1_rate']:.1%} > max {thresholds.max_rank1_rate:.1%} "
+            f"({reid['rank1_hits']} of {faces} faces)"
+        )
+    if detection["rate"] is not None and detection["rate"] < thresholds.min_detection_rate:
+        crossed.append(
+            f"detection rate {detection['rate']:.1%} < min {thresholds.min_detection_rate:.1%} "
+            f"({detection['detected']} of {faces} faces still detected in the output)"
+        )
+    missed = figures["missed_faces"]["count"]
+    if missed > thresholds.max_missed_faces:
+        crossed.append(f"{missed} missed face(s) left unchanged > max {thresholds.max_missed_faces}")
+    leaks = figures["metadata"]["leaks"]
+    if leaks > thresholds.max_metadata_leaks:
+        crossed.append(f"{leaks} output file(s) carry metadata beyond the ICC profile > max {thresholds.max_metadata_leaks}")
+    unaudited = figures["unaudited"]["count"]
+    if unaudited:
+        crossed.append(f"{unaudited} released image(s) could not be audited (unreadable, or no original to compare with)")
+    return crossed

@@ -1,0 +1,142 @@
+"""Throughput of detect + blur over ../shared/data, and detection quality on the labelled group photos.
+
+Each detector runs in a fresh subprocess so that its peak memory (max RSS) is its own.
+``python -m benchmarks.pipeline --shared ../shared [--detectors dlib-hog retinaface]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from anonymize.faces.detect import DetectorSettings, create_detector
+from anonymize.io.decode import decode_image
+from anonymize.metrics.detection import DetectionScore, read_imglab_boxes
+from anonymize.pipeline import RunConfig, run
+from anonymize.weights import WeightsStore
+
+
+def detection_quality(detector_name: str, groups: Path, weights: WeightsStore) -> dict[str, float]:
+    """Recall and false positives (IoU >= 0.3) on the 43 labelled faces, plus detections on dogs.jpg."""
+    labelled = {**read_imglab_boxes(groups / "training.xml"), **read_imglab_boxes(groups / "testing.xml")}
+    detector = create_detector(detector_name, weights, DetectorSettings())
+    score = DetectionScore()
+    for name, boxes in sorted(labelled.items()):
+        score.add([face.box for face in detector.detect(decode_image(groups / name).rgb)], boxes)
+    dogs = len(detector.detect(decode_image(groups / "dogs.jpg").rgb))
+    return {"recall": round(score.recall, 3), "found": score.found, "labelled": score.labelled,
+            "false_positives": score.false_positives, "detections_on_dogs": dogs}
+
+
+def throughput(detector_name: str, data: Path, weights_dir: Path | None) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        summary = run(RunConfig(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir, device="cpu"))
+        seconds = time.perf_counter() - started
+    return {"images": summary.images, "faces": summary.faces, "seconds": round(seconds, 2),
+            "images_per_s": round(summary.images / seconds, 2), "faces_per_s": round(summary.faces / seconds, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def bench_one(detector_name: str, shared: Path, weights_dir: Path | None) -> dict[str, object]:
+    weights = WeightsStore(weights_dir)
+    return {"tool": "anonymize", "detector": detector_name, **throughput(detector_name, shared / "data", weights_dir),
+            **detection_quality(detector_name, shared / "data" / "groups", weights)}
+
+
+DEFACE_SNIPPET = r"""
+import json, sys, time, resource, xml.etree.ElementTree as ET
+from pathlib import Path
+import imageio.v2 as iio
+from deface.centerface import CenterFace
+from deface.deface import anonymize_frame
+data, groups = Path(sys.argv[1]), Path(sys.argv[2])
+files = sorted(p for p in data.rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png'))
+cf = CenterFace(in_shape=None, backend='auto')
+started = time.perf_counter(); faces = 0
+for path in files:
+    frame = iio.imread(path)[..., :3].copy()
+    dets, _ = cf(frame, threshold=0.2)
+    faces += len(dets)
+    anonymize_frame(dets, frame, mask_scale=1.3, replacewith='blur', ellipse=True, draw_scores=False, replaceimg=None, mosaicsize=20)
+    iio.imwrite(Path(sys.argv[3]) / (path.stem + '.png'), frame)
+seconds = time.perf_counter() - started
+boxes = {}
+for xml in ('training.xml', 'testing.xml'):
+    for image in ET.parse(groups / xml).getroot().iter('image'):
+        boxes[image.get('file')] = [(float(b.get('left')), float(b.get('top')), float(b.get('left')) + float(b.get('width')), float(b.get('top')) + float(b.get('height'))) for b in image.iter('box')]
+found = labelled = fp = 0
+for name, gt in boxes.items():
+    dets, _ = cf(iio.imread(groups / name)[..., :3].copy(), threshold=0.2)
+    pred = [tuple(d[:4]) for d in dets]
+    def iou(a, b):
+        w = max(0, min(a[2], b[2]) - max(a[0], b[0])); h = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+        u = (a[2]-a[0])*(a[3]-a[1]) + (b[2]-b[0])*(b[3]-b[1]) - w*h
+        return w*h/u if u > 0 else 0
+    pairs = sorted(((iou(p, g), i, j) for i, p in enumerate(pred) for j, g in enumerate(gt)), reverse=True)
+    up, ug = set(), set()
+    for o, i, j in pairs:
+        if o < 0.3: break
+        if i in up or j in ug: continue
+        up.add(i); ug.add(j)
+    found += len(ug); labelled += len(gt); fp += len(pred) - len(up)
+dogs = len(cf(iio.imread(groups / 'dogs.jpg')[..., :3].copy(), threshold=0.2)[0])
+print(json.dumps({'tool': 'deface (CenterFace)', 'detector': 'centerface', 'images': len(files), 'faces': faces,
+    'seconds': round(seconds, 2), 'images_per_s': round(len(files) / seconds, 2), 'faces_per_s': round(faces / seconds, 2),
+    'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    'recall': round(found / labelled, 3), 'found': found, 'labelled': labelled, 'false_positives': fp, 'detections_on_dogs': dogs}))
+"""
+
+
+def bench_deface(python: Path, shared: Path) -> dict[str, object] | None:
+    """deface (pip `deface`, CenterFace) over the same photos, blurring and writing each: same work, other tool."""
+    if not python.exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        done = subprocess.run([str(python), "-c", DEFACE_SNIPPET, str(shared / "data"), str(shared / "data" / "groups"), tmp],
+                              capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        return {"tool": "deface", "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    parser.add_argument("--detector", help="run one detector in this process and print its JSON")
+    parser.add_argument("--detectors", nargs="*", default=["dlib-hog", "retinaface"])
+    parser.add_argument("--weights-dir", type=Path, default=None)
+    parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
+    args = parser.parse_args()
+    if args.detector:
+        print(json.dumps(bench_one(args.detector, args.shared, args.weights_dir)))
+        return
+    for row in pipeline_rows(args.shared, args.detectors, args.weights_dir, args.deface_python):
+        print(json.dumps(row))
+
+
+def pipeline_rows(shared: Path, detectors: list[str], weights_dir: Path | None, deface_python: Path) -> list[dict[str, object]]:
+    rows = []
+    for name in detectors:
+        command = [sys.executable, "-m", "benchmarks.pipeline", "--shared", str(shared), "--detector", name]
+        if weights_dir:
+            command += ["--weights-dir", str(weights_dir)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            rows.append({"tool": "anonymize", "detector": name, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
+        else:
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    deface = bench_deface(deface_python, shared)
+    if deface:
+        rows.append(deface)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

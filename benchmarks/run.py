@@ -1,0 +1,63 @@
+"""`make bench`: every benchmark, printed as tables and saved to .bench/results.json.
+
+Speed and memory goals live here, never in the unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import falco, models, pipeline
+
+
+def table(title: str, rows: list[dict[str, object]]) -> Table:
+    grid = Table(title=title)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    for column in columns:
+        grid.add_column(column, overflow="fold")
+    for row in rows:
+        grid.add_row(*(str(row.get(column, "")) for column in columns))
+    return grid
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shared", type=Path, default=Path("../shared"))
+    parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
+    parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
+    parser.add_argument("--only", choices=["pipeline", "models", "falco"], nargs="*", default=["pipeline", "models", "falco"])
+    parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
+    args = parser.parse_args()
+    console = Console()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results: dict[str, object] = {"devices": {device: device_name(device) for device in devices}}
+    if "pipeline" in args.only:
+        rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
+        results["pipeline"] = rows
+        console.print(table(f"detect + blur over {args.shared / 'data'} (CPU)", rows))
+    for name, module in (("models", models), ("falco", falco)):
+        if name not in args.only:
+            continue
+        rows = [row for device in devices for row in module.run(device)]
+        results[name] = rows
+        console.print(table(f"{name}: {', '.join(results['devices'].values())}", rows))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    console.print(f"saved {args.out}")
+
+
+if __name__ == "__main__":
+    main()

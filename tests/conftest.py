@@ -1,0 +1,168 @@
+"""Shared fixtures: THE tiny-weights store every model-level and CLI test runs on, and ../shared.
+
+``tiny_weights`` writes tiny random e4e / ArcFace / FaRL / GenForce checkpoints in the published
+file layouts, packs them into tarballs under the published member paths, pins the tarballs in a
+test lock (URLs point at a port where nothing listens, so nothing is ever downloaded) and lets
+``WeightsStore.fetch`` verify and extract them, exactly as a user's offline install would. The
+lock also carries the real lock's dlib and RetinaFace entries, so detection works (RetinaFace only
+when ../shared holds its file). e4e's decoder and the GenForce generator come from the same seed,
+so, like the real files, they are one network in two layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from anonymize.weights import Artifact, WeightsStore, read_lock
+from tests.tiny.farl import write_tiny_farl
+from tests.tiny.irse import write_tiny_arcface, write_tiny_e4e
+from tests.tiny.stylegan2 import write_tiny_genforce
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REPO_LOCK = REPO / "weights.lock"
+UNREACHABLE = "http://127.0.0.1:9"
+TINY_GENERATOR_RESOLUTION = 32
+TINY_SEED = 0
+COPIED_ARTEFACTS = (
+    "retinaface_mobilenet0.25",
+    "dlib_shape_predictor_68",
+    "dlib_shape_predictor_5",
+    "dlib_mmod_detector",
+    "dlib_face_recognition_resnet",
+)
+SHARED_RETINAFACE = SHARED / "weights" / "retinaface_mobilenet0.25.pth"
+
+# The CPU is shared with other jobs: with the cores busy, extra intra-op threads only wait for each other
+# (tiny FALCO steps ran 5x slower with 2 threads than with 1 on a loaded 2-core machine).
+torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class TinyArchive:
+    """One published FALCO tarball: its lock names, and the member it holds with how to write it."""
+
+    archive: str
+    filename: str
+    artefact: str
+    member: str
+    write: Callable[[Path], object]
+
+
+TINY_ARCHIVES = (
+    TinyArchive("e4e", "e4e.tar", "e4e_ffhq_encode", "e4e/e4e_ffhq_encode.pt",
+                lambda path: write_tiny_e4e(path, seed=TINY_SEED, resolution=TINY_GENERATOR_RESOLUTION)),
+    TinyArchive("arcface", "arcface.tar", "arcface_ir_se50", "arcface/model_ir_se50.pth",
+                lambda path: write_tiny_arcface(path, seed=TINY_SEED)),
+    TinyArchive("farl", "farl.tar", "farl_ep64", "farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth",
+                lambda path: write_tiny_farl(path, seed=TINY_SEED)),
+    TinyArchive("genforce", "genforce.tar", "stylegan2_ffhq1024_genforce", "genforce/stylegan2_ffhq1024.pth",
+                lambda path: write_tiny_genforce(path, resolution=TINY_GENERATOR_RESOLUTION, seed=TINY_SEED)),
+)
+FALCO_ARTEFACTS = tuple(archive.artefact for archive in TINY_ARCHIVES)
+
+
+@dataclass(frozen=True)
+class TinyWeights:
+    """A weights dir holding the tiny FALCO networks, verified, and the lock that pins them."""
+
+    weights_dir: Path
+    lock_path: Path
+
+    def store(self, root: Path | None = None) -> WeightsStore:
+        """A store over ``root`` (default: the filled weights dir) with the tiny lock."""
+        return WeightsStore(root if root is not None else self.weights_dir, lock=read_lock(self.lock_path))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pack(tarball: Path, member: str, source: Path) -> None:
+    with tarfile.open(tarball, "w") as tar:
+        tar.add(source, arcname=member)
+
+
+def _toml(value: object) -> str:
+    return json.dumps(value)  # JSON strings, numbers and string lists are valid TOML values
+
+
+def _copied_entry(artifact: Artifact) -> str:
+    lines = [f"[artifacts.{_toml(artifact.name)}]", f"filename = {_toml(artifact.filename)}"]
+    if artifact.source != "download":
+        lines.append(f"source = {_toml(artifact.source)}")
+    if artifact.url:
+        lines.append(f"url = {_toml(artifact.url)}")
+    if artifact.sha256:
+        lines.append(f"sha256 = {_toml(artifact.sha256)}")
+    if artifact.size is not None:
+        lines.append(f"size = {artifact.size}")
+    lines += [f"license = {_toml(artifact.license)}", f"used_by = {_toml(list(artifact.used_by))}"]
+    return "\n".join(lines)
+
+
+def _lock_text(tarballs: dict[str, Path]) -> str:
+    parts = ["version = 1"]
+    for spec in TINY_ARCHIVES:
+        tarball = tarballs[spec.archive]
+        parts.append(
+            f'[archives.{spec.archive}]\nfilename = "{spec.filename}"\nurl = "{UNREACHABLE}/{spec.filename}"\n'
+            f'sha256 = "{_sha256(tarball)}"'
+        )
+        parts.append(
+            f'[artifacts.{spec.artefact}]\nfilename = "{spec.member}"\narchive = "{spec.archive}"\n'
+            f'member = "{spec.member}"\nlicense = "test"\nused_by = ["falco"]'
+        )
+    real = read_lock(REPO_LOCK)
+    parts += [_copied_entry(real[name]) for name in COPIED_ARTEFACTS]
+    return "\n\n".join(parts) + "\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> TinyWeights:
+    root = tmp_path_factory.mktemp("tiny-weights")
+    checkpoints, weights_dir = root / "checkpoints", root / "weights"
+    weights_dir.mkdir()
+    tarballs = {}
+    for spec in TINY_ARCHIVES:
+        checkpoint = checkpoints / spec.member
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        spec.write(checkpoint)
+        tarballs[spec.archive] = weights_dir / spec.filename  # placed by hand: fetch verifies, then extracts
+        _pack(tarballs[spec.archive], spec.member, checkpoint)
+    lock_path = root / "weights.lock"
+    lock_path.write_text(_lock_text(tarballs), encoding="utf-8")
+    tiny = TinyWeights(weights_dir, lock_path)
+    store = tiny.store()
+    store.fetch(FALCO_ARTEFACTS)
+    if SHARED_RETINAFACE.is_file():
+        target = store.path("retinaface_mobilenet0.25")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED_RETINAFACE, target)
+    return tiny
+
+
+@pytest.fixture
+def tiny_env(tiny_weights: TinyWeights, monkeypatch: pytest.MonkeyPatch) -> TinyWeights:
+    """The tiny weights as the CLI finds them: ANONYMIZE_HOME and ANONYMIZE_WEIGHTS_LOCK set."""
+    monkeypatch.setenv("ANONYMIZE_HOME", str(tiny_weights.weights_dir))
+    monkeypatch.setenv("ANONYMIZE_WEIGHTS_LOCK", str(tiny_weights.lock_path))
+    return tiny_weights
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (real photos and detector weights), or a skip saying why the test cannot run."""
+    if not (SHARED / "data").is_dir():
+        pytest.skip(f"{SHARED} is absent: the real test photos live there (see the project README)")
+    return SHARED
