@@ -90,7 +90,7 @@ def print_table(title: str, rows: list[dict[str, object]]) -> None:
         grid.add_column(column, overflow="fold")
     for row in rows:
         grid.add_row(*(str(row.get(column, "")) for column in columns))
-    Console().print(grid)
+    Console(width=200).print(grid)
 
 
 def main() -> None:

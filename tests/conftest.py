@@ -11,6 +11,7 @@ so, like the real files, they are one network in two layouts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import tarfile
@@ -83,8 +84,6 @@ class TinyWeights:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

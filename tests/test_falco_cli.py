@@ -118,3 +118,11 @@ def test_bank_build_renders_the_bank_once_and_then_reuses_it(tiny_env):
     stamp = path.stat().st_mtime_ns
     second = json.loads(cli("bank", "build", "--size", 30, "--seed", 11, "--device", "cpu", "--json").stdout)
     assert not second["built"] and second["path"] == str(path) and path.stat().st_mtime_ns == stamp
+
+
+def test_the_bank_command_offers_the_registrys_generators_and_falcos_psi():
+    from anonymize.cli.bank import DEFAULT_PSI, Generator
+    from anonymize.methods.falco.bank import DEFAULT_PSI as BANK_PSI
+    from anonymize.models.registry import GENERATORS
+
+    assert tuple(choice.value for choice in Generator) == GENERATORS and DEFAULT_PSI == BANK_PSI

@@ -113,9 +113,11 @@ def write_bad_inputs(folder: Path, good: Path) -> dict[str, str]:
     (folder / "corrupt.jpg").write_bytes(data[: len(data) // 3])
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.jpg").write_text("this is not an image\n")
-    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+    (folder / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     return {"corrupt.jpg": "truncated", "empty.jpg": "empty", "notes.jpg": "not an image", "huge.png": "too large"}
 
 
@@ -274,3 +276,13 @@ def test_method_options_are_checked_before_anything_is_written(png_portraits, tm
     result = cli("run", str(png_portraits), "--out", str(out), "--method", "pixelate", "-p", "nope=1")
     assert result.exit_code == 2 and "no option 'nope'" in result.output
     assert not out.exists()
+
+
+def test_run_with_audit_reports_the_audit_and_passes_for_blur(png_portraits, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", str(png_portraits), "--out", str(out), "--method", "blur", "--detector", "dlib-hog", "--audit", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["audit"]["passed"] and report["audit"]["reid"]["reidentified"] == 0
+    assert report["audit"]["metadata"]["leaks"] == 0
+    assert (tmp_path / "out-audit").is_dir()

@@ -67,25 +67,27 @@ class AuditProgress:
 
 @dataclass(frozen=True)
 class AuditConfig:
+    """What to audit and how; only the two folders are required (defaults: see the module doc)."""
+
     original_dir: Path
     anonymized_dir: Path
-    manifest_path: Path | None = None
-    report_dir: Path | None = None
-    parquet_path: Path | None = None
-    summary_path: Path | None = None
+    manifest_path: Path | None = None  # None: <anonymized>/manifest.parquet when present, else pair by relative path
+    report_dir: Path | None = None  # HTML report (and, by default, the audit files) go here
+    parquet_path: Path | None = None  # None: <report_dir or <anonymized>-audit>/audit.parquet
+    summary_path: Path | None = None  # None: audit-summary.json beside the Parquet
     write_files: bool = True
-    detector: str = AUTO
-    det_threshold: float | None = None
-    weights_dir: Path | None = None
-    trust_unverified: bool = False
-    device: str = AUTO
-    aligned: bool | None = None
-    identity_from_folders: bool | None = None
+    detector: str = AUTO  # auto | dlib-hog | dlib-cnn | retinaface
+    det_threshold: float | None = None  # None: the detector's default
+    weights_dir: Path | None = None  # None: $ANONYMIZE_HOME or ~/.cache/anonymize
+    trust_unverified: bool = False  # accept weight files that do not match weights.lock
+    device: str = AUTO  # for RetinaFace and Inception; dlib runs on the CPU
+    aligned: bool | None = None  # None: as the run's manifest says
+    identity_from_folders: bool | None = None  # None: when the original tree looks like <identity>/<photo>
     distance_threshold: float = SAME_PERSON_DISTANCE
     unchanged_threshold: float = UNCHANGED_MEAN_ABS_DIFF
-    fid: bool = True
+    fid: bool = True  # computed only when the inception_fid weights are present and verified
     thresholds: Thresholds = field(default_factory=Thresholds)
-    worst_cases: int = 8
+    worst_cases: int = 8  # faces shown per section of the report
     max_pixels: int = DEFAULT_MAX_PIXELS
 
 
@@ -119,7 +121,7 @@ def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
     """Parquet, summary and report folder, refused when inside the original or anonymized folder."""
     base = Path(config.report_dir) if config.report_dir is not None else default_audit_dir(config.anonymized_dir)
     parquet = Path(config.parquet_path) if config.parquet_path is not None else base / AUDIT_PARQUET_NAME
-    summary = Path(config.summary_path) if config.summary_path is not None else base / AUDIT_SUMMARY_NAME
+    summary = Path(config.summary_path) if config.summary_path is not None else parquet.parent / AUDIT_SUMMARY_NAME
     report = Path(config.report_dir) if config.report_dir is not None else None
     for path, what in ((parquet, "audit Parquet"), (summary, "audit summary"), (report, "report folder")):
         if path is None:
@@ -335,8 +337,10 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     pairing = pair_images(original_dir, anonymized_dir, config.manifest_path)
     weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
     device = resolve_device(config.device)
-    detector_name, detector_reason = choose_detector(config.detector, weights, pairing.run_arguments.get("detector"))
-    aligned = bool(pairing.run_arguments.get("aligned", False)) if config.aligned is None else config.aligned
+    run_aligned = bool(pairing.run_arguments.get("aligned", False))
+    run_detector = None if run_aligned else pairing.run_arguments.get("detector")  # an aligned run detects nothing
+    detector_name, detector_reason = choose_detector(config.detector, weights, run_detector)
+    aligned = run_aligned if config.aligned is None else config.aligned
     try:
         detector = create_detector(detector_name, weights, DetectorSettings(config.det_threshold, 0, device))
         recognizer = DlibRecognizer(weights)
@@ -350,6 +354,8 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     for pair in pairing.pairs:
         _audit_pair(pair, context)
         progress.advance()
+        if context.rows and context.rows[-1]["error"] and context.rows[-1]["output_path"] == pair.output_rel:
+            progress.message(f"not audited: {pair.output_rel}: {context.rows[-1]['error']}")
 
     chance = _fill_identification(context)
     separation = _separation(context, config.distance_threshold)
@@ -359,7 +365,7 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     summary["passed"], summary["crossed"] = not crossed, crossed
     result = AuditResult(context.rows, summary, not crossed, crossed, before_distances=_before_distances(context, separation))
     if config.write_files:
-        _write(result, config, pairing, parquet_path, summary_path, report_dir, progress)
+        _write(result, config, parquet_path, summary_path, report_dir)
     return result
 
 
@@ -400,8 +406,7 @@ def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector:
     }
 
 
-def _write(result: AuditResult, config: AuditConfig, pairing: Pairing, parquet_path: Path, summary_path: Path,
-           report_dir: Path | None, progress: AuditProgress) -> None:
+def _write(result: AuditResult, config: AuditConfig, parquet_path: Path, summary_path: Path, report_dir: Path | None) -> None:
     metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(result.summary, default=str)}
     result.parquet_path = write_rows(parquet_path, result.rows, metadata)
     result.summary["parquet_path"] = str(parquet_path)
@@ -411,4 +416,3 @@ def _write(result: AuditResult, config: AuditConfig, pairing: Pairing, parquet_p
         result.report_path = write_report(result, config, report_dir)
         result.summary["report_path"] = str(result.report_path)
     result.summary_path = write_summary(summary_path, result.summary)
-    progress.message(f"audit written to {summary_path.parent}")

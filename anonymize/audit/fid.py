@@ -9,8 +9,12 @@ The Fréchet distance of two Gaussians is |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)
 of the matrix square root is computed as the sum of the square roots of the eigenvalues of
 S1^(1/2) S2 S1^(1/2), a symmetric positive semi-definite matrix with the same spectrum as S1 S2,
 so no general (complex) matrix square root is needed. With fewer images than feature dimensions
-(2048) the covariances are rank deficient and FID is biased upwards: compare values only between
-audits of the same number of images.
+the same trace is cheaper from the centred features themselves: with S1 = A'A / (n1 - 1) and
+S2 = B'B / (n2 - 1), the non-zero eigenvalues of S1 S2 are the squared singular values of
+B A' / sqrt((n1 - 1)(n2 - 1)), so the trace is that small matrix's nuclear norm (exact, and
+seconds instead of minutes on a CPU for a few hundred images). With fewer images than feature
+dimensions (2048) the covariances are rank deficient and FID is biased upwards: compare values
+only between audits of the same number of images.
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ def frechet_distance(mean_a: np.ndarray, cov_a: np.ndarray, mean_b: np.ndarray, 
     return float(difference @ difference + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
 
 
+def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """FID between two sets of N x D features, by the cheaper of the two exact routes."""
+    a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+    (count_a, dim), count_b = a.shape, len(b)
+    if count_a * count_b > dim * dim:
+        return frechet_distance(*feature_statistics(a), *feature_statistics(b))
+    centred_a, centred_b = a - a.mean(axis=0), b - b.mean(axis=0)
+    scale_a, scale_b = count_a - 1, count_b - 1
+    trace_root = float(np.linalg.svd(centred_b @ centred_a.T, compute_uv=False).sum()) / np.sqrt(scale_a * scale_b)
+    difference = a.mean(axis=0) - b.mean(axis=0)
+    traces = float((centred_a**2).sum()) / scale_a + float((centred_b**2).sum()) / scale_b
+    return float(difference @ difference + traces - 2.0 * trace_root)
+
+
 class FidFeatures:
     """Collects Inception features of originals and outputs, one image at a time."""
 
@@ -72,16 +90,22 @@ class FidFeatures:
         count = len(self.originals)
         if count < MIN_IMAGES:
             return FidResult(None, f"unavailable (needs at least {MIN_IMAGES} image pairs, got {count})", count)
-        value = frechet_distance(*feature_statistics(np.stack(self.originals)), *feature_statistics(np.stack(self.outputs)))
+        value = fid_from_features(np.stack(self.originals), np.stack(self.outputs))
         return FidResult(max(value, 0.0), f"computed on {count} + {count} images", count)
 
 
 def open_fid_features(weights: WeightsStore, device: str) -> FidFeatures | FidResult:
     """A feature collector, or the unavailable result saying why (missing or unverified weights)."""
     try:
+        check = weights.check(FID_ARTEFACT)
+        if check.status == "missing":
+            artifact = weights.artifact(FID_ARTEFACT)
+            where = weights.path(FID_ARTEFACT)
+            return FidResult(None, f"unavailable (no Inception weights: put {where.name} from {artifact.url} in {where.parent}, "
+                                   f"or run `anonymize weights fetch {FID_ARTEFACT}`)")
         path = weights.require(FID_ARTEFACT)
     except WeightsError as exc:
-        return FidResult(None, f"unavailable (no usable Inception weights: {exc})")
+        return FidResult(None, f"unavailable (Inception weights not usable: {exc})")
     from anonymize.models.inception import load_fid_inception
 
     try:

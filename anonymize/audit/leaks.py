@@ -15,6 +15,11 @@ from pathlib import Path
 from anonymize.io.metadata import metadata_beyond_icc, metadata_of
 
 _SHOWN_EXIF_TAGS = 6
+# Tags that name a person, a camera or a moment are listed first: they are what makes EXIF a leak.
+_TELLING_EXIF_TAGS = (
+    "Artist", "Copyright", "XPAuthor", "CameraOwnerName", "ImageDescription", "UserComment", "XPComment",
+    "Make", "Model", "BodySerialNumber", "LensModel", "DateTimeOriginal", "DateTime", "Software",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ def _describe(found: dict[str, object], kinds: tuple[str, ...]) -> str:
     parts = []
     for kind in kinds:
         if kind == "exif":
-            tags = [str(tag) for tag in found["exif"]]  # type: ignore[union-attr]
+            tags = sorted((str(tag) for tag in found["exif"]),  # type: ignore[union-attr]
+                          key=lambda tag: _TELLING_EXIF_TAGS.index(tag) if tag in _TELLING_EXIF_TAGS else len(_TELLING_EXIF_TAGS))
             shown = ", ".join(tags[:_SHOWN_EXIF_TAGS]) + (", ..." if len(tags) > _SHOWN_EXIF_TAGS else "")
             parts.append(f"EXIF ({shown})")
         elif kind == "gps":

@@ -78,6 +78,10 @@ def _number(value: float | None, digits: int = 2, unit: str = "") -> str:
     return "n/a" if value is None else f"{value:.{digits}f}{unit}"
 
 
+def _faces(count: int) -> str:
+    return f"{count} face" if count == 1 else f"{count} faces"
+
+
 def _card(label: str, value: str, note: str = "", state: str = "") -> str:
     return (f'<div class="card {state}"><div class="label">{_e(label)}</div><div class="value">{_e(value)}</div>'
             f'<div class="note">{_e(note)}</div></div>')
@@ -221,14 +225,14 @@ def _cards(summary: Mapping[str, Any]) -> str:
     cards = [
         _card("Faces audited", str(summary["faces"]), f"in {summary['outputs']} released images"),
         _card("Re-identified (verification)", _percent(verification),
-              f"{reid['reidentified']} faces closer than {summary['distance_threshold']:g} to their original; max {thresholds['max_reid_rate']:.1%}",
+              f"{_faces(reid['reidentified'])} closer than {summary['distance_threshold']:g} to their original; max {thresholds['max_reid_rate']:.1%}",
               "bad" if verification is not None and verification > thresholds["max_reid_rate"] else "good"),
         _card("Rank-1 identification", _percent(reid["rank1_rate"]),
-              f"{reid['rank1_hits']} faces; chance level {_percent(reid['rank1_chance'])}"
+              f"{_faces(reid['rank1_hits'])}; chance level {_percent(reid['rank1_chance'])}"
               + (f"; max {rank1_limit:.1%}" if rank1_limit is not None else ""),
               "bad" if rank1_limit is not None and (reid["rank1_rate"] or 0) > rank1_limit else ""),
         _card("Still detected in output", _percent(detection),
-              f"{summary['detection']['detected']} faces, detector {summary['detector']}; min {thresholds['min_detection_rate']:.0%}",
+              f"{_faces(summary['detection']['detected'])}, detector {summary['detector']}; min {thresholds['min_detection_rate']:.0%}",
               "bad" if detection is not None and detection < thresholds["min_detection_rate"] else ""),
         _card("Missed faces", str(missed), f"region left unchanged; max {thresholds['max_missed_faces']}",
               "bad" if missed > thresholds["max_missed_faces"] else "good"),

@@ -24,7 +24,7 @@ ROW_SCHEMA = pa.schema(
     [
         ("source_path", pa.string()),  # relative to the original folder; null for an unpaired output
         ("output_path", pa.string()),  # relative to the anonymized folder
-        ("identity", pa.string()),  # the source's identity folder, when identities are known
+        ("identity", pa.string()),  # the source's identity folder (its first face only), when identities are known
         ("face_index", pa.int32()),  # null: an image row (no face found in the original, or an error)
         ("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in the original
         ("found_by", pa.string()),  # audit | manifest | both | whole-image

@@ -57,7 +57,7 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def _print_summary(result: AuditResult) -> None:
+def print_audit_summary(result: AuditResult) -> None:
     summary = result.summary
     reid, quality = summary["reid"], summary["quality"]
     table = Table(title="anonymize audit", show_header=False)
@@ -95,26 +95,26 @@ def _print_summary(result: AuditResult) -> None:
 def audit_command(
     original_dir: Path = typer.Argument(..., help="Folder of the original images."),
     anon_dir: Path = typer.Argument(..., help="Folder of the anonymized images (what would be released)."),
-    manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources [default: <ANON_DIR>/manifest.parquet if present, else pair by relative path]."),
+    manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources (default: <ANON_DIR>/manifest.parquet if present, else pair by relative path)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a static HTML report (and the audit files) into this folder. It shows original faces: keep it private."),
     fail_on_leak: bool = typer.Option(False, "--fail-on-leak", help=f"Exit with code {EXIT_THRESHOLD_CROSSED} when any threshold is crossed."),
     max_reid_rate: float = typer.Option(0.05, min=0.0, max=1.0, help="Largest share of faces still matching their original."),
-    max_rank1_rate: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Largest rank-1 identification rate [default: not gated]."),
-    min_detection_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Smallest share of faces still detected in the output [default: not gated]."),
+    max_rank1_rate: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Largest rank-1 identification rate (default: not gated)."),
+    min_detection_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Smallest share of faces still detected in the output (default: not gated)."),
     max_missed_faces: int = typer.Option(0, min=0, help="Most faces allowed to be left unchanged."),
     max_metadata_leaks: int = typer.Option(0, min=0, help="Most output files allowed to carry metadata beyond ICC."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
-    detector: AuditDetector = typer.Option("auto", help="Detector for the audit [auto: RetinaFace if its weights are present, else dlib-hog; never the run's own when avoidable]."),
-    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold [default: per detector]."),
-    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder [default: ~/.cache/anonymize]."),
+    detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: RetinaFace if its weights are verified, else dlib-hog, never the run's own when avoidable (dlib-cnn is thorough but slow on CPU)."),
+    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Use weight files that do not match weights.lock."),
     device: Device = typer.Option("auto", help="Where RetinaFace and Inception run."),
-    aligned: Optional[bool] = typer.Option(None, "--aligned/--not-aligned", help="Images are aligned face crops [default: as the run's manifest says]."),
-    identity_from_folders: Optional[bool] = typer.Option(None, "--identity-from-folders/--no-identity-from-folders", help="Top-level folders of ORIGINAL_DIR are identities [default: when the tree looks so]."),
+    aligned: Optional[bool] = typer.Option(None, "--aligned/--not-aligned", help="Images are aligned face crops (default: as the run's manifest says)."),
+    identity_from_folders: Optional[bool] = typer.Option(None, "--identity-from-folders/--no-identity-from-folders", help="Top-level folders of ORIGINAL_DIR are identities (default: when the tree looks so)."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
-    out_parquet: Optional[Path] = typer.Option(None, help="Audit Parquet path [default: <report>/audit.parquet, else <ANON_DIR>-audit/audit.parquet]."),
-    summary: Optional[Path] = typer.Option(None, help="Summary JSON path [default: beside the Parquet, audit-summary.json]."),
+    out_parquet: Optional[Path] = typer.Option(None, help="Audit Parquet path (default: <report>/audit.parquet, else <ANON_DIR>-audit/audit.parquet)."),
+    summary: Optional[Path] = typer.Option(None, help="Summary JSON path (default: beside the Parquet, audit-summary.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
 ) -> None:
@@ -152,6 +152,6 @@ def audit_command(
     if as_json:
         stdout.print_json(json.dumps(result.summary, default=str))
     elif not quiet:
-        _print_summary(result)
+        print_audit_summary(result)
     if fail_on_leak and not result.passed:
         raise typer.Exit(EXIT_THRESHOLD_CROSSED)

@@ -12,12 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from anonymize.cli import app
 from anonymize.cli.console import console, fail, stdout
-from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, bank_dir, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import require_all
-from anonymize.models.checkpoint import CheckpointError
-from anonymize.models.registry import artefact_of, generator_artefact, load_farl_model, load_generator
-from anonymize.pipeline import RunError, resolve_device
-from anonymize.weights import WeightsError, WeightsStore
+
+# Kept free of torch imports so that `anonymize --help` and the other commands start quickly; the
+# choices below mirror anonymize.models.registry.GENERATORS and falco.bank.DEFAULT_PSI.
+DEFAULT_PSI = 0.7
 
 bank_app = typer.Typer(help="Build FALCO's cached bank of fake faces (W codes + FaRL features).", no_args_is_help=True)
 app.add_typer(bank_app, name="bank")
@@ -41,13 +39,20 @@ def build(
     psi: Annotated[float, typer.Option(min=0.0, max=1.0, help="Truncation psi of the W codes.")] = DEFAULT_PSI,
     generator: Annotated[Generator, typer.Option(help="StyleGAN2 file: GenForce's (FALCO's) or the decoder in e4e's.")] = Generator.genforce,
     weights_dir: Annotated[
-        Optional[Path], typer.Option("--weights-dir", envvar="ANONYMIZE_HOME", help="Weights folder [default: ~/.cache/anonymize].")
+        Optional[Path], typer.Option("--weights-dir", envvar="ANONYMIZE_HOME", help="Weights folder (default ~/.cache/anonymize).")
     ] = None,
     device: Annotated[Device, typer.Option(help="Where the generator and FaRL run.")] = Device.auto,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Fakes per batch [default: 64 on CUDA, 8 on CPU].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Fakes per batch (default 64 on CUDA, 8 on CPU).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the bank's key and path as JSON on stdout.")] = False,
 ) -> None:
     """Render SIZE fakes and store their codes and features under <weights dir>/banks/ (reused if already there)."""
+    from anonymize.methods.falco.bank import BankKey, bank_dir, default_build_batch_size, load_or_build_bank
+    from anonymize.methods.falco.method import require_all
+    from anonymize.models.checkpoint import CheckpointError
+    from anonymize.models.registry import artefact_of, generator_artefact, load_farl_model, load_generator
+    from anonymize.pipeline import RunError, resolve_device
+    from anonymize.weights import WeightsError, WeightsStore
+
     if psi <= 0:
         fail("--psi must be in (0, 1]")
     generator_name = generator_artefact(generator.value)

@@ -11,7 +11,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
+from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import console, fail, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.methods import METHODS, MethodError
@@ -119,17 +121,17 @@ def _print_summary(summary: RunSummary) -> None:
 @app.command("run")
 def run_command(
     input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [default: <input>-anonymized beside the input]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <input>-anonymized beside the input)."),
     method: MethodName = typer.Option("falco", help="Anonymization method."),
     margin: float = typer.Option(0.0, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original."),
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
     detector: DetectorName = typer.Option("retinaface", help="Face detector."),
-    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder [default: ~/.cache/anonymize]."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned face crops (CelebA, FFHQ): no detection."),
     min_face: int = typer.Option(0, min=0, help="Ignore faces smaller than this many pixels."),
-    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold [default: per detector]."),
+    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
     on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
     on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images an earlier run finished (same source hash)."),
@@ -143,7 +145,8 @@ def run_command(
     region: Region = typer.Option("ellipse", help="Face region pasted back: an ellipse or the landmark hull."),
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
-    manifest: Optional[Path] = typer.Option(None, help="Manifest path [default: <out>/manifest.parquet]."),
+    manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet)."),
+    audit: bool = typer.Option(False, "--audit", help="Audit the output against the input at the end; exit 3 when the audit fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
@@ -181,9 +184,27 @@ def run_command(
             summary = run(config, progress)
     except (RunError, MethodError, WeightsError) as exc:
         fail(str(exc))
+    report = summary.as_dict()
+    audit_result = _audit(config) if audit and not dry_run else None
+    if audit_result is not None:
+        report["audit"] = {**audit_result.summary, "passed": audit_result.passed, "crossed": audit_result.crossed}
     if as_json:
-        stdout.print_json(json.dumps(summary.as_dict()))
+        stdout.print_json(json.dumps(report, default=str))
     elif not quiet:
         _print_summary(summary)
+        if audit_result is not None:
+            print_audit_summary(audit_result)
     if on_error == OnError.fail and summary.errors:
         raise typer.Exit(1)
+    if audit_result is not None and not audit_result.passed:
+        raise typer.Exit(EXIT_THRESHOLD_CROSSED)
+
+
+def _audit(config: RunConfig) -> AuditResult:
+    """The audit with its defaults (independent detector, files in <out>-audit/) on what this run wrote."""
+    audit_config = AuditConfig(original_dir=config.input_dir, anonymized_dir=config.output_dir,
+                               manifest_path=config.manifest_path, weights_dir=config.weights_dir)
+    try:
+        return run_audit(audit_config)
+    except (AuditError, WeightsError) as exc:
+        fail(f"audit: {exc}")

@@ -60,11 +60,14 @@ LATENTS_DIR = PurePosixPath(WORK_DIR_NAME) / "latents"
 CPU_BATCH_SIZE = 4
 MAX_CUDA_BATCH_SIZE = 64
 CUDA_MEMORY_SHARE = 0.8  # of the free memory; the rest is headroom for fragmentation and faiss
-# Peak memory one more face adds to an optimisation step (forward + backward through G, ArcFace and
-# FaRL), float32, at 1024 px. Measured on CPU as the peak-RSS difference between batches of 2 and 1
-# of the real-size networks (benchmarks/falco.py --memory); it scales with the generator's pixel count.
-BYTES_PER_FACE_1024 = 2.6 * 2**30
-BF16_MEMORY_FACTOR = 0.6  # autocast keeps float32 master copies: estimated, not measured on a GPU
+# Memory one more face adds to an optimisation step at 1024 px, float32: autograd keeps 2.19 GiB per
+# face for the backward pass through G, ArcFace and FaRL (counted with saved-tensor hooks,
+# benchmarks/falco.py), plus about 30% for the transient gradients of the backward pass (estimated).
+# It scales with the generator's pixel count.
+BYTES_PER_FACE_1024 = 2.19 * 1.3 * 2**30
+# Under bf16 autocast the saved tensors shrink to 0.69 of that (1.51 GiB; measured with CPU autocast,
+# which casts the same operations; not yet measured on a GPU).
+BF16_MEMORY_FACTOR = 0.69
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ so they stay bitwise equal to the inversion. The loss of face i is
 where the FaRL term averages the L1 distance over all tokens (CLS and patches) and channels of the
 last transformer block. (The reference sums the per-token means instead, a factor of 1 + patches,
 197 at ViT-B/16, larger; ``lambda_attr = 19.7`` reproduces its weighting.) Both images go through
-the same networks and the same preprocessing (:class:`CanonicalImages`); the reference also
-averages its ID loss wrongly over a batch, which cannot happen here because losses are per face.
+the same networks and the same preprocessing (:class:`CanonicalImages`). The reference's ID loss
+keeps only the last face of a batch (its loop overwrites instead of adding) and divides by the batch
+size, which is harmless only at batch 1, the size it runs at; here every face has its own loss.
 
 Batching: the per-face losses are summed, and no network mixes faces (frozen BatchNorm, per-sample
 modulated convolutions, per-image attention), so the gradient reaching face i's code is exactly the
@@ -21,7 +22,9 @@ follow alone, up to floating-point differences between batched and single kernel
 
 Mixed precision (``bf16``, CUDA only): the three networks run under bf16 autocast for both the
 generated and the real side; embeddings and tokens are cast to float32 before the loss, and the
-codes and Adam state stay float32.
+codes and Adam state stay float32. Its effect on the loss is not measured yet (no GPU was available
+when this was written): ``python -m benchmarks.falco --device cuda`` prints, for each batch size, the
+mean loss at the start and after the timed steps with and without bf16 from the same codes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,297 @@
+"""The release audit: re-identification, missed faces, metadata leaks, quality and the gate, on real photos.
+
+Real photos come from ../shared (skipped with the reason where absent). Every audit here uses dlib's
+HOG detector and small subsets, so the file runs in well under three minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from anonymize.audit import AuditConfig, AuditError, Thresholds, default_audit_dir, run_audit
+from anonymize.audit.audit import choose_detector
+from anonymize.audit.faces import match_boxes
+from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
+from anonymize.audit.missed import region_change
+from anonymize.audit.quality import PSNR_IDENTICAL_DB, outside_faces_mask, psnr, ssim
+from anonymize.audit.reid import identify, identity_separation
+from anonymize.cli import _register_commands, app
+from anonymize.io.decode import decode_image
+from anonymize.io.manifest import read_manifest
+from anonymize.io.metadata import metadata_beyond_icc, metadata_of
+from anonymize.io.write import write_image
+from anonymize.models.inception import FidInceptionV3
+from anonymize.pipeline import RunConfig, run
+from anonymize.weights import WeightsStore
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+PORTRAITS = SHARED / "data" / "portraits"
+CELEBA = SHARED / "data" / "celeba-ids"
+# Eight portraits, ten faces: two with two people, several with EXIF/GPS/XMP/IPTC, a PNG, clean ones.
+PORTRAIT_SUBSET = [
+    "alex_lacamoire_2.jpg", "biden_2.jpg", "kit_harington_2.jpg", "lin_manuel_miranda.png",
+    "multi_kit_with_rose.jpg", "multi_two_people.jpg", "obama_1.jpg", "rose_leslie_2.jpg",
+]  # fmt: skip
+DETECTOR = "dlib-hog"
+
+
+def require_shared() -> None:
+    if not (PORTRAITS.is_dir() and CELEBA.is_dir()):
+        pytest.skip(f"{SHARED / 'data'} is absent: the audit tests need the real photos (portraits, celeba-ids)")
+
+
+def copy_files(sources: list[Path], destination: Path, relative_to: Path) -> Path:
+    """Byte-for-byte copies (shutil.copy), keeping the relative layout."""
+    for source in sources:
+        target = destination / source.relative_to(relative_to)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    return destination
+
+
+def audit(original: Path, anonymized: Path, tmp: Path, **overrides) -> object:
+    settings = {"detector": DETECTOR, "weights_dir": tmp / "weights", "device": "cpu", "report_dir": None, **overrides}
+    return run_audit(AuditConfig(original, anonymized, **settings))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_shared()
+    root = tmp_path_factory.mktemp("audit")
+    (root / "weights").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def portraits(workspace: Path) -> Path:
+    return copy_files([PORTRAITS / name for name in PORTRAIT_SUBSET], workspace / "portraits", PORTRAITS)
+
+
+@pytest.fixture(scope="module")
+def blurred(workspace: Path, portraits: Path) -> Path:
+    out = workspace / "blurred"
+    run(RunConfig(portraits, out, method="blur", detector=DETECTOR, device="cpu", weights_dir=workspace / "weights"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def celeba(workspace: Path) -> Path:
+    """Three photos of each of the five CelebA identities, in identity folders."""
+    photos = [photo for identity in sorted(CELEBA.iterdir()) for photo in sorted(identity.glob("*.jpg"))[:3]]
+    return copy_files(photos, workspace / "celeba", CELEBA)
+
+
+# ---- real photos ----------------------------------------------------------------------------------
+
+
+def test_identity_distances_of_celeba_ids_separate_same_and_different_people(workspace, celeba):
+    out = workspace / "celeba-blurred"
+    run(RunConfig(celeba, out, method="blur", aligned=True, device="cpu", weights_dir=workspace / "weights"))
+    result = audit(celeba, out, workspace)
+    check = result.summary["identity_check"]
+    assert result.summary["identity_labels"] == "folders" and result.summary["aligned"] is True  # from the manifest
+    assert check["available"] and check["identities"] == 5 and check["faces"] == 15
+    assert check["same_pairs"] == 15 and check["different_pairs"] == 90
+    assert check["mean_same"] < 0.6 <= check["mean_different"]
+    assert check["roc_auc"] > 0.95 and check["separated"]
+    assert result.summary["reid"]["rank1_chance"] == pytest.approx(3 / 15)
+    assert {row["identity"] for row in result.rows} == {"0", "1", "2", "3", "4"}
+
+
+def test_an_unmodified_copy_of_portraits_fails_the_gate(workspace, portraits):
+    copy = copy_files(sorted(portraits.iterdir()), workspace / "copy", portraits)
+    result = audit(portraits, copy, workspace)
+    summary = result.summary
+    with_metadata = {name for name in PORTRAIT_SUBSET if metadata_beyond_icc(metadata_of(portraits / name))}
+    assert summary["faces"] == 10 and summary["identical_copies"] == len(PORTRAIT_SUBSET)
+    assert summary["reid"]["verification_rate"] == 1.0 and summary["reid"]["rank1_rate"] == 1.0
+    assert summary["missed_faces"]["count"] == 10
+    assert set(summary["metadata"]["files"]) == with_metadata and len(with_metadata) >= 5
+    assert "GPS" in summary["metadata"]["files"]["alex_lacamoire_2.jpg"]
+    assert not result.passed
+    assert [text.split(" ")[0] for text in result.crossed] == ["re-identification", "10", f"{len(with_metadata)}"]
+
+
+def test_a_blurred_run_passes_the_reid_threshold_and_the_metadata_check(workspace, portraits, blurred):
+    result = audit(portraits, blurred, workspace)
+    summary = result.summary
+    manifest_faces = [row for row in read_manifest(blurred / "manifest.parquet")[0].to_pylist() if row["face_index"] is not None]
+    assert summary["pairing"] == "manifest" and summary["faces"] == len(manifest_faces) == 10
+    assert summary["reid"]["verification_rate"] <= 0.05 and summary["reid"]["min_distance"] > 0.6
+    assert summary["metadata"]["leaks"] == 0 and summary["missed_faces"]["count"] == 0
+    assert summary["unaudited"]["count"] == 0 and result.passed and result.crossed == []
+    assert summary["quality"]["psnr_outside_db"] > 40 and summary["quality"]["ssim_outside"] > 0.98
+    assert summary["quality"]["fid"] is None
+    assert summary["quality"]["fid_status"].startswith(
+        "unavailable (no Inception weights: put pt_inception-2015-12-05-6726825d.pth from https://github.com/mseitzer/pytorch-fid/"
+    )
+    assert str(workspace / "weights" / "inception") in summary["quality"]["fid_status"]
+
+
+def test_a_face_restored_from_the_original_is_reported_as_missed(workspace, portraits, blurred):
+    skipped = workspace / "skipped-face"
+    shutil.copytree(blurred, skipped)
+    rows = [row for row in read_manifest(skipped / "manifest.parquet")[0].to_pylist() if row["source_path"] == "multi_two_people.jpg"]
+    box = rows[1]["box"]
+    original = decode_image(portraits / "multi_two_people.jpg")
+    output = decode_image(skipped / "multi_two_people.jpg").rgb.copy()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    grow_x, grow_y = (x1 - x0) // 2, (y1 - y0) // 2
+    region = (slice(max(y0 - grow_y, 0), y1 + grow_y), slice(max(x0 - grow_x, 0), x1 + grow_x))
+    output[region] = original.rgb[region]  # as if the run had not seen this face
+    write_image(original, output, skipped / "multi_two_people.jpg")
+
+    result = audit(portraits, skipped, workspace)
+    missed = [row for row in result.rows if row["missed"]]
+    assert [(row["source_path"], row["box"]) for row in missed] == [("multi_two_people.jpg", pytest.approx(box, abs=1))]
+    assert missed[0]["reidentified"] and missed[0]["region_change"] < 4.0
+    assert result.summary["missed_faces"]["faces"] == [f"multi_two_people.jpg#{missed[0]['face_index']}"]
+    assert result.summary["metadata"]["leaks"] == 0
+    assert not result.passed and "1 missed face(s) left unchanged > max 0" in result.crossed
+
+
+def test_the_cli_exits_3_with_fail_on_leak_and_writes_its_files_beside_the_anonymized_folder(workspace, portraits):
+    copy = copy_files([portraits / "obama_1.jpg", portraits / "biden_2.jpg"], workspace / "cli-copy", portraits)
+    _register_commands()
+    args = ["audit", str(portraits), str(copy), "--detector", DETECTOR, "--weights-dir", str(workspace / "weights"), "--device", "cpu"]
+    failed = CliRunner().invoke(app, [*args, "--fail-on-leak", "--json"], catch_exceptions=False)
+    assert failed.exit_code == 3
+    summary = json.loads(failed.stdout)
+    assert summary["passed"] is False and summary["faces"] == 2 and summary["metadata"]["leaks"] == 1
+    audit_dir = default_audit_dir(copy)
+    assert audit_dir == workspace / "cli-copy-audit"
+    table = pq.read_table(audit_dir / "audit.parquet")
+    assert table.num_rows == 2 and set(table.column("source_path").to_pylist()) == {"obama_1.jpg", "biden_2.jpg"}
+    assert json.loads((audit_dir / "audit-summary.json").read_text())["crossed"] == summary["crossed"]
+    assert not (portraits / "audit.parquet").exists() and not list(copy.glob("audit*"))
+
+    lenient = CliRunner().invoke(app, [*args, "--quiet", "--max-reid-rate", "1", "--max-missed-faces", "5", "--max-metadata-leaks", "1",
+                                       "--fail-on-leak"], catch_exceptions=False)
+    assert lenient.exit_code == 0
+
+
+def test_audit_files_are_never_written_inside_the_original_or_anonymized_folder(workspace, portraits, blurred):
+    with pytest.raises(AuditError, match="must not be the anonymized folder"):
+        audit(portraits, portraits, workspace)
+    for report in (portraits / "report", blurred / "report"):
+        with pytest.raises(AuditError, match="must not be written inside"):
+            audit(portraits, blurred, workspace, report_dir=report)
+    _register_commands()
+    result = CliRunner().invoke(app, ["audit", str(portraits), str(blurred), "--report", str(portraits / "r")])
+    assert result.exit_code == 2 and "must not be written inside the original folder" in result.output
+    assert not (portraits / "report").exists() and not (blurred / "report").exists()
+
+
+def test_outputs_without_an_original_or_unreadable_fail_the_gate(workspace, portraits):
+    anonymized = workspace / "strays"
+    anonymized.mkdir()
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(anonymized / "not_in_the_originals.png")
+    (anonymized / "biden_2.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    result = audit(portraits, anonymized, workspace)
+    assert result.summary["unaudited"]["count"] == 2 and result.summary["faces"] == 0
+    assert result.summary["not_released"] == len(PORTRAIT_SUBSET) - 1
+    assert result.crossed == ["2 released image(s) could not be audited (unreadable, or no original to compare with)"]
+
+
+def test_fid_uses_the_inception_weights_only_once_they_are_trusted(workspace):
+    originals = copy_files([photo for identity in ("0", "1") for photo in sorted((CELEBA / identity).glob("*.jpg"))[:2]],
+                           workspace / "fid-originals", CELEBA)
+    outputs = workspace / "fid-outputs"
+    run(RunConfig(originals, outputs, method="blur", aligned=True, device="cpu", weights_dir=workspace / "fid-weights"))
+    store = WeightsStore(workspace / "fid-weights")
+    target = store.path(FID_ARTEFACT)
+    target.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(FidInceptionV3().state_dict(), target)  # random weights: not the pinned file
+
+    refused = audit(originals, outputs, workspace, weights_dir=workspace / "fid-weights")
+    assert refused.summary["quality"]["fid"] is None
+    assert refused.summary["quality"]["fid_status"].startswith("unavailable (Inception weights not usable: inception_fid:")
+    assert "corrupt" in refused.summary["quality"]["fid_status"]
+
+    trusted = audit(originals, outputs, workspace, weights_dir=workspace / "fid-weights", trust_unverified=True)
+    assert trusted.summary["quality"]["fid_status"] == "computed on 4 + 4 images"
+    assert np.isfinite(trusted.summary["quality"]["fid"]) and trusted.summary["quality"]["fid"] > 0
+
+
+def test_the_automatic_detector_is_retinaface_when_verified_and_never_the_runs_own(workspace):
+    if not (SHARED / "weights" / "retinaface_mobilenet0.25.pth").is_file():
+        pytest.skip(f"{SHARED / 'weights'} holds no RetinaFace weights")
+    store = WeightsStore(workspace / "detector-weights")
+    assert choose_detector("auto", store, None)[0] == "dlib-hog"
+    target = store.path("retinaface_mobilenet0.25")
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(SHARED / "weights" / "retinaface_mobilenet0.25.pth", target)
+    assert choose_detector("auto", store, None)[0] == "retinaface"
+    assert choose_detector("auto", store, "dlib-hog") == ("retinaface", "independent of the run's detector")
+    assert choose_detector("auto", store, "retinaface") == ("dlib-hog", "independent of the run's detector")
+    assert choose_detector("dlib-cnn", store, "retinaface") == ("dlib-cnn", "chosen by the user")
+
+
+# ---- the measurements ---------------------------------------------------------------------------
+
+
+def test_frechet_distance_matches_the_closed_form_for_gaussians():
+    mean_a, mean_b = np.zeros(3), np.array([1.0, 2.0, 2.0])
+    cov_a, cov_b = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 9.0])
+    expected = 9.0 + (1 - 2) ** 2 + (2 - 1) ** 2 + 0.0  # |dmu|^2 + sum (sqrt(a) - sqrt(b))^2
+    assert frechet_distance(mean_a, cov_a, mean_b, cov_b) == pytest.approx(expected)
+    rotation = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    full = rotation @ np.diag([1.0, 2.0, 3.0]) @ rotation.T
+    assert frechet_distance(mean_a, full, mean_a, full) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fid_from_few_features_equals_the_covariance_route():
+    rng = np.random.default_rng(0)
+    few_a, few_b = rng.normal(size=(6, 40)), rng.normal(0.5, 2.0, size=(5, 40))  # fewer images than dimensions
+    expected = frechet_distance(*feature_statistics(few_a), *feature_statistics(few_b))
+    assert fid_from_features(few_a, few_b) == pytest.approx(expected, rel=1e-6)
+    assert fid_from_features(few_a, few_a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_psnr_and_ssim_outside_faces_ignore_what_changed_inside_them():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:120, 0:160]
+    original = np.stack([x * 1.5, y * 2.0, (x + y) * 0.9], axis=2).astype(np.uint8)  # smooth, like a background
+    output = original.copy()
+    output[40:80, 60:100] = 0  # the "face" is repainted
+    box = (60.0, 40.0, 100.0, 80.0)
+    outside = outside_faces_mask(original.shape, [box])
+    assert not outside[30:90, 40:120].any() and outside[:20].all()  # the box grown by half its size each side
+    assert psnr(original, output, outside) == PSNR_IDENTICAL_DB
+    assert ssim(original, output, outside) > 0.99
+    noisy = np.clip(original.astype(int) + rng.integers(-20, 21, original.shape), 0, 255).astype(np.uint8)
+    assert 20 < psnr(original, noisy, outside) < 30 and ssim(original, noisy, outside) < 0.9
+    assert region_change(original, output, box) > 50 and region_change(original, original, box) == 0
+
+
+def test_output_faces_are_matched_one_to_one_by_overlap():
+    source = [(0, 0, 10, 10), (20, 0, 30, 10), (50, 50, 60, 60)]
+    found = [(1, 1, 11, 11), (0, 0, 10, 10), (21, 0, 31, 10)]
+    matched = match_boxes(source, found)
+    assert matched[0] == pytest.approx(1.0) and matched[1] == pytest.approx(9 * 10 / (2 * 100 - 90)) and matched[2] is None
+
+
+def test_rank1_counts_another_photo_of_the_same_person_only_when_identities_are_known():
+    gallery = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0]])
+    probes = np.array([[0.11, 0.0], [4.0, 4.0], [0.0, 0.2]])  # nearest: 1, 2, 0
+    plain = identify(probes, gallery, own=[0, 1, 2])
+    assert plain.nearest.tolist() == [1, 2, 0] and plain.hits.tolist() == [False, False, False]
+    labelled = identify(probes, gallery, own=[0, 1, 2], labels=["a", "a", "b"])
+    assert labelled.hits.tolist() == [True, False, False] and labelled.chance == pytest.approx((2 / 3 + 2 / 3 + 1 / 3) / 3)
+    separation = identity_separation(gallery, ["a", "a", "b"], threshold=0.6)
+    assert separation.same_pairs == 1 and separation.roc_auc == 1.0 and separation.separated
+
+
+def test_thresholds_default_to_a_strict_release_gate():
+    assert Thresholds() == Thresholds(max_reid_rate=0.05, max_rank1_rate=None, min_detection_rate=0.0,
+                                      max_missed_faces=0, max_metadata_leaks=0)
