@@ -11,20 +11,9 @@ import platform
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
 
 from benchmarks import falco, models, pipeline
-
-
-def table(title: str, rows: list[dict[str, object]]) -> Table:
-    grid = Table(title=title)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    for column in columns:
-        grid.add_column(column, overflow="fold")
-    for row in rows:
-        grid.add_row(*(str(row.get(column, "")) for column in columns))
-    return grid
+from benchmarks.models import print_table
 
 
 def device_name(device: str) -> str:
@@ -41,22 +30,21 @@ def main() -> None:
     parser.add_argument("--only", choices=["pipeline", "models", "falco"], nargs="*", default=["pipeline", "models", "falco"])
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
-    console = Console()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: dict[str, object] = {"devices": {device: device_name(device) for device in devices}}
     if "pipeline" in args.only:
         rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
         results["pipeline"] = rows
-        console.print(table(f"detect + blur over {args.shared / 'data'} (CPU)", rows))
+        print_table(f"detect + blur over {args.shared / 'data'} (CPU)", rows)
     for name, module in (("models", models), ("falco", falco)):
         if name not in args.only:
             continue
         rows = [row for device in devices for row in module.run(device)]
         results[name] = rows
-        console.print(table(f"{name}: {', '.join(results['devices'].values())}", rows))
+        print_table(f"{name}: {', '.join(results['devices'].values())}", rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    console.print(f"saved {args.out}")
+    print(f"saved {args.out}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
 from anonymize.cli import app
-from anonymize.cli.console import console, fail, stdout
+from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.weights import WeightsError
 
@@ -22,17 +21,10 @@ EXIT_THRESHOLD_CROSSED = 3
 AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTORS)}, type=str)
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class RichAuditProgress(AuditProgress):
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
-        self.bar = Progress(TextColumn("[bold]auditing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TimeRemainingColumn(), console=console, disable=quiet)
+        self.bar = progress_bar("auditing", quiet=quiet)
         self.task = None
 
     def __enter__(self) -> RichAuditProgress:

@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from anonymize.cli import app
-from anonymize.cli.console import console, fail, stdout
+from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 
 # Kept free of torch imports so that `anonymize --help` and the other commands start quickly; the
 # choices below mirror anonymize.models.registry.GENERATORS and falco.bank.DEFAULT_PSI.
@@ -24,12 +23,6 @@ app.add_typer(bank_app, name="bank")
 class Generator(str, Enum):
     genforce = "genforce"
     e4e = "e4e"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @bank_app.command("build")
@@ -65,8 +58,7 @@ def build(
     except (RunError, WeightsError, CheckpointError) as exc:
         fail(str(exc))
     key = BankKey(store.sha256(generator_name) or "", store.sha256(artefact_of("farl")) or "", seed, size, psi)
-    with Progress(TextColumn("[bold]fake bank"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, disable=as_json, transient=True) as progress:
+    with progress_bar("fake bank", quiet=as_json, transient=True) as progress:
         task = progress.add_task("bank", total=size)
         bank, built = load_or_build_bank(bank_dir(store.root), key, network, farl,
                                          batch_size or default_build_batch_size(resolved),

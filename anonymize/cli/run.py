@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
 from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
-from anonymize.cli.console import console, fail, stdout
+from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.methods import METHODS, MethodError
 from anonymize.pipeline import Progress as PipelineProgress
@@ -36,12 +36,6 @@ class OnError(str, Enum):
     fail = "fail"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class Region(str, Enum):
     ellipse = "ellipse"
     hull = "hull"
@@ -53,11 +47,8 @@ class RichProgress(PipelineProgress):
     def __init__(self, quiet: bool) -> None:
         self.faces = 0
         self.quiet = quiet
-        self.bar = Progress(
-            TextColumn("[bold]anonymizing"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]} img/s"), TextColumn("{task.fields[faces]} faces"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet, transient=False,
-        )
+        self.bar = progress_bar("anonymizing", TextColumn("{task.fields[rate]} img/s"),
+                                TextColumn("{task.fields[faces]} faces"), quiet=quiet)
         self.task = None
 
     def __enter__(self) -> RichProgress:
