@@ -167,6 +167,11 @@ class Pipeline:
         self.weights = WeightsStore(config.weights_dir)
         self.device = resolve_device(config.device)
         self.manifest_path = config.manifest_path or config.output_dir / MANIFEST_NAME
+        # Built at the start of run(), once the input is known to hold images.
+        self.method: Method | None = None
+        self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
+        self.recognizer = None
+        self.mask: np.ndarray | None = None  # the crop-space paste mask, shared by all faces unless --region hull
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _find_images(self) -> list[ImageFile]:
@@ -215,7 +220,7 @@ class Pipeline:
             "seed": str(self.config.seed),
             "device": self.device,
             "weights_sha256": json.dumps(weights, sort_keys=True),
-            "method_params": json.dumps(method.describe() if method else {}, sort_keys=True, default=str),
+            "method_params": self.method_params,
         }
 
     # -- the run ----------------------------------------------------------------------------------------
@@ -228,14 +233,13 @@ class Pipeline:
         if config.overwrite and not config.dry_run:
             self._forget_previous_runs()
         previous = {} if config.dry_run or not config.output_dir.exists() else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
-        method = self._build_method(expected_faces=len(files))
+        method = self.method = self._build_method(expected_faces=len(files))
+        self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
         detector = self._build_detector()
-        self.recognizer = None
         if config.identity_metric:
             from anonymize.metrics.identity import DlibRecognizer
 
             self.recognizer = DlibRecognizer(self.weights)
-        self.method = method
         self.mask = region_mask(method.crop_size, config.region, config.region_scale, config.feather) if config.region != "hull" else None
         summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run)
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
@@ -425,7 +429,7 @@ class Pipeline:
             "width": int(image.rgb.shape[1]) if image is not None else None,
             "height": int(image.rgb.shape[0]) if image is not None else None,
             "method": self.config.method,
-            "method_params": json.dumps(self.method.describe(), sort_keys=True, default=str),
+            "method_params": self.method_params,
             "status": status,
             "seconds": round(seconds, 4),
             **extra,
