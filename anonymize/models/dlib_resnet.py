@@ -39,7 +39,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -475,9 +474,3 @@ def load_dlib_face_resnet(path: Path) -> DlibFaceResNet:
     except OSError as error:
         raise DlibFormatError(f"{path}: cannot read: {error.strerror or error}") from None
     return DlibFaceResNet(parse_network(data, str(path))).eval()
-
-
-@lru_cache(maxsize=2)
-def cached_dlib_face_resnet(path: Path) -> DlibFaceResNet:
-    """One CPU copy per file and process (the model cache of the identity metric)."""
-    return load_dlib_face_resnet(path)
