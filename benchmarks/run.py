@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import falco, models, pipeline
+from benchmarks import dlib_recognizer, falco, models, pipeline
 from benchmarks.models import print_table
 
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    parser.add_argument("--only", choices=["pipeline", "models", "falco"], nargs="*", default=["pipeline", "models", "falco"])
+    sections = ["pipeline", "models", "falco", "dlib_recognizer"]
+    parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -42,6 +43,10 @@ def main() -> None:
         rows = [row for device in devices for row in module.run(device)]
         results[name] = rows
         print_table(f"{name}: {', '.join(results['devices'].values())}", rows)
+    if "dlib_recognizer" in args.only:
+        rows = [row for device in devices for row in dlib_recognizer.run(device, args.shared)]
+        results["dlib_recognizer"] = rows
+        print_table("dlib face recognizer: binding vs PyTorch module, network alone and as the identity metric", rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")
