@@ -108,6 +108,8 @@ def pyramid_down(image: torch.Tensor, round_like_dlib: bool = False) -> torch.Te
 def _bilinear(source: torch.Tensor, points: np.ndarray) -> torch.Tensor:
     """Bilinear samples of [C, H, W] at N x 2 (x, y) points; zero where not all four neighbours are inside."""
     height, width = source.shape[-2:]
+    if height == 0 or width == 0:  # a pyramid level of an image too small to shrink: dlib's chip is black
+        return source.new_zeros((source.shape[0], len(points)))
     left = np.floor(points[:, 0])
     top = np.floor(points[:, 1])
     inside = (left >= 0) & (top >= 0) & (left + 1 < width) & (top + 1 < height)
@@ -160,7 +162,8 @@ def extract_face_chips(image: torch.Tensor | np.ndarray, locations: Sequence[Chi
             box = rounded if box is None else (min(box[0], rounded[0]), min(box[1], rounded[1]),
                                                max(box[2], rounded[2]), max(box[3], rounded[3]))
         depth = max(depth, levels)
-    box = box or (0, 0, -1, -1)
+    if box is None:  # every face lies outside the image: dlib's chips are black
+        return image.new_zeros((len(locations), 3, locations[0].size, locations[0].size)).float()
     crop = image[:, box[1]:box[3] + 1, box[0]:box[2] + 1]
     pyramid = [crop]
     for _ in range(depth):
