@@ -3,7 +3,11 @@
 Data flows one way. Images are gathered until a batch of faces is full, the method anonymizes
 the whole batch at once (one GPU batch), then every image of the batch is pasted, written
 atomically and its manifest rows flushed as one Parquet part, so a crash loses at most one batch.
-A failing image becomes an error row and the run goes on.
+A failing image becomes an error row and the run goes on; every file the walk meets and does
+not process gets a row too (skipped or error, with the cause).
+
+The output folder is locked for the whole run and marked as anonymize's before the first output
+is written (:mod:`anonymize.io.outdir`); nothing is written through a symbolic link in it.
 """
 
 from __future__ import annotations
@@ -31,13 +35,17 @@ from anonymize.io.manifest import (
     STATUS_DONE,
     STATUS_ERROR,
     STATUS_NO_FACE,
+    STATUS_SKIPPED,
     WORK_DIR_NAME,
     ManifestWriter,
     new_run_id,
+    read_manifest,
+    readable,
     recover_previous_rows,
 )
-from anonymize.io.walk import ImageFile, walk_images
-from anonymize.io.write import output_path_for, write_image
+from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, probe_lock, read_marker, write_marker
+from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
+from anonymize.io.write import atomic_write_bytes, is_regular_file_in, output_path_for, write_image
 from anonymize.methods import FaceCrop, Method, MethodContext, create_method
 from anonymize.weights import WeightsStore
 
@@ -82,6 +90,7 @@ class RunConfig:
     identity_metric: bool = False
     manifest_path: Path | None = None
     max_pixels: int = 178_956_970
+    copy_other: bool = False  # copy files that are not images (labels, CSV) unchanged into the output
 
 
 @dataclass
@@ -91,6 +100,7 @@ class RunSummary:
     faces: int = 0
     no_face_images: int = 0
     errors: int = 0
+    skipped: int = 0  # files met and not processed (not images, hidden, links already walked)
     resumed: int = 0  # images skipped because an earlier run finished them
     seconds: float = 0.0
     output_dir: str = ""
@@ -110,6 +120,8 @@ class Progress:
     def advance(self, faces: int) -> None: ...
 
     def message(self, text: str) -> None: ...
+
+    def warning(self, text: str) -> None: ...
 
 
 @dataclass
@@ -137,8 +149,8 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_paths(input_dir: Path, output_dir: Path) -> None:
-    """Refuse any layout in which writing the output could touch the input."""
+def check_paths(input_dir: Path, output_dir: Path, manifest_path: Path | None = None) -> None:
+    """Refuse any layout in which writing the output (or the manifest) could touch the input."""
     if not input_dir.exists():
         raise RunError(f"{input_dir}: input folder does not exist")
     if not input_dir.is_dir():
@@ -150,6 +162,12 @@ def check_paths(input_dir: Path, output_dir: Path) -> None:
         raise RunError(f"{output_dir}: the output folder is inside the input folder {input_dir}; choose a folder outside it")
     if target in source.parents:
         raise RunError(f"{output_dir}: the output folder contains the input folder {input_dir}; choose a folder beside it")
+    if manifest_path is not None:
+        manifest = manifest_path.resolve()
+        if manifest == source or source in manifest.parents:
+            raise RunError(f"{manifest_path}: the manifest path is inside the input folder {input_dir}; choose a path outside it")
+        if manifest.is_dir():
+            raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
 
 
 def default_output_dir(input_dir: Path) -> Path:
@@ -172,13 +190,17 @@ class Pipeline:
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
         self.recognizer = None
         self.mask: np.ndarray | None = None  # the crop-space paste mask, shared by all faces unless --region hull
+        self.lock: OutputLock | None = None  # held from before the first write to the end of the run
 
     # -- set-up -----------------------------------------------------------------------------------------
-    def _find_images(self) -> list[ImageFile]:
-        files = list(walk_images(self.config.input_dir, exclude=self.config.output_dir))
-        if not files:
+    def _walk(self) -> tuple[list[ImageFile], list[WalkEntry]]:
+        """The images to process and every other entry the walk met (each gets its own row)."""
+        entries = list(walk_tree(self.config.input_dir, exclude=self.config.output_dir))
+        images = [ImageFile(entry.path, entry.relpath) for entry in entries if entry.kind == "image"]
+        if not images:
             raise RunError(f"{self.config.input_dir}: no image found (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
-        return files[: self.config.limit] if self.config.limit else files
+        others = [entry for entry in entries if entry.kind != "image"]
+        return (images[: self.config.limit] if self.config.limit else images), others
 
     def _check_output_dir(self) -> None:
         out = self.config.output_dir
@@ -189,6 +211,79 @@ class Pipeline:
         ours = self.manifest_path.exists() or (out / WORK_DIR_NAME).exists()
         if not ours and any(out.iterdir()) and not self.config.overwrite:
             raise RunError(f"{out}: output folder is not empty and holds no anonymize manifest; pass --overwrite to write into it")
+        try:
+            probe_lock(out)
+        except OutputFolderBusy as exc:
+            raise RunError(str(exc)) from None
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the output pixels: a resumed run must have the same, or --overwrite."""
+        config = self.config
+        return {
+            "method": config.method,
+            "method_params": self.method_params,
+            "aligned": config.aligned,
+            "detector": None if config.aligned else config.detector,
+            "det_threshold": config.det_threshold,
+            "min_face": config.min_face,
+            "region": config.region,
+            "region_scale": config.region_scale,
+            "feather": config.feather,
+            "jpeg_quality": config.jpeg_quality,
+            "on_no_face": config.on_no_face,
+        }
+
+    def _earlier_settings(self) -> dict[str, Any] | None:
+        """The settings of the runs already in the output folder (None: no earlier run)."""
+        marker = read_marker(self.config.output_dir)
+        if marker is not None and isinstance(marker.get("settings"), dict):
+            return marker["settings"]
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            metadata = read_manifest(self.manifest_path)[1]
+            if "settings" in metadata:
+                return json.loads(metadata["settings"])
+            # A manifest from before settings were recorded: compare what it holds.
+            return {"method": json.loads(metadata["arguments"])["method"], "method_params": metadata["method_params"]}
+        except Exception:  # noqa: BLE001 - unreadable: nothing to compare, the resume check will redo images
+            return None
+
+    def _check_same_settings(self) -> None:
+        if self.config.overwrite or self.config.dry_run or not self.config.output_dir.is_dir():
+            return
+        earlier = self._earlier_settings()
+        if earlier is None:
+            return
+        ours = self.settings()
+        changed = [f"{key} {earlier[key]} -> {ours.get(key)}" for key in sorted(earlier) if earlier[key] != ours.get(key)]
+        if changed:
+            raise RunError(
+                f"{self.config.output_dir}: the earlier run into this folder used other settings ({'; '.join(changed)}); "
+                f"pass --overwrite to redo every image with the new ones, or choose another --out"
+            )
+
+    def _take_output_folder(self) -> None:
+        """Lock the output folder, forget earlier runs if asked, mark the folder: all before the first output."""
+        out = self.config.output_dir
+        try:
+            self.lock = acquire_lock(out, on_stale=self.progress.warning)
+        except OutputFolderBusy as exc:
+            raise RunError(str(exc)) from None
+        except OSError as exc:
+            raise RunError(f"{out}: cannot write into the output folder ({exc.strerror or exc})") from None
+        try:
+            if self.config.overwrite:
+                self._forget_previous_runs()
+            write_marker(out, self.settings())  # also proves the folder writable before any image is done
+        except OSError as exc:
+            self._release()
+            raise RunError(f"{out}: cannot write into the output folder ({exc.strerror or exc})") from None
+
+    def _release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def _build_method(self, expected_faces: int) -> Method:
         context = MethodContext(
@@ -221,21 +316,34 @@ class Pipeline:
             "device": self.device,
             "weights_sha256": json.dumps(weights, sort_keys=True),
             "method_params": self.method_params,
+            "settings": json.dumps(self.settings(), sort_keys=True),
         }
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         config = self.config
-        check_paths(config.input_dir, config.output_dir)
+        check_paths(config.input_dir, config.output_dir, config.manifest_path)
         started = time.perf_counter()
-        files = self._find_images()
+        files, others = self._walk()
         self._check_output_dir()
-        if config.overwrite and not config.dry_run:
-            self._forget_previous_runs()
-        previous = {} if config.dry_run or not config.output_dir.exists() else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
         method = self.method = self._build_method(expected_faces=len(files))
         self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
+        self._check_same_settings()
         detector = self._build_detector()
+        if not config.dry_run:
+            self._take_output_folder()
+        try:
+            return self._run_locked(files, others, method, detector, started)
+        finally:
+            self._release()
+
+    def _run_locked(self, files: list[ImageFile], others: list[WalkEntry], method: Method, detector: Detector | None,
+                    started: float) -> RunSummary:
+        config = self.config
+        try:
+            previous = {} if config.dry_run else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
+        except OSError as exc:
+            raise RunError(f"{self.manifest_path}: cannot merge the earlier manifest ({exc.strerror or exc})") from None
         if config.identity_metric:
             from anonymize.metrics.identity import DlibRecognizer
 
@@ -247,6 +355,7 @@ class Pipeline:
         self.progress.start(len(files))
         pending: list[_Pending] = []
         try:
+            self._append(writer, [self._other_row(entry, summary) for entry in others])
             for file in files:
                 item = self._prepare(file, detector, previous, summary, writer)
                 if item is None:
@@ -260,32 +369,81 @@ class Pipeline:
             pass
         finally:
             if writer is not None:
-                carried = [row for rows in previous.values() for row in rows]
-                summary.manifest_path = str(writer.finalise(carried))
+                try:
+                    summary.manifest_path = str(writer.finalise())
+                except OSError as exc:
+                    raise RunError(
+                        f"{self.manifest_path}: cannot write the manifest ({exc.strerror or exc}); the images written so far "
+                        f"are kept and a new run resumes from them"
+                    ) from None
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 
+    def _append(self, writer: ManifestWriter | None, rows: list[dict[str, Any]]) -> None:
+        """Flush rows as a manifest part; a part that cannot be written stops the run (one line)."""
+        if writer is None or not rows:
+            return
+        try:
+            writer.append(rows)
+        except OSError as exc:
+            raise RunError(
+                f"{self.config.output_dir}: cannot write the manifest part ({exc.strerror or exc}); the run stopped, "
+                f"a new run resumes from what was written"
+            ) from None
+
     def _forget_previous_runs(self) -> None:
-        if self.manifest_path.exists():
+        """--overwrite: drop the manifest and the parts (never following links); outputs are rewritten in place."""
+        if self.manifest_path.is_symlink() or self.manifest_path.exists():
             self.manifest_path.unlink()
-        shutil.rmtree(self.config.output_dir / WORK_DIR_NAME, ignore_errors=True)
+        parts = self.config.output_dir / WORK_DIR_NAME / "parts"
+        if parts.is_symlink():
+            parts.unlink()
+        elif parts.exists():
+            shutil.rmtree(parts)
+
+    def _other_row(self, entry: WalkEntry, summary: RunSummary) -> dict[str, Any]:
+        """The row of an entry that is not an image: skipped (with why), copied (--copy-other), or an error."""
+        shown = readable(str(entry.relpath))
+        file = ImageFile(entry.path, entry.relpath)
+        if entry.kind == "error":
+            summary.errors += 1
+            message = f"{shown}: {entry.reason}"
+            if len(summary.error_messages) < 50:
+                summary.error_messages.append(message)
+            self.progress.warning(message)
+            return self._row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+        summary.skipped += 1
+        output, note = None, entry.reason
+        if entry.kind == "other" and self.config.copy_other and not self.config.dry_run:
+            try:
+                atomic_write_bytes(output_path_for(self.config.output_dir, entry.relpath), entry.path.read_bytes(),
+                                   root=self.config.output_dir)
+                output, note = str(entry.relpath), f"{entry.reason}; copied unchanged (--copy-other)"
+            except (OSError, ValueError) as exc:
+                summary.skipped -= 1
+                summary.errors += 1
+                message = f"{shown}: copying failed ({getattr(exc, 'strerror', None) or exc})"
+                self.progress.warning(message)
+                return self._row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+        return self._row(file, None, None, STATUS_SKIPPED, output, 0.0, method=None, method_params=None, note=note)
 
     def _prepare(self, file: ImageFile, detector: Detector | None, previous: dict[str, list[dict[str, Any]]],
                  summary: RunSummary, writer: ManifestWriter | None) -> _Pending | None:
         """Hash, decode, detect and align one image; None when it needs no method call."""
         started = time.perf_counter()
         relpath = str(file.relpath)
+        shown = readable(relpath)
         try:
             digest = sha256_file(file.path)
         except OSError as exc:
-            self._record_error(file, None, None, f"{relpath}: cannot read ({exc.strerror or exc})", time.perf_counter() - started, summary, writer)
+            self._record_error(file, None, None, f"{shown}: cannot read ({exc.strerror or exc})", time.perf_counter() - started, summary, writer)
             return None
         if self.config.resume and self._already_done(relpath, digest, previous):
             summary.resumed += 1
             self.progress.advance(0)
             return None
         try:
-            image = decode_image(file.path, self.config.max_pixels, display_name=relpath)
+            image = decode_image(file.path, self.config.max_pixels, display_name=shown)
             if detector is None:
                 faces = [_whole_image_face(image.rgb)]
                 aligned = [whole_image_as_face(image.rgb, self.method.crop_size)]
@@ -296,7 +454,7 @@ class Pipeline:
             self._record_error(file, digest, None, str(exc), time.perf_counter() - started, summary, writer)
             return None
         except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
-            self._record_error(file, digest, None, f"{relpath}: detection failed ({type(exc).__name__}: {exc})", time.perf_counter() - started, summary, writer)
+            self._record_error(file, digest, None, f"{shown}: detection failed ({type(exc).__name__}: {exc})", time.perf_counter() - started, summary, writer)
             return None
         previous.pop(relpath, None)
         if faces:
@@ -309,22 +467,26 @@ class Pipeline:
         if not rows or any(row["status"] not in FINISHED_STATUSES or row["source_sha256"] != digest for row in rows):
             return False
         outputs = {row["output_path"] for row in rows if row["output_path"]}
-        return all((self.config.output_dir / output).is_file() for output in outputs)
+        return all(is_regular_file_in(self.config.output_dir, output_path_for(self.config.output_dir, PurePosixPath(output)))
+                   for output in outputs)
 
     def _finish_without_face(self, file: ImageFile, digest: str, image: DecodedImage, started: float,
                              summary: RunSummary, writer: ManifestWriter | None) -> None:
-        relpath = str(file.relpath)
+        shown = readable(str(file.relpath))
         if self.config.on_no_face == "fail":
-            self._record_error(file, digest, image, f"{relpath}: no face detected (--on-no-face fail)", time.perf_counter() - started, summary, writer)
+            self._record_error(file, digest, image, f"{shown}: no face detected (--on-no-face fail)", time.perf_counter() - started, summary, writer)
             return
         output = None
         if self.config.on_no_face == "copy" and not self.config.dry_run:
-            output = self._write(file, image, image.rgb)
+            try:
+                output = self._write(file, image, image.rgb)
+            except Exception as exc:  # noqa: BLE001 - a write that fails is this image's error, not the run's
+                self._record_error(file, digest, image, _write_failure(shown, exc), time.perf_counter() - started, summary, writer)
+                return
         summary.images += 1
         summary.no_face_images += 1
         self.progress.advance(0)
-        if writer:
-            writer.append([self._row(file, digest, image, STATUS_NO_FACE, output, time.perf_counter() - started)])
+        self._append(writer, [self._row(file, digest, image, STATUS_NO_FACE, output, time.perf_counter() - started)])
 
     def _flush(self, pending: list[_Pending], summary: RunSummary, writer: ManifestWriter | None) -> None:
         if not pending:
@@ -352,13 +514,12 @@ class Pipeline:
                         self._add_identity_distance(item, composite, metrics)
                     output = self._write(item.file, item.image, composite)
                 except Exception as exc:  # noqa: BLE001
-                    failed.append((item, f"{item.file.relpath}: writing failed ({type(exc).__name__}: {exc})"))
+                    failed.append((item, _write_failure(readable(str(item.file.relpath)), exc)))
                     continue
                 seconds = item.seconds + share * len(item.faces) + time.perf_counter() - write_started
                 rows.extend(self._face_rows(item, output, metrics, seconds / len(item.faces)))
                 self._count_done(item, summary)
-        if writer:
-            writer.append(rows)
+        self._append(writer, rows)
         for item, message in failed:
             self._record_error(item.file, item.sha256, item.image, message, item.seconds, summary, writer)
 
@@ -378,7 +539,7 @@ class Pipeline:
             try:
                 outcome.append(self._call_method(self._crops(item)))
             except Exception as exc:  # noqa: BLE001
-                outcome.append(f"{item.file.relpath}: {self.config.method} failed ({type(exc).__name__}: {exc})")
+                outcome.append(f"{readable(str(item.file.relpath))}: {self.config.method} failed ({type(exc).__name__}: {exc})")
         return outcome
 
     def _call_method(self, crops: list[FaceCrop]) -> list[Any]:
@@ -415,7 +576,8 @@ class Pipeline:
             face_metrics["identity_distance_dlib"] = float(value)
 
     def _write(self, file: ImageFile, image: DecodedImage, rgb: np.ndarray) -> str:
-        write_image(image, rgb, output_path_for(self.config.output_dir, file.relpath), self.config.jpeg_quality)
+        out = self.config.output_dir
+        write_image(image, rgb, output_path_for(out, file.relpath), self.config.jpeg_quality, root=out)
         return str(file.relpath)
 
     # -- manifest rows ----------------------------------------------------------------------------------
@@ -432,6 +594,7 @@ class Pipeline:
             "method_params": self.method_params,
             "status": status,
             "seconds": round(seconds, 4),
+            "note": image.note if image is not None else None,
             **extra,
         }
 
@@ -451,10 +614,16 @@ class Pipeline:
             summary.error_messages.append(message)
         self.progress.message(message)
         self.progress.advance(0)
-        if writer:
-            writer.append([self._row(file, digest, image, STATUS_ERROR, None, seconds, error=message)])
+        self._append(writer, [self._row(file, digest, image, STATUS_ERROR, None, seconds, error=message)])
         if self.config.on_error == "fail":
             raise StopRun(message)
+
+
+def _write_failure(shown: str, exc: Exception) -> str:
+    """One line for an output that could not be written (disk full, name too long, a link in the way)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{shown}: writing the output failed ({exc.strerror})"
+    return f"{shown}: writing the output failed ({type(exc).__name__}: {exc})"
 
 
 def _whole_image_face(rgb: np.ndarray) -> Face:
@@ -473,7 +642,8 @@ def _split(results: list[Any], pending: list[_Pending]) -> list[list[Any] | str]
 def _rows_by_source(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        grouped.setdefault(row["source_path"], []).append(row)
+        if row["status"] != STATUS_SKIPPED:
+            grouped.setdefault(row["source_path"], []).append(row)
     return grouped
 
 

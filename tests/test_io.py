@@ -547,7 +547,7 @@ def test_failed_rename_removes_the_temporary_file_and_keeps_the_old_one(tmp_path
     dest.write_bytes(b"old")
     dest.chmod(0o640)
 
-    def failing_replace(source: object, target: object) -> None:
+    def failing_replace(source: object, target: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
     monkeypatch.setattr(write_module.os, "replace", failing_replace)

@@ -87,6 +87,8 @@ class DecodedImage:
     mode: str  # source Pillow mode ("RGB", "L", "P", "CMYK", "I;16", "RGBA", ...)
     icc_profile: bytes | None  # describes ``rgb`` (or its gray version); kept on write
     webp_lossless: bool = False  # the source WebP was lossless (VP8L), so it is re-encoded losslessly
+    gray16: np.ndarray | None = None  # H x W uint16: a 16-bit gray source's own values, written back at 16 bits
+    note: str | None = None  # a conversion the output cannot avoid (e.g. 16-bit colour read as 8-bit)
 
     @property
     def grayscale(self) -> bool:
@@ -127,6 +129,8 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, display_name:
         except OSError as exc:
             raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
         image_format = sniff_format_of_bytes(head)
+        if image_format == "GIF":
+            raise ImageDecodeError(name, _describe_gif(handle))
         if image_format is None:
             raise ImageDecodeError(name, _describe_non_image(head))
         decoded = _decode_stream(handle, os.fspath(path), image_format, max_pixels, name)
@@ -159,6 +163,7 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
 
     mode = image.mode
     icc_profile = image.info.get("icc_profile") or None
+    note = _sixteen_bit_colour_note(image, image_format)
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -174,6 +179,7 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
     try:
         upright = _apply_exif_orientation(image)
         rgb, alpha, icc_profile = _to_rgb_and_alpha(upright, icc_profile)
+        gray16 = np.array(upright, dtype=np.uint16) if upright.mode in _SIXTEEN_BIT_MODES and image_format in ("PNG", "TIFF") else None
     except MemoryError as exc:
         raise ImageDecodeError(name, f"not enough memory to convert a {width}x{height} image") from exc
     except Exception as exc:
@@ -184,7 +190,33 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
         format=image_format,
         mode=mode,
         icc_profile=icc_profile,
+        gray16=gray16,
+        note=note,
     )
+
+
+def _sixteen_bit_colour_note(image: Image.Image, image_format: str) -> str | None:
+    """Pillow reads 16-bit-per-channel colour as 8 bits; say so, since the output is then 8-bit too."""
+    depth = 0
+    if image_format == "PNG" and image.mode in ("RGB", "RGBA"):
+        depth = 16 if image.fp is not None and _png_bit_depth(image) == 16 else 8
+    elif image_format == "TIFF" and image.mode in ("RGB", "RGBA", "CMYK"):
+        bits = image.tag_v2.get(258) if hasattr(image, "tag_v2") else None
+        depth = max(bits) if isinstance(bits, tuple) and bits else (bits if isinstance(bits, int) else 8)
+    if depth > 8:
+        return f"{depth}-bit colour read and written as 8-bit colour"
+    return None
+
+
+def _png_bit_depth(image: Image.Image) -> int:
+    position = image.fp.tell()
+    try:
+        image.fp.seek(24)
+        return image.fp.read(1)[0]
+    except (OSError, IndexError):
+        return 8
+    finally:
+        image.fp.seek(position)
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -292,6 +324,20 @@ def _webp_is_lossless(handle: BinaryIO) -> bool:
             handle.seek(size + (size & 1), os.SEEK_CUR)
     except OSError:
         return False
+
+
+def _describe_gif(handle: BinaryIO) -> str:
+    """GIF is not written back (palette, animation): one line, with the frame count when animated."""
+    try:
+        from PIL import GifImagePlugin
+
+        handle.seek(0)
+        frames = GifImagePlugin.GifImageFile(handle).n_frames
+    except Exception:  # noqa: BLE001 - a broken GIF is still just an unsupported GIF
+        frames = 1
+    if frames > 1:
+        return f"multi-frame GIF ({frames} frames) is not supported"
+    return "unsupported image format (GIF)"
 
 
 def _describe_non_image(head: bytes) -> str:

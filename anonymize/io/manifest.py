@@ -1,14 +1,23 @@
-"""The Parquet manifest: one row per face, plus one per image without a face or with an error.
+"""The Parquet manifest: one row per face, plus one per image without a face or with an error,
+and one per file or folder the walk met and did not process.
 
 Rows are written batch by batch as small Parquet parts under ``<out>/.anonymize/parts`` (each
-part written atomically), so a killed run loses at most the batch in flight; at the end the parts
-and the rows carried over from earlier runs are merged into one ``manifest.parquet``. A re-run
-reads both to decide what is already done.
+part written atomically, named so that their names sort in time order), so a killed run loses at
+most the batch in flight; at the end the manifest and the parts are merged into one
+``manifest.parquet``. The merge is idempotent: a row is identified by (source path, face index),
+the newest run wins for each source, so a merge killed at any step and done again gives the same
+manifest, never duplicates.
+
+File names are bytes on POSIX and need not be UTF-8. ``source_path`` holds a readable form (bytes
+that are not UTF-8 shown as ``\\xNN``) and ``source_path_bytes`` the exact name, which is what
+identifies a row; :func:`read_rows` gives the exact names back as Python strings.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -18,14 +27,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anonymize.io.outdir import WORK_DIR_NAME
 from anonymize.io.write import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.parquet"
-WORK_DIR_NAME = ".anonymize"
 
 STATUS_DONE = "done"  # face anonymized and written
 STATUS_NO_FACE = "no_face"  # image without a detected face (copied or skipped as asked)
-STATUS_ERROR = "error"  # the image could not be processed; see the error column
+STATUS_ERROR = "error"  # the image (or folder) could not be processed; see the error column
+STATUS_SKIPPED = "skipped"  # met by the walk and deliberately not processed; the note says why
 FINISHED_STATUSES = (STATUS_DONE, STATUS_NO_FACE)
 
 # Metric columns that methods fill (null where a method has nothing to say).
@@ -47,6 +57,7 @@ SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
         ("source_path", pa.string()),
+        ("source_path_bytes", pa.binary()),
         ("output_path", pa.string()),
         ("source_sha256", pa.string()),
         ("width", pa.int32()),
@@ -62,12 +73,23 @@ SCHEMA = pa.schema(
         ("seconds", pa.float64()),
         *METRIC_COLUMNS.items(),
         ("extra_metrics", pa.string()),
+        ("note", pa.string()),  # why a file was skipped, or a conversion the output could not avoid
     ]
 )
+_TEXT_COLUMNS = ("source_path", "output_path", "error", "note")
 
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def readable(text: str) -> str:
+    """``text`` as valid UTF-8: undecodable file-name bytes (surrogate escapes) shown as ``\\xNN``."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -75,6 +97,11 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
     known = set(SCHEMA.names)
     extra = {key: value for key, value in row.items() if key not in known}
     out = {name: row.get(name) for name in SCHEMA.names}
+    if out["source_path"] is not None and out["source_path_bytes"] is None:
+        out["source_path_bytes"] = os.fsencode(out["source_path"])
+    for name in _TEXT_COLUMNS:
+        if isinstance(out[name], str):
+            out[name] = readable(out[name])
     if extra:
         out["extra_metrics"] = json.dumps(extra, sort_keys=True, default=float)
     return out
@@ -110,72 +137,113 @@ class ManifestWriter:
     def __post_init__(self) -> None:
         self.manifest_path = self.manifest_path or self.out_dir / MANIFEST_NAME
         self.parts_dir = self.out_dir / WORK_DIR_NAME / "parts"
+        self._stamp = time.time_ns()  # part names sort by run start, then by sequence: time order
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
         self._sequence += 1
-        path = self.parts_dir / f"{self.run_id}-{self._sequence:06d}.parquet"
-        atomic_write_bytes(path, _parquet_bytes(rows_to_table(rows, self.metadata)))
+        path = self.parts_dir / f"{self._stamp:020d}-{self.run_id}-{self._sequence:06d}.parquet"
+        atomic_write_bytes(path, _parquet_bytes(rows_to_table(rows, self.metadata)), root=self.out_dir)
 
-    def finalise(self, carried_rows: list[dict[str, Any]]) -> Path:
-        """Merge rows carried from earlier runs with this run's parts into ``manifest.parquet``."""
-        return consolidate(self.out_dir, self.manifest_path, self.metadata, carried_rows)
+    def finalise(self) -> Path:
+        """Merge the manifest of earlier runs with this run's parts into ``manifest.parquet``."""
+        return consolidate(self.out_dir, self.manifest_path, self.metadata)
 
 
 def _part_paths(out_dir: Path) -> list[Path]:
     parts_dir = out_dir / WORK_DIR_NAME / "parts"
-    if not parts_dir.is_dir():
+    if parts_dir.is_symlink() or not parts_dir.is_dir():
         return []
-    return sorted(parts_dir.glob("*.parquet"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+    return sorted(path for path in parts_dir.glob("*.parquet") if not path.name.startswith("."))
 
 
-def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] | None,
-                base_rows: list[dict[str, Any]]) -> Path:
-    """Write ``base_rows`` followed by every part's rows (latest run per source wins), then drop the parts."""
+def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Merge ``manifest_path`` and every part into ``manifest_path``, then drop the parts.
+
+    Idempotent at every step: until the new manifest is renamed into place the old one and all the
+    parts are intact; afterwards the parts still present only repeat rows the manifest has.
+    """
     parts = _part_paths(out_dir)
-    rows = list(base_rows)
+    rows: list[dict[str, Any]] = []
+    if manifest_path.is_file():
+        table, old_metadata = read_manifest(manifest_path)
+        rows = table.to_pylist()
+        metadata = metadata if metadata is not None else old_metadata
     for part in parts:
         try:
-            rows.extend(pq.read_table(part).to_pylist())
+            table = pq.read_table(part)
         except (pa.ArrowInvalid, OSError):
             continue  # a part cut short by a crash holds nothing we can trust
-    rows = latest_rows_per_source(rows)
-    rows.sort(key=lambda r: (r["source_path"], r["face_index"] if r["face_index"] is not None else -1))
-    atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata)))
+        rows.extend(table.to_pylist())
+        if metadata is None:
+            metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+    rows = merge_rows(rows)
+    inside = out_dir == manifest_path.parent or out_dir in manifest_path.parents
+    atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata)), root=out_dir if inside else None)
     for part in parts:
-        part.unlink()
+        part.unlink(missing_ok=True)
     if parts:
         try:
             parts[0].parent.rmdir()
         except OSError:
-            pass  # another writer's part appeared meanwhile
+            pass
     return manifest_path
 
 
-def latest_rows_per_source(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep, for each source image, only the rows of the last run that processed it (rows are in time order)."""
-    last_run: dict[str, str] = {}
+def row_identity(row: Mapping[str, Any]) -> tuple[bytes, int]:
+    """(exact source name, face index): what makes a manifest row unique."""
+    raw = row.get("source_path_bytes")
+    name = bytes(raw) if raw is not None else os.fsencode(row["source_path"])
+    index = row.get("face_index")
+    return name, -1 if index is None else int(index)
+
+
+def merge_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows in time order -> per source only the newest run's rows, one per face index, sorted.
+
+    A source redone by a later run loses all its older rows (it may now have fewer faces); a row
+    seen twice (a part merged once already) is kept once.
+    """
+    last_run: dict[bytes, str] = {}
     for row in rows:
-        last_run[row["source_path"]] = row["run_id"]
-    return [row for row in rows if last_run[row["source_path"]] == row["run_id"]]
+        last_run[row_identity(row)[0]] = row["run_id"]
+    kept: dict[tuple[bytes, int], dict[str, Any]] = {}
+    for row in rows:
+        identity = row_identity(row)
+        if last_run[identity[0]] == row["run_id"]:
+            kept[identity] = row
+    return [kept[identity] for identity in sorted(kept)]
+
+
+def latest_rows_per_source(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Kept for callers of the earlier name: see :func:`merge_rows`."""
+    return merge_rows(rows)
 
 
 def recover_previous_rows(out_dir: Path, manifest_path: Path | None = None) -> list[dict[str, Any]]:
-    """Rows of earlier runs into this output; parts left by an interrupted run are merged in first."""
+    """Rows of earlier runs into this output (exact names); parts left by an interrupted run are merged in first."""
     manifest_path = manifest_path or out_dir / MANIFEST_NAME
-    previous: list[dict[str, Any]] = []
-    metadata: dict[str, str] | None = None
-    if manifest_path.is_file():
-        table, metadata = read_manifest(manifest_path)
-        previous = table.to_pylist()
     if _part_paths(out_dir):
-        consolidate(out_dir, manifest_path, metadata, previous)
-        previous = read_manifest(manifest_path)[0].to_pylist()
-    return previous
+        consolidate(out_dir, manifest_path)
+    return read_rows(manifest_path) if manifest_path.is_file() else []
 
 
 def read_manifest(path: Path) -> tuple[pa.Table, dict[str, str]]:
     table = pq.read_table(path)
     metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
     return table, metadata
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The manifest's rows with ``source_path`` (and the mirrored ``output_path``) as exact file names."""
+    rows = read_manifest(path)[0].to_pylist()
+    for row in rows:
+        raw = row.get("source_path_bytes")
+        if raw is None:
+            continue
+        exact = os.fsdecode(bytes(raw))
+        if row.get("output_path") is not None and row["output_path"] == row["source_path"]:
+            row["output_path"] = exact
+        row["source_path"] = exact
+    return rows

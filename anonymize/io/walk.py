@@ -8,12 +8,14 @@ believes was anonymized.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def sniff_format_of_bytes(head: bytes) -> str | None:
     """The image format the first bytes of a file announce, or None."""
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -49,7 +53,7 @@ def sniff_format_of_bytes(head: bytes) -> str | None:
 
 
 def sniff_format(path: Path) -> str | None:
-    """"JPEG" | "PNG" | "WEBP" | "BMP" | "TIFF" from the magic bytes; None otherwise or if unreadable."""
+    """"JPEG" | "PNG" | "WEBP" | "BMP" | "TIFF" | "GIF" from the magic bytes; None otherwise or if unreadable."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or a device: it could block
             return None
@@ -60,12 +64,36 @@ def sniff_format(path: Path) -> str | None:
     return sniff_format_of_bytes(head)
 
 
+EntryKind = Literal["image", "other", "skipped", "error"]
+
+
+@dataclass(frozen=True)
+class WalkEntry:
+    """Anything the walk meets: an image candidate, another file, or something it cannot or will not enter.
+
+    ``reason`` says why an entry is not an image candidate ("not an image", "cannot list folder
+    (Permission denied)", ...), so that every one of them can get its own manifest row.
+    """
+
+    path: Path
+    relpath: PurePosixPath
+    kind: EntryKind
+    reason: str = ""
+
+
 def walk_images(root: Path, exclude: Path | None = None) -> Iterator[ImageFile]:
-    """Yield the image candidates under ``root``, sorted by relpath.
+    """Yield the image candidates under ``root``, sorted by relpath (see :func:`walk_tree`)."""
+    for entry in walk_tree(root, exclude):
+        if entry.kind == "image":
+            yield ImageFile(path=entry.path, relpath=entry.relpath)
+
+
+def walk_tree(root: Path, exclude: Path | None = None) -> Iterator[WalkEntry]:
+    """Yield every entry under ``root``, sorted by relpath, each marked with what it is.
 
     Follows directory symlinks but enters each real directory once (so loops end and a directory
-    linked twice is not processed twice), skips hidden entries and everything under ``exclude``
-    (the output tree, which may live inside the input tree and must never be read back).
+    linked twice is not processed twice), does not enter hidden entries (one "skipped" entry each)
+    and skips everything under ``exclude`` (the output tree, which must never be read back).
     """
     root = Path(os.path.abspath(root))
     if not root.is_dir():
@@ -79,35 +107,49 @@ def _is_under(path: Path, ancestor: Path | None) -> bool:
     return ancestor is not None and (path == ancestor or ancestor in path.parents)
 
 
-def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visited: set[Path]) -> Iterator[ImageFile]:
+def _has_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visited: set[Path]) -> Iterator[WalkEntry]:
     # Depth-first over names sorted per directory yields exactly sorted(relpath): PurePosixPath
     # orders by path components, and so does this traversal.
     try:
         with os.scandir(directory) as entries:
             names = sorted(entry.name for entry in entries)
     except OSError as exc:
-        log.warning("skipping unreadable directory %s: %s", directory, exc.strerror or exc)
+        log.warning("cannot list folder %s: %s", directory, exc.strerror or exc)
+        yield WalkEntry(directory, rel, "error", f"cannot list folder ({exc.strerror or exc})")
         return
     for name in names:
-        if name.startswith("."):
-            continue
         path = directory / name
+        if name.startswith("."):
+            yield WalkEntry(path, rel / name, "skipped", "hidden (not read)")
+            continue
         try:
             info = os.stat(path)  # follows symlinks
-        except OSError:
-            # Dangling symlink or vanished entry: still report it if its name promises an image,
-            # so the user sees an error row instead of a silently missing file.
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                yield ImageFile(path=path, relpath=rel / name)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                yield WalkEntry(path, rel / name, "error", "path too long for the operating system")
+            elif _has_image_name(name):
+                # A dangling link named like an image: the decoder reports it as an error row.
+                yield WalkEntry(path, rel / name, "image")
+            else:
+                yield WalkEntry(path, rel / name, "skipped", f"cannot be read ({exc.strerror or exc})")
             continue
         real = Path(os.path.realpath(path))
         if _is_under(real, excluded):
             continue
         if stat.S_ISDIR(info.st_mode):
             if real in visited:
+                yield WalkEntry(path, rel / name, "skipped", "link to a folder already walked")
                 continue
             visited.add(real)
             yield from _walk_dir(path, rel / name, excluded, visited)
         elif stat.S_ISREG(info.st_mode):
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS or sniff_format(path) is not None:
-                yield ImageFile(path=path, relpath=rel / name)
+            if _has_image_name(name) or sniff_format(path) is not None:
+                yield WalkEntry(path, rel / name, "image")
+            else:
+                yield WalkEntry(path, rel / name, "other", "not an image")
+        else:
+            yield WalkEntry(path, rel / name, "skipped", "not a regular file")

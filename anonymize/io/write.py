@@ -12,9 +12,11 @@ the old file or the complete new one, never half an image.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,6 +25,7 @@ from PIL import Image, features
 from anonymize.io.decode import DecodedImage
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "BMP"})
+_SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
 
 
 def output_path_for(out_root: Path, relpath: PurePosixPath) -> Path:
@@ -43,6 +46,8 @@ def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -
         raise ValueError(f"jpeg_quality must be within 1..100, got {jpeg_quality}")
     pixels = _checked_rgb(rgb, image)
     output = _build_output_image(image, pixels)
+    if image.gray16 is not None and image.format in _SIXTEEN_BIT_FORMATS:
+        output = _sixteen_bit_gray(image, pixels, output)
     icc_profile = _profile_matching(image.icc_profile, output.mode)
     options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
 
@@ -67,31 +72,114 @@ def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -
     return buffer.getvalue()
 
 
-def write_image(image: DecodedImage, rgb: np.ndarray, dest: Path, jpeg_quality: int = 95) -> None:
-    """Encode (in memory) and then atomically place the result at ``dest``."""
-    atomic_write_bytes(dest, encode_image(image, rgb, jpeg_quality=jpeg_quality))
+def write_image(image: DecodedImage, rgb: np.ndarray, dest: Path, jpeg_quality: int = 95, root: Path | None = None) -> None:
+    """Encode (in memory) and then atomically place the result at ``dest`` (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(dest, encode_image(image, rgb, jpeg_quality=jpeg_quality), root=root)
 
 
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    """Make ``dest`` hold exactly ``data``, or leave it as it was: no partial file is ever visible."""
+class UnsafeOutputPath(OSError):
+    """A folder on the way to an output is a symbolic link (or not a folder): nothing is written through it."""
+
+
+def atomic_write_bytes(dest: Path, data: bytes, root: Path | None = None) -> None:
+    """Make ``dest`` hold exactly ``data``, or leave it as it was: no partial file is ever visible.
+
+    With ``root`` (an output tree), every folder between ``root`` and ``dest`` is created or opened
+    without following symbolic links, so a link planted in the output tree can never redirect a
+    write (into the input tree, say). Without it only ``dest``'s folder is used as it is. Either way
+    the temporary file is created with O_EXCL | O_NOFOLLOW under a short name (so any name that
+    fits the file system still fits with the temporary suffix) and renamed over ``dest``; a rename
+    replaces a symbolic link at ``dest`` itself, never the file it points to.
+    """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # A hidden name, so a walker over this tree never picks up a leftover temp file as an image.
-    descriptor, temp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    if root is None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        folder = open_folder_in(Path(root), dest.parent.relative_to(root).parts)
+    try:
+        write_in_folder(folder, dest.name, data)
+    finally:
+        os.close(folder)
+
+
+def open_folder_in(root: Path, parts: tuple[str, ...], create: bool = True) -> int:
+    """A descriptor of ``root/parts...``, created as needed, refusing any part that is a symbolic link."""
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for index, part in enumerate(parts):
+            if part in ("", ".", ".."):
+                raise UnsafeOutputPath(f"{'/'.join(parts)}: not a plain relative path")
+            if create:
+                try:
+                    os.mkdir(part, 0o777, dir_fd=descriptor)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=descriptor)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    where = "/".join(parts[: index + 1])
+                    raise UnsafeOutputPath(f"{where} in {root} is a symbolic link or not a folder; refusing to write through it") from None
+                raise
+            os.close(descriptor)
+            descriptor = child
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def is_regular_file_in(root: Path, path: Path) -> bool:
+    """``path`` (under ``root``) exists as a regular file reached without any symbolic link."""
+    try:
+        relative = Path(path).relative_to(root).parts
+        folder = open_folder_in(Path(root), relative[:-1], create=False)
+    except (OSError, ValueError):
+        return False
+    try:
+        return stat.S_ISREG(os.stat(relative[-1], dir_fd=folder, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+
+
+def temporary_name(name: str) -> str:
+    """A hidden, unique and short temporary name: at most ~60 bytes whatever the length of ``name``."""
+    return f".{name[:16]}.{secrets.token_hex(6)}.tmp"
+
+
+def write_in_folder(folder: int, name: str, data: bytes) -> None:
+    """Atomically replace ``name`` inside the open ``folder`` by ``data`` (temporary file, fsync, rename)."""
+    mode = _mode_for(folder, name)
+    while True:
+        temporary = temporary_name(name)
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                                 0o600, dir_fd=folder)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.chmod(temp_name, _mode_for(dest))
-        os.replace(temp_name, dest)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
     except BaseException:
         try:
-            os.unlink(temp_name)
+            os.unlink(temporary, dir_fd=folder)
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(dest.parent)
+    try:
+        os.fsync(folder)  # persist the rename itself
+    except OSError:
+        pass
 
 
 def _checked_rgb(rgb: np.ndarray, image: DecodedImage) -> np.ndarray:
@@ -116,20 +204,35 @@ def _build_output_image(image: DecodedImage, pixels: np.ndarray) -> Image.Image:
     return output
 
 
+def _sixteen_bit_gray(image: DecodedImage, pixels: np.ndarray, gray8: Image.Image) -> Image.Image:
+    """The source's 16-bit gray values, with only the changed pixels replaced (8-bit value x 257).
+
+    Pixels the method did not touch keep their full 16-bit precision, bit for bit.
+    """
+    wide = np.array(image.gray16, dtype=np.uint16, copy=True)
+    changed = np.any(pixels != image.rgb, axis=2)
+    luma = np.asarray(gray8.convert("L"), dtype=np.uint16)
+    wide[changed] = luma[changed] * 257
+    return Image.fromarray(wide)
+
+
 def _profile_matching(icc_profile: bytes | None, mode: str) -> bytes | None:
     """The profile only if it describes the written pixels (an RGB profile on gray pixels misleads viewers)."""
     if not icc_profile or len(icc_profile) < 20:
         return None
-    wanted = b"GRAY" if mode in ("L", "LA") else b"RGB "
+    wanted = b"GRAY" if mode in ("L", "LA", "I;16") else b"RGB "
     return icc_profile if icc_profile[16:20] == wanted else None
 
 
-def _mode_for(dest: Path) -> int:
-    """Keep an existing file's permissions; a new file gets the usual 0o666 minus the umask."""
+def _mode_for(folder: int, name: str) -> int:
+    """Keep an existing regular file's permissions; a new file gets the usual 0o666 minus the umask."""
     try:
-        return os.stat(dest).st_mode & 0o7777
+        info = os.stat(name, dir_fd=folder, follow_symlinks=False)
+        if stat.S_ISREG(info.st_mode):
+            return info.st_mode & 0o7777
     except OSError:
-        return 0o666 & ~_current_umask()
+        pass
+    return 0o666 & ~_current_umask()
 
 
 def _current_umask() -> int:
@@ -143,19 +246,3 @@ def _current_umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Persist the rename itself (POSIX); not possible, nor needed, on Windows."""
-    if os.name != "posix":
-        return
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
