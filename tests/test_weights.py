@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import shutil
 import tarfile
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 import anonymize.cli.weights  # noqa: F401  (attaches `weights` to the app)
 from anonymize.cli import app
 from anonymize.weights import WeightsError, WeightsStore, default_weights_dir, read_lock
+from anonymize.weights import store as store_module
 
 REPO_LOCK = Path(__file__).resolve().parents[1] / "weights.lock"
 UNREACHABLE = "http://127.0.0.1:9"
@@ -177,33 +179,56 @@ def test_a_truncated_member_is_corrupt_and_require_prints_both_hashes(setup):
     assert "\n" not in message
 
 
-def test_an_unchanged_file_is_not_hashed_again_on_later_checks(setup, monkeypatch):
+def test_an_unchanged_member_is_not_hashed_again_but_a_pinned_file_is_hashed_on_every_load(setup, monkeypatch):
     setup.place_tarball()
     setup.store().fetch(["packed_model"])
     path = setup.root / "direct" / "direct.bin"
     path.parent.mkdir(parents=True)
     path.write_bytes(DIRECT_BYTES)
     setup.store().require("direct_model")  # first check hashes and records it
+    hashed = []
+    real_sha256 = store_module.sha256_file
 
-    def must_not_hash(*args, **kwargs):
-        raise AssertionError("re-hashed an unchanged file")
+    def counting_sha256(path, *args, **kwargs):
+        hashed.append(path.name)
+        return real_sha256(path, *args, **kwargs)
 
-    monkeypatch.setattr("anonymize.weights.store.sha256_file", must_not_hash)
+    monkeypatch.setattr(store_module, "sha256_file", counting_sha256)
     store = setup.store()
     assert store.require("packed_model") and store.require("direct_model")
+    # The member's record (same device, inode, size, mtime, ctime) stands; the pinned file is hashed on load.
+    assert hashed == ["direct.bin"]
+    assert store.require("direct_model") and hashed == ["direct.bin"], "hashed once per process"
     assert store.sha256("direct_model") == _sha256(DIRECT_BYTES)
 
 
-def test_in_place_tampering_that_keeps_size_and_mtime_is_caught_by_verify(setup):
+def test_in_place_tampering_that_keeps_size_and_mtime_is_caught_by_status_and_require(setup):
     setup.place_tarball()
     store = setup.store()
     store.fetch(["packed_model"])
     member = setup.root / "pack" / "model.bin"
     stat = member.stat()
     member.write_bytes(b"X" * len(MODEL_BYTES))
-    os.utime(member, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert store.status("packed_model") == "present", "day-to-day checks trust the size+mtime cache"
+    os.utime(member, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # genuine size, modification time set back
+    assert store.status("packed_model") == "corrupt", "the ctime changed, so the record no longer vouches for the file"
+    with pytest.raises(WeightsError, match="corrupt"):
+        setup.store().require("packed_model")
     assert store.verify(["packed_model"]) == {"packed_model": "corrupt"}
+
+
+def test_a_forged_record_never_replaces_the_pinned_hash(setup):
+    """The records live in the writable weights folder: one claiming a malicious file is genuine must not be believed."""
+    path = setup.root / "direct" / "direct.bin"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"malicious " * 240)
+    stat = path.stat()
+    records = setup.root / ".records"
+    records.mkdir()
+    forged = {"path": "direct/direct.bin", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(DIRECT_BYTES),
+              "provenance": "lock", "device": stat.st_dev, "inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}
+    (records / "direct_model.json").write_text(json.dumps(forged))
+    with pytest.raises(WeightsError, match="corrupt"):
+        setup.store().require("direct_model")
 
 
 def test_a_member_placed_by_hand_is_unverified_and_refused_unless_trusted(setup):

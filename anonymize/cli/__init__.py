@@ -1,8 +1,29 @@
-"""The ``anonymize`` command line: one Typer app, each sub-command in its own module."""
+"""The ``anonymize`` command line: one Typer app, each sub-command in its own module.
+
+Every way a command can fail reaches the user as one line ``error: ...`` on stderr (and, with
+``--json``, as ``{"error": ..., "exit_code": ...}`` on stdout): usage mistakes, environment
+problems (disk full, read-only folder, no permission) and, as a last resort, bugs. Set
+``ANONYMIZE_DEBUG=1`` to see the traceback of an unexpected error.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from typing import Optional
+
 import typer
+
+from anonymize import __version__
+
+try:  # Typer >= 0.16 vendors Click; older releases depend on it
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exceptions  # type: ignore[no-redef]
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 1
+DEBUG_ENV = "ANONYMIZE_DEBUG"
 
 app = typer.Typer(
     name="anonymize",
@@ -13,11 +34,53 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"anonymize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """Anonymize every face of an image dataset and write a shareable copy with a Parquet manifest."""
+
+
 def _register_commands() -> None:
     """Import the command modules; each attaches its commands to ``app``."""
     from anonymize.cli import run, manifest, weights, bank, audit  # noqa: F401
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns (and exits with) the exit code. Never shows a traceback unless asked."""
+    from anonymize.cli.console import report_error
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
     _register_commands()
-    app()
+    try:
+        code = app(args=args, prog_name="anonymize", standalone_mode=False)
+    except click_exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), err=True)
+        code = 2
+    except click_exceptions.UsageError as exc:
+        where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        code = report_error(" ".join(exc.format_message().split()) + where, exc.exit_code, as_json)
+    except click_exceptions.ClickException as exc:
+        code = report_error(" ".join(exc.format_message().split()), exc.exit_code, as_json)
+    except (click_exceptions.Abort, KeyboardInterrupt):
+        code = report_error("interrupted", EXIT_INTERRUPTED, as_json)
+    except OSError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        code = report_error(f"{where}{exc.strerror or exc}", 2, as_json)
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback only on request
+        if os.environ.get(DEBUG_ENV):
+            raise
+        code = report_error(f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                            f"set {DEBUG_ENV}=1 to see the traceback", EXIT_INTERNAL, as_json)
+    code = code if isinstance(code, int) else 0
+    sys.exit(code)

@@ -71,16 +71,16 @@ def print_audit_summary(result: AuditResult) -> None:
     if check.get("available"):
         table.add_row("identity check", f"same {check['mean_same']:.3f} vs different {check['mean_different']:.3f}, "
                                         f"ROC AUC {check['roc_auc']:.3f}")
-    console.print(table)
+    stdout.print(table)
     for warning in summary["warnings"]:
-        console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        stdout.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if result.passed:
-        console.print("[bold green]PASS[/]: no threshold crossed")
+        stdout.print("[bold green]PASS[/]: no threshold crossed")
     else:
-        console.print("[bold red]FAIL[/]: " + "; ".join(result.crossed), soft_wrap=True)
+        stdout.print("[bold red]FAIL[/]: " + "; ".join(result.crossed), soft_wrap=True)
     for label, path in (("parquet", result.parquet_path), ("summary", result.summary_path), ("report", result.report_path)):
         if path is not None:
-            console.print(f"{label}: {path}", soft_wrap=True)
+            stdout.print(f"{label}: {path}", soft_wrap=True)
 
 
 @app.command("audit")

@@ -1,25 +1,37 @@
-"""What every command shares: the consoles, the one-line error exit, the device choice, the progress bar."""
+"""What every command shares: the consoles, the one-line error exit, the device choice, the progress bar.
+
+Summaries and tables go to stdout (``stdout``); progress bars, warnings and errors to stderr
+(``console``), so that ``--json`` output and redirected summaries stay clean.
+"""
 
 from __future__ import annotations
 
+import json
 from enum import Enum
 from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-# Human-readable output goes to stderr so that --json output on stdout stays machine-readable.
 console = Console(stderr=True, highlight=False)
 stdout = Console(highlight=False, soft_wrap=True)
 
 EXIT_USAGE = 2
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print ``error: <message>`` on one line and exit."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code)
+def report_error(message: str, code: int = EXIT_USAGE, as_json: bool = False) -> int:
+    """Print ``error: <message>`` on stderr (and the JSON error object on stdout with ``as_json``); returns ``code``."""
+    console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+    if as_json:
+        stdout.out(json.dumps({"error": message, "exit_code": code}), highlight=False)
+    return code
+
+
+def fail(message: str, code: int = EXIT_USAGE, as_json: bool = False) -> NoReturn:
+    """Print ``error: <message>`` on one line (JSON error object on stdout with ``as_json``) and exit."""
+    raise typer.Exit(report_error(message, code, as_json))
 
 
 class Device(str, Enum):

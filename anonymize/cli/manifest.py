@@ -8,9 +8,10 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from anonymize.cli import app
-from anonymize.cli.console import console, fail, stdout
+from anonymize.cli.console import fail, stdout
 from anonymize.io.manifest import MANIFEST_NAME, read_manifest
 
 
@@ -23,13 +24,13 @@ def manifest_command(
     if path.is_dir():
         path = path / MANIFEST_NAME
     if not path.is_file():
-        fail(f"{path}: no manifest here")
+        fail(f"{path}: no manifest here", as_json=as_json)
     try:
         table, metadata = read_manifest(path)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
-        fail(f"{path}: not a readable Parquet manifest ({exc})")
+        fail(f"{path}: not a readable Parquet manifest ({' '.join(str(exc).split())})", as_json=as_json)
     rows = table.to_pylist()
-    images = {row["source_path"] for row in rows}
+    images = {row["source_path"] for row in rows if row["status"] != "skipped"}
     statuses = Counter(row["status"] for row in rows if row["face_index"] is None or row["status"] != "done")
     faces = sum(1 for row in rows if row["status"] == "done" and row["face_index"] is not None)
     errors = [row["error"] for row in rows if row["status"] == "error"]
@@ -40,6 +41,7 @@ def manifest_command(
         "faces": faces,
         "no_face_images": statuses.get("no_face", 0),
         "errors": len(errors),
+        "skipped": statuses.get("skipped", 0),
         "methods": sorted({row["method"] for row in rows if row["method"]}),
         "runs": sorted({row["run_id"] for row in rows}),
         "anonymize_version": metadata.get("anonymize_version"),
@@ -51,11 +53,11 @@ def manifest_command(
     grid = Table(title=str(path), show_header=False)
     grid.add_column(style="bold")
     grid.add_column()
-    for key in ("rows", "images", "faces", "no_face_images", "errors"):
+    for key in ("rows", "images", "faces", "no_face_images", "errors", "skipped"):
         grid.add_row(key.replace("_", " "), str(summary[key]))
     grid.add_row("methods", ", ".join(summary["methods"]))
     grid.add_row("runs", ", ".join(summary["runs"]))
     grid.add_row("version", str(summary["anonymize_version"]))
-    console.print(grid)
+    stdout.print(grid)
     for message in errors[:20]:
-        console.print(f"[red]error[/] {message}", soft_wrap=True)
+        stdout.print(Text.assemble(("error", "red"), " ", message or ""), soft_wrap=True)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 from rich.progress import TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
@@ -70,27 +71,42 @@ class RichProgress(PipelineProgress):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.bar.console.print(f"[yellow]skipped:[/] {text}", soft_wrap=True)
+            self.bar.console.print(Text.assemble(("skipped:", "yellow"), " ", text), soft_wrap=True)
+
+    def warning(self, text: str) -> None:
+        self.bar.console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
 
 
-def _parse_options(pairs: list[str]) -> dict[str, str]:
+def _parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(f"--option {pair!r}: expected KEY=VALUE")
+            fail(f"--option {pair!r}: expected KEY=VALUE", as_json=as_json)
         options[key.strip()] = value.strip()
     return options
 
 
-def _with_falco_flags(method: str, options: dict[str, str], unique_pairs: bool, save_latents: bool) -> dict[str, str]:
+def _with_falco_flags(method: str, options: dict[str, str], unique_pairs: bool, save_latents: bool,
+                      as_json: bool = False) -> dict[str, str]:
     """--unique-pairs and --save-latents are FALCO options with their own flags."""
     for flag, enabled, key in (("--unique-pairs", unique_pairs, "unique_pairs"), ("--save-latents", save_latents, "save_latents")):
         if enabled:
             if method != "falco":
-                fail(f"{flag} only applies to --method falco (got --method {method})")
+                fail(f"{flag} only applies to --method falco (got --method {method})", as_json=as_json)
             options[key] = "true"
     return options
+
+
+# Method flags -> the methods that use them; giving one to another method is an error, not a silent no-op.
+METHOD_FLAGS: dict[str, tuple[str, ...]] = {"--margin": ("falco",)}
+
+
+def _check_method_flags(method: str, given: dict[str, bool], as_json: bool) -> None:
+    for flag, used in given.items():
+        users = METHOD_FLAGS[flag]
+        if used and method not in users:
+            fail(f"{flag} only applies to --method {' or '.join(users)} (got --method {method})", as_json=as_json)
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -101,12 +117,13 @@ def _print_summary(summary: RunSummary) -> None:
     table.add_row("faces", str(summary.faces))
     table.add_row("no-face images", str(summary.no_face_images))
     table.add_row("errors", str(summary.errors))
+    table.add_row("skipped (not images, hidden)", str(summary.skipped))
     table.add_row("resumed (already done)", str(summary.resumed))
     table.add_row("time", f"{summary.seconds:.1f} s")
-    console.print(table)
+    stdout.print(table)
     if not summary.dry_run:
-        console.print(f"output:   {summary.output_dir}", soft_wrap=True)
-        console.print(f"manifest: {summary.manifest_path}", soft_wrap=True)
+        stdout.print(f"output:   {summary.output_dir}", soft_wrap=True)
+        stdout.print(f"manifest: {summary.manifest_path}", soft_wrap=True)
 
 
 @app.command("run")
@@ -114,7 +131,7 @@ def run_command(
     input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <input>-anonymized beside the input)."),
     method: MethodName = typer.Option("falco", help="Anonymization method."),
-    margin: float = typer.Option(0.0, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original."),
+    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original (default 0)."),
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
@@ -136,20 +153,23 @@ def run_command(
     region: Region = typer.Option("ellipse", help="Face region pasted back: an ellipse or the landmark hull."),
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
-    manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet)."),
+    manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet); never inside the input folder."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
+    copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
     audit: bool = typer.Option(False, "--audit", help="Audit the output against the input at the end; exit 3 when the audit fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
     """Detect, align and anonymize every face under INPUT_DIR; write a mirrored tree and a Parquet manifest."""
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
-        fail(f"--batch-size {batch_size!r}: expected a positive integer or auto")
+        fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
+    _check_method_flags(method.value, {"--margin": margin is not None}, as_json)
     config = RunConfig(
         input_dir=input_dir,
         output_dir=out if out is not None else default_output_dir(input_dir),
         method=method.value,
-        method_options=_with_falco_flags(method.value, _parse_options(option), unique_pairs, save_latents),
-        margin=margin,
+        method_options=_with_falco_flags(method.value, _parse_options(option, as_json), unique_pairs, save_latents, as_json),
+        margin=margin if margin is not None else 0.0,
         detector=detector.value,
         weights_dir=weights_dir,
         aligned=aligned,
@@ -169,14 +189,19 @@ def run_command(
         region_scale=region_scale,
         identity_metric=identity_metric,
         manifest_path=manifest,
+        max_pixels=max_pixels,
+        copy_other=copy_other,
     )
     try:
         with RichProgress(quiet or as_json) as progress:
             summary = run(config, progress)
     except (RunError, MethodError, WeightsError) as exc:
-        fail(str(exc))
+        fail(str(exc), as_json=as_json)
+    except OSError as exc:  # the environment (disk full, read-only, no permission): one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or exc}", as_json=as_json)
     report = summary.as_dict()
-    audit_result = _audit(config) if audit and not dry_run else None
+    audit_result = _audit(config, as_json) if audit and not dry_run else None
     if audit_result is not None:
         report["audit"] = {**audit_result.summary, "passed": audit_result.passed, "crossed": audit_result.crossed}
     if as_json:
@@ -191,11 +216,11 @@ def run_command(
         raise typer.Exit(EXIT_THRESHOLD_CROSSED)
 
 
-def _audit(config: RunConfig) -> AuditResult:
+def _audit(config: RunConfig, as_json: bool = False) -> AuditResult:
     """The audit with its defaults (independent detector, files in <out>-audit/) on what this run wrote."""
     audit_config = AuditConfig(original_dir=config.input_dir, anonymized_dir=config.output_dir,
                                manifest_path=config.manifest_path, weights_dir=config.weights_dir)
     try:
         return run_audit(audit_config)
     except (AuditError, WeightsError) as exc:
-        fail(f"audit: {exc}")
+        fail(f"audit: {exc}", as_json=as_json)

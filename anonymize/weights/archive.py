@@ -3,13 +3,15 @@
 Nothing in the tarball decides where bytes land: the destination comes from the lock, only
 regular-file members are read (links and devices are refused), and the file appears under its
 final name only once it is complete, so an interrupted extraction never leaves a half file that
-looks present.
+looks present. The temporary file gets a fresh random name and is created with O_EXCL |
+O_NOFOLLOW, so a link planted at a predictable path can never redirect the bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -55,10 +57,14 @@ def extract_member(
         if source is None:
             raise WeightsError(f"{tar_path.name}: member {info.name} cannot be read")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        partial = destination.with_name(destination.name + ".extracting")
+        partial = destination.with_name(f".{destination.name[:32]}.{secrets.token_hex(6)}.extracting")
         digest, written = hashlib.sha256(), 0
         try:
-            with source, open(partial, "wb") as out:
+            descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise WeightsError(f"{destination.parent}: cannot create a file to extract {info.name} ({exc.strerror or exc})") from None
+        try:
+            with source, os.fdopen(descriptor, "wb") as out:
                 while chunk := source.read(_CHUNK):
                     out.write(chunk)
                     digest.update(chunk)

@@ -8,6 +8,7 @@ to put where.
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.error
 import urllib.request
@@ -54,7 +55,9 @@ def download(
             length = response.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else expected_size
             done = offset
-            with open(part, "ab" if offset else "wb") as handle:
+            # Never through a link: a planted symlink at the .part path would redirect the download.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if offset else os.O_TRUNC)
+            with os.fdopen(os.open(part, flags, 0o644), "wb") as handle:
                 while chunk := response.read(_CHUNK):
                     handle.write(chunk)
                     done += len(chunk)

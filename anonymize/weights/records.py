@@ -8,9 +8,14 @@ its size and modification time at that moment, the hash, and why it is trusted:
   lock (the only hash the publishers give), so this record is what later detects tampering;
 - ``trusted``: the user accepted a file that could not be checked (``--trust-unverified``).
 
-A record is reused only while the file's path, size and mtime are unchanged; otherwise the file
-is hashed again. Paths inside the weights dir are stored relative to it, so a copied weights dir
-keeps its records. Writing records is best effort: a read-only weights dir still works, just slower.
+A record is reused only while the file's identity is unchanged: device, inode, size, mtime_ns and
+ctime_ns (ctime cannot be set back by the file's owner, so an edit that keeps the size and resets
+the mtime is still seen); otherwise the file is hashed again. Records live in the writable weights
+folder, so they are a cache and a memory of provenance, never a substitute for the hash pinned in
+``weights.lock``: files with a pinned hash are hashed whenever they are loaded. Paths inside the
+weights dir are stored relative to it, so a copied weights dir keeps its records (and re-hashes
+once, since the inodes changed). Writing records is best effort: a read-only weights dir still
+works, just slower. Temporary record files are created with O_EXCL | O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,14 +45,22 @@ class FileRecord:
     mtime_ns: int
     sha256: str
     provenance: str
+    device: int = -1  # -1: a record from before identities were kept, never "unchanged"
+    inode: int = -1
+    ctime_ns: int = -1
 
     def unchanged(self, path: Path) -> bool:
-        """True while the file still has the size and mtime it had when hashed."""
+        """True while the file is still the very file that was hashed (same identity, no change since)."""
         try:
             stat = path.stat()
         except OSError:
             return False
-        return self.size == stat.st_size and self.mtime_ns == stat.st_mtime_ns
+        return file_identity(stat) == (self.device, self.inode, self.size, self.mtime_ns, self.ctime_ns)
+
+
+def file_identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+    """(device, inode, size, mtime_ns, ctime_ns): changes whenever the file's bytes can have changed."""
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 def sha256_file(path: Path, progress: ProgressCallback | None = None, label: str | None = None) -> str:
@@ -97,11 +111,16 @@ class RecordBook:
 
     def put(self, name: str, path: Path, sha256: str, provenance: str) -> FileRecord:
         stat = path.stat()
-        record = FileRecord(self.key(path), stat.st_size, stat.st_mtime_ns, sha256, provenance)
+        record = FileRecord(self.key(path), stat.st_size, stat.st_mtime_ns, sha256, provenance,
+                            device=stat.st_dev, inode=stat.st_ino, ctime_ns=stat.st_ctime_ns)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            temporary = self._file(name).with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(asdict(record), indent=1), encoding="utf-8")
+            if self.folder.is_symlink():
+                return record
+            temporary = self.folder / f".{name}.{secrets.token_hex(6)}.tmp"
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                handle.write(json.dumps(asdict(record), indent=1))
             os.replace(temporary, self._file(name))
         except OSError:
             pass

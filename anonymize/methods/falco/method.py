@@ -236,12 +236,5 @@ def latent_filename(key: str) -> str:
 
 
 def require_all(store: WeightsStore, artefacts: Sequence[str]) -> None:
-    """Check every artefact; one WeightsError carrying the store's message for each one that is unusable."""
-    problems = []
-    for name in artefacts:
-        try:
-            store.require(name)
-        except WeightsError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise WeightsError("; ".join(problems))
+    """Check every artefact; one WeightsError saying what is missing and how to get it (see WeightsStore.require_all)."""
+    store.require_all(artefacts, purpose="FALCO", alternative="no download needed: --method blur|pixelate|mask")
