@@ -43,7 +43,7 @@ from anonymize.io.manifest import (
     readable,
     recover_previous_rows,
 )
-from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, probe_lock, read_marker, write_marker
+from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, probe_lock, read_marker, remove_stale_temporaries, write_marker
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, is_regular_file_in, output_path_for, write_image
 from anonymize.methods import FaceCrop, Method, MethodContext, create_method
@@ -266,8 +266,16 @@ class Pipeline:
     def _take_output_folder(self) -> None:
         """Lock the output folder, forget earlier runs if asked, mark the folder: all before the first output."""
         out = self.config.output_dir
+        stale: list[str] = []
+
+        def took_over(message: str) -> None:
+            stale.append(message)
+            self.progress.warning(message)
+
         try:
-            self.lock = acquire_lock(out, on_stale=self.progress.warning)
+            self.lock = acquire_lock(out, on_stale=took_over)
+            if stale:  # the previous run was killed: its temporary files are garbage
+                remove_stale_temporaries(out)
         except OutputFolderBusy as exc:
             raise RunError(str(exc)) from None
         except OSError as exc:

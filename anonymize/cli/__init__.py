@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         code = report_error(" ".join(exc.format_message().split()) + where, exc.exit_code, as_json)
     except click_exceptions.ClickException as exc:
         code = report_error(" ".join(exc.format_message().split()), exc.exit_code, as_json)
-    except (click_exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         code = report_error("interrupted", EXIT_INTERRUPTED, as_json)
     except OSError as exc:
         if os.environ.get(DEBUG_ENV):

@@ -53,13 +53,14 @@ class RichProgress(PipelineProgress):
         self.task = None
 
     def __enter__(self) -> RichProgress:
-        self.bar.__enter__()
-        return self
+        return self  # the bar appears only once the run starts: an early error stays a single line
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
+        if self.task is not None:
+            self.bar.stop()
 
     def start(self, total: int) -> None:
+        self.bar.start()
         self.task = self.bar.add_task("run", total=total, faces=0, rate="-")
 
     def advance(self, faces: int) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from anonymize.io.write import open_folder_in, write_in_folder
+from anonymize.io.write import TEMPORARY_NAME, open_folder_in, write_in_folder
 
 WORK_DIR_NAME = ".anonymize"
 LOCK_NAME = "lock"
@@ -161,3 +161,17 @@ def write_marker(out_dir: Path, settings: dict[str, Any]) -> None:
 
 def is_marked(out_dir: Path) -> bool:
     return read_marker(out_dir) is not None
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Delete the temporary files a killed run left in ``out_dir`` (never following links); returns how many."""
+    removed = 0
+    for folder, dirs, files in os.walk(out_dir):
+        for name in files:
+            if TEMPORARY_NAME.match(name):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed

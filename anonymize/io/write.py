@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import re
 import secrets
 import stat
 from pathlib import Path, PurePosixPath
@@ -150,6 +151,9 @@ def is_regular_file_in(root: Path, path: Path) -> bool:
 def temporary_name(name: str) -> str:
     """A hidden, unique and short temporary name: at most ~60 bytes whatever the length of ``name``."""
     return f".{name[:16]}.{secrets.token_hex(6)}.tmp"
+
+
+TEMPORARY_NAME = re.compile(r"^\..*\.[0-9a-f]{12}\.tmp$", re.DOTALL)  # what temporary_name makes
 
 
 def write_in_folder(folder: int, name: str, data: bytes) -> None:
