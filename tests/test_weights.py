@@ -381,6 +381,79 @@ def test_a_direct_file_downloads_and_verifies(served):
     assert store.require("direct_model").read_bytes() == DIRECT_BYTES
 
 
+def test_a_link_planted_at_a_download_part_path_is_never_written_through(served, tmp_path):
+    setup, server = served
+    outside = tmp_path / "precious.txt"
+    outside.write_text("precious")
+    (setup.root / "direct").mkdir(parents=True)
+    (setup.root / "direct" / "direct.bin.part").symlink_to(outside)
+    with pytest.raises(WeightsError):
+        setup.store().fetch(["direct_model"])
+    assert outside.read_text() == "precious"
+
+
+# ---- links in the weights folder ---------------------------------------------------------------
+
+
+def test_a_link_planted_at_an_extraction_temp_path_never_redirects_the_bytes(setup, tmp_path):
+    setup.place_tarball()
+    outside = tmp_path / "precious.txt"
+    outside.write_text("precious")
+    (setup.root / "pack").mkdir(parents=True)
+    (setup.root / "pack" / "model.bin.extracting").symlink_to(outside)  # the temporary name used to be predictable
+    setup.store().fetch(["packed_model"])
+    assert outside.read_text() == "precious"
+    assert (setup.root / "pack" / "model.bin").read_bytes() == MODEL_BYTES
+    assert sorted(p.name for p in (setup.root / "pack").iterdir()) == ["model.bin", "model.bin.extracting"]
+
+
+def test_a_weights_subfolder_linking_outside_the_weights_folder_is_refused(setup, tmp_path):
+    setup.place_tarball()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (setup.root / "pack").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(WeightsError, match="outside the weights folder"):
+        setup.store().fetch(["packed_model"])
+    assert list(elsewhere.iterdir()) == []
+
+
+# ---- messages ------------------------------------------------------------------------------------
+
+
+def test_the_unverified_weights_error_names_the_command_that_has_trust_unverified(setup):
+    member = setup.root / "pack" / "model.bin"
+    member.parent.mkdir(parents=True)
+    member.write_bytes(MODEL_BYTES)
+    with pytest.raises(WeightsError) as error:
+        setup.store().require("packed_model")
+    command = "anonymize weights fetch packed_model --trust-unverified"
+    assert f"`{command}`" in str(error.value)
+    assert "pass --trust-unverified" not in str(error.value)  # `run` has no such option
+    result = setup.cli(*command.split()[2:])  # the suggested command works as written
+    assert result.exit_code == 0, result.output
+    assert setup.store().require("packed_model") == member
+
+
+def test_missing_falco_weights_give_a_short_message_with_size_command_offline_recipe_and_alternative(setup, tmp_path):
+    from anonymize.methods.falco.method import require_all
+
+    with pytest.raises(WeightsError) as error:
+        require_all(setup.store(), ["packed_model", "other_member", "direct_model"])
+    lines = str(error.value).splitlines()
+    assert 4 <= len(lines) <= 7 and all(len(line) < 200 for line in lines)
+    assert lines[0].startswith("FALCO needs 3 weight files missing from") and "packed_model" in lines[0]
+    assert any("anonymize weights fetch packed_model other_member direct_model" == line.strip() for line in lines)
+    assert any("download (" in line and "in all" in line for line in lines)
+    assert any(line.strip().startswith("offline: put pack.tar, direct/direct.bin into") for line in lines)
+    assert lines[-1].strip() == "no download needed: --method blur|pixelate|mask"
+
+
+def test_the_download_size_is_the_sum_of_the_pinned_sizes(setup):
+    store = setup.store()
+    message = store.missing_message(["direct_model"], "test")
+    assert f"{len(DIRECT_BYTES) / 1000:.1f} KB in all" in message
+
+
 # ---- CLI -----------------------------------------------------------------------------------------
 
 
