@@ -563,3 +563,40 @@ def _umask() -> int:
     current = os.umask(0o022)
     os.umask(current)
     return current
+
+
+def test_temporary_names_stay_short_whatever_the_name_and_are_recognised_as_ours() -> None:
+    for name in ["a.png", "n" * 250 + ".png", "é" * 120 + ".jpg"]:
+        temporary = write_module.temporary_name(name)
+        assert len(os.fsencode(temporary)) <= 64 and temporary.startswith(".")
+        assert write_module.TEMPORARY_NAME.match(temporary)
+    assert not write_module.TEMPORARY_NAME.match("photo.tmp") and not write_module.TEMPORARY_NAME.match(".hidden.png")
+
+
+def test_a_write_under_a_root_never_passes_through_a_linked_folder(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    root.mkdir()
+    (root / "sub").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(write_module.UnsafeOutputPath, match="symbolic link"):
+        atomic_write_bytes(root / "sub" / "deeper" / "a.bin", b"data", root=root)
+    assert list(elsewhere.iterdir()) == []
+    atomic_write_bytes(root / "real" / "a.bin", b"data", root=root)
+    assert (root / "real" / "a.bin").read_bytes() == b"data"
+
+
+def test_walk_tree_marks_every_entry_it_meets(tmp_path: Path) -> None:
+    from anonymize.io.walk import walk_tree
+
+    save(Image.new("RGB", (4, 4)), tmp_path / "a.png", "PNG")
+    (tmp_path / "labels.csv").write_text("x")
+    (tmp_path / ".hidden").mkdir()
+    save(Image.new("RGB", (4, 4)), tmp_path / ".hidden" / "inside.png", "PNG")
+    (tmp_path / "again").symlink_to(tmp_path, target_is_directory=True)
+    kinds = {str(entry.relpath): (entry.kind, entry.reason) for entry in walk_tree(tmp_path)}
+    assert kinds == {
+        ".hidden": ("skipped", "hidden (not read)"),
+        "a.png": ("image", ""),
+        "again": ("skipped", "link to a folder already walked"),
+        "labels.csv": ("other", "not an image"),
+    }
