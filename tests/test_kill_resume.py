@@ -91,7 +91,7 @@ def output_state(out: Path) -> tuple[dict[str, bytes], list[tuple]]:
             files[str(relative)] = decode_image(path).rgb.tobytes()
     rows = read_rows(out / "manifest.parquet")
     keys = [(row["source_path"], row["face_index"], row["status"], row["output_path"], row["source_sha256"],
-             row["width"], row["height"], tuple(row["box"] or ()), row["note"]) for row in rows]
+             row["width"], row["height"], tuple(row["box"] or ()), row.get("note")) for row in rows]
     return files, keys
 
 

@@ -225,10 +225,12 @@ def test_a_forged_record_never_replaces_the_pinned_hash(setup):
     records = setup.root / ".records"
     records.mkdir()
     forged = {"path": "direct/direct.bin", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": _sha256(DIRECT_BYTES),
-              "provenance": "lock", "device": stat.st_dev, "inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}
-    (records / "direct_model.json").write_text(json.dumps(forged))
-    with pytest.raises(WeightsError, match="corrupt"):
-        setup.store().require("direct_model")
+              "provenance": "lock"}
+    identity = {"device": stat.st_dev, "inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}
+    for record in (forged, {**forged, **identity}):  # the older record format, and one with the file's full identity
+        (records / "direct_model.json").write_text(json.dumps(record))
+        with pytest.raises(WeightsError, match="corrupt"):
+            setup.store().require("direct_model")
 
 
 def test_a_member_placed_by_hand_is_unverified_and_refused_unless_trusted(setup):
