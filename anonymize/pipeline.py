@@ -219,9 +219,12 @@ class Pipeline:
     def settings(self) -> dict[str, Any]:
         """What decides the output pixels: a resumed run must have the same, or --overwrite."""
         config = self.config
+        method = self.method
+        # The options the user chose (not what the method derives from the dataset, e.g. FALCO's bank size).
+        options = {**asdict(method.params), "margin": config.margin, "seed": config.seed} if method is not None else {}
         return {
             "method": config.method,
-            "method_params": self.method_params,
+            "method_options": json.loads(json.dumps(options, sort_keys=True, default=str)),
             "aligned": config.aligned,
             "detector": None if config.aligned else config.detector,
             "det_threshold": config.det_threshold,
@@ -245,7 +248,7 @@ class Pipeline:
             if "settings" in metadata:
                 return json.loads(metadata["settings"])
             # A manifest from before settings were recorded: compare what it holds.
-            return {"method": json.loads(metadata["arguments"])["method"], "method_params": metadata["method_params"]}
+            return {"method": json.loads(metadata["arguments"])["method"]}
         except Exception:  # noqa: BLE001 - unreadable: nothing to compare, the resume check will redo images
             return None
 
