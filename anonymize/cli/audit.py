@@ -12,7 +12,7 @@ from rich.table import Table
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
 from anonymize.cli import app
-from anonymize.cli.console import Device, console, fail, progress_bar, stdout
+from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.weights import WeightsError
 

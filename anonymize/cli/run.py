@@ -15,7 +15,7 @@ from rich.text import Text
 from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
-from anonymize.cli.console import Device, console, fail, progress_bar, stdout
+from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.methods import METHODS, MethodError
 from anonymize.pipeline import Progress as PipelineProgress

@@ -54,7 +54,7 @@ from anonymize.models.registry import (
     load_farl_model,
     load_generator,
 )
-from anonymize.weights import WeightsError, WeightsStore
+from anonymize.weights import WeightsStore
 
 LATENTS_DIR = PurePosixPath(WORK_DIR_NAME) / "latents"
 CPU_BATCH_SIZE = 4
