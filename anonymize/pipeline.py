@@ -25,6 +25,7 @@ import numpy as np
 
 from anonymize import __version__
 from anonymize.faces.align import AlignedFace, align_face, whole_image_as_face
+from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.faces.paste import RegionKind, paste_back, region_mask, replace_whole
 from anonymize.faces.types import Face
@@ -69,11 +70,12 @@ class RunConfig:
     method: str = "falco"
     method_options: dict[str, str] = field(default_factory=dict)
     margin: float = 0.0
-    detector: str = "retinaface"
+    detector: str = "auto"  # resolved by anonymize.faces.choose; the manifest records the one used
     weights_dir: Path | None = None
     aligned: bool = False
     min_face: int = 0
     det_threshold: float | None = None
+    recall_first: bool = False  # lower detection thresholds (detect.RECALL_FIRST_THRESHOLDS)
     on_no_face: OnNoFace = "copy"
     on_error: OnError = "skip"
     resume: bool = True
@@ -106,6 +108,7 @@ class RunSummary:
     output_dir: str = ""
     manifest_path: str | None = None
     dry_run: bool = False
+    detector: str | None = None  # the detector that ran (--detector auto resolved)
     error_messages: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -122,6 +125,12 @@ class Progress:
     def message(self, text: str) -> None: ...
 
     def warning(self, text: str) -> None: ...
+
+    def note(self, text: str) -> None:
+        """One informational line (which detector runs and why)."""
+
+    def download(self, label: str, done: int, total: int | None) -> None:
+        """Progress of a weights download started by the run (``--detector auto``)."""
 
 
 @dataclass
@@ -189,6 +198,7 @@ class Pipeline:
         self.method: Method | None = None
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
         self.recognizer = None
+        self.detector_choice: DetectorChoice | None = None
         self.mask: np.ndarray | None = None  # the crop-space paste mask, shared by all faces unless --region hull
         self.lock: OutputLock | None = None  # held from before the first write to the end of the run
 
@@ -226,8 +236,10 @@ class Pipeline:
             "method": config.method,
             "method_options": json.loads(json.dumps(options, sort_keys=True, default=str)),
             "aligned": config.aligned,
-            "detector": None if config.aligned else config.detector,
+            # the detector that runs (--detector auto resolved), so a resume never mixes two detectors' outputs
+            "detector": None if config.aligned else (self.detector_choice.name if self.detector_choice else config.detector),
             "det_threshold": config.det_threshold,
+            "recall_first": config.recall_first,
             "min_face": config.min_face,
             "region": config.region,
             "region_scale": config.region_scale,
@@ -312,8 +324,10 @@ class Pipeline:
     def _build_detector(self) -> Detector | None:
         if self.config.aligned:
             return None
-        settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device)
-        return create_detector(self.config.detector, self.weights, settings)
+        choice = self.detector_choice = choose_detector(self.config.detector, self.weights, self.progress.download)
+        self.progress.note(f"detector {choice.reason}")
+        settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device, self.config.recall_first)
+        return create_detector(choice.name, self.weights, settings)
 
     def _metadata(self, method: Method | None, detector: Detector | None) -> dict[str, str]:
         weights = {**(detector.weights_used() if detector else {}), **(method.weights_used() if method else {})}
@@ -328,6 +342,7 @@ class Pipeline:
             "weights_sha256": json.dumps(weights, sort_keys=True),
             "method_params": self.method_params,
             "settings": json.dumps(self.settings(), sort_keys=True),
+            "detector": json.dumps({**self.detector_choice.as_dict(), "detector": detector.name} if detector and self.detector_choice else {"used": None}),
         }
 
     # -- the run ----------------------------------------------------------------------------------------
@@ -339,8 +354,8 @@ class Pipeline:
         self._check_output_dir()
         method = self.method = self._build_method(expected_faces=len(files))
         self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
+        detector = self._build_detector()  # before the settings check: it compares the detector that runs
         self._check_same_settings()
-        detector = self._build_detector()
         if not config.dry_run:
             self._take_output_folder()
         try:
@@ -360,7 +375,8 @@ class Pipeline:
 
             self.recognizer = DlibRecognizer(self.weights)
         self.mask = region_mask(method.crop_size, config.region, config.region_scale, config.feather) if config.region != "hull" else None
-        summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run)
+        summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run,
+                             detector=detector.name if detector is not None else None)
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
         batch_faces = config.batch_size or method.default_batch_size()
         self.progress.start(len(files))

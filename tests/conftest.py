@@ -39,6 +39,9 @@ COPIED_ARTEFACTS = (
     "dlib_shape_predictor_5",
     "dlib_mmod_detector",
     "dlib_face_recognition_resnet",
+    "mtcnn_pnet",
+    "mtcnn_rnet",
+    "mtcnn_onet",
 )
 SHARED_RETINAFACE = SHARED / "weights" / "retinaface_mobilenet0.25.pth"
 

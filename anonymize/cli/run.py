@@ -16,7 +16,7 @@ from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
-from anonymize.faces.detect import DETECTORS
+from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.methods import METHODS, MethodError
 from anonymize.pipeline import Progress as PipelineProgress
 from anonymize.pipeline import RunConfig, RunError, RunSummary, default_output_dir, run
@@ -51,22 +51,24 @@ class RichProgress(PipelineProgress):
         self.bar = progress_bar("anonymizing", TextColumn("{task.fields[rate]} img/s"),
                                 TextColumn("{task.fields[faces]} faces"), quiet=quiet)
         self.task = None
+        self._download = None
 
     def __enter__(self) -> RichProgress:
         return self  # the bar appears only once the run starts: an early error stays a single line
 
     def __exit__(self, *exc: object) -> None:
-        if self.task is not None:
+        if self.task is not None or self._download is not None:
             self.bar.stop()
 
     def start(self, total: int) -> None:
-        self.bar.start()
+        if self._download is None:  # a weights download already started the bar
+            self.bar.start()
         self.task = self.bar.add_task("run", total=total, faces=0, rate="-")
 
     def advance(self, faces: int) -> None:
         self.faces += faces
         self.bar.advance(self.task, 1)
-        task = self.bar.tasks[0]
+        task = next(task for task in self.bar.tasks if task.id == self.task)
         rate = f"{task.completed / task.elapsed:.1f}" if task.elapsed else "-"
         self.bar.update(self.task, faces=self.faces, rate=rate)
 
@@ -76,6 +78,16 @@ class RichProgress(PipelineProgress):
 
     def warning(self, text: str) -> None:
         self.bar.console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.bar.console.print(text, soft_wrap=True, highlight=False)
+
+    def download(self, label: str, done: int, total: int | None) -> None:
+        if self._download is None:
+            self.bar.start()
+            self._download = self.bar.add_task(label, total=total, faces=0, rate="-")
+        self.bar.update(self._download, completed=done, total=total)
 
 
 def _parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
@@ -136,11 +148,12 @@ def run_command(
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
-    detector: DetectorName = typer.Option("retinaface", help="Face detector."),
+    detector: DetectorName = typer.Option("auto", help="Face detector. auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned face crops (CelebA, FFHQ): no detection."),
     min_face: int = typer.Option(0, min=0, help="Ignore faces smaller than this many pixels."),
     det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
+    recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds: fewer missed faces, more false positives (README, Detection)."),
     on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
     on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images an earlier run finished (same source hash)."),
@@ -176,6 +189,7 @@ def run_command(
         aligned=aligned,
         min_face=min_face,
         det_threshold=det_threshold,
+        recall_first=recall_first,
         on_no_face=on_no_face.value,
         on_error=on_error.value,
         resume=resume,

@@ -1,8 +1,11 @@
 """Face detectors behind one small interface, built by name.
 
 Each detector returns :class:`Face` records with landmarks, so alignment never needs to know
-which detector ran: dlib's HOG and CNN (MMOD) detectors with the 68-point shape predictor, and
-RetinaFace MobileNet-0.25 (through facexlib) with its own 5 points.
+which detector ran: RetinaFace MobileNet-0.25 (facexlib's network, 5 points), MTCNN
+(facenet-pytorch's networks, 5 points), dlib's HOG and CNN (MMOD) detectors with the 68-point
+shape predictor, and ``ensemble``: the union of RetinaFace and MTCNN, for releases where a missed
+face costs more than a false positive. ``auto`` (see :mod:`anonymize.faces.choose`) picks the best
+detector whose weights this machine has or can get.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ import numpy as np
 from anonymize.faces.types import Face
 from anonymize.weights import WeightsStore
 
-DETECTORS = ("dlib-hog", "dlib-cnn", "retinaface")
+AUTO = "auto"
+DETECTORS = ("retinaface", "mtcnn", "dlib-hog", "dlib-cnn", "ensemble")
+CHOICES = (AUTO, *DETECTORS)
+ENSEMBLE_MEMBERS = ("retinaface", "mtcnn")
 
-# Default score thresholds, chosen on the labelled group photos (see README, detection figures).
-DEFAULT_THRESHOLDS = {"dlib-hog": 0.0, "dlib-cnn": 0.5, "retinaface": 0.9}
+# Default score thresholds, chosen on the labelled group photos (see README, Detection).
+DEFAULT_THRESHOLDS = {"dlib-hog": 0.0, "dlib-cnn": 0.5, "retinaface": 0.9, "mtcnn": 0.85}
+# Recall first (--det-threshold low, and the audit): lower thresholds that still add few false
+# positives on the labelled photos and portraits (README, Detection).
+RECALL_FIRST_THRESHOLDS = {"dlib-hog": -0.3, "dlib-cnn": 0.3, "retinaface": 0.5, "mtcnn": 0.7}
 
 
 class Detector(Protocol):
@@ -38,20 +47,41 @@ class DetectorSettings:
     threshold: float | None = None  # None: the detector's default
     min_face: int = 0  # drop faces whose box is smaller than this many pixels on its short side
     device: str = "cpu"
+    recall_first: bool = False  # thresholds from RECALL_FIRST_THRESHOLDS where no threshold is given
 
 
-def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings = DetectorSettings()) -> Detector:
-    """Build a detector by its CLI name; raises ValueError for an unknown name."""
-    threshold = DEFAULT_THRESHOLDS.get(name) if settings.threshold is None else settings.threshold
+def threshold_for(name: str, settings: DetectorSettings) -> float:
+    if settings.threshold is not None:
+        return settings.threshold
+    return (RECALL_FIRST_THRESHOLDS if settings.recall_first else DEFAULT_THRESHOLDS)[name]
+
+
+def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings = DetectorSettings(),
+                    members: tuple[str, ...] = ENSEMBLE_MEMBERS) -> Detector:
+    """Build a detector by its CLI name (not ``auto``: resolve that first); raises ValueError for an unknown name.
+
+    For ``ensemble`` an explicit threshold applies to every member, so it only makes sense for
+    members on the same 0..1 scale; ``recall_first`` gives each member its own low threshold.
+    """
+    if name == "ensemble":
+        from anonymize.faces.ensemble import EnsembleDetector
+
+        return EnsembleDetector([create_detector(member, weights, settings) for member in members], settings.min_face)
     if name in ("dlib-hog", "dlib-cnn"):
         from anonymize.faces.dlib_detectors import DlibDetector
 
-        return DlibDetector(name, weights, threshold, settings.min_face)
+        return DlibDetector(name, weights, threshold_for(name, settings), settings.min_face)
     if name == "retinaface":
         from anonymize.faces.retinaface import RetinaFaceDetector
 
-        return RetinaFaceDetector(weights, threshold, settings.min_face, settings.device)
-    raise ValueError(f"unknown detector {name!r}: choose one of {', '.join(DETECTORS)}")
+        return RetinaFaceDetector(weights, threshold_for(name, settings), settings.min_face, settings.device)
+    if name == "mtcnn":
+        from anonymize.faces.mtcnn import MtcnnDetector
+
+        return MtcnnDetector(weights, threshold_for(name, settings), settings.min_face, settings.device)
+    if name == AUTO:
+        raise ValueError("detector 'auto' must be resolved first (anonymize.faces.choose.choose_detector)")
+    raise ValueError(f"unknown detector {name!r}: choose one of {', '.join(CHOICES)}")
 
 
 def keep_large_enough(faces: list[Face], min_face: int) -> list[Face]:

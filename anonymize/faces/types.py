@@ -18,6 +18,7 @@ class Face:
     box: tuple[float, float, float, float]  # x0, y0, x1, y1
     score: float
     landmarks: np.ndarray
+    found_by: tuple[str, ...] = ()  # the ensemble's members that found this face (empty: a single detector)
 
     @property
     def width(self) -> float:
