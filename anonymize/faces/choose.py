@@ -59,11 +59,18 @@ def choose_detector(requested: str, weights: WeightsStore, progress: ProgressCal
     else:
         why_not += f" and downloads are off ({OFFLINE_ENV})"
     for name in FALLBACKS:
-        if all(weights.status(artefact) == "present" for artefact in PACKAGED_ARTEFACTS[name]):
+        if all(_present(weights, artefact) for artefact in PACKAGED_ARTEFACTS[name]):
             return DetectorChoice(AUTO, name, f"{name}: {why_not}; {name} uses weights shipped with an installed package"
                                   f" (run `anonymize weights fetch {RETINAFACE_ARTEFACT}` for RetinaFace)")
     raise WeightsError(f"no face detector available: {why_not}, and neither facenet-pytorch (MTCNN) nor "
                        f"face_recognition_models (dlib) is installed; run `anonymize weights fetch {RETINAFACE_ARTEFACT}`")
+
+
+def _present(weights: WeightsStore, artefact: str) -> bool:
+    try:
+        return weights.status(artefact) == "present"
+    except WeightsError:  # not in this weights.lock
+        return False
 
 
 def _first_cause(message: str) -> str:
