@@ -6,6 +6,7 @@ HOG detector and small subsets, so the file runs in well under three minutes on 
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,8 @@ from typer.testing import CliRunner
 
 from anonymize.audit import AuditConfig, AuditError, Thresholds, default_audit_dir, run_audit
 from anonymize.audit.audit import choose_detector
+from anonymize.audit.report import whole_with_box_jpeg
+from anonymize.audit.summary import rank1_sentence
 from anonymize.audit.faces import match_boxes
 from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
 from anonymize.audit.missed import region_change
@@ -223,18 +226,67 @@ def test_fid_uses_the_inception_weights_only_once_they_are_trusted(workspace):
     assert np.isfinite(trusted.summary["quality"]["fid"]) and trusted.summary["quality"]["fid"] > 0
 
 
-def test_the_automatic_detector_is_retinaface_when_verified_and_never_the_runs_own(workspace):
+def test_the_automatic_detector_is_the_strongest_ensemble_and_stronger_than_the_runs(workspace):
     if not (SHARED / "weights" / "retinaface_mobilenet0.25.pth").is_file():
         pytest.skip(f"{SHARED / 'weights'} holds no RetinaFace weights")
     store = WeightsStore(workspace / "detector-weights")
-    assert choose_detector("auto", store, None)[0] == "dlib-hog"
+    without_retinaface = choose_detector("auto", store, "mtcnn")
+    assert (without_retinaface.name, without_retinaface.members) == ("ensemble", ("mtcnn", "dlib-hog"))
     target = store.path("retinaface_mobilenet0.25")
     target.parent.mkdir(parents=True)
     shutil.copyfile(SHARED / "weights" / "retinaface_mobilenet0.25.pth", target)
-    assert choose_detector("auto", store, None)[0] == "retinaface"
-    assert choose_detector("auto", store, "dlib-hog") == ("retinaface", "independent of the run's detector")
-    assert choose_detector("auto", store, "retinaface") == ("dlib-hog", "independent of the run's detector")
-    assert choose_detector("dlib-cnn", store, "retinaface") == ("dlib-cnn", "chosen by the user")
+    for run_detector in ("retinaface", "ensemble(retinaface+mtcnn)", "dlib-hog"):
+        choice = choose_detector("auto", store, run_detector)
+        assert (choice.name, choice.members, choice.recall_first) == ("ensemble", ("retinaface", "mtcnn", "dlib-hog"), True)
+        assert f"stronger than the run's {run_detector}" in choice.reason
+    assert "unknown" in choose_detector("auto", store, None).reason
+    named = choose_detector("dlib-cnn", store, "retinaface")
+    assert (named.name, named.reason) == ("dlib-cnn", "chosen by the user")
+
+
+def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidentification(workspace, tiny_weights):
+    # dogs.jpg: RetinaFace at its recall-first threshold takes dog heads for faces; MTCNN and dlib mostly do not
+    # (dlib agrees on one dog, which then counts as a face: two detectors and no way to tell).
+    if tiny_weights.store().status("retinaface_mobilenet0.25") != "present":
+        pytest.skip("RetinaFace weights are not in ../shared")
+    groups = SHARED / "data" / "groups"
+    originals = copy_files([groups / "dogs.jpg", groups / "2008_002506.jpg"], workspace / "dogs-and-people", groups)
+    copy = copy_files(sorted(originals.iterdir()), workspace / "dogs-and-people-copy", originals)
+    report = workspace / "dogs-report"
+    result = audit(originals, copy, workspace, detector="auto", weights_dir=tiny_weights.weights_dir, report_dir=report)
+    summary = result.summary
+    assert summary["detector"] == "ensemble(retinaface+mtcnn+dlib-hog)"
+    faces = [row for row in result.rows if row["face_index"] is not None]
+    possible = [row for row in faces if row["face_status"] == "possible face"]
+    confirmed = [row for row in faces if row["face_status"] == "face"]
+    people = [row for row in confirmed if row["source_path"] == "2008_002506.jpg"]
+    assert len(possible) >= 2 and {row["source_path"] for row in possible} == {"dogs.jpg"}
+    assert all(row["reidentified"] is None and row["confirmed_by"] is None for row in possible)
+    assert len(people) >= 3 and all(row["confirmed_by"] == "retinaface+mtcnn+dlib-hog" for row in people)
+    # An unchanged copy: every confirmed face is missed and re-identified; possible faces are listed apart.
+    assert summary["faces"] == len(confirmed) and summary["missed_faces"]["count"] == len(confirmed)
+    assert summary["reid"]["reidentified"] == len(confirmed)
+    assert summary["possible_faces"] == {"count": len(possible), "unchanged": len(possible),
+                                         "faces": [f"dogs.jpg#{row['face_index']}" for row in possible]}
+    page = (report / "index.html").read_text()
+    assert "Possible faces" in page and page.count("whole original, face boxed") == min(len(confirmed), 8) + min(len(possible), 8)
+    assert "above chance" in summary["reid"]["rank1_meaning"]
+
+
+def test_rank1_is_read_against_chance_in_a_plain_sentence():
+    # 150 faces at 20 % chance: two binomial standard deviations are 2 * sqrt(0.2 * 0.8 / 150) = 6.5 points.
+    above = rank1_sentence(0.327, 0.2, 150)
+    assert above.startswith("32.7% of the anonymized faces") and "20.0% for a blind guess" in above and "above chance" in above
+    assert "about chance" in rank1_sentence(0.26, 0.2, 150)
+    assert "not measured" in rank1_sentence(None, None, 0)
+
+
+def test_whole_image_thumbnails_show_the_face_boxed():
+    image = np.full((1000, 2000, 3), 200, np.uint8)
+    thumbnail = np.asarray(Image.open(io.BytesIO(whole_with_box_jpeg(image, (500, 400, 700, 600)))))
+    assert thumbnail.shape[:2] == (240, 480)
+    red = (thumbnail[..., 0] > 180) & (thumbnail[..., 1] < 100)
+    assert red[96, 130:160].all() and not red[120, 140]  # the box's top edge is drawn, its inside is not
 
 
 # ---- the measurements ---------------------------------------------------------------------------

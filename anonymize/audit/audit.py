@@ -4,10 +4,13 @@
 field has a default meant for a release gate:
 
 * pairing through ``<anonymized>/manifest.parquet`` when present, else by relative path;
-* detector ``"auto"``: RetinaFace when its weights are verified, else dlib HOG, and never the run's
-  own detector when another fast one is available (the manifest says which the run used); faces
-  the run recorded are audited too. dlib's CNN detector is available on request; it is thorough
-  but takes about ten seconds per photo on a CPU;
+* detector ``"auto"``: the strongest detection available, always stronger than the run's: the
+  ensemble of every detector whose weights are here (RetinaFace, MTCNN, dlib HOG) at their
+  recall-first thresholds (the manifest says which detector the run used); faces the run recorded
+  are audited too. A face only one member found, and no other member finds again on a close-up,
+  is a "possible face": listed, but kept out of re-identification and of the missed-face gate.
+  dlib's CNN detector is available on request; it is thorough but takes about ten seconds per
+  photo on a CPU;
 * ``aligned`` None: taken from the run's options in the manifest (False without one);
 * identity labels (``identity_from_folders`` None): used when every source lies in a top-level
   folder, there are at least two such folders and one holds two images or more (CelebA-style
@@ -36,7 +39,7 @@ import cv2
 import numpy as np
 
 from anonymize import __version__
-from anonymize.audit.faces import SourceFace, match_boxes, source_faces
+from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_fid_features
 from anonymize.audit.leaks import inspect_metadata
 from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region_change
@@ -44,7 +47,7 @@ from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
 from anonymize.audit.quality import outside_faces_mask, psnr, ssim
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, write_rows, write_summary
-from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures
+from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures, rank1_sentence
 from anonymize.faces.detect import DETECTORS, Detector, DetectorSettings, create_detector
 from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, sha256_file
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
@@ -52,6 +55,9 @@ from anonymize.weights import WeightsError, WeightsStore
 
 AUTO = "auto"
 RETINAFACE_ARTEFACT = "retinaface_mobilenet0.25"
+AUDIT_ENSEMBLE = ("retinaface", "mtcnn", "dlib-hog")  # every fast detector, strongest first
+MEMBER_ARTEFACTS = {"retinaface": (RETINAFACE_ARTEFACT,), "mtcnn": ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"),
+                    "dlib-hog": ("dlib_shape_predictor_68",)}
 MAX_PAIRWISE_FACES = 2000  # the "before" distances use at most this many original faces (pairs grow quadratically)
 
 
@@ -76,7 +82,7 @@ class AuditConfig:
     parquet_path: Path | None = None  # None: <report_dir or <anonymized>-audit>/audit.parquet
     summary_path: Path | None = None  # None: audit-summary.json beside the Parquet
     write_files: bool = True
-    detector: str = AUTO  # auto | dlib-hog | dlib-cnn | retinaface
+    detector: str = AUTO  # auto (the strongest ensemble) | retinaface | mtcnn | dlib-hog | dlib-cnn | ensemble
     det_threshold: float | None = None  # None: the detector's default
     weights_dir: Path | None = None  # None: $ANONYMIZE_HOME or ~/.cache/anonymize
     trust_unverified: bool = False  # accept weight files that do not match weights.lock
@@ -132,18 +138,39 @@ def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
     return parquet, summary, report
 
 
-def choose_detector(requested: str, weights: WeightsStore, run_detector: object) -> tuple[str, str]:
-    """(detector name, why): ``auto`` prefers a fast detector other than the run's own."""
+@dataclass(frozen=True)
+class AuditDetector:
+    name: str  # a detector name, "ensemble" for several
+    members: tuple[str, ...]  # the ensemble's members (empty for a single detector)
+    recall_first: bool
+    reason: str
+
+
+def _available(weights: WeightsStore, name: str) -> bool:
+    try:
+        return all(weights.status(artefact) == "present" for artefact in MEMBER_ARTEFACTS[name])
+    except WeightsError:
+        return False
+
+
+def choose_detector(requested: str, weights: WeightsStore, run_detector: object) -> AuditDetector:
+    """``auto``: the ensemble of every available fast detector at recall-first thresholds, and why."""
     if requested != AUTO:
         if requested not in DETECTORS:
             raise AuditError(f"unknown detector {requested!r}: choose auto or one of {', '.join(DETECTORS)}")
-        return requested, "chosen by the user"
-    fast = [name for name in ("retinaface", "dlib-hog") if name != "retinaface" or weights.status(RETINAFACE_ARTEFACT) == "present"]
-    for name in fast:
-        if name != run_detector:
-            reason = "independent of the run's detector" if isinstance(run_detector, str) else "the run's detector is unknown"
-            return name, reason
-    return fast[0], f"the run also used {run_detector}: not independent (install RetinaFace weights for an independent check)"
+        return AuditDetector(requested, (), False, "chosen by the user")
+    members = tuple(name for name in AUDIT_ENSEMBLE if _available(weights, name))
+    described = "+".join(members) + " at recall-first thresholds"
+    if not isinstance(run_detector, str):
+        comparison = "the run's detector is unknown"
+    elif len(members) > len(run_detector.split("+")) or run_detector.split("(")[0] in members:
+        comparison = f"stronger than the run's {run_detector} (more detectors, lower thresholds)"
+    else:
+        comparison = f"the run used {run_detector}: not stronger (install the RetinaFace and MTCNN weights)"
+    if len(members) < 2:
+        return AuditDetector(members[0] if members else "dlib-hog", (), True, f"{described}; {comparison}; "
+                             "only one detector available, so no face can be confirmed by a second one")
+    return AuditDetector("ensemble", members, True, f"ensemble of {described}; {comparison}")
 
 
 def resolve_device(device: str) -> str:
@@ -216,6 +243,7 @@ def _audit_pair(pair: ImagePair, context: _Context) -> None:
     output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
     try:
         faces = source_faces(original.rgb, context.detector, pair.manifest_boxes, context.aligned)
+        faces = confirm_faces(original.rgb, faces, context.detector)
         found = context.detector.detect(output_rgb)
         boxes = [face.box for face in faces]
         before = context.recognizer.descriptors(original.rgb, boxes)
@@ -242,22 +270,25 @@ def _add_face(context: _Context, pair: ImagePair, index: int, face: SourceFace, 
     config = context.config
     change = region_change(original, output, face.box)
     distance = float(np.linalg.norm(descriptor_before - descriptor_after))
-    if index == 0 and common.get("identity") is not None:
-        context.first_faces.append(len(context.gallery))
-    context.face_rows.append(len(context.rows))
-    context.gallery.append(descriptor_before)
-    context.probes.append(descriptor_after)
+    if not face.possible:  # a possible face stays out of re-identification
+        if index == 0 and common.get("identity") is not None:
+            context.first_faces.append(len(context.gallery))
+        context.face_rows.append(len(context.rows))
+        context.gallery.append(descriptor_before)
+        context.probes.append(descriptor_after)
     values = {**common, "identity": common.get("identity") if index == 0 else None}
     context.rows.append(_image_row(
         pair, **values,
         face_index=index,
         box=[float(v) for v in face.box],
         found_by=face.found_by,
+        face_status=face.status,
+        confirmed_by=face.confirmed_by,
         det_score=face.score,
         detected_in_output=overlap is not None,
         output_iou=overlap,
         identity_distance=distance,
-        reidentified=distance < config.distance_threshold,
+        reidentified=None if face.possible else distance < config.distance_threshold,
         region_change=change,
         missed=is_unchanged(change, config.unchanged_threshold),
     ))
@@ -338,11 +369,14 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
     device = resolve_device(config.device)
     run_aligned = bool(pairing.run_arguments.get("aligned", False))
-    run_detector = None if run_aligned else pairing.run_arguments.get("detector")  # an aligned run detects nothing
-    detector_name, detector_reason = choose_detector(config.detector, weights, run_detector)
+    run_detector = None if run_aligned else pairing.run_detector  # an aligned run detects nothing
+    choice = choose_detector(config.detector, weights, run_detector)
+    detector_name, detector_reason = choice.name, choice.reason
     aligned = run_aligned if config.aligned is None else config.aligned
     try:
-        detector = create_detector(detector_name, weights, DetectorSettings(config.det_threshold, 0, device))
+        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
+        detector = create_detector(detector_name, weights, settings, **({"members": choice.members} if choice.members else {}))
+        detector_name = detector.name
         recognizer = DlibRecognizer(weights)
     except WeightsError as exc:
         raise AuditError(str(exc)) from None
@@ -373,12 +407,13 @@ def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector:
              aligned: bool, chance: float | None, separation: IdentitySeparation | None, fid: FidResult) -> dict[str, Any]:
     faces, images = face_figures(context.rows), image_figures(context.rows)
     faces["reid"]["rank1_chance"] = chance
+    faces["reid"]["rank1_meaning"] = rank1_sentence(faces["reid"]["rank1_rate"], chance, faces["faces"])
     images["quality"]["fid"] = fid.value
     images["quality"]["fid_status"] = fid.status
     warnings = []
     if separation is not None and not separation.separated:
         warnings.append("the recognizer does not separate the identities of these originals well: re-identification figures are unreliable")
-    if "not independent" in detector_reason:
+    if "not stronger" in detector_reason or "only one detector" in detector_reason:
         warnings.append(f"detector {detector}: {detector_reason}")
     return {
         "anonymize_version": __version__,

@@ -41,6 +41,7 @@ class Pairing:
     missing_outputs: list[str]  # outputs the manifest lists but the folder lacks
     manifest_path: Path | None
     run_arguments: dict[str, object] = field(default_factory=dict)  # the run's options, from the manifest
+    run_detector: str | None = None  # the detector the run actually used (its --detector auto resolved), when recorded
 
     @property
     def unpaired(self) -> list[ImagePair]:
@@ -63,7 +64,7 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
         if not folder.is_dir():
             raise AuditError(f"{folder}: {role} folder does not exist or is not a folder")
     manifest = resolve_manifest(anonymized_dir, manifest_path)
-    rows, arguments = _manifest_rows(manifest) if manifest is not None else ([], {})
+    rows, arguments, run_detector = _manifest_rows(manifest) if manifest is not None else ([], {}, None)
     originals = {str(found.relpath): found.path for found in walk_images(original_dir, exclude=anonymized_dir)}
     outputs = list(walk_images(anonymized_dir))
     if not outputs:
@@ -92,10 +93,11 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
         missing_outputs=sorted(set(source_of_output) - present_outputs),
         manifest_path=manifest,
         run_arguments=arguments,
+        run_detector=run_detector if run_detector else arguments.get("detector"),
     )
 
 
-def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object]]:
+def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object], str | None]:
     try:
         table, metadata = read_manifest(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
@@ -107,4 +109,10 @@ def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object]]:
         arguments = json.loads(metadata.get("arguments", "{}"))
     except json.JSONDecodeError:
         arguments = {}
-    return table.select(["source_path", "output_path", "status", "box"]).to_pylist(), arguments if isinstance(arguments, dict) else {}
+    try:
+        detector = json.loads(metadata.get("detector", "{}"))
+    except json.JSONDecodeError:
+        detector = {}
+    used = detector.get("detector") or detector.get("used") if isinstance(detector, dict) else None
+    rows = table.select(["source_path", "output_path", "status", "box"]).to_pylist()
+    return rows, arguments if isinstance(arguments, dict) else {}, used if isinstance(used, str) else None

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 REPORT_NAME = "index.html"
 THUMBS_DIR = "audit-thumbs"
 THUMB_SIDE = 160
+WHOLE_SIDE = 480  # whole-image thumbnails of missed and possible faces: the longer side, in pixels
+BOX_COLOUR = (230, 30, 30)
 CROP_MARGIN = 0.3
 HISTOGRAM_BIN = 0.05
 SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#e8590c", "#862e9c")
@@ -54,7 +56,8 @@ th { background: #eef0f3; }
 .chart { background: #fff; border-radius: 10px; padding: 12px; }
 .cases { display: grid; grid-template-columns: repeat(auto-fill, minmax(350px, 1fr)); gap: 12px; }
 .case { background: #fff; border-radius: 10px; padding: 10px; box-shadow: 0 1px 2px rgba(0,0,0,.08); }
-.case .pair { display: flex; gap: 8px; justify-content: center; }
+.case .pair { display: flex; gap: 8px; justify-content: center; flex-wrap: wrap; }
+.case img.whole { width: auto; height: auto; max-width: 100%; object-fit: contain; }
 .case figure { margin: 0; text-align: center; font-size: 12px; color: #59636e; }
 .case img { width: 160px; height: 160px; object-fit: contain; background: #222; border-radius: 6px; display: block; }
 .case .caption { font-size: 13px; margin-top: 6px; word-break: break-all; }
@@ -170,6 +173,29 @@ class _Thumbnails:
             atomic_write_bytes(self.folder / name, _crop_jpeg(pixels, row["box"]))
         return f"{THUMBS_DIR}/{names[0]}", f"{THUMBS_DIR}/{names[1]}"
 
+    def whole(self, row: Mapping[str, Any]) -> str | None:
+        """The whole original with this face's box drawn, so a miss can be found in its photo."""
+        original = self._load(self.original_dir / row["source_path"])
+        if original is None or row["box"] is None:
+            return None
+        self.count += 1
+        name = f"{self.count:03d}-whole.jpg"
+        atomic_write_bytes(self.folder / name, whole_with_box_jpeg(original, row["box"]))
+        return f"{THUMBS_DIR}/{name}"
+
+
+def whole_with_box_jpeg(rgb: np.ndarray, box: Sequence[float], side: int = WHOLE_SIDE) -> bytes:
+    """The image shrunk to ``side`` pixels (longer side) with the box drawn in red."""
+    scale = min(1.0, side / max(rgb.shape[:2]))
+    small = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA) if scale < 1 else rgb.copy()
+    x0, y0, x1, y1 = (int(round(v * scale)) for v in box)
+    thickness = max(2, round(max(small.shape[:2]) / 200))
+    cv2.rectangle(small, (x0, y0), (x1, y1), BOX_COLOUR, thickness)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(small)).save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
 
 def _crop_jpeg(rgb: np.ndarray, box: Sequence[float]) -> bytes:
     height, width = rgb.shape[:2]
@@ -186,8 +212,10 @@ def _crop_jpeg(rgb: np.ndarray, box: Sequence[float]) -> bytes:
     return buffer.getvalue()
 
 
-def _case(row: Mapping[str, Any], images: tuple[str, str] | None) -> str:
+def _case(row: Mapping[str, Any], images: tuple[str, str] | None, whole: str | None = None) -> str:
     tags = []
+    if row.get("face_status") == "possible face":
+        tags.append('<span class="tag orange">possible face</span>')
     if row["reidentified"]:
         tags.append('<span class="tag red">re-identified</span>')
     if row["missed"]:
@@ -201,9 +229,12 @@ def _case(row: Mapping[str, Any], images: tuple[str, str] | None) -> str:
     else:
         pictures = "".join(f'<figure><img src="{_e(src)}" alt="{label}"><figcaption>{label}</figcaption></figure>'
                            for src, label in zip(images, ("original", "anonymized")))
+    if whole is not None:
+        pictures += f'<figure><img class="whole" src="{_e(whole)}" alt="whole photo"><figcaption>whole original, face boxed</figcaption></figure>'
+    found = f' &middot; found by {_e(row["confirmed_by"] or "one detector only")}' if row.get("face_status") else ""
     return (f'<div class="case"><div class="pair">{pictures}</div><div class="caption">{"".join(tags)}'
             f'<b>{_e(row["source_path"])}</b> face {row["face_index"]} &middot; distance {_number(row["identity_distance"], 3)}'
-            f' &middot; region change {_number(row["region_change"], 1)}</div></div>')
+            f' &middot; region change {_number(row["region_change"], 1)}{found}</div></div>')
 
 
 # ---- the page -----------------------------------------------------------------------------------
@@ -236,6 +267,8 @@ def _cards(summary: Mapping[str, Any]) -> str:
               "bad" if detection is not None and detection < thresholds["min_detection_rate"] else ""),
         _card("Missed faces", str(missed), f"region left unchanged; max {thresholds['max_missed_faces']}",
               "bad" if missed > thresholds["max_missed_faces"] else "good"),
+        _card("Possible faces", str(summary.get("possible_faces", {}).get("count", 0)),
+              f"one detector only, not confirmed; {summary.get('possible_faces', {}).get('unchanged', 0)} left unchanged"),
         _card("Metadata leaks", str(leaks), f"files with metadata beyond ICC; max {thresholds['max_metadata_leaks']}",
               "bad" if leaks > thresholds["max_metadata_leaks"] else "good"),
         _card("Not audited", str(unaudited), "unreadable or without original", "bad" if unaudited else "good"),
@@ -275,14 +308,18 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
     """The page's HTML; thumbnails are written through ``thumbnails`` (None: no pictures)."""
     summary = result.summary
     faces = [row for row in result.rows if row["face_index"] is not None]
-    closest = sorted((row for row in faces if row["identity_distance"] is not None), key=lambda row: row["identity_distance"])
-    closest = closest[:config.worst_cases]
-    missed = [row for row in faces if row["missed"]][:config.worst_cases]
+    closest = sorted((row for row in faces if row["identity_distance"] is not None and row.get("face_status") != "possible face"),
+                     key=lambda row: row["identity_distance"])[:config.worst_cases]
+    confirmed = [row for row in faces if row.get("face_status") != "possible face"]
+    missed = [row for row in confirmed if row["missed"]][:config.worst_cases]
+    possible = [row for row in faces if row.get("face_status") == "possible face"][:config.worst_cases]
 
-    def cases(rows: list[dict[str, Any]], empty: str) -> str:
+    def cases(rows: list[dict[str, Any]], empty: str, whole: bool = False) -> str:
         if not rows:
             return f'<p class="muted">{_e(empty)}</p>'
-        return '<div class="cases">' + "".join(_case(row, thumbnails.pair(row) if thumbnails else None) for row in rows) + "</div>"
+        return '<div class="cases">' + "".join(
+            _case(row, thumbnails.pair(row) if thumbnails else None, thumbnails.whole(row) if thumbnails and whole else None)
+            for row in rows) + "</div>"
 
     series = {f"before: {name}": values for name, values in result.before_distances.items()}
     series["after: anonymized vs its own original"] = [row["identity_distance"] for row in faces if row["identity_distance"] is not None]
@@ -310,7 +347,10 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <p class="muted">Before: distances between original faces, the scale on which the recognizer tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
 <h2>Identity check of the recognizer</h2>{_identity_check(summary)}
 <h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
-<h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.")}
+<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary["reid"].get("rank1_meaning", ""))}</p>
+<h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.", whole=True)}
+<h2>Possible faces</h2><p class="muted">Found by one detector only and not confirmed by another on a close-up: perhaps a face, perhaps a pattern. Not counted in re-identification or in the missed-face gate; check them by eye.</p>
+{cases(possible, "None: every face was confirmed by two detectors.", whole=True)}
 <h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "None: no output carries metadata beyond its ICC profile.")}
 <h2>Not audited</h2>{_table(("file", "why"), unaudited, "None: every released image was audited.")}
 <h2>Settings</h2>{_table(("setting", "value"), settings, "")}

@@ -28,11 +28,13 @@ ROW_SCHEMA = pa.schema(
         ("face_index", pa.int32()),  # null: an image row (no face found in the original, or an error)
         ("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in the original
         ("found_by", pa.string()),  # audit | manifest | both | whole-image
+        ("face_status", pa.string()),  # face | possible face (one detector only, not confirmed: kept out of re-identification)
+        ("confirmed_by", pa.string()),  # the second opinion: "retinaface+mtcnn", "close-up: dlib-hog", ...
         ("det_score", pa.float32()),
         ("detected_in_output", pa.bool_()),  # a face is still found at this place in the output
         ("output_iou", pa.float32()),
         ("identity_distance", pa.float32()),  # dlib distance, anonymized face vs its own original
-        ("reidentified", pa.bool_()),  # identity_distance < threshold (verification)
+        ("reidentified", pa.bool_()),  # identity_distance < threshold (verification); null for a possible face
         ("nearest_original", pa.string()),  # "<source_path>#<face_index>" of the nearest original face
         ("nearest_distance", pa.float32()),
         ("rank1_hit", pa.bool_()),  # nearest original is its own (or the same identity)

@@ -33,9 +33,23 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def rank1_sentence(rate: float | None, chance: float | None, faces: int) -> str:
+    """What the rank-1 rate means, in one plain sentence."""
+    if rate is None or chance is None or not faces:
+        return "No face was identified, so rank-1 identification was not measured."
+    head = (f"{rate:.1%} of the anonymized faces were closest to their own original (or another photo of the same person) "
+            f"among all {faces} originals, against {chance:.1%} for a blind guess")
+    noise = 2.0 * float(np.sqrt(chance * (1.0 - chance) / faces))  # two binomial standard deviations
+    if rate <= chance + noise:
+        return head + ": about chance, so the recognizer cannot tell whose face an anonymized one was."
+    return (head + ": above chance, so the anonymized images still carry identity (hair, skin, face shape, pose or "
+            "background) even where no face passes the verification threshold.")
+
+
 def face_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Detection, re-identification and missed-face figures over the face rows."""
-    faces = [row for row in rows if row.get("face_index") is not None]
+    """Detection, re-identification and missed-face figures over the (confirmed) face rows; possible faces apart."""
+    possible = [row for row in rows if row.get("face_index") is not None and row.get("face_status") == "possible face"]
+    faces = [row for row in rows if row.get("face_index") is not None and row.get("face_status") != "possible face"]
     detected = sum(bool(row["detected_in_output"]) for row in faces)
     verified = sum(bool(row["reidentified"]) for row in faces)
     rank1 = sum(bool(row["rank1_hit"]) for row in faces)
@@ -54,6 +68,11 @@ def face_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "min_distance": float(min(distances)) if distances else None,
         },
         "missed_faces": {"count": len(missed), "faces": missed[:100]},
+        "possible_faces": {
+            "count": len(possible),
+            "unchanged": sum(bool(row["missed"]) for row in possible),
+            "faces": [f"{row['source_path']}#{row['face_index']}" for row in possible][:100],
+        },
     }
 
 

@@ -62,6 +62,10 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("rank-1 identification", f"{_percent(reid['rank1_rate'])} (chance {_percent(reid['rank1_chance'])})")
     table.add_row("still detected in output", _percent(summary["detection"]["rate"]))
     table.add_row("missed faces", str(summary["missed_faces"]["count"]))
+    possible = summary.get("possible_faces", {})
+    if possible.get("count"):
+        table.add_row("possible faces", f"{possible['count']} (one detector only, not confirmed; {possible['unchanged']} left unchanged; "
+                                        "not counted above)")
     table.add_row("metadata leaks", str(summary["metadata"]["leaks"]))
     table.add_row("not audited", str(summary["unaudited"]["count"]))
     psnr, ssim = quality["psnr_outside_db"], quality["ssim_outside"]
@@ -72,6 +76,8 @@ def print_audit_summary(result: AuditResult) -> None:
         table.add_row("identity check", f"same {check['mean_same']:.3f} vs different {check['mean_different']:.3f}, "
                                         f"ROC AUC {check['roc_auc']:.3f}")
     stdout.print(table)
+    if reid.get("rank1_meaning"):
+        stdout.print(f"rank-1: {reid['rank1_meaning']}", soft_wrap=True)
     for warning in summary["warnings"]:
         stdout.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if result.passed:
@@ -97,7 +103,7 @@ def audit_command(
     max_metadata_leaks: int = typer.Option(0, min=0, help="Most output files allowed to carry metadata beyond ICC."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
-    detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: RetinaFace if its weights are verified, else dlib-hog, never the run's own when avoidable (dlib-cnn is thorough but slow on CPU)."),
+    detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: the ensemble of every available detector (RetinaFace, MTCNN, dlib-hog) at recall-first thresholds, stronger than the run's (dlib-cnn is thorough but slow on CPU)."),
     det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Use weight files that do not match weights.lock."),
