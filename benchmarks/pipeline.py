@@ -2,6 +2,11 @@
 
 Each detector runs in a fresh subprocess so that its peak memory (max RSS) is its own.
 ``python -m benchmarks.pipeline --shared ../shared [--detectors dlib-hog retinaface]``
+
+``python -m benchmarks.pipeline --shared ../shared --detection-table`` prints README's recall and
+false-positive table: every detector at its default and its recall-first thresholds on the 43
+labelled faces, the two large photos (labelled by eye in tests/test_detection.py), dogs.jpg and
+the 4000 px frame holding seven 37 px faces.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
@@ -32,6 +39,49 @@ def detection_quality(detector_name: str, groups: Path, weights: WeightsStore) -
     dogs = len(detector.detect(decode_image(groups / "dogs.jpg").rgb))
     return {"recall": round(score.recall, 3), "found": score.found, "labelled": score.labelled,
             "false_positives": score.false_positives, "detections_on_dogs": dogs}
+
+
+def _score(detector, rgb, labelled, ignored=()) -> DetectionScore:
+    from anonymize.metrics.detection import iou
+
+    boxes = [face.box for face in detector.detect(rgb)]
+    score = DetectionScore()
+    score.add([box for box in boxes if not any(iou(box, other) >= 0.3 for other in ignored)], labelled)
+    return score
+
+
+def small_faces_in_a_large_frame(groups: Path) -> tuple[np.ndarray, list]:
+    """2008_004176.jpg (seven faces of about 37 px) placed in a grey 4000 x 3000 frame."""
+    photo = decode_image(groups / "2008_004176.jpg").rgb
+    canvas = np.full((3000, 4000, 3), 128, np.uint8)
+    top, left = 1700, 2900
+    canvas[top:top + photo.shape[0], left:left + photo.shape[1]] = photo
+    boxes = read_imglab_boxes(groups / "training.xml") | read_imglab_boxes(groups / "testing.xml")
+    return canvas, [(x0 + left, y0 + top, x1 + left, y1 + top) for x0, y0, x1, y1 in boxes["2008_004176.jpg"]]
+
+
+def detection_table_row(detector_name: str, recall_first: bool, groups: Path, weights: WeightsStore) -> dict[str, object]:
+    from tests.test_detection import LARGE_PHOTOS
+
+    detector = create_detector(detector_name, weights, DetectorSettings(recall_first=recall_first))
+    started = time.perf_counter()
+    labelled = {**read_imglab_boxes(groups / "training.xml"), **read_imglab_boxes(groups / "testing.xml")}
+    voc = DetectionScore()
+    for name, boxes in sorted(labelled.items()):
+        voc.add([face.box for face in detector.detect(decode_image(groups / name).rgb)], boxes)
+    row: dict[str, object] = {"detector": detector.name, "thresholds": "recall-first" if recall_first else "default",
+                              "groups": f"{voc.found}/{voc.labelled}", "groups_fp": voc.false_positives}
+    for name, (faces, ignored) in LARGE_PHOTOS.items():
+        score = _score(detector, decode_image(groups / name).rgb, faces, ignored)
+        row[name] = f"{score.found}/{score.labelled}"
+        row[f"{name}_fp"] = score.false_positives
+    row["dogs.jpg"] = len(detector.detect(decode_image(groups / "dogs.jpg").rgb))
+    canvas, small = small_faces_in_a_large_frame(groups)
+    score = _score(detector, canvas, small)
+    row["4000px"] = f"{score.found}/{score.labelled}"
+    row["4000px_fp"] = score.false_positives
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
 
 
 def throughput(detector_name: str, data: Path, weights_dir: Path | None) -> dict[str, float]:
@@ -110,10 +160,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--detector", help="run one detector in this process and print its JSON")
-    parser.add_argument("--detectors", nargs="*", default=["dlib-hog", "retinaface"])
+    parser.add_argument("--detectors", nargs="*", default=["dlib-hog", "mtcnn", "retinaface"])
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
+    parser.add_argument("--detection-table", action="store_true", help="print the recall / false-positive table (README)")
+    parser.add_argument("--table-detectors", nargs="*", default=["retinaface", "mtcnn", "dlib-hog", "ensemble"])
     args = parser.parse_args()
+    if args.detection_table:
+        weights = WeightsStore(args.weights_dir)
+        for name in args.table_detectors:
+            for recall_first in (False, True):
+                print(json.dumps(detection_table_row(name, recall_first, args.shared / "data" / "groups", weights)), flush=True)
+        return
     if args.detector:
         print(json.dumps(bench_one(args.detector, args.shared, args.weights_dir)))
         return
