@@ -158,3 +158,26 @@ def test_the_manifest_records_the_detector_that_ran(tiny_weights, shared_dir, tm
     recorded = json.loads(metadata[b"detector"])
     assert recorded["requested"] == "auto" and recorded["used"] == "mtcnn"
     assert "RetinaFace weights missing" in recorded["reason"]
+
+
+def test_a_fresh_machine_without_network_anonymizes_with_blur_and_says_which_detector_ran(tiny_weights, shared_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from anonymize.cli import _register_commands, app
+
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    monkeypatch.setenv("ANONYMIZE_WEIGHTS_LOCK", str(tiny_weights.lock_path))
+    photos = tmp_path / "in"
+    photos.mkdir()
+    shutil.copyfile(shared_dir / "data" / "portraits" / "obama_2.jpg", photos / "obama.jpg")
+    _register_commands()
+    result = CliRunner().invoke(app, ["run", str(photos), "--out", str(tmp_path / "out"), "--method", "blur",
+                                      "--weights-dir", str(tmp_path / "fresh-weights"), "--device", "cpu", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["detector"] == "mtcnn" and json.loads(result.stdout)["faces"] == 1
+    result = CliRunner().invoke(app, ["run", str(photos), "--out", str(tmp_path / "out2"), "--method", "blur",
+                                      "--weights-dir", str(tmp_path / "fresh-weights"), "--device", "cpu"],
+                                catch_exceptions=False)
+    lines = [line for line in result.output.splitlines() if line.startswith("detector mtcnn:")]
+    assert len(lines) == 1 and "RetinaFace weights missing" in lines[0]

@@ -28,7 +28,7 @@ def load_mtcnn_networks(weights: WeightsStore, device: str) -> dict[str, object]
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet
     except ImportError as exc:
         raise WeightsError(f"MTCNN needs the Python package facenet-pytorch 2.5.3 ({exc}); "
-                           "install it with `pip install --no-deps facenet-pytorch==2.5.3`") from None
+                           "install it with `pip install facenet-pytorch==2.5.3` (it keeps the installed torch)") from None
     networks = {}
     for key, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
         path = weights.require(ARTEFACTS[key])
