@@ -501,7 +501,7 @@ def test_the_real_lock_pins_every_artefact_the_project_loads():
     lock = read_lock(REPO_LOCK)
     assert set(lock) == {
         "e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce",
-        "retinaface_mobilenet0.25", "inception_fid", *DLIB_NAMES,
+        "retinaface_mobilenet0.25", "inception_fid", *DLIB_NAMES, "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet",
     }  # fmt: skip
     assert lock["farl_ep64"].archive.sha256 == "1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8"
     assert lock["farl_ep64"].member == "farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth"
