@@ -407,7 +407,7 @@ def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector:
              aligned: bool, chance: float | None, separation: IdentitySeparation | None, fid: FidResult) -> dict[str, Any]:
     faces, images = face_figures(context.rows), image_figures(context.rows)
     faces["reid"]["rank1_chance"] = chance
-    faces["reid"]["rank1_meaning"] = rank1_sentence(faces["reid"]["rank1_rate"], chance, faces["faces"])
+    faces["reid"]["rank1_meaning"] = rank1_sentence(faces["reid"]["rank1_rate"], chance, faces["faces"], bool(context.labels))
     images["quality"]["fid"] = fid.value
     images["quality"]["fid_status"] = fid.status
     warnings = []

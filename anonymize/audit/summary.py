@@ -33,12 +33,12 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def rank1_sentence(rate: float | None, chance: float | None, faces: int) -> str:
+def rank1_sentence(rate: float | None, chance: float | None, faces: int, identities: bool = False) -> str:
     """What the rank-1 rate means, in one plain sentence."""
     if rate is None or chance is None or not faces:
         return "No face was identified, so rank-1 identification was not measured."
-    head = (f"{rate:.1%} of the anonymized faces were closest to their own original (or another photo of the same person) "
-            f"among all {faces} originals, against {chance:.1%} for a blind guess")
+    own = "their own original (or another photo of the same person)" if identities else "their own original"
+    head = f"{rate:.1%} of the anonymized faces were closest to {own} among all {faces} originals, against {chance:.1%} for a blind guess"
     noise = 2.0 * float(np.sqrt(chance * (1.0 - chance) / faces))  # two binomial standard deviations
     if rate <= chance + noise:
         return head + ": about chance, so the recognizer cannot tell whose face an anonymized one was."
