@@ -57,12 +57,13 @@ class RichProgress(PipelineProgress):
         return self  # the bar appears only once the run starts: an early error stays a single line
 
     def __exit__(self, *exc: object) -> None:
-        if self.task is not None or self._download is not None:
+        if self._download is not None:
+            self._download.stop()
+        if self.task is not None:
             self.bar.stop()
 
     def start(self, total: int) -> None:
-        if self._download is None:  # a weights download already started the bar
-            self.bar.start()
+        self.bar.start()
         self.task = self.bar.add_task("run", total=total, faces=0, rate="-")
 
     def advance(self, faces: int) -> None:
@@ -84,10 +85,13 @@ class RichProgress(PipelineProgress):
             self.bar.console.print(text, soft_wrap=True, highlight=False)
 
     def download(self, label: str, done: int, total: int | None) -> None:
-        if self._download is None:
-            self.bar.start()
-            self._download = self.bar.add_task(label, total=total, faces=0, rate="-")
-        self.bar.update(self._download, completed=done, total=total)
+        if self._download is None:  # its own bar, gone once the file is here
+            self._download = progress_bar(label, quiet=self.quiet, transient=True)
+            self._download.start()
+            self._download.add_task(label, total=total)
+        self._download.update(self._download.task_ids[0], completed=done, total=total)
+        if total is not None and done >= total:
+            self._download.stop()
 
 
 def _parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
