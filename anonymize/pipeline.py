@@ -24,10 +24,10 @@ from typing import Any, Literal
 import numpy as np
 
 from anonymize import __version__
-from anonymize.faces.align import AlignedFace, align_face, whole_image_as_face
+from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
 from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
-from anonymize.faces.paste import RegionKind, paste_back, region_mask, replace_whole
+from anonymize.faces.paste import Region, RegionKind, paste_face, replace_whole
 from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
 from anonymize.io.manifest import (
@@ -73,6 +73,7 @@ class RunConfig:
     detector: str = "auto"  # resolved by anonymize.faces.choose; the manifest records the one used
     weights_dir: Path | None = None
     aligned: bool = False
+    aligned_framing: Literal["auto", "ffhq"] = "auto"  # ffhq: every input is an FFHQ-framed square, used whole
     min_face: int = 0
     det_threshold: float | None = None
     recall_first: bool = False  # lower detection thresholds (detect.RECALL_FIRST_THRESHOLDS)
@@ -86,13 +87,14 @@ class RunConfig:
     limit: int | None = None
     dry_run: bool = False
     jpeg_quality: int = 95
-    region: RegionKind = "ellipse"
+    region: RegionKind | None = None  # None: the method's default_region
     region_scale: float = 1.0
     feather: float = 0.04
     identity_metric: bool = False
     manifest_path: Path | None = None
     max_pixels: int = 178_956_970
     copy_other: bool = False  # copy files that are not images (labels, CSV) unchanged into the output
+    deterministic: bool = False  # bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices
 
 
 @dataclass
@@ -199,7 +201,7 @@ class Pipeline:
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
         self.recognizer = None
         self.detector_choice: DetectorChoice | None = None
-        self.mask: np.ndarray | None = None  # the crop-space paste mask, shared by all faces unless --region hull
+        self.region = Region()  # what is pasted back; the method's default kind unless --region is given
         self.lock: OutputLock | None = None  # held from before the first write to the end of the run
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -323,7 +325,10 @@ class Pipeline:
 
     def _build_detector(self) -> Detector | None:
         if self.config.aligned:
-            return None
+            if self.config.aligned_framing == "ffhq":
+                return None
+            settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device)
+            return _landmark_detector(self.config.detector, self.weights, settings)
         choice = self.detector_choice = choose_detector(self.config.detector, self.weights, self.progress.download)
         self.progress.note(f"detector {choice.reason}")
         settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device, self.config.recall_first)
@@ -352,6 +357,10 @@ class Pipeline:
         started = time.perf_counter()
         files, others = self._walk()
         self._check_output_dir()
+        if config.deterministic:
+            from anonymize.models.determinism import use_deterministic_algorithms
+
+            use_deterministic_algorithms()
         method = self.method = self._build_method(expected_faces=len(files))
         self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
         detector = self._build_detector()  # before the settings check: it compares the detector that runs
@@ -374,7 +383,7 @@ class Pipeline:
             from anonymize.metrics.identity import DlibRecognizer
 
             self.recognizer = DlibRecognizer(self.weights)
-        self.mask = region_mask(method.crop_size, config.region, config.region_scale, config.feather) if config.region != "hull" else None
+        self.region = Region(config.region or method.default_region, config.region_scale, config.feather)  # type: ignore[arg-type]
         summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run,
                              detector=detector.name if detector is not None else None)
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
@@ -471,9 +480,9 @@ class Pipeline:
             return None
         try:
             image = decode_image(file.path, self.config.max_pixels, display_name=shown)
-            if detector is None:
-                faces = [_whole_image_face(image.rgb)]
-                aligned = [whole_image_as_face(image.rgb, self.method.crop_size)]
+            if self.config.aligned:
+                face, single = align_aligned_input(image.rgb, detector, self.method.crop_size, self.config.aligned_framing)
+                faces, aligned = [face], [single]
             else:
                 faces = detector.detect(image.rgb)
                 aligned = [align_face(image.rgb, face.landmarks, self.method.crop_size) for face in faces]
@@ -585,12 +594,11 @@ class Pipeline:
 
     def _composite(self, item: _Pending, crops: Sequence[np.ndarray]) -> np.ndarray:
         result = item.image.rgb
-        if self.config.aligned and self.method.replaces_aligned_image:
-            return replace_whole(result, crops[0])
-        for aligned, crop in zip(item.aligned, crops):
-            mask = self.mask if self.mask is not None else region_mask(
-                aligned.size, "hull", self.config.region_scale, self.config.feather, aligned.landmarks)
-            result = paste_back(result, crop, aligned.matrix, mask)
+        for face, aligned, crop in zip(item.faces, item.aligned, crops):
+            if aligned.whole_image and self.method.replaces_aligned_image:
+                return replace_whole(result, crop)
+            box = face.box if len(face.landmarks) else None  # no box to cover when nothing was detected
+            result = paste_face(result, crop, aligned, self.region, box)
         return result
 
     def _add_identity_distance(self, item: _Pending, composite: np.ndarray, metrics: list[dict[str, Any]]) -> None:
@@ -653,9 +661,17 @@ def _write_failure(shown: str, exc: Exception) -> str:
     return f"{shown}: writing the output failed ({type(exc).__name__}: {exc})"
 
 
-def _whole_image_face(rgb: np.ndarray) -> Face:
-    height, width = rgb.shape[:2]
-    return Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((0, 2), np.float32))
+def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSettings) -> Detector | None:
+    """For --aligned input: the run's detector finds the landmarks of the one face (auto and ensemble:
+    RetinaFace, never downloaded here); if it cannot be built (missing weights), dlib's HOG (weights in
+    an installed package); else None (CelebA template)."""
+    first = "retinaface" if name in ("auto", "ensemble") else name
+    for candidate in dict.fromkeys([first, "dlib-hog"]):
+        try:
+            return create_detector(candidate, weights, settings)
+        except Exception:  # noqa: BLE001 - landmarks are optional here: the template stands in
+            continue
+    return None
 
 
 def _split(results: list[Any], pending: list[_Pending]) -> list[list[Any] | str]:

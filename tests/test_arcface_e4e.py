@@ -86,10 +86,11 @@ def test_a_real_photo_and_the_same_pixels_from_the_generator_embed_identically(a
     torch.testing.assert_close(arcface(real), arcface(generated))
 
 
-def test_arcface_brings_any_size_to_256_before_cropping(arcface: ArcFace) -> None:
-    faces = random_faces(1, size=256)
-    doubled = CanonicalImages(faces.tensor.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
-    torch.testing.assert_close(arcface(doubled), arcface(faces), rtol=1e-5, atol=1e-5)
+def test_arcface_brings_any_size_to_256_by_antialiased_bilinear_resizing_before_cropping(arcface: ArcFace) -> None:
+    large = random_faces(1, size=1024)
+    # the reference's transforms.Resize(256, antialias=True) on a tensor is this call
+    at_256 = CanonicalImages(torch.nn.functional.interpolate(large.tensor, size=(256, 256), mode="bilinear", antialias=True))
+    torch.testing.assert_close(arcface(large), arcface(at_256), rtol=1e-5, atol=1e-5)
 
 
 def test_arcface_sees_only_the_inner_face_crop_of_a_256_pixel_face(arcface: ArcFace) -> None:

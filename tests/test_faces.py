@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from anonymize.faces.align import align_face, ffhq_quad, transform_points, whole_image_as_face
-from anonymize.faces.paste import paste_back, region_mask, replace_whole
+from anonymize.faces.paste import Region, paste_back, paste_face, region_mask, replace_whole
 from anonymize.faces.types import eye_and_mouth_points
 
 
@@ -83,12 +83,15 @@ def test_paste_back_changes_only_the_masked_face_region():
     assert np.array_equal(result[~changed], image[~changed])
 
 
-def test_paste_back_accepts_a_crop_of_another_resolution():
+def test_paste_face_takes_a_crop_of_another_resolution_at_its_own_resolution():
     image = textured_image()
     aligned = align_face(image, five_points((200, 150), (260, 150), (205, 210), (255, 210)), 64)
-    result = paste_back(image, np.zeros((256, 256, 3), np.uint8), aligned.matrix, region_mask(64))
+    black = np.zeros((256, 256, 3), np.uint8)
+    result = paste_face(image, black, aligned, Region("ellipse"))
     assert result.shape == image.shape
-    assert result[170, 230].sum() < image[170, 230].sum() or image[170, 230].sum() == 0
+    assert np.all(result[170, 230] == 0)  # the face centre comes from the crop
+    with pytest.raises(ValueError, match="same size"):
+        paste_back(image, black, aligned.matrix, region_mask(64))
 
 
 def test_face_partly_outside_the_photo_is_pasted_without_error():

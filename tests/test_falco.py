@@ -107,20 +107,56 @@ def test_unique_pairs_give_every_face_its_own_fake_across_calls_best_match_first
     bank = rng.normal(size=(30, 8)).astype(np.float32)
     pairer = FakePairer(bank)
     same_face = np.repeat(bank[7:8] + 0.01, 4, axis=0)  # four faces that all want fake 7
-    first = pairer.pair(same_face, unique=True)
-    second = pairer.pair(same_face, unique=True)
+    first_keys, second_keys = [f"a#{i}" for i in range(4)], [f"b#{i}" for i in range(4)]
+    first = pairer.pair(same_face, unique=True, keys=first_keys)
+    pairer.reserve(first_keys, first)
+    second = pairer.pair(same_face, unique=True, keys=second_keys)
     indices = [pair.fake_index for pair in first + second]
     assert len(set(indices)) == 8
     assert first[0].fake_index == 7
     assert [pair.similarity for pair in first] == sorted((pair.similarity for pair in first), reverse=True)
+    pairer.reserve(second_keys, second)
     with pytest.raises(PairingError, match="raise bank_size"):
         pairer.pair(rng.normal(size=(23, 8)).astype(np.float32), unique=True)
 
 
+def test_unique_pairs_reserve_nothing_until_the_batch_succeeds_and_a_retried_face_keeps_its_fake():
+    rng = np.random.default_rng(2)
+    bank = rng.normal(size=(30, 8)).astype(np.float32)
+    pairer = FakePairer(bank)
+    queries = bank[[3, 9]] + 0.01
+    keys = ["x.jpg#0", "x.jpg#1"]
+    tentative = pairer.pair(queries, unique=True, keys=keys)
+    assert pairer.used == set()  # the batch failed before reserve(): no fake is burnt
+    assert pairer.pair(queries, unique=True, keys=keys) == tentative
+    pairer.reserve(keys, tentative)
+    assert pairer.used == {3, 9}
+    again = pairer.pair(queries, unique=True, keys=keys)  # the same faces, retried image by image
+    assert again == tentative
+    pairer.reserve(keys, again)
+    assert pairer.used == {3, 9}  # nothing burnt by the retry
+    other = pairer.pair(queries, unique=True, keys=["y.jpg#0", "y.jpg#1"])
+    assert {pair.fake_index for pair in other}.isdisjoint({3, 9})
+
+
 def test_unique_pairs_hold_over_a_whole_run_of_batches(make_method, faces):
     method = make_method(unique_pairs="true", steps="0")
-    results = method.anonymize(faces) + method.anonymize(faces)
+    renamed = [FaceCrop(face.image, face.landmarks, face.key + "-second") for face in faces]
+    results = method.anonymize(faces) + method.anonymize(renamed)
     assert len({face.metrics["fake_index"] for face in results}) == 2 * len(faces)
+
+
+def test_a_failed_falco_batch_reserves_no_fake(make_method, faces, monkeypatch):
+    method = make_method(unique_pairs="true", steps="0")
+    method.ensure_bank()
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("anonymize.methods.falco.method.optimise_latents", failing)
+    with pytest.raises(RuntimeError):
+        method.anonymize(faces)
+    assert method.pairer.used == set()
 
 
 def test_the_bank_is_built_once_then_served_from_the_cache(make_method, monkeypatch):
@@ -146,8 +182,13 @@ def test_a_larger_bank_starts_with_the_smaller_banks_fakes():
     assert not torch.equal(rows[:40], torch.cat(list(sample_z(seed=4, size=40, z_dim=4))))
 
 
-def test_the_default_bank_size_is_ten_fakes_per_face_and_at_least_ten_thousand():
-    assert default_bank_size(None) == 10_000 and default_bank_size(500) == 10_000 and default_bank_size(2_000) == 20_000
+def test_the_automatic_bank_size_does_not_depend_on_the_run(tiny_weights, tmp_path):
+    def bank_size(expected_faces: int | None) -> int:
+        context = MethodContext(tiny_weights.store(), output_dir=tmp_path, expected_faces=expected_faces)
+        return FalcoMethod(context, {"steps": "0"}).bank_key.size
+
+    # a full run of 5000 images, the same run resumed with 10 left, a --limit 3 run: one bank
+    assert bank_size(5000) == bank_size(10) == bank_size(3) == bank_size(None) == default_bank_size() == 10_000
 
 
 def test_the_bank_key_depends_on_generator_farl_seed_psi_and_size():

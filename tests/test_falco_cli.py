@@ -1,8 +1,8 @@
 """`anonymize run --method falco` and `anonymize bank build` end to end, on the tiny networks.
 
-Aligned CelebA photos (the whole image is replaced by the generated face, as in the paper) and
-web portraits (the generated face is pasted back) from ../shared; few optimisation steps and a
-small fake bank keep each run to seconds.
+Aligned CelebA photos (cropped FFHQ-style from the landmarks, the generated square pasted back
+into the 178 x 218 frame) and web portraits (the generated face pasted back) from ../shared; few
+optimisation steps and a small fake bank keep each run to seconds.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +21,11 @@ from typer.testing import CliRunner
 import anonymize.cli.bank  # noqa: F401  (attaches `bank` to the app)
 import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
 from anonymize.cli import app
+from anonymize.faces.align import align_face, ffhq_quad
+from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.manifest import read_manifest
 from anonymize.methods.falco.bank import bank_dir
+from anonymize.weights import WeightsStore
 
 FAST = ["--method", "falco", "--device", "cpu", "-p", "steps=3", "-p", "bank_size=40", "--json"]
 FALCO_COLUMNS = ("fake_index", "pairing_similarity", "id_cos_before", "id_cos_after", "id_margin_gap",
@@ -44,7 +48,7 @@ def celeba_subset(shared_dir: Path, tmp_path: Path) -> Path:
     return source
 
 
-def test_falco_on_aligned_celeba_replaces_every_image_fills_the_manifest_and_resumes(tiny_env, celeba_subset, tmp_path):
+def test_falco_on_aligned_celeba_pastes_the_square_back_fills_the_manifest_and_resumes(tiny_env, celeba_subset, tmp_path):
     out = tmp_path / "out"
     result = cli("run", celeba_subset, "--out", out, "--aligned", "--margin", "0.2", "--save-latents", *FAST)
     assert result.exit_code == 0, result.output
@@ -59,8 +63,14 @@ def test_falco_on_aligned_celeba_replaces_every_image_fills_the_manifest_and_res
         assert (out / row["latent_path"]).is_file()
         source = Image.open(celeba_subset / row["source_path"])
         written = Image.open(out / row["output_path"])
-        assert written.size == source.size  # the generated face, brought to the photo's size
-        assert np.abs(np.asarray(written, float) - np.asarray(source, float)).mean() > 10
+        assert written.size == source.size  # the generated square, pasted back into the photo's frame
+        difference = np.abs(np.asarray(written, float) - np.asarray(source, float))
+        assert difference[60:180, 40:140].mean() > 10  # the face was regenerated
+        square = ffhq_quad(np.reshape(row["landmarks"], (-1, 2)))  # from the face's landmarks, recorded
+        inside = np.zeros(difference.shape[:2], np.uint8)
+        cv2.fillConvexPoly(inside, np.round(square).astype(np.int32), 1)
+        outside = cv2.dilate(inside, np.ones((5, 5), np.uint8)) == 0
+        assert outside.mean() > 0.1 and difference[outside].mean() < 3  # outside the square: only JPEG re-encoding
     assert set(json.loads(metadata["weights_sha256"])) >= {"e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce"}
     assert json.loads(metadata["method_params"])["bank"]["size"] == 40
 
@@ -126,3 +136,29 @@ def test_the_bank_command_offers_the_registrys_generators_and_falcos_psi():
     from anonymize.models.registry import GENERATORS
 
     assert tuple(choice.value for choice in Generator) == GENERATORS and DEFAULT_PSI == BANK_PSI
+
+
+def test_falco_on_ffhq_framed_squares_replaces_the_whole_image(tiny_env, shared_dir, tmp_path):
+    source = tmp_path / "ffhq"
+    source.mkdir()
+    photo = np.asarray(Image.open(shared_dir / "data" / "portraits" / "obama_1.jpg").convert("RGB"))
+    detector = create_detector("dlib-hog", WeightsStore(tiny_env.weights_dir), DetectorSettings())
+    Image.fromarray(align_face(photo, detector.detect(photo)[0].landmarks, 300).crop).save(source / "ffhq.png")
+    out = tmp_path / "out"
+    result = cli("run", source, "--out", out, "--aligned", "--detector", "dlib-hog", *FAST)
+    assert result.exit_code == 0, result.output
+    original = np.asarray(Image.open(source / "ffhq.png"), float)
+    written = np.asarray(Image.open(out / "ffhq.png"), float)
+    assert written.shape == original.shape
+    assert np.abs(written - original).max(axis=2)[:20].mean() > 10  # even the corners are generated
+
+
+def test_region_and_deterministic_options_reach_the_run(tiny_env, celeba_subset, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", celeba_subset, "--out", out, "--aligned-ffhq", "--region", "ellipse", "--deterministic", "--limit", "1", *FAST)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["errors"] == 1 and "--aligned ffhq expects square" in summary["error_messages"][0]  # CelebA is not square
+    arguments = json.loads(read_manifest(out / "manifest.parquet")[1]["arguments"])
+    assert arguments["region"] == "ellipse" and arguments["deterministic"] is True
+    assert arguments["aligned"] is True and arguments["aligned_framing"] == "ffhq"

@@ -40,6 +40,7 @@ class OnError(str, Enum):
 class Region(str, Enum):
     ellipse = "ellipse"
     hull = "hull"
+    crop = "crop"
 
 
 class RichProgress(PipelineProgress):
@@ -154,7 +155,8 @@ def run_command(
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
     detector: DetectorName = typer.Option("auto", help="Face detector. auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
-    aligned: bool = typer.Option(False, "--aligned", help="Inputs are already aligned face crops (CelebA, FFHQ): no detection."),
+    aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops): no face search; cropped FFHQ-style from its landmarks (CelebA template if none) and pasted back; FFHQ-framed squares are used whole."),
+    aligned_ffhq: bool = typer.Option(False, "--aligned-ffhq", help="Like --aligned, but every input is an FFHQ-framed square (FFHQ, CelebA-HQ): used whole, no landmarks."),
     min_face: int = typer.Option(0, min=0, help="Ignore faces smaller than this many pixels."),
     det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
     recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds: fewer missed faces, more false positives (README, Detection)."),
@@ -168,8 +170,9 @@ def run_command(
     limit: Optional[int] = typer.Option(None, min=1, help="Process at most N images."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, report, write nothing."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, help="JPEG output quality."),
-    region: Region = typer.Option("ellipse", help="Face region pasted back: an ellipse or the landmark hull."),
+    region: Optional[Region] = typer.Option(None, help="Region pasted back: ellipse (face ellipse + detected box down to the chin; default of blur, pixelate, mask), crop (the whole aligned square, feathered; default of falco) or hull (landmark outline)."),
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices (slower)."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
     manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet); never inside the input folder."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
@@ -190,7 +193,8 @@ def run_command(
         margin=margin if margin is not None else 0.0,
         detector=detector.value,
         weights_dir=weights_dir,
-        aligned=aligned,
+        aligned=aligned or aligned_ffhq,
+        aligned_framing="ffhq" if aligned_ffhq else "auto",
         min_face=min_face,
         det_threshold=det_threshold,
         recall_first=recall_first,
@@ -204,9 +208,10 @@ def run_command(
         limit=limit,
         dry_run=dry_run,
         jpeg_quality=jpeg_quality,
-        region=region.value,
+        region=region.value if region is not None else None,
         region_scale=region_scale,
         identity_metric=identity_metric,
+        deterministic=deterministic,
         manifest_path=manifest,
         max_pixels=max_pixels,
         copy_other=copy_other,

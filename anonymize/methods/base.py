@@ -38,7 +38,7 @@ class FaceCrop:
 
 @dataclass
 class AnonymizedFace:
-    crop: np.ndarray  # square uint8 RGB, any size (pasted back scaled to the alignment)
+    crop: np.ndarray  # square uint8 RGB, any size (pasted back at its own resolution)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
 
 
@@ -61,9 +61,13 @@ class Method(ABC):
 
     name: ClassVar[str]
     crop_size: ClassVar[int] = 256
-    # With --aligned input, True replaces the whole image by the output crop (FALCO, as in the paper);
-    # False pastes the face region back and keeps the background.
+    # With FFHQ-framed input (--aligned on FFHQ or CelebA-HQ, or --aligned ffhq), True replaces the
+    # whole image by the output crop (FALCO, as in the paper); False pastes the face region back.
     replaces_aligned_image: ClassVar[bool] = False
+    # The region pasted back unless --region says otherwise: "ellipse" (face ellipse united with the
+    # detected box down to the chin) suits filters of the original face; generative methods, whose
+    # output is a whole new head, take "crop" (see anonymize.faces.paste).
+    default_region: ClassVar[str] = "ellipse"
 
     @dataclass(frozen=True)
     class Params:

@@ -13,10 +13,10 @@ Widths, unit count, the final map side (7) and hence the input side (7 * 2^stage
 the tensors, so tiny test networks load through the same code.
 
 Preprocessing (:func:`arcface_input`) follows the pSp / e4e / FALCO ID loss for 256 x 256 FFHQ-aligned
-faces in [-1, 1]: take rows 35..222 and columns 32..219 (the inner face), then adaptive-average-pool
-that 188 x 188 crop to the network's input side. Other sizes are first brought to 256 x 256 (area
-averaging when shrinking, as pSp's face pool; FALCO uses an antialiased bilinear resize there, a
-negligible difference). It is the only way into the network and it only accepts
+faces in [-1, 1]: bring the face to 256 x 256 (antialiased bilinear, the reference's
+``Resize(256, antialias=True)``), take rows 35..222 and columns 32..219 (the inner face), then
+adaptive-average-pool that 188 x 188 crop to the network's input side (the reference's ``face_pool``).
+It is the only way into the network and it only accepts
 :class:`CanonicalImages`, so real and generated faces cannot be fed in different ranges.
 """
 
@@ -44,7 +44,7 @@ def arcface_input(images: CanonicalImages, input_size: int) -> torch.Tensor:
     """The inner-face crop of an aligned face, pooled to the network's input side."""
     reference = images.resized(FACE_REFERENCE_SIZE).tensor
     crop = reference[:, :, FACE_CROP_ROWS, FACE_CROP_COLS]
-    return CanonicalImages(crop).resized(input_size).tensor
+    return CanonicalImages(crop).pooled(input_size).tensor
 
 
 class ArcFace(IRTrunk):

@@ -24,7 +24,8 @@ Width, patch size, grid, depth and embedding size are read off those shapes (hea
 as CLIP builds it), so a narrow two-layer test checkpoint loads through the same code.
 
 Preprocessing is part of the encoder so a real crop and a generator output can never be fed
-differently: [-1, 1] → resize to the checkpoint's input size (224) → [0, 1] → CLIP mean/std.
+differently: [-1, 1] → antialiased bilinear resize to the checkpoint's input size (224, the reference's
+``Resize(224, antialias=True)``) → [0, 1] → CLIP mean/std.
 (The FALCO reference normalises with CLIP's statistics when it pairs faces but skips the
 normalisation inside its attribute loss; one preprocessing for both is deliberate here.)
 """

@@ -38,8 +38,9 @@ from anonymize.models.stylegan2 import StyleGAN2Generator
 BANK_DIR_NAME = "banks"
 BANK_FORMAT = 1
 Z_CHUNK = 1000
-MIN_BANK_SIZE = 10_000
-FAKES_PER_FACE = 10
+# The automatic size is a constant: a bank sized from the run's file count would differ between a
+# full run, a resumed run and a --limit run, and so would every face's nearest fake.
+DEFAULT_BANK_SIZE = 10_000
 DEFAULT_PSI = 0.7
 CPU_BUILD_BATCH = 8  # a 1024 px render holds ~0.5 GB of activations per face on the way
 CUDA_BUILD_BATCH = 64
@@ -84,9 +85,9 @@ class FakeBank:
     path: Path  # the file it was read from (may hold more rows than key.size)
 
 
-def default_bank_size(expected_faces: int | None) -> int:
-    """max(10 x faces, 10000): enough fakes that the nearest one is close, as in FALCO."""
-    return max(FAKES_PER_FACE * (expected_faces or 0), MIN_BANK_SIZE)
+def default_bank_size() -> int:
+    """The bank size when ``bank_size`` is not given: the same for every run (see DEFAULT_BANK_SIZE)."""
+    return DEFAULT_BANK_SIZE
 
 
 def default_build_batch_size(device: torch.device | str) -> int:

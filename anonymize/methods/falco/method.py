@@ -3,17 +3,28 @@
 Per batch of aligned 256 px crops: FaRL CLS features and ArcFace identities of the real faces, e4e
 inversion into W+, nearest fake in the bank (:mod:`.pairing`), mixed starting code, and the
 batched optimisation of :mod:`.optimize`. The output crop is the generated face at the
-generator's resolution; with ``--aligned`` the pipeline lets it replace the whole image, as the
-paper does, and otherwise pastes it back with a soft mask.
+generator's resolution; the pipeline pastes it back at that resolution, by default the whole
+aligned square (``default_region = "crop"``), and lets it replace the whole image only when the
+input is FFHQ-framed (FFHQ, CelebA-HQ), as the paper does.
 
 Everything that can fail for lack of weights fails in the constructor, before the pipeline writes
 anything: every artefact is checked first and all problems are reported in one WeightsError. The
 fake bank is loaded (or built and cached) on the first batch, so dry runs never build one.
 
-Seeds: the run seed selects the fake bank (z is drawn from it); nothing else in the method is
-random (constant noise maps, deterministic initialisation, Adam), so a face's result depends only
-on the seed, the weights, the options and the face itself, not on how faces are batched. The
-manifest's ``seed`` column records that run seed.
+Reproducibility. The run seed selects the fake bank (z is drawn from it; the bank's size is fixed,
+not derived from the run, so a resumed or ``--limit`` run uses the same bank); nothing else in the
+method is random (constant noise maps, deterministic initialisation, Adam). So a face's result is a
+function of the seed, the weights, the options and the face itself, with these exceptions:
+
+- ``unique_pairs``: a face's fake is the nearest one not reserved by faces paired before it, so it
+  depends on the order of the run (fakes are reserved only once a batch succeeds, and a face paired
+  again gives back its earlier fake, so failures and retries burn none);
+- floating point: faces batched together run through batched kernels whose sums may round
+  differently from batch 1 (about 1e-6 relative); on CUDA, cuDNN's algorithm choice and TF32 add
+  run-to-run differences unless ``--deterministic`` is given, which makes a CUDA run with the same
+  batching bit-stable (at some cost in speed). CPU runs are bit-stable as they are.
+
+The manifest's ``seed`` column records the run seed.
 """
 
 from __future__ import annotations
@@ -80,6 +91,7 @@ class FalcoMethod(Method):
     name = "falco"
     crop_size = 256
     replaces_aligned_image = True
+    default_region = "crop"  # a generated face brings its own hair, ears and jaw: paste the whole square
 
     @dataclass(frozen=True)
     class Params:
@@ -89,7 +101,7 @@ class FalcoMethod(Method):
         lambda_id: float = 10.0
         lambda_attr: float = 0.1
         trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)  # W+ layers taken from the fake and optimised
-        bank_size: int = 0  # 0: max(10 x expected faces, 10000)
+        bank_size: int = 0  # 0: DEFAULT_BANK_SIZE (10000), whatever the run's size
         psi: float = DEFAULT_PSI  # truncation of the fake bank's W codes
         unique_pairs: bool = False  # every face of the run gets a different fake
         save_latents: bool = False  # write each final W+ code under <out>/.anonymize/latents/
@@ -133,7 +145,7 @@ class FalcoMethod(Method):
             generator_sha256=self.sha256[generator_artefact(self.params.generator)],
             farl_sha256=self.sha256[artefact_of("farl")],
             seed=context.seed,
-            size=self.params.bank_size or default_bank_size(context.expected_faces),
+            size=self.params.bank_size or default_bank_size(),
             psi=self.params.psi,
         )
         self.settings = OptimSettings(self.params.steps, self.params.lr, self.params.lr_gamma, self.params.lambda_id,
@@ -192,8 +204,9 @@ class FalcoMethod(Method):
             real_ws = self.models.encoder(real).float()
             query = networks.farl(real).cls.float().cpu().numpy()
         targets = real_targets(real, networks, self.params.bf16)
+        keys = [face.key for face in faces]
         try:
-            pairs = self.pairer.pair(query, unique=self.params.unique_pairs)
+            pairs = self.pairer.pair(query, unique=self.params.unique_pairs, keys=keys)
         except PairingError as exc:
             raise MethodError(f"method 'falco': {exc}") from exc
         fake_ws = torch.from_numpy(bank.ws[[pair.fake_index for pair in pairs]]).to(self.device)
@@ -216,6 +229,8 @@ class FalcoMethod(Method):
                 "latent_path": latent_path,
             }
             outputs.append(AnonymizedFace(crops[i], metrics))
+        if self.params.unique_pairs:
+            self.pairer.reserve(keys, pairs)  # only now that the whole batch has succeeded
         return outputs
 
     def _save_latent(self, key: str, code: torch.Tensor) -> str:

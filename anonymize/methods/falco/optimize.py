@@ -5,14 +5,18 @@ middle resolutions that carry identity) come from its paired fake, every other l
 inversion of the real face. Only the trainable layers change; the others are never written to,
 so they stay bitwise equal to the inversion. The loss of face i is
 
-    lambda_id * |cos(ArcFace(G(w_i)), ArcFace(x_i)) - m| + lambda_attr * mean |FaRL_tok(G(w_i)) - FaRL_tok(x_i)|
+    lambda_id * |cos(ArcFace(G(w_i)), ArcFace(x_i)) - m|  +  lambda_attr * sum_t mean_c |F_tc(G(w_i)) - F_tc(x_i)|
 
-where the FaRL term averages the L1 distance over all tokens (CLS and patches) and channels of the
-last transformer block. (The reference sums the per-token means instead, a factor of 1 + patches,
-197 at ViT-B/16, larger; ``lambda_attr = 19.7`` reproduces its weighting.) Both images go through
-the same networks and the same preprocessing (:class:`CanonicalImages`). The reference's ID loss
-keeps only the last face of a batch (its loop overwrites instead of adding) and divides by the batch
-size, which is harmless only at batch 1, the size it runs at; here every face has its own loss.
+where F_tc is channel c of token t of FaRL's last transformer block (before ``ln_post``), for all
+197 tokens at ViT-B/16 (CLS + 196 patches): the L1 distance is averaged over channels and summed
+over tokens, exactly as the reference's ``AttrLoss`` (one ``nn.L1Loss`` per token, added up), so
+``lambda_attr = 0.1`` weighs it as the paper's and the reference's 0.1 does. Both images go through
+the same networks and the same preprocessing (:class:`CanonicalImages`).
+
+The reference averages both terms over the faces of its batch (its ID loss adds the per-face terms
+at HEAD and divides by the batch size; before commit ad08224 the loop overwrote instead of adding),
+and runs at batch 1. Here the per-face losses are summed instead, so each face's gradient is the one
+it would get alone; Adam is invariant to that constant factor (up to its epsilon).
 
 Batching: the per-face losses are summed, and no network mixes faces (frozen BatchNorm, per-sample
 modulated convolutions, per-image attention), so the gradient reaching face i's code is exactly the
@@ -21,8 +25,9 @@ follow alone, up to floating-point differences between batched and single kernel
 ``lr`` and multiplies it by ``lr_gamma`` at 75% and 90% of the steps, as FALCO's MultiStepLR does.
 
 Mixed precision (``bf16``, CUDA only): the three networks run under bf16 autocast for both the
-generated and the real side; embeddings and tokens are cast to float32 before the loss, and the
-codes and Adam state stay float32. Its effect on the loss is not measured yet (no GPU was available
+generated and the real side during the optimisation; embeddings and tokens are cast to float32
+before the loss, and the codes and Adam state stay float32. The final image, the one written out,
+is rendered from the final codes in float32, as are the final metrics. Its effect on the loss is not measured yet (no GPU was available
 when this was written): ``python -m benchmarks.falco --device cuda`` prints, for each batch size, the
 mean loss at the start and after the timed steps with and without bf16 from the same codes.
 """
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -121,9 +126,14 @@ def face_losses(images: CanonicalImages, targets: Targets, networks: LossNetwork
         identity = networks.arcface(images)
         tokens = networks.farl(images).tokens
     cosine = F.cosine_similarity(identity.float(), targets.identity, dim=1)
-    attribute = (tokens.float() - targets.tokens).abs().mean(dim=(1, 2))
+    attribute = attribute_loss(tokens.float(), targets.tokens)
     total = settings.lambda_id * (cosine - settings.margin).abs() + settings.lambda_attr * attribute
     return total, cosine, attribute
+
+
+def attribute_loss(tokens: Tensor, target_tokens: Tensor) -> Tensor:
+    """Per-face FALCO attribute loss from [B, T, C] tokens: mean L1 over channels, summed over tokens."""
+    return (tokens - target_tokens).abs().mean(dim=2).sum(dim=1)
 
 
 def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool) -> CanonicalImages:
@@ -152,10 +162,11 @@ def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], target
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()
+    full_precision = replace(settings, bf16=False)
     with torch.no_grad():
         final_ws = frozen.index_copy(1, layers, trainable.detach())
-        images = render(networks.generator, final_ws, settings.bf16)
-        losses, cosine, attribute = face_losses(images, targets, networks, settings)
+        images = render(networks.generator, final_ws, bf16=False)  # the written face: float32 even under bf16
+        losses, cosine, attribute = face_losses(images, targets, networks, full_precision)
     history.append(losses)
     if id_start is None:  # zero steps: the start is the end
         id_start, attr_start = cosine, attribute

@@ -5,14 +5,19 @@ cosine similarity. The index lives on the GPU when the run does and faiss was bu
 support, on the CPU otherwise; both are exact, so they pick the same fakes.
 
 With ``unique=True`` no fake is used twice in the whole run, however the faces are split into
-batches: the pairer remembers the fakes it has handed out. For a batch of B faces it asks each
-face for its ``used + B`` nearest fakes, which leaves every face at least B unused candidates, and
-then assigns greedily, best similarity first (ties broken by face order, then fake index), so the
-result is deterministic and each face gets its nearest fake not taken by a closer pair.
+batches: the pairer remembers the fakes reserved for earlier faces. For a batch of B faces it asks
+each face for its ``used + B`` nearest fakes, which leaves every face at least B unused candidates,
+and then assigns greedily, best similarity first (ties broken by face order, then fake index), so
+the result is deterministic and each face gets its nearest fake not taken by a closer pair.
+Pairing reserves nothing: the caller :meth:`FakePairer.reserve` s the pairs once the batch has
+succeeded, under each face's key, so a failed batch burns no fake, and a face paired again (a
+failed batch retried image by image) first gives back what it held. A face's unique fake does
+depend on the faces reserved before it, hence on the order of the run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import faiss
@@ -49,7 +54,7 @@ class FakePairer:
 
     features: np.ndarray
     use_gpu: bool = False
-    used: set[int] = field(default_factory=set)
+    holders: dict[int, str] = field(default_factory=dict)  # reserved fake -> the face key holding it
 
     def __post_init__(self) -> None:
         self.features = _normalised(self.features)
@@ -59,6 +64,21 @@ class FakePairer:
         if self.use_gpu and faiss_gpu_available():
             self._gpu_resources = faiss.StandardGpuResources()
             self.gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.cpu_index)
+
+    @property
+    def used(self) -> set[int]:
+        return set(self.holders)
+
+    def reserve(self, keys: Sequence[str], pairs: Sequence[Pair]) -> None:
+        """Mark each pair's fake as taken by its face (after the face's batch succeeded)."""
+        self.release(keys)
+        for key, pair in zip(keys, pairs):
+            self.holders[pair.fake_index] = key
+
+    def release(self, keys: Sequence[str]) -> None:
+        """Give back the fakes these faces held (they are being paired again)."""
+        wanted = set(keys)
+        self.holders = {fake: key for fake, key in self.holders.items() if key not in wanted}
 
     @property
     def size(self) -> int:
@@ -71,26 +91,28 @@ class FakePairer:
         similarities, indices = index.search(_normalised(queries), k)
         return similarities, indices
 
-    def pair(self, queries: np.ndarray, unique: bool = False) -> list[Pair]:
-        """The chosen fake of each query (one row per real face)."""
+    def pair(self, queries: np.ndarray, unique: bool = False, keys: Sequence[str] = ()) -> list[Pair]:
+        """The chosen fake of each query (one row per real face); with ``unique``, among the fakes
+        not reserved by other faces than ``keys`` (the faces being paired)."""
         if len(queries) == 0:
             return []
         if not unique:
             similarities, indices = self.search(queries, 1)
             return [Pair(int(i), float(s)) for s, i in zip(similarities[:, 0], indices[:, 0])]
-        return self._pair_unique(queries)
+        wanted = set(keys)
+        return self._pair_unique(queries, {fake for fake, key in self.holders.items() if key not in wanted})
 
-    def _pair_unique(self, queries: np.ndarray) -> list[Pair]:
+    def _pair_unique(self, queries: np.ndarray, used: set[int]) -> list[Pair]:
         count = len(queries)
-        if len(self.used) + count > self.size:
+        if len(used) + count > self.size:
             raise PairingError(
-                f"unique pairs: the fake bank has {self.size} faces, {len(self.used)} already used, "
+                f"unique pairs: the fake bank has {self.size} faces, {len(used)} already used, "
                 f"and {count} more are needed; raise bank_size"
             )
-        similarities, indices = self.search(queries, len(self.used) + count)
+        similarities, indices = self.search(queries, len(used) + count)
         rows = np.repeat(np.arange(count), indices.shape[1])
         fakes, sims = indices.reshape(-1), similarities.reshape(-1)
-        keep = (fakes >= 0) & ~np.isin(fakes, np.fromiter(self.used, dtype=np.int64, count=len(self.used)))
+        keep = (fakes >= 0) & ~np.isin(fakes, np.fromiter(used, dtype=np.int64, count=len(used)))
         rows, fakes, sims = rows[keep], fakes[keep], sims[keep]
         order = np.lexsort((fakes, rows, -sims))  # best similarity first, then face, then fake
         chosen: dict[int, Pair] = {}
@@ -103,5 +125,4 @@ class FakePairer:
             taken.add(fake)
             if len(chosen) == count:
                 break
-        self.used |= taken
         return [chosen[row] for row in range(count)]
