@@ -11,7 +11,12 @@ at the start and the end of the run (the same codes and targets with and without
 rows of a batch show what bf16 does to the loss). ``saved_gib_per_face`` is what autograd keeps
 for the backward pass of one face (the bulk of an optimisation's memory), counted with
 saved-tensor hooks; it sizes FALCO's default batch.
-``python -m benchmarks.falco --device cpu|cuda [--batch-sizes 1 4 8]``
+
+The ``reference way`` row (on CUDA, or with ``--reference``) is the side-by-side baseline: the
+same steps as the authors' ``anonymize.py`` runs them, one face at a time in float32, the real
+face's ArcFace and FaRL features recomputed at every step, the loss averaged over the batch of one.
+``--deterministic`` times everything under :func:`anonymize.models.determinism.use_deterministic_algorithms`.
+``python -m benchmarks.falco --device cpu|cuda [--batch-sizes 1 4 8] [--reference] [--deterministic]``
 """
 
 from __future__ import annotations
@@ -92,7 +97,35 @@ def time_optimisation(networks: real_size.RealSizeNetworks, batch: int, device: 
     return row
 
 
-def run(device: str, batch_sizes: tuple[int, ...] | None = None) -> list[dict[str, object]]:
+def time_reference_way(networks: real_size.RealSizeNetworks, device: str, runs: tuple[int, int]) -> dict[str, object]:
+    """Seconds per face for the reference's loop: batch 1, float32, real features recomputed every step."""
+    real, initial = _inputs(networks, 1, device)
+    layers = torch.as_tensor(TRAINABLE_LAYERS, device=initial.device)
+    timings = []
+    for steps in runs:
+        trainable = initial.index_select(1, layers).clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([trainable], lr=OptimSettings().lr)
+        real_size.synchronize(device)
+        started = time.perf_counter()
+        for _ in range(steps):
+            images = render(networks.losses.generator, initial.index_copy(1, layers, trainable), bf16=False)
+            targets = real_targets(real, networks.losses)  # the reference extracts y's features inside each loss call
+            losses, _, _ = face_losses(images, targets, networks.losses, OptimSettings())
+            optimizer.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            optimizer.step()
+        with torch.no_grad():
+            render(networks.losses.generator, initial.index_copy(1, layers, trainable.detach()), bf16=False)
+        real_size.synchronize(device)
+        timings.append(time.perf_counter() - started)
+    per_step = (timings[1] - timings[0]) / (runs[1] - runs[0])
+    fixed = max(timings[0] - runs[0] * per_step, 0.0)
+    return {"device": device, "batch": "reference way", "bf16": False, "steps_timed": f"{runs[0]}, {runs[1]}",
+            "s_per_face_per_step": round(per_step, 4),
+            f"s_per_face_{FULL_STEPS}_steps": round(fixed + FULL_STEPS * per_step, 3)}
+
+
+def run(device: str, batch_sizes: tuple[int, ...] | None = None, reference: bool | None = None) -> list[dict[str, object]]:
     networks = real_size.build(device)
     cuda = device == "cuda"
     batch_sizes = batch_sizes or (CUDA_BATCHES if cuda else CPU_BATCHES)
@@ -104,6 +137,8 @@ def run(device: str, batch_sizes: tuple[int, ...] | None = None) -> list[dict[st
             row = time_optimisation(networks, batch, device, bf16, runs)
             row["saved_gib_per_face"] = round(saved / 2**30, 2)
             rows.append(row)
+    if cuda if reference is None else reference:
+        rows.append(time_reference_way(networks, device, runs))
     return rows
 
 
@@ -111,8 +146,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=None)
+    parser.add_argument("--reference", action="store_true", default=None, help="add the reference-way row on CPU too")
+    parser.add_argument("--deterministic", action="store_true", help="deterministic algorithms, no TF32 (--deterministic runs)")
     args = parser.parse_args()
-    rows = run(args.device, tuple(args.batch_sizes) if args.batch_sizes else None)
+    if args.deterministic:
+        from anonymize.models.determinism import use_deterministic_algorithms
+
+        use_deterministic_algorithms()
+    rows = run(args.device, tuple(args.batch_sizes) if args.batch_sizes else None, args.reference)
     print_table(f"FALCO optimisation at 1024 px, real-size networks, random weights ({args.device})", rows)
 
 
