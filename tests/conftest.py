@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from anonymize.weights import Artifact, WeightsStore, read_lock
+from tests.tiny.facenet import FACENET_CLASSES, write_random_alexnet_features, write_random_facenet, write_random_fid_inception
 from tests.tiny.farl import write_tiny_farl
 from tests.tiny.irse import write_tiny_arcface, write_tiny_e4e
 from tests.tiny.stylegan2 import write_tiny_genforce
@@ -152,6 +153,40 @@ def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> TinyWeights:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(SHARED_RETINAFACE, target)
     return tiny
+
+
+@dataclass(frozen=True)
+class AuditStandIn:
+    artefact: str
+    write: Callable[[Path], object]
+
+
+AUDIT_STAND_INS = (
+    AuditStandIn("facenet_casia_webface", lambda path: write_random_facenet(path, FACENET_CLASSES["casia-webface"], TINY_SEED)),
+    AuditStandIn("facenet_vggface2", lambda path: write_random_facenet(path, FACENET_CLASSES["vggface2"], TINY_SEED + 1)),
+    AuditStandIn("torchvision_alexnet", lambda path: write_random_alexnet_features(path, TINY_SEED)),
+    AuditStandIn("inception_fid", lambda path: write_random_fid_inception(path, TINY_SEED)),
+)
+
+
+@pytest.fixture(scope="session")
+def audit_weights(tiny_weights: TinyWeights) -> TinyWeights:
+    """The tiny weights plus random FaceNet, AlexNet (LPIPS) and Inception (FID) stand-ins, each pinned by its
+    hash in an extended test lock (the real lock publishes no hash for FaceNet or AlexNet), with LPIPS's heads
+    from the lpips wheel as in the real lock; the FaRL Fréchet proxy runs on the tiny FaRL."""
+    real = read_lock(REPO_LOCK)
+    store = tiny_weights.store()
+    entries = [_copied_entry(real["lpips_alex_linear"])]
+    for spec in AUDIT_STAND_INS:
+        artifact = real[spec.artefact]
+        target = store.root / artifact.filename
+        spec.write(target)
+        entries.append(f"[artifacts.{_toml(spec.artefact)}]\nfilename = {_toml(artifact.filename)}\n"
+                       f"url = {_toml(UNREACHABLE + '/' + Path(artifact.filename).name)}\nsha256 = {_toml(_sha256(target))}\n"
+                       f'license = "test"\nused_by = ["audit"]')
+    lock_path = tiny_weights.lock_path.with_name("audit-weights.lock")
+    lock_path.write_text(tiny_weights.lock_path.read_text(encoding="utf-8") + "\n" + "\n\n".join(entries) + "\n", encoding="utf-8")
+    return TinyWeights(tiny_weights.weights_dir, lock_path)
 
 
 @pytest.fixture

@@ -502,6 +502,7 @@ def test_the_real_lock_pins_every_artefact_the_project_loads():
     assert set(lock) == {
         "e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce",
         "retinaface_mobilenet0.25", "inception_fid", *DLIB_NAMES, "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet",
+        "facenet_casia_webface", "facenet_vggface2", "lpips_alex_linear", "torchvision_alexnet",
     }  # fmt: skip
     assert lock["farl_ep64"].archive.sha256 == "1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8"
     assert lock["farl_ep64"].member == "farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth"
@@ -542,3 +543,20 @@ def test_copying_a_fetched_weights_dir_keeps_it_usable(setup, tmp_path):
     shutil.copytree(setup.root, copy)
     store = WeightsStore(root=copy, lock=read_lock(setup.lock_path))
     assert store.status("packed_model") == "present"
+
+
+def test_a_file_whose_publisher_gives_no_hash_is_used_only_once_trusted(tmp_path):
+    lock_path = tmp_path / "weights.lock"
+    lock_path.write_text('version = 1\n[artifacts.unhashed]\nfilename = "u/model.pt"\nurl = "http://127.0.0.1:9/model.pt"\n'
+                         'sha256_unpublished = true\nlicense = "test"\nused_by = ["test"]\n', encoding="utf-8")
+    (tmp_path / "root" / "u").mkdir(parents=True)
+    (tmp_path / "root" / "u" / "model.pt").write_bytes(b"weights")
+    strict = WeightsStore(tmp_path / "root", lock=read_lock(lock_path))
+    assert strict.check("unhashed").status == "unverified"
+    with pytest.raises(WeightsError):
+        strict.require("unhashed")
+    trusting = WeightsStore(tmp_path / "root", lock=read_lock(lock_path), trust_unverified=True)
+    assert trusting.require("unhashed") == tmp_path / "root" / "u" / "model.pt"
+    lock_path.write_text(lock_path.read_text(encoding="utf-8").replace("sha256_unpublished = true\n", ""), encoding="utf-8")
+    with pytest.raises(WeightsError, match="needs a sha256"):
+        read_lock(lock_path)

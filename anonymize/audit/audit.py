@@ -40,17 +40,21 @@ import numpy as np
 
 from anonymize import __version__
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
-from anonymize.audit.fid import FidFeatures, FidResult, open_fid_features
+from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
+from anonymize.audit.figures import paper_figures
+from anonymize.audit.identities import read_identities
+from anonymize.audit.instruments import OUTPUT_DETECTORS, Recogniser, Unavailable, open_lpips, open_output_detectors, open_recognisers
+from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.leaks import inspect_metadata
 from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region_change
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
-from anonymize.audit.quality import outside_faces_mask, psnr, ssim
+from anonymize.audit.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, write_rows, write_summary
 from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures, rank1_sentence
 from anonymize.faces.detect import DETECTORS, Detector, DetectorSettings, create_detector
 from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, sha256_file
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE
 from anonymize.weights import WeightsError, WeightsStore
 
 AUTO = "auto"
@@ -92,6 +96,11 @@ class AuditConfig:
     distance_threshold: float = SAME_PERSON_DISTANCE
     unchanged_threshold: float = UNCHANGED_MEAN_ABS_DIFF
     fid: bool = True  # computed only when the inception_fid weights are present and verified
+    farl_proxy: bool = True  # FaRL-feature Fréchet proxy, only when the farl_ep64 weights are present
+    lpips: bool = True  # LPIPS of face crops, only when lpips and its weights are present
+    identities_file: Path | None = None  # "<original path>,<identity>" lines; overrides identity folders
+    recognizer_backend: str = "torch"  # dlib recogniser: torch (batched, CPU or CUDA) | dlib
+    output_detectors: tuple[str, ...] = OUTPUT_DETECTORS  # per-detector detection rates on the outputs
     thresholds: Thresholds = field(default_factory=Thresholds)
     worst_cases: int = 8  # faces shown per section of the report
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -202,10 +211,14 @@ def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | N
 class _Context:
     config: AuditConfig
     detector: Detector
-    recognizer: DlibRecognizer
+    recognisers: list[Recogniser]  # dlib first
     aligned: bool
     labels: dict[str, str] | None
     fid: FidFeatures | None
+    farl: FidFeatures | None = None
+    output_detectors: dict[str, Detector] = field(default_factory=dict)
+    lpips: Any = None  # LpipsDistance or None
+    descriptors: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=dict)  # name -> (originals, outputs)
     rows: list[dict[str, Any]] = field(default_factory=list)
     gallery: list[np.ndarray] = field(default_factory=list)  # original face descriptors
     probes: list[np.ndarray] = field(default_factory=list)  # anonymized face descriptors, same order
@@ -246,22 +259,55 @@ def _audit_pair(pair: ImagePair, context: _Context) -> None:
         faces = confirm_faces(original.rgb, faces, context.detector)
         found = context.detector.detect(output_rgb)
         boxes = [face.box for face in faces]
-        before = context.recognizer.descriptors(original.rgb, boxes)
-        after = context.recognizer.descriptors(output_rgb, boxes)
+        described = {recogniser.name: (recogniser.describe(original.rgb, boxes), recogniser.describe(output_rgb, boxes))
+                     for recogniser in context.recognisers}
+        before, after = described["dlib"]
+        still_found = {name: match_boxes(boxes, [face.box for face in detector.detect(output_rgb)])
+                       for name, detector in context.output_detectors.items()}
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
         context.rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
         return
     mask = outside_faces_mask(original.rgb.shape, [*boxes, *pair.manifest_boxes])
+    similarity = ssim_map(original.rgb, output_rgb)
     common["psnr_outside_db"] = psnr(original.rgb, output_rgb, mask)
-    common["ssim_outside"] = ssim(original.rgb, output_rgb, mask)
-    if context.fid is not None:
-        context.fid.add(original.rgb, output_rgb)
+    common["ssim_outside"] = ssim(original.rgb, output_rgb, mask, similarity)
+    for collector in (context.fid, context.farl):
+        if collector is not None:
+            collector.add(original.rgb, output_rgb)
     if not faces:
         context.rows.append(_image_row(pair, **common))
         return
     matches = match_boxes(boxes, [face.box for face in found])
+    lpips_values = _lpips_of_faces(context, original.rgb, output_rgb, boxes)
     for index, (face, overlap, descriptor_before, descriptor_after) in enumerate(zip(faces, matches, before, after)):
-        _add_face(context, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb, common)
+        box_mask = face_box_mask(original.rgb.shape, face.box)
+        per_face = {
+            "detected_by": [name for name, found_at in still_found.items() if found_at[index] is not None],
+            "psnr_face_db": psnr(original.rgb, output_rgb, box_mask),
+            "ssim_face": ssim(original.rgb, output_rgb, box_mask, similarity),
+            "lpips_face": lpips_values[index] if lpips_values else None,
+        }
+        for name, (originals, outputs) in described.items():
+            if name != "dlib":
+                per_face[f"{name.replace('-', '_')}_distance"] = float(np.linalg.norm(originals[index] - outputs[index]))
+            if not face.possible:
+                gathered = context.descriptors.setdefault(name, ([], []))
+                gathered[0].append(originals[index])
+                gathered[1].append(outputs[index])
+        _add_face(context, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb,
+                  {**common, **per_face})
+
+
+def _lpips_of_faces(context: _Context, original: np.ndarray, output: np.ndarray, boxes: list) -> list[float]:
+    if context.lpips is None:
+        return []
+    height, width = original.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        top, left = int(max(0, y0)), int(max(0, x0))
+        bottom, right = max(int(min(height, y1)), top + 1), max(int(min(width, x1)), left + 1)
+        crops.append((original[top:bottom, left:right], output[top:bottom, left:right]))
+    return context.lpips.distances([a for a, _ in crops], [b for _, b in crops])
 
 
 def _add_face(context: _Context, pair: ImagePair, index: int, face: SourceFace, overlap: float | None,
@@ -355,6 +401,47 @@ def _separation(context: _Context, threshold: float) -> IdentitySeparation | Non
     return identity_separation(np.stack([context.gallery[i] for i in chosen]), labels, threshold)
 
 
+def _confirmed_face_rows(context: _Context) -> list[dict[str, Any]]:
+    return [context.rows[index] for index in context.face_rows]
+
+
+def _recogniser_figures(context: _Context) -> dict[str, Any]:
+    """Every protocol of :mod:`anonymize.audit.protocols`, for each available recogniser."""
+    figures: dict[str, Any] = {}
+    rows = _confirmed_face_rows(context)
+    labelled = [i for i in context.first_faces]  # gallery indices of labelled images' first faces
+    labels_of_gallery = [row.get("identity") for row in rows] if context.labels else None
+    for recogniser in context.recognisers:
+        originals, outputs = context.descriptors.get(recogniser.name, ([], []))
+        entry: dict[str, Any] = {"instrument": recogniser.instrument, "threshold": recogniser.threshold, "faces": len(originals)}
+        if not originals:
+            figures[recogniser.name] = entry
+            continue
+        gallery, probes = np.stack(originals), np.stack(outputs)
+        genuine = np.linalg.norm(gallery - probes, axis=1)
+        entry["verification_rate"] = float((genuine < recogniser.threshold).mean())
+        ranks = true_identity_ranks(probes, gallery, list(range(len(gallery))), labels_of_gallery)
+        entry["rank1_rate"] = float((ranks == 1).mean())
+        entry["mean_rank"] = float(ranks.mean())
+        entry["gallery"] = len(gallery)
+        if context.labels and len(labelled) >= 2:
+            labels = [rows[i]["identity"] for i in labelled]
+            impostor = different_person_distances(gallery[labelled], labels)
+            entry["different_person_pairs"] = int(len(impostor))
+            entry["tpr_at_far"] = {f"{far:g}": vars(tpr_at_far(genuine, impostor, far)) for far in FARS}
+            parrot = parrot_identification(probes[labelled], labels)
+            entry["parrot"] = vars(parrot)
+        figures[recogniser.name] = entry
+    return figures
+
+
+def _detection_by_detector(context: _Context) -> dict[str, Any]:
+    rows = _confirmed_face_rows(context)
+    return {name: {"detected": sum(name in (row["detected_by"] or []) for row in rows), "faces": len(rows),
+                   "rate": (sum(name in (row["detected_by"] or []) for row in rows) / len(rows)) if rows else None}
+            for name in context.output_detectors}
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 
@@ -377,12 +464,25 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
         settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
         detector = create_detector(detector_name, weights, settings, **({"members": choice.members} if choice.members else {}))
         detector_name = detector.name
-        recognizer = DlibRecognizer(weights)
+        recognisers, unavailable = open_recognisers(weights, device, config.recognizer_backend, config.distance_threshold)
+        output_detectors, missing_detectors = open_output_detectors(weights, device)
     except WeightsError as exc:
         raise AuditError(str(exc)) from None
+    output_detectors = {name: found for name, found in output_detectors.items() if name in config.output_detectors}
+    unavailable += [item for item in missing_detectors if item.name in config.output_detectors]
     fid = open_fid_features(weights, device) if config.fid else FidResult(None, "not requested")
-    labels = identity_labels([pair.source_rel for pair in pairing.pairs if pair.source_rel], config.identity_from_folders)
-    context = _Context(config, detector, recognizer, aligned, labels, fid if isinstance(fid, FidFeatures) else None)
+    farl = open_farl_features(weights, device) if config.farl_proxy else FidResult(None, "not requested")
+    lpips = open_lpips(weights, device) if config.lpips else Unavailable("lpips", "LPIPS", "not requested")
+    if isinstance(lpips, Unavailable):
+        unavailable.append(lpips)
+    sources = [pair.source_rel for pair in pairing.pairs if pair.source_rel]
+    if config.identities_file is not None:
+        labels: dict[str, str] | None = read_identities(Path(config.identities_file), sources)
+    else:
+        labels = identity_labels(sources, config.identity_from_folders)
+    context = _Context(config, detector, recognisers, aligned, labels, fid if isinstance(fid, FidFeatures) else None,
+                       farl if isinstance(farl, FidFeatures) else None, output_detectors,
+                       None if isinstance(lpips, Unavailable) else lpips)
 
     progress.start(len(pairing.pairs))
     for pair in pairing.pairs:
@@ -394,7 +494,14 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     chance = _fill_identification(context)
     separation = _separation(context, config.distance_threshold)
     fid_result = context.fid.result() if context.fid is not None else fid
+    farl_result = context.farl.result() if context.farl is not None else farl
     summary = _summary(config, pairing, context, detector_name, detector_reason, aligned, chance, separation, fid_result)
+    summary["quality"]["farl_frechet_proxy"] = farl_result.value
+    summary["quality"]["farl_frechet_proxy_status"] = farl_result.status
+    summary["recognisers"] = _recogniser_figures(context)
+    summary["instruments_unavailable"] = {item.name: {"instrument": item.instrument, "status": item.status} for item in unavailable}
+    summary["detection_by_detector"] = _detection_by_detector(context)
+    summary["figures"] = paper_figures(summary)
     crossed = crossed_thresholds(summary, config.thresholds)
     summary["passed"], summary["crossed"] = not crossed, crossed
     result = AuditResult(context.rows, summary, not crossed, crossed, before_distances=_before_distances(context, separation))
@@ -422,6 +529,11 @@ def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector:
         "anonymized_dir": str(Path(config.anonymized_dir).resolve()),
         "manifest_path": str(pairing.manifest_path) if pairing.manifest_path else None,
         "pairing": "manifest" if pairing.manifest_path else "relative path",
+        "run": {  # what made the anonymized folder, from its manifest (for `anonymize audit compare`)
+            "method": pairing.run_arguments.get("method"),
+            "options": pairing.run_arguments.get("method_options") or {},
+            "region": pairing.run_arguments.get("region"),
+        },
         "detector": detector,
         "detector_reason": detector_reason,
         "aligned": aligned,

@@ -19,7 +19,9 @@ only between audits of the same number of images.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +31,9 @@ from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsError, WeightsStore
 
 FID_ARTEFACT = "inception_fid"
+FARL_ARTEFACT = "farl_ep64"
+FARL_PROXY_LABEL = ("Fréchet distance of FaRL ViT-B/16 image embeddings (farl_ep64): a proxy, "
+                    "NOT comparable to published FID (Inception features)")
 MIN_IMAGES = 2
 
 
@@ -70,17 +75,19 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
 
 
 class FidFeatures:
-    """Collects Inception features of originals and outputs, one image at a time."""
+    """Collects features (Inception's by default) of originals and outputs, one image at a time."""
 
-    def __init__(self, model: torch.nn.Module, device: str) -> None:
+    def __init__(self, model: torch.nn.Module, device: str,
+                 select: Callable[[Any], torch.Tensor] = lambda features: features) -> None:
         self.model = model
         self.device = device
+        self.select = select  # the model's output -> N x D features
         self.originals: list[np.ndarray] = []
         self.outputs: list[np.ndarray] = []
 
     def _features(self, rgb: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.model(CanonicalImages.from_uint8(rgb, self.device)).cpu().numpy()[0]
+            return self.select(self.model(CanonicalImages.from_uint8(rgb, self.device))).float().cpu().numpy()[0]
 
     def add(self, original: np.ndarray, output: np.ndarray) -> None:
         self.originals.append(self._features(original))
@@ -112,3 +119,21 @@ def open_fid_features(weights: WeightsStore, device: str) -> FidFeatures | FidRe
         return FidFeatures(load_fid_inception(path, device), device)
     except CheckpointError as exc:
         return FidResult(None, f"unavailable ({exc})")
+
+
+def open_farl_features(weights: WeightsStore, device: str) -> FidFeatures | FidResult:
+    """The FaRL-feature Fréchet proxy's collector (FaRL's normalised CLS embedding), or why it is unavailable."""
+    try:
+        check = weights.check(FARL_ARTEFACT)
+        if check.status == "missing":
+            return FidResult(None, f"unavailable (no FaRL weights: run `anonymize weights fetch {FARL_ARTEFACT}`)")
+        path = weights.require(FARL_ARTEFACT)
+    except WeightsError as exc:
+        return FidResult(None, f"unavailable (FaRL weights not usable: {exc})")
+    from anonymize.models.farl import load_farl
+
+    try:
+        model = load_farl(path).to(device).eval()
+    except CheckpointError as exc:
+        return FidResult(None, f"unavailable ({exc})")
+    return FidFeatures(model, device, select=lambda features: features.cls)

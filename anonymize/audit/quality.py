@@ -5,7 +5,8 @@ K1 = 0.01, K2 = 0.03) are averaged over the pixels outside every face. A face's 
 grown by ``FACE_MARGIN`` of its size on each side: the pasted region (an ellipse in the aligned
 crop, plus its feathered edge) reaches beyond a detector's tight box, above all towards the
 forehead and chin. Identical pixels give an infinite PSNR; it is reported as ``PSNR_IDENTICAL_DB``
-so the numbers stay plain JSON.
+so the numbers stay plain JSON. The same two measures inside each face's own box (no margin) say
+how much of the face itself survived (CFA-Net Table 3 reports them so).
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def ssim_map(original: np.ndarray, output: np.ndarray) -> np.ndarray:
     return numerator / denominator
 
 
-def ssim(original: np.ndarray, output: np.ndarray, mask: np.ndarray) -> float | None:
-    """Mean SSIM over the masked pixels (None when the mask is empty)."""
+def ssim(original: np.ndarray, output: np.ndarray, mask: np.ndarray, precomputed: np.ndarray | None = None) -> float | None:
+    """Mean SSIM over the masked pixels (None when the mask is empty); ``precomputed``: the images' ssim_map."""
     if not mask.any():
         return None
-    return float(ssim_map(original, output)[mask].mean())
+    return float((ssim_map(original, output) if precomputed is None else precomputed)[mask].mean())
+
+
+def face_box_mask(shape: tuple[int, ...], box: Box) -> np.ndarray:
+    """H x W bool: True inside the face box itself (no margin), where CFA-Net measures SSIM and PSNR."""
+    return ~outside_faces_mask(shape, [box], margin=0.0)

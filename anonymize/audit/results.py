@@ -40,6 +40,12 @@ ROW_SCHEMA = pa.schema(
         ("rank1_hit", pa.bool_()),  # nearest original is its own (or the same identity)
         ("region_change", pa.float32()),  # mean |original - output| in the face's central part
         ("missed", pa.bool_()),  # region left unchanged
+        ("detected_by", pa.list_(pa.string())),  # output detectors (default thresholds) still finding a face at this place
+        ("psnr_face_db", pa.float32()),  # PSNR inside the face box (CFA-Net Table 3)
+        ("ssim_face", pa.float32()),  # SSIM inside the face box
+        ("lpips_face", pa.float32()),  # LPIPS (AlexNet) of the face-box crops; null when unavailable
+        ("facenet_casia_distance", pa.float32()),  # FaceNet (CASIA-WebFace) distance to its original; null when unavailable
+        ("facenet_vggface2_distance", pa.float32()),  # FaceNet (VGGFace2) distance to its original
         ("psnr_outside_db", pa.float32()),  # the image's PSNR outside every face
         ("ssim_outside", pa.float32()),
         ("metadata_leak", pa.list_(pa.string())),  # kinds of metadata beyond ICC in the output

@@ -67,6 +67,11 @@ def face_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             "median_distance": float(np.median(distances)) if distances else None,
             "min_distance": float(min(distances)) if distances else None,
         },
+        "face_quality": {  # inside each face box (CFA-Net Table 3): how much of the face survived
+            "psnr_face_db": _mean([row.get("psnr_face_db") for row in faces]),
+            "ssim_face": _mean([row.get("ssim_face") for row in faces]),
+            "lpips_face": _mean([row.get("lpips_face") for row in faces]),
+        },
         "missed_faces": {"count": len(missed), "faces": missed[:100]},
         "possible_faces": {
             "count": len(possible),

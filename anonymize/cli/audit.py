@@ -1,4 +1,8 @@
-"""``anonymize audit``: check that an anonymized folder is safe to release; exit 3 to stop a pipeline."""
+"""``anonymize audit``: check that an anonymized folder is safe to release (exit 3 to stop a pipeline),
+and ``anonymize audit compare``: several audited runs in one table, in the papers' units.
+
+``anonymize audit ORIGINAL_DIR ANON_DIR`` is short for ``anonymize audit check ORIGINAL_DIR ANON_DIR``.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
+from anonymize.audit.compare import load_comparison, legend, selected_columns, format_value, comparison_json, write_comparison_report
 from anonymize.cli import app
 from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
@@ -18,7 +25,28 @@ from anonymize.weights import WeightsError
 
 EXIT_THRESHOLD_CROSSED = 3
 
+RecognizerBackend = Enum("RecognizerBackend", {name: name for name in ("torch", "dlib")}, type=str)
 AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTORS)}, type=str)
+
+
+class AuditGroup(TyperGroup):
+    """``audit`` with sub-commands, where a first word that is no sub-command means ``check``."""
+
+    default_command = "check"
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+audit_app = typer.Typer(
+    cls=AuditGroup,
+    help="Audit an anonymized folder (`anonymize audit ORIGINAL_DIR ANON_DIR`, short for `audit check`), "
+         "or compare audited runs (`anonymize audit compare RUN...`).",
+    no_args_is_help=True,
+)
+app.add_typer(audit_app, name="audit")
 
 
 class RichAuditProgress(AuditProgress):
@@ -89,7 +117,7 @@ def print_audit_summary(result: AuditResult) -> None:
             stdout.print(f"{label}: {path}", soft_wrap=True)
 
 
-@app.command("audit")
+@audit_app.command("check")
 def audit_command(
     original_dir: Path = typer.Argument(..., help="Folder of the original images."),
     anon_dir: Path = typer.Argument(..., help="Folder of the anonymized images (what would be released)."),
@@ -111,6 +139,8 @@ def audit_command(
     aligned: Optional[bool] = typer.Option(None, "--aligned/--not-aligned", help="Images are aligned face crops (default: as the run's manifest says)."),
     identity_from_folders: Optional[bool] = typer.Option(None, "--identity-from-folders/--no-identity-from-folders", help="Top-level folders of ORIGINAL_DIR are identities (default: when the tree looks so)."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
+    identities: Optional[Path] = typer.Option(None, "--identities", help="File of '<original path>,<identity>' lines (for TPR at FAR, rank and parrot protocols when the originals are not in identity folders)."),
+    recognizer_backend: RecognizerBackend = typer.Option("torch", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
     out_parquet: Optional[Path] = typer.Option(None, help="Audit Parquet path (default: <report>/audit.parquet, else <ANON_DIR>-audit/audit.parquet)."),
     summary: Optional[Path] = typer.Option(None, help="Summary JSON path (default: beside the Parquet, audit-summary.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -134,6 +164,8 @@ def audit_command(
         distance_threshold=distance_threshold,
         unchanged_threshold=unchanged_threshold,
         fid=fid,
+        identities_file=identities,
+        recognizer_backend=recognizer_backend.value,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,
@@ -153,3 +185,37 @@ def audit_command(
         print_audit_summary(result)
     if fail_on_leak and not result.passed:
         raise typer.Exit(EXIT_THRESHOLD_CROSSED)
+
+
+@audit_app.command("compare")
+def compare_command(
+    runs: list[Path] = typer.Argument(..., help="Audited runs: an audit folder, its audit-summary.json, or a run folder whose audit is in <RUN>-audit/."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the table, its legend and a privacy-utility plot to <REPORT>/compare.html."),
+    all_columns: bool = typer.Option(False, "--all", help="Print every figure (default: the columns the papers' tables hold)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
+) -> None:
+    """One table, a row per run and a column per figure, each column named with its instrument and threshold."""
+    try:
+        comparison = load_comparison(runs)
+        report_path = write_comparison_report(comparison, report) if report is not None else None
+    except AuditError as exc:
+        fail(str(exc))
+    if as_json:
+        stdout.print_json(json.dumps({**comparison_json(comparison), "report_path": str(report_path) if report_path else None}))
+        return
+    columns = selected_columns(comparison, all_columns)
+    table = Table(title="anonymize audit compare")
+    table.add_column("run", style="bold", no_wrap=True)
+    for _, label in columns:
+        table.add_column(label, justify="right", no_wrap=True)
+    cells = [[run.label, *(format_value(run.figures.get(key)) for key, _ in columns)] for run in comparison.runs]
+    for row in cells:
+        table.add_row(*row)
+    headers = ["run", *(label for _, label in columns)]
+    widths = [max(len(text) for text in column) for column in zip(headers, *cells)]
+    wide = Console(file=stdout.file, width=max(stdout.width, sum(widths) + 3 * len(widths) + 1), highlight=False)
+    wide.print(table)  # one line per run, however wide the table
+    for label, text in legend(comparison, columns):
+        stdout.print(f"[bold]{label}[/]: {text}", soft_wrap=True, highlight=False)
+    if report_path is not None:
+        stdout.print(f"report: {report_path}", soft_wrap=True)

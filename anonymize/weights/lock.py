@@ -111,8 +111,8 @@ def _artifact(name: str, entry: dict, archives: dict[str, Archive], path: Path) 
             raise WeightsError(f"{where}: archive {archive_name!r} is not defined under [archives]")
         archive = archives[archive_name]
     sha256 = _sha256(entry["sha256"], where) if "sha256" in entry else None
-    if archive is None and sha256 is None:
-        raise WeightsError(f"{where}: needs a sha256 (or an archive whose sha256 is pinned)")
+    if archive is None and sha256 is None and entry.get("sha256_unpublished") is not True:
+        raise WeightsError(f"{where}: needs a sha256 (or an archive whose sha256 is pinned, or sha256_unpublished = true)")
     if archive is None and source == DOWNLOAD and not entry.get("url"):
         raise WeightsError(f"{where}: needs a url to download it from")
     member = entry.get("member")

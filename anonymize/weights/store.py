@@ -120,13 +120,16 @@ class WeightsStore:
                 return Check(name, "present", path, actual, artifact.sha256, detail="matches weights.lock")
             return Check(name, "corrupt", path, actual, artifact.sha256, detail="hash differs from weights.lock")
         if not self.records.describes(record, path):
-            return Check(name, "unverified", path, detail=f"not extracted by fetch, so not checked against {artifact.archive.filename}")
+            against = artifact.archive.filename if artifact.archive is not None else "a published hash (none is published)"
+            return Check(name, "unverified", path, detail=f"not extracted by fetch, so not checked against {against}")
         actual = self._sha256(name, path, record, rehash)
         if actual != record.sha256:
             origin = "when it was accepted" if record.provenance == TRUSTED else f"when it was extracted from the verified {artifact.archive.filename}"
             return Check(name, "corrupt", path, actual, record.sha256, detail=f"changed since {origin}")
         if record.provenance == TRUSTED:
             return Check(name, "unverified", path, actual, trusted=True, detail="accepted with --trust-unverified")
+        if artifact.archive is None:  # no hash published: accepted with --trust-unverified only (see above)
+            return Check(name, "unverified", path, actual, trusted=True, detail="no published hash; accepted with --trust-unverified")
         return Check(name, "present", path, actual, record.sha256, detail=f"extracted from verified {artifact.archive.filename}")
 
     def _sha256(self, name: str, path: Path, record: FileRecord | None, rehash: bool, trust_record: bool = True) -> str:
@@ -221,6 +224,9 @@ class WeightsStore:
                 f"{check.name}: {check.path} is corrupt ({check.detail}): sha256 {check.actual_sha256}, expected "
                 f"{check.expected_sha256}; delete it and run {fetch}"
             )
+        if check.status == "unverified" and artifact.archive is None:  # its publisher gives no hash
+            return (f"{check.name}: {check.path} cannot be verified (no hash is published for it); accept it as it is with "
+                    f"`anonymize weights fetch {check.name} --trust-unverified` (or pass --trust-unverified)")
         if check.status == "unverified":
             return (
                 f"{check.name}: {check.path} cannot be verified ({check.detail}); put {artifact.archive.filename} "
@@ -237,7 +243,8 @@ class WeightsStore:
             )
         return (
             f"{check.name}: {self.root / artifact.filename} not found; run {fetch}, or download {artifact.url} "
-            f"(sha256 {artifact.sha256}) to {self.root / artifact.filename}"
+            f"({'no published hash: then accept it with --trust-unverified' if artifact.sha256 is None else f'sha256 {artifact.sha256}'}) "
+            f"to {self.root / artifact.filename}"
         )
 
     # ---- fetching -----------------------------------------------------------------------------

@@ -1,0 +1,208 @@
+"""``anonymize audit compare``: several audited runs side by side, like the papers' Table 1.
+
+Each argument is an audit (its folder or its ``audit-summary.json``) or an anonymized run folder
+whose audit sits in the default ``<run>-audit/`` beside it. One row per run (method and options,
+from the run's manifest), one column per figure of :mod:`anonymize.audit.figures`, and a legend
+naming each column's instrument, threshold and protocol. A figure whose instrument could not run
+reads "unavailable". The privacy-utility plot puts re-identification (dlib rank-1) against face
+SSIM, one point per run, as an inline SVG: no plotting dependency.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anonymize.audit.audit import default_audit_dir
+from anonymize.audit.pairing import AuditError
+from anonymize.audit.results import AUDIT_SUMMARY_NAME
+from anonymize.io.write import atomic_write_bytes
+
+# The columns printed by default: the ones the papers' tables hold (the HTML report shows every figure).
+PAPER_COLUMNS = (
+    "detection.dlib-hog", "detection.mtcnn", "detection.retinaface",
+    "reid.dlib.verification", "reid.dlib.tpr@0.001", "reid.dlib.tpr@0.01", "reid.dlib.tpr@0.1",
+    "reid.dlib.rank1", "reid.dlib.mean_rank", "reid.dlib.parrot_rank1",
+    "reid.facenet-casia.tpr@0.001", "reid.facenet-vggface2.tpr@0.001",
+    "quality.ssim_face", "quality.psnr_face", "quality.lpips_face", "quality.fid", "quality.farl_proxy",
+)  # fmt: skip
+PLOT_X, PLOT_Y = "quality.ssim_face", "reid.dlib.rank1"
+COMPARE_REPORT_NAME = "compare.html"
+
+
+@dataclass
+class ComparedRun:
+    label: str  # method and options
+    summary_path: Path
+    figures: dict[str, dict[str, Any]]  # key -> figure
+
+
+@dataclass
+class Comparison:
+    runs: list[ComparedRun]
+    columns: list[tuple[str, str]]  # (key, label), in the figures' order
+
+    def figure(self, key: str) -> dict[str, Any] | None:
+        """The first measured instance of a column's figure (for its legend), else any."""
+        found = [run.figures[key] for run in self.runs if key in run.figures]
+        measured = [figure for figure in found if figure["value"] is not None]
+        return (measured or found or [None])[0]
+
+
+def find_summary(path: Path) -> Path:
+    """The audit summary behind a run or audit path; a one-line error when there is none."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for candidate in (path / AUDIT_SUMMARY_NAME, default_audit_dir(path) / AUDIT_SUMMARY_NAME):
+        if candidate.is_file():
+            return candidate
+    if not path.exists():
+        raise AuditError(f"{path}: no such run or audit")
+    raise AuditError(f"{path}: no audit found (neither {path / AUDIT_SUMMARY_NAME} nor {default_audit_dir(path) / AUDIT_SUMMARY_NAME}): "
+                     "run `anonymize audit ORIGINAL_DIR RUN_DIR` first")
+
+
+def run_label(summary: Mapping[str, Any], fallback: str) -> str:
+    run = summary.get("run") or {}
+    method = run.get("method")
+    if not method:
+        return fallback
+    options = ", ".join(f"{key}={value}" for key, value in sorted((run.get("options") or {}).items()))
+    return f"{method} ({options})" if options else str(method)
+
+
+def load_comparison(paths: Sequence[Path]) -> Comparison:
+    runs, columns = [], {}
+    for path in paths:
+        summary_path = find_summary(path)
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AuditError(f"{summary_path}: not a readable audit summary ({exc})") from None
+        figures = summary.get("figures")
+        if not isinstance(figures, list):
+            raise AuditError(f"{summary_path}: written by an older anonymize (no 'figures'); audit the run again")
+        for figure in figures:
+            columns.setdefault(figure["key"], figure["label"])
+        runs.append(ComparedRun(run_label(summary, Path(path).name), summary_path, {figure["key"]: figure for figure in figures}))
+    labels = [run.label for run in runs]
+    for run in runs:  # two runs of one method with the same options: tell them apart by folder
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} [{Path(run.summary_path).parent.name}]"
+    return Comparison(runs, list(columns.items()))
+
+
+def format_value(figure: Mapping[str, Any] | None) -> str:
+    if figure is None:
+        return "n/a"
+    value = figure["value"]
+    if value is None:
+        return "unavailable" if str(figure.get("status", "")).startswith("unavailable") else "n/a"
+    kind = figure.get("kind", "rate")
+    if kind == "rate":
+        return f"{value:.1%}"
+    if kind == "db":
+        return f"{value:.1f}"
+    if kind == "rank":
+        return f"{value:.2f}"
+    if kind == "distance":
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def selected_columns(comparison: Comparison, every: bool) -> list[tuple[str, str]]:
+    if every:
+        return comparison.columns
+    present = dict(comparison.columns)
+    return [(key, present[key]) for key in PAPER_COLUMNS if key in present]
+
+
+def legend(comparison: Comparison, columns: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(column label, "instrument; threshold; protocol") for each column."""
+    lines = []
+    for key, label in columns:
+        figure = comparison.figure(key)
+        if figure is not None:
+            lines.append((label, f"{figure['instrument']}; threshold: {figure['threshold']}; protocol: {figure['protocol']}"))
+    return lines
+
+
+def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    return {"runs": [{"label": run.label, "summary": str(run.summary_path),
+                      "figures": {key: figure["value"] for key, figure in run.figures.items()}} for run in comparison.runs],
+            "columns": [{"key": key, "label": label, **{name: (comparison.figure(key) or {}).get(name)
+                                                          for name in ("instrument", "threshold", "protocol")}}
+                        for key, label in comparison.columns]}
+
+
+# ---- the HTML view --------------------------------------------------------------------------------
+
+
+def privacy_utility_svg(comparison: Comparison, x_key: str = PLOT_X, y_key: str = PLOT_Y, width: int = 520, height: int = 360) -> str:
+    """A scatter of re-identification (y) against utility (x), one labelled point per run; empty when not measured."""
+    points = [(run.label, run.figures.get(x_key, {}).get("value"), run.figures.get(y_key, {}).get("value")) for run in comparison.runs]
+    points = [(label, float(x), float(y)) for label, x, y in points if x is not None and y is not None]
+    if not points:
+        return ""
+    x_figure, y_figure = comparison.figure(x_key) or {}, comparison.figure(y_key) or {}
+    left, right, top, bottom = 60, 20, 20, 50
+    x_values, y_values = [x for _, x, _ in points], [y for _, _, y in points]
+    x_low, x_high = min(0.0, min(x_values)), max(1.0, max(x_values))
+    y_low, y_high = 0.0, max(1.0, max(y_values))
+
+    def to_x(value: float) -> float:
+        return left + (value - x_low) / (x_high - x_low) * (width - left - right)
+
+    def to_y(value: float) -> float:
+        return height - bottom - (value - y_low) / (y_high - y_low) * (height - top - bottom)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="privacy-utility plot">',
+             f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="#333"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#333"/>']
+    for tick in range(0, 6):
+        fraction = tick / 5
+        x_tick, y_tick = x_low + fraction * (x_high - x_low), y_low + fraction * (y_high - y_low)
+        parts.append(f'<text x="{to_x(x_tick):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x_tick:.2f}</text>')
+        parts.append(f'<text x="{left - 6}" y="{to_y(y_tick) + 4:.1f}" font-size="11" text-anchor="end">{y_tick:.0%}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" text-anchor="middle">'
+                 f'{html.escape(x_figure.get("label", x_key))} (utility: higher is better)</text>')
+    parts.append(f'<text x="14" y="{(top + height - bottom) / 2}" font-size="12" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(y_figure.get("label", y_key))} '
+                 f'(privacy: lower is better)</text>')
+    for label, x, y in points:
+        parts.append(f'<circle cx="{to_x(x):.1f}" cy="{to_y(y):.1f}" r="5" fill="#c0392b"><title>{html.escape(label)}: '
+                     f'{x:.3f}, {y:.1%}</title></circle>')
+        parts.append(f'<text x="{to_x(x) + 8:.1f}" y="{to_y(y) - 6:.1f}" font-size="11">{html.escape(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def comparison_html(comparison: Comparison) -> str:
+    columns = comparison.columns
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    body = []
+    for run in comparison.runs:
+        cells = "".join(f'<td title="{html.escape(str((run.figures.get(key) or {}).get("status", "")))}">'
+                        f"{html.escape(format_value(run.figures.get(key)))}</td>" for key, _ in columns)
+        body.append(f"<tr><th>{html.escape(run.label)}</th>{cells}</tr>")
+    notes = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in legend(comparison, columns))
+    plot = privacy_utility_svg(comparison)
+    plot_section = f"<h2>Privacy and utility</h2>{plot}" if plot else "<p>No run has both figures of the plot.</p>"
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>anonymize audit compare</title>"
+            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+            "td,th{border:1px solid #ccc;padding:4px 6px;text-align:right}th:first-child{text-align:left}</style></head><body>"
+            "<h1>Audits compared</h1>"
+            f"<table><thead><tr><th>run</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"{plot_section}<h2>What each column measures</h2><ul>{notes}</ul></body></html>\n")
+
+
+def write_comparison_report(comparison: Comparison, folder: Path) -> Path:
+    path = Path(folder) / COMPARE_REPORT_NAME
+    atomic_write_bytes(path, comparison_html(comparison).encode("utf-8"))
+    return path

@@ -1,0 +1,127 @@
+"""The audit's measuring instruments, each with the name, threshold and weights a paper would cite.
+
+Recognisers (dlib's ResNet always; FaceNet CASIA-WebFace and VGGFace2 when their weights are
+here), the detectors that look for faces in the outputs (dlib HOG, MTCNN, RetinaFace at their
+default thresholds, as the papers run them), LPIPS and the FaRL-feature Fréchet proxy. An
+instrument whose weights are absent or unverified is listed as unavailable with the reason; it is
+never replaced by another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from anonymize.faces.detect import DEFAULT_THRESHOLDS, Detector, DetectorSettings, create_detector
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
+from anonymize.models.checkpoint import CheckpointError
+from anonymize.weights import WeightsError, WeightsStore
+
+Boxes = Sequence[Sequence[float]]
+OUTPUT_DETECTORS = ("dlib-hog", "mtcnn", "retinaface")  # FALCO Table 1 (dlib, MTCNN); CFA-Net Table 3 (+ a CNN detector)
+DETECTOR_ARTEFACTS = {"dlib-hog": ("dlib_shape_predictor_68",), "mtcnn": ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"),
+                      "retinaface": ("retinaface_mobilenet0.25",)}
+DETECTOR_INSTRUMENTS = {"dlib-hog": "dlib HOG detector (frontal_face_detector)",
+                        "mtcnn": "MTCNN (facenet-pytorch 2.5.3 weights)",
+                        "retinaface": "RetinaFace MobileNet-0.25"}
+FACENET_MODELS = (("facenet-casia", "casia-webface", "CASIA-WebFace"), ("facenet-vggface2", "vggface2", "VGGFace2"))
+LPIPS_ARTEFACTS = ("lpips_alex_linear", "torchvision_alexnet")
+FARL_ARTEFACT = "farl_ep64"
+
+
+@dataclass
+class Recogniser:
+    name: str  # dlib | facenet-casia | facenet-vggface2
+    instrument: str  # what a reader would cite
+    threshold: float  # same-person distance
+    describe: Callable[[np.ndarray, Boxes], np.ndarray]  # rgb, boxes -> N x D descriptors
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    name: str
+    instrument: str
+    reason: str
+
+    @property
+    def status(self) -> str:
+        return f"unavailable ({self.reason})"
+
+
+def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:
+    """None when every artefact can be loaded, else why not (one line)."""
+    for name in names:
+        try:
+            check = weights.check(name, pinned_rehash=True)
+        except WeightsError as exc:
+            return str(exc)
+        if check.status == "missing":
+            artifact = weights.artifact(name)
+            how = f"`anonymize weights fetch {name}`" + (" --trust-unverified" if artifact.sha256 is None and artifact.archive is None else "")
+            return f"no {name} weights: run {how} or put {weights.path(name).name} in {weights.path(name).parent}"
+        try:
+            weights.require(name)
+        except WeightsError as exc:
+            return f"{name} not usable: {exc}"
+    return None
+
+
+def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
+                     dlib_threshold: float = SAME_PERSON_DISTANCE) -> tuple[list[Recogniser], list[Unavailable]]:
+    """dlib (required) and every FaceNet whose weights are usable; the others with the reason."""
+    dlib = DlibRecognizer(weights, backend=backend, device=device if backend == "torch" else "cpu")
+    recognisers = [Recogniser("dlib", f"dlib ResNet face recognizer ({backend} backend), Euclidean distance",
+                              dlib_threshold, dlib.descriptors)]
+    unavailable = []
+    from anonymize.models.facenet import FACENET_ARTEFACTS, FACENET_SAME_PERSON_DISTANCE, FaceNetRecognizer
+
+    for name, model, dataset in FACENET_MODELS:
+        artefact = FACENET_ARTEFACTS[model]
+        instrument = f"FaceNet InceptionResnetV1 trained on {dataset} (facenet-pytorch), L2 distance of unit embeddings"
+        reason = _usable(weights, [artefact])
+        if reason is None:
+            try:
+                recogniser = FaceNetRecognizer(weights.require(artefact), device)
+            except CheckpointError as exc:
+                reason = str(exc)
+            else:
+                recognisers.append(Recogniser(name, instrument, FACENET_SAME_PERSON_DISTANCE, recogniser.descriptors))
+                continue
+        unavailable.append(Unavailable(name, instrument, reason))
+    return recognisers, unavailable
+
+
+def open_output_detectors(weights: WeightsStore, device: str) -> tuple[dict[str, Detector], list[Unavailable]]:
+    """dlib HOG, MTCNN and RetinaFace at their default thresholds, those whose weights are here."""
+    detectors, unavailable = {}, []
+    for name in OUTPUT_DETECTORS:
+        instrument = f"{DETECTOR_INSTRUMENTS[name]}, score threshold {DEFAULT_THRESHOLDS[name]}"
+        reason = _usable(weights, DETECTOR_ARTEFACTS[name])
+        if reason is None:
+            try:
+                detectors[name] = create_detector(name, weights, DetectorSettings(device=device))
+                continue
+            except (WeightsError, CheckpointError) as exc:
+                reason = str(exc)
+        unavailable.append(Unavailable(name, instrument, reason))
+    return detectors, unavailable
+
+
+def open_lpips(weights: WeightsStore, device: str) -> object:
+    """An :class:`~anonymize.models.lpips_alex.LpipsDistance`, or :class:`Unavailable` saying why."""
+    instrument = "LPIPS v0.1 AlexNet (lpips 0.1.4 heads, torchvision ImageNet AlexNet) on face-box crops"
+    try:
+        import lpips  # noqa: F401
+    except ImportError:
+        return Unavailable("lpips", instrument, "the lpips package is not installed")
+    reason = _usable(weights, LPIPS_ARTEFACTS)
+    if reason is not None:
+        return Unavailable("lpips", instrument, reason)
+    from anonymize.models.lpips_alex import LpipsDistance
+
+    try:
+        return LpipsDistance(weights.require(LPIPS_ARTEFACTS[0]), weights.require(LPIPS_ARTEFACTS[1]), device)
+    except CheckpointError as exc:
+        return Unavailable("lpips", instrument, str(exc))

@@ -1,0 +1,86 @@
+"""FaceNet (InceptionResnetV1) embeddings, the recogniser FALCO and CFA-Net report re-identification with.
+
+The network is facenet-pytorch's ``InceptionResnetV1`` class; its weights are the state dicts
+timesler/facenet-pytorch publishes (Sandberg's models trained on CASIA-WebFace and on VGGFace2),
+read with ``weights_only`` through :func:`anonymize.models.checkpoint.load_checkpoint` and loaded
+strictly, never through facenet-pytorch's own download. The published files carry a classifier
+(``logits``) whose size names the training set; it is loaded so the layout is checked, and unused.
+
+Faces are cut as facenet-pytorch's MTCNN cuts them: the detector's box, square-free, resized to
+160 x 160, standardised with (x - 127.5) / 128. Embeddings are 512-d and L2-normalised; the
+distance is Euclidean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+
+FACENET_ARTEFACTS = {"casia-webface": "facenet_casia_webface", "vggface2": "facenet_vggface2"}
+FACENET_INPUT = 160
+# Verification operating point: L2 distance between unit embeddings under which two faces are one person.
+# 1.1 is the usual FaceNet threshold on LFW-style crops (Sandberg's validate_on_lfw lands near it);
+# the audit also reports TPR at fixed FARs, which needs no such constant.
+FACENET_SAME_PERSON_DISTANCE = 1.1
+MAX_BATCH = 32
+
+Boxes = Sequence[Sequence[float]]
+
+
+def load_facenet(path: Path) -> torch.nn.Module:
+    """InceptionResnetV1 with the state dict at ``path`` (classifier size read off the file), in eval mode."""
+    from facenet_pytorch import InceptionResnetV1
+
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or "logits.weight" not in state:
+        raise CheckpointError(f"{path}: not a facenet-pytorch InceptionResnetV1 state dict (no 'logits.weight')")
+    network = InceptionResnetV1(classify=False)
+    network.logits = torch.nn.Linear(512, int(state["logits.weight"].shape[0]))  # present in the file, unused
+    load_state_dict_strict(network, state, str(path))
+    return network.eval()
+
+
+def face_crops(rgb: np.ndarray, boxes: Boxes, size: int = FACENET_INPUT) -> np.ndarray:
+    """N x size x size x 3 uint8 crops of the boxes (clipped to the image), as facenet-pytorch's MTCNN cuts them."""
+    height, width = rgb.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        left, top = int(max(0, np.floor(x0))), int(max(0, np.floor(y0)))
+        right, bottom = int(min(width, np.ceil(x1))), int(min(height, np.ceil(y1)))
+        crop = rgb[top:max(bottom, top + 1), left:max(right, left + 1)]
+        crops.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
+    return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+
+
+class FaceNetRecognizer:
+    """512-d unit embeddings of faces given by their boxes, all the faces of a call in shared batches."""
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        self.device = device
+        self.network = _network(Path(path), device)
+
+    def descriptors(self, rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
+        return self.descriptors_of_crops(face_crops(rgb, boxes))
+
+    def descriptors_of_crops(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, 512), np.float32)
+        outputs = []
+        with torch.inference_mode():
+            for start in range(0, len(crops), MAX_BATCH):
+                batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + MAX_BATCH])).to(self.device)
+                batch = (batch.permute(0, 3, 1, 2).float() - 127.5) / 128.0
+                outputs.append(self.network(batch).cpu())
+        return torch.cat(outputs).numpy().astype(np.float32)
+
+
+@lru_cache(maxsize=2)
+def _network(path: Path, device: str) -> torch.nn.Module:
+    return load_facenet(path).to(device)
