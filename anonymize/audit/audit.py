@@ -259,8 +259,7 @@ def _audit_pair(pair: ImagePair, context: _Context) -> None:
         faces = confirm_faces(original.rgb, faces, context.detector)
         found = context.detector.detect(output_rgb)
         boxes = [face.box for face in faces]
-        described = {recogniser.name: (recogniser.describe(original.rgb, boxes), recogniser.describe(output_rgb, boxes))
-                     for recogniser in context.recognisers}
+        described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in context.recognisers}
         before, after = described["dlib"]
         still_found = {name: match_boxes(boxes, [face.box for face in detector.detect(output_rgb)])
                        for name, detector in context.output_detectors.items()}

@@ -36,7 +36,8 @@ class Recogniser:
     name: str  # dlib | facenet-casia | facenet-vggface2
     instrument: str  # what a reader would cite
     threshold: float  # same-person distance
-    describe: Callable[[np.ndarray, Boxes], np.ndarray]  # rgb, boxes -> N x D descriptors
+    describe_pair: Callable[[np.ndarray, np.ndarray, Boxes], tuple[np.ndarray, np.ndarray]]  # original, output, boxes
+    # -> (N x D, N x D) descriptors of the same boxes in both images, computed in one batch
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
     """dlib (required) and every FaceNet whose weights are usable; the others with the reason."""
     dlib = DlibRecognizer(weights, backend=backend, device=device if backend == "torch" else "cpu")
     recognisers = [Recogniser("dlib", f"dlib ResNet face recognizer ({backend} backend), Euclidean distance",
-                              dlib_threshold, dlib.descriptors)]
+                              dlib_threshold, lambda original, output, boxes: tuple(dlib.descriptors_of_images(
+                                  [(original, boxes), (output, boxes)])))]
     unavailable = []
     from anonymize.models.facenet import FACENET_ARTEFACTS, FACENET_SAME_PERSON_DISTANCE, FaceNetRecognizer
 
@@ -87,7 +89,7 @@ def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
             except CheckpointError as exc:
                 reason = str(exc)
             else:
-                recognisers.append(Recogniser(name, instrument, FACENET_SAME_PERSON_DISTANCE, recogniser.descriptors))
+                recognisers.append(Recogniser(name, instrument, FACENET_SAME_PERSON_DISTANCE, recogniser.descriptors_of_pair))
                 continue
         unavailable.append(Unavailable(name, instrument, reason))
     return recognisers, unavailable

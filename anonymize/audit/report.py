@@ -296,6 +296,13 @@ def _identity_check(summary: Mapping[str, Any]) -> str:
     return f'<p>The recognizer <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
 
 
+def _paper_rows(summary: Mapping[str, Any]) -> list[tuple[object, ...]]:
+    from anonymize.audit.compare import format_value
+
+    return [(figure["label"], format_value(figure) if figure["value"] is not None else figure["status"], figure["instrument"],
+             figure["threshold"], figure["protocol"]) for figure in summary.get("figures", [])]
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
     if not rows:
         return f'<p class="muted">{_e(empty)}</p>'
@@ -353,6 +360,8 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 {cases(possible, "None: every face was confirmed by two detectors.", whole=True)}
 <h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "None: no output carries metadata beyond its ICC profile.")}
 <h2>Not audited</h2>{_table(("file", "why"), unaudited, "None: every released image was audited.")}
+<h2>Figures in the papers' units</h2><p class="muted">Each figure with the instrument, threshold and protocol it was measured with; set it beside a published number only where all three match.</p>
+{_table(("figure", "value", "instrument", "threshold", "protocol"), _paper_rows(summary), "No figure was measured.")}
 <h2>Settings</h2>{_table(("setting", "value"), settings, "")}
 </main></body></html>
 """

@@ -89,6 +89,14 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("re-identified (verification)", f"{_percent(reid['verification_rate'])} ({reid['reidentified']} faces)")
     table.add_row("rank-1 identification", f"{_percent(reid['rank1_rate'])} (chance {_percent(reid['rank1_chance'])})")
     table.add_row("still detected in output", _percent(summary["detection"]["rate"]))
+    by_detector = summary.get("detection_by_detector", {})
+    if by_detector:
+        table.add_row("... per detector (default thresholds)", ", ".join(f"{name} {_percent(item['rate'])}" for name, item in by_detector.items()))
+    for name, entry in summary.get("recognisers", {}).items():
+        tprs = entry.get("tpr_at_far", {})
+        if tprs:
+            table.add_row(f"{name}: TPR at FAR 0.001 / 0.01 / 0.1", " / ".join(_percent(tpr["tpr"]) for tpr in tprs.values())
+                          + f" (mean rank {entry['mean_rank']:.2f})")
     table.add_row("missed faces", str(summary["missed_faces"]["count"]))
     possible = summary.get("possible_faces", {})
     if possible.get("count"):

@@ -69,6 +69,11 @@ class FaceNetRecognizer:
     def descriptors(self, rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
         return self.descriptors_of_crops(face_crops(rgb, boxes))
 
+    def descriptors_of_pair(self, original: np.ndarray, output: np.ndarray, boxes: Boxes) -> tuple[np.ndarray, np.ndarray]:
+        """The same boxes in two images (an original and its anonymized copy), in one batch."""
+        both = self.descriptors_of_crops(np.concatenate([face_crops(original, boxes), face_crops(output, boxes)]))
+        return both[:len(boxes)], both[len(boxes):]
+
     def descriptors_of_crops(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:
             return np.zeros((0, 512), np.float32)
