@@ -23,6 +23,12 @@ field has a default meant for a release gate:
   ``<anonymized>-audit/`` beside the anonymized folder; the HTML report only with ``report_dir``.
   Nothing is ever written inside the original or anonymized folder.
 
+* the papers' instruments and protocols (:mod:`anonymize.audit.instruments`, :mod:`anonymize.audit.protocols`):
+  detection rates per detector (dlib HOG, MTCNN, RetinaFace) on the outputs, TPR at FAR, rank and
+  parrot re-identification with dlib and, when their weights are here, FaceNet; SSIM/PSNR/LPIPS inside
+  the face boxes; FID and the FaRL proxy. ``summary["figures"]`` lists each with its instrument,
+  threshold and protocol (:mod:`anonymize.audit.figures`).
+
 The HTML report shows crops of original faces: keep it with the originals, never publish it.
 """
 
@@ -408,7 +414,7 @@ def _recogniser_figures(context: _Context) -> dict[str, Any]:
     """Every protocol of :mod:`anonymize.audit.protocols`, for each available recogniser."""
     figures: dict[str, Any] = {}
     rows = _confirmed_face_rows(context)
-    labelled = [i for i in context.first_faces]  # gallery indices of labelled images' first faces
+    labelled = list(context.first_faces)  # gallery indices of labelled images' first faces
     labels_of_gallery = [row.get("identity") for row in rows] if context.labels else None
     for recogniser in context.recognisers:
         originals, outputs = context.descriptors.get(recogniser.name, ([], []))
