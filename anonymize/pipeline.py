@@ -1,13 +1,18 @@
 """The run: walk -> decode -> detect/align -> method -> paste back -> write -> manifest.
 
-Data flows one way. Images are gathered until a batch of faces is full, the method anonymizes
-the whole batch at once (one GPU batch), then every image of the batch is pasted, written
-atomically and its manifest rows flushed as one Parquet part, so a crash loses at most one batch.
-A failing image becomes an error row and the run goes on; every file the walk meets and does
-not process gets a row too (skipped or error, with the cause).
+This module sets a run up and owns its guarantees; the work itself is the stage functions of
+:mod:`anonymize.stages` (prepare, anonymize, finish, record), composed by an executor: the local
+one (:mod:`anonymize.executors.local`, serial or a pool of workers) or Ray
+(:mod:`anonymize.executors.ray_cluster`). Images are gathered until a batch of faces is full, the
+method anonymizes the whole batch at once (one GPU batch), then every image of the batch is
+pasted, written atomically and its manifest rows flushed as one Parquet part, so a crash loses
+at most the batches in flight. A failing image becomes an error row and the run goes on; every
+file the walk meets and does not process gets a row too (skipped or error, with the cause).
 
 The output folder is locked for the whole run and marked as anonymize's before the first output
-is written (:mod:`anonymize.io.outdir`); nothing is written through a symbolic link in it.
+is written (:mod:`anonymize.io.outdir`); nothing is written through a symbolic link in it. Rows
+are merged keyed by (source path, face index), newest run wins, so a batch recorded twice (a
+retried Ray task) is kept once.
 """
 
 from __future__ import annotations
@@ -15,21 +20,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from functools import partial
+from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from anonymize import __version__
-from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
+from anonymize.executors.base import StageTimes
+from anonymize.executors.local import available_cores, run_local
 from anonymize.faces.choose import DetectorChoice, choose_detector
-from anonymize.faces.detect import Detector, DetectorSettings, create_detector
-from anonymize.faces.paste import Region, RegionKind, paste_face, replace_whole
-from anonymize.faces.types import Face
-from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
+from anonymize.faces.detect import Detector
+from anonymize.faces.paste import RegionKind
 from anonymize.io.manifest import (
     FINISHED_STATUSES,
     MANIFEST_NAME,
@@ -46,13 +48,16 @@ from anonymize.io.manifest import (
 )
 from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, probe_lock, read_marker, remove_stale_temporaries, write_marker
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
-from anonymize.io.write import atomic_write_bytes, is_regular_file_in, output_path_for, write_image
-from anonymize.methods import FaceCrop, Method, MethodContext, create_method
+from anonymize.io.write import atomic_write_bytes, output_path_for
+from anonymize.methods import Method
+from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, build_detector, build_method
 from anonymize.weights import WeightsStore
 
 OnNoFace = Literal["copy", "skip", "fail"]
 OnError = Literal["skip", "fail"]
-MAX_IMAGES_PER_BATCH = 64  # bounds memory when images have few faces
+Executor = Literal["local", "ray"]
+__all__ = ["MAX_IMAGES_PER_BATCH", "Pipeline", "Progress", "RunConfig", "RunError", "RunSummary", "StopRun",
+           "check_paths", "default_output_dir", "resolve_device", "run"]
 
 
 class RunError(Exception):
@@ -95,6 +100,9 @@ class RunConfig:
     max_pixels: int = 178_956_970
     copy_other: bool = False  # copy files that are not images (labels, CSV) unchanged into the output
     deterministic: bool = False  # bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices
+    workers: int | None = None  # local executor: prepare/finish threads (None: the cores available; 0 or 1: serial)
+    executor: Executor = "local"
+    ray_address: str | None = None  # --executor ray: the cluster to join (None: a local Ray)
 
 
 @dataclass
@@ -112,6 +120,7 @@ class RunSummary:
     dry_run: bool = False
     detector: str | None = None  # the detector that ran (--detector auto resolved)
     error_messages: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per image in each stage, method busy share
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,18 +142,6 @@ class Progress:
 
     def download(self, label: str, done: int, total: int | None) -> None:
         """Progress of a weights download started by the run (``--detector auto``)."""
-
-
-@dataclass
-class _Pending:
-    """One decoded image waiting for its faces to be anonymized."""
-
-    file: ImageFile
-    sha256: str
-    image: DecodedImage
-    faces: list[Face]
-    aligned: list[AlignedFace]
-    seconds: float  # time spent on this image so far (hash, decode, detect, align)
 
 
 def resolve_device(device: str) -> str:
@@ -199,9 +196,7 @@ class Pipeline:
         # Built at the start of run(), once the input is known to hold images.
         self.method: Method | None = None
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
-        self.recognizer = None
         self.detector_choice: DetectorChoice | None = None
-        self.region = Region()  # what is pasted back; the method's default kind unless --region is given
         self.lock: OutputLock | None = None  # held from before the first write to the end of the run
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -311,28 +306,14 @@ class Pipeline:
             self.lock = None
 
     def _build_method(self, expected_faces: int) -> Method:
-        context = MethodContext(
-            weights=self.weights,
-            device=self.device,
-            seed=self.config.seed,
-            margin=self.config.margin,
-            batch_size=self.config.batch_size,
-            aligned_input=self.config.aligned,
-            output_dir=None if self.config.dry_run else self.config.output_dir,
-            expected_faces=expected_faces,
-        )
-        return create_method(self.config.method, context, self.config.method_options)
+        return build_method(RunFacts(self.config, self.run_id, "{}", self.device, 256, False), expected_faces)
 
     def _build_detector(self) -> Detector | None:
-        if self.config.aligned:
-            if self.config.aligned_framing == "ffhq":
-                return None
-            settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device)
-            return _landmark_detector(self.config.detector, self.weights, settings)
+        if self.config.aligned:  # the landmark detector of --aligned input, if any (see stages.build_detector)
+            return build_detector(self.facts())
         choice = self.detector_choice = choose_detector(self.config.detector, self.weights, self.progress.download)
         self.progress.note(f"detector {choice.reason}")
-        settings = DetectorSettings(self.config.det_threshold, self.config.min_face, self.device, self.config.recall_first)
-        return create_detector(choice.name, self.weights, settings)
+        return build_detector(self.facts())  # with the chosen detector's name, as every worker builds it
 
     def _metadata(self, method: Method | None, detector: Detector | None) -> dict[str, str]:
         weights = {**(detector.weights_used() if detector else {}), **(method.weights_used() if method else {})}
@@ -379,30 +360,22 @@ class Pipeline:
             previous = {} if config.dry_run else _rows_by_source(recover_previous_rows(config.output_dir, self.manifest_path))
         except OSError as exc:
             raise RunError(f"{self.manifest_path}: cannot merge the earlier manifest ({exc.strerror or exc})") from None
-        if config.identity_metric:
-            from anonymize.metrics.identity import DlibRecognizer
-
-            self.recognizer = DlibRecognizer(self.weights)
-        self.region = Region(config.region or method.default_region, config.region_scale, config.feather)  # type: ignore[arg-type]
         summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run,
                              detector=detector.name if detector is not None else None)
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
-        batch_faces = config.batch_size or method.default_batch_size()
+        stages = Stages(self.facts(), method, detector)
+        times = StageTimes()
         self.progress.start(len(files))
-        pending: list[_Pending] = []
         try:
-            self._append(writer, [self._other_row(entry, summary) for entry in others])
-            for file in files:
-                item = self._prepare(file, detector, previous, summary, writer)
-                if item is None:
-                    continue
-                pending.append(item)
-                if sum(len(p.faces) for p in pending) >= batch_faces or len(pending) >= MAX_IMAGES_PER_BATCH:
-                    self._flush(pending, summary, writer)
-                    pending = []
-            self._flush(pending, summary, writer)
-        except StopRun:
-            pass
+            self._append(writer, [self._other_row(stages, entry, summary) for entry in others])
+            record = partial(self._record, writer, summary)
+            faces_per_batch = config.batch_size or method.default_batch_size()
+            if config.executor == "ray":
+                from anonymize.executors.ray_cluster import run_on_ray
+
+                run_on_ray(stages, files, previous, faces_per_batch, record, times, config.ray_address, writer)
+            else:
+                run_local(stages, files, previous, faces_per_batch, self.workers(), record, times)
         finally:
             if writer is not None:
                 try:
@@ -413,7 +386,41 @@ class Pipeline:
                         f"are kept and a new run resumes from them"
                     ) from None
         summary.seconds = round(time.perf_counter() - started, 3)
+        summary.stages = times.as_dict(summary.seconds)
         return summary
+
+    def facts(self) -> RunFacts:
+        """What the stages of this run need besides the models (shipped to every worker)."""
+        method = self.method
+        # --detector auto resolved once, here: every worker builds the detector this run chose.
+        config = replace(self.config, detector=self.detector_choice.name) if self.detector_choice else self.config
+        return RunFacts(config, self.run_id, self.method_params, self.device,
+                        method.crop_size if method else 256, bool(method and method.replaces_aligned_image),
+                        default_region=method.default_region if method else "ellipse")
+
+    def workers(self) -> int:
+        """--workers: the local pool's threads (None: the cores available; 0 or 1: serial)."""
+        return available_cores() if self.config.workers is None else self.config.workers
+
+    def _record(self, writer: ManifestWriter | None, summary: RunSummary, finished: list[Finished]) -> bool:
+        """The record stage: one batch's rows as one manifest part, the counts, the progress; True: stop."""
+        self._append(writer, [row for item in finished for row in item.rows])
+        stop = False
+        for item in finished:
+            if item.status == "resumed":
+                summary.resumed += 1
+            elif item.status == STATUS_ERROR:
+                summary.errors += 1
+                if len(summary.error_messages) < 50:
+                    summary.error_messages.append(item.error or "")
+                self.progress.message(item.error or "")
+                stop = stop or self.config.on_error == "fail"
+            else:
+                summary.images += 1
+                summary.faces += item.faces
+                summary.no_face_images += item.status == STATUS_NO_FACE
+            self.progress.advance(item.faces)
+        return stop
 
     def _append(self, writer: ManifestWriter | None, rows: list[dict[str, Any]]) -> None:
         """Flush rows as a manifest part; a part that cannot be written stops the run (one line)."""
@@ -437,7 +444,7 @@ class Pipeline:
         elif parts.exists():
             shutil.rmtree(parts)
 
-    def _other_row(self, entry: WalkEntry, summary: RunSummary) -> dict[str, Any]:
+    def _other_row(self, stages: Stages, entry: WalkEntry, summary: RunSummary) -> dict[str, Any]:
         """The row of an entry that is not an image: skipped (with why), copied (--copy-other), or an error."""
         shown = readable(str(entry.relpath))
         file = ImageFile(entry.path, entry.relpath)
@@ -447,7 +454,7 @@ class Pipeline:
             if len(summary.error_messages) < 50:
                 summary.error_messages.append(message)
             self.progress.warning(message)
-            return self._row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+            return stages.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
         summary.skipped += 1
         output, note = None, entry.reason
         if entry.kind == "other" and self.config.copy_other and not self.config.dry_run:
@@ -460,226 +467,8 @@ class Pipeline:
                 summary.errors += 1
                 message = f"{shown}: copying failed ({getattr(exc, 'strerror', None) or exc})"
                 self.progress.warning(message)
-                return self._row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
-        return self._row(file, None, None, STATUS_SKIPPED, output, 0.0, method=None, method_params=None, note=note)
-
-    def _prepare(self, file: ImageFile, detector: Detector | None, previous: dict[str, list[dict[str, Any]]],
-                 summary: RunSummary, writer: ManifestWriter | None) -> _Pending | None:
-        """Hash, decode, detect and align one image; None when it needs no method call."""
-        started = time.perf_counter()
-        relpath = str(file.relpath)
-        shown = readable(relpath)
-        try:
-            digest = sha256_file(file.path)
-        except OSError as exc:
-            self._record_error(file, None, None, f"{shown}: cannot read ({exc.strerror or exc})", time.perf_counter() - started, summary, writer)
-            return None
-        if self.config.resume and self._already_done(relpath, digest, previous):
-            summary.resumed += 1
-            self.progress.advance(0)
-            return None
-        try:
-            image = decode_image(file.path, self.config.max_pixels, display_name=shown)
-            if self.config.aligned:
-                face, single = align_aligned_input(image.rgb, detector, self.method.crop_size, self.config.aligned_framing)
-                faces, aligned = [face], [single]
-            else:
-                faces = detector.detect(image.rgb)
-                aligned = [align_face(image.rgb, face.landmarks, self.method.crop_size) for face in faces]
-        except ImageDecodeError as exc:
-            self._record_error(file, digest, None, str(exc), time.perf_counter() - started, summary, writer)
-            return None
-        except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
-            self._record_error(file, digest, None, f"{shown}: detection failed ({type(exc).__name__}: {exc})", time.perf_counter() - started, summary, writer)
-            return None
-        previous.pop(relpath, None)
-        if faces:
-            return _Pending(file, digest, image, faces, aligned, time.perf_counter() - started)
-        self._finish_without_face(file, digest, image, started, summary, writer)
-        return None
-
-    def _already_done(self, relpath: str, digest: str, previous: dict[str, list[dict[str, Any]]]) -> bool:
-        rows = previous.get(relpath)
-        if not rows or any(row["status"] not in FINISHED_STATUSES or row["source_sha256"] != digest for row in rows):
-            return False
-        outputs = {row["output_path"] for row in rows if row["output_path"]}
-        return all(is_regular_file_in(self.config.output_dir, output_path_for(self.config.output_dir, PurePosixPath(output)))
-                   for output in outputs)
-
-    def _finish_without_face(self, file: ImageFile, digest: str, image: DecodedImage, started: float,
-                             summary: RunSummary, writer: ManifestWriter | None) -> None:
-        shown = readable(str(file.relpath))
-        if self.config.on_no_face == "fail":
-            self._record_error(file, digest, image, f"{shown}: no face detected (--on-no-face fail)", time.perf_counter() - started, summary, writer)
-            return
-        output = None
-        if self.config.on_no_face == "copy" and not self.config.dry_run:
-            try:
-                output = self._write(file, image, image.rgb)
-            except Exception as exc:  # noqa: BLE001 - a write that fails is this image's error, not the run's
-                self._record_error(file, digest, image, _write_failure(shown, exc), time.perf_counter() - started, summary, writer)
-                return
-        summary.images += 1
-        summary.no_face_images += 1
-        self.progress.advance(0)
-        self._append(writer, [self._row(file, digest, image, STATUS_NO_FACE, output, time.perf_counter() - started)])
-
-    def _flush(self, pending: list[_Pending], summary: RunSummary, writer: ManifestWriter | None) -> None:
-        if not pending:
-            return
-        rows: list[dict[str, Any]] = []
-        failed: list[tuple[_Pending, str]] = []
-        if self.config.dry_run:
-            for item in pending:
-                rows.extend(self._face_rows(item, None, [{} for _ in item.faces], item.seconds))
-                self._count_done(item, summary)
-        else:
-            method_started = time.perf_counter()
-            results = self._anonymize_batch(pending)
-            # Each face is charged an equal share of the batch's method time.
-            share = (time.perf_counter() - method_started) / sum(len(item.faces) for item in pending)
-            for item, outcome in zip(pending, results):
-                if isinstance(outcome, str):
-                    failed.append((item, outcome))
-                    continue
-                write_started = time.perf_counter()
-                try:
-                    metrics = [dict(face.metrics) for face in outcome]
-                    composite = self._composite(item, [face.crop for face in outcome])
-                    if self.recognizer is not None:
-                        self._add_identity_distance(item, composite, metrics)
-                    output = self._write(item.file, item.image, composite)
-                except Exception as exc:  # noqa: BLE001
-                    failed.append((item, _write_failure(readable(str(item.file.relpath)), exc)))
-                    continue
-                seconds = item.seconds + share * len(item.faces) + time.perf_counter() - write_started
-                rows.extend(self._face_rows(item, output, metrics, seconds / len(item.faces)))
-                self._count_done(item, summary)
-        self._append(writer, rows)
-        for item, message in failed:
-            self._record_error(item.file, item.sha256, item.image, message, item.seconds, summary, writer)
-
-    def _count_done(self, item: _Pending, summary: RunSummary) -> None:
-        summary.images += 1
-        summary.faces += len(item.faces)
-        self.progress.advance(len(item.faces))
-
-    def _anonymize_batch(self, pending: list[_Pending]) -> list[list[Any] | str]:
-        """Anonymize all faces of the batch at once; if that fails, retry image by image to isolate the culprit."""
-        try:
-            return _split(self._call_method([crop for item in pending for crop in self._crops(item)]), pending)
-        except Exception:  # noqa: BLE001 - fall through to the image-by-image retry
-            pass
-        outcome: list[list[Any] | str] = []
-        for item in pending:
-            try:
-                outcome.append(self._call_method(self._crops(item)))
-            except Exception as exc:  # noqa: BLE001
-                outcome.append(f"{readable(str(item.file.relpath))}: {self.config.method} failed ({type(exc).__name__}: {exc})")
-        return outcome
-
-    def _call_method(self, crops: list[FaceCrop]) -> list[Any]:
-        size = self.config.batch_size or self.method.default_batch_size()
-        results: list[Any] = []
-        for start in range(0, len(crops), size):
-            chunk = crops[start:start + size]
-            out = self.method.anonymize(chunk)
-            if len(out) != len(chunk):
-                raise RuntimeError(f"method returned {len(out)} faces for {len(chunk)}")
-            results.extend(out)
-        return results
-
-    def _crops(self, item: _Pending) -> list[FaceCrop]:
-        return [FaceCrop(aligned.crop, aligned.landmarks, f"{item.file.relpath}#{index}") for index, aligned in enumerate(item.aligned)]
-
-    def _composite(self, item: _Pending, crops: Sequence[np.ndarray]) -> np.ndarray:
-        result = item.image.rgb
-        for face, aligned, crop in zip(item.faces, item.aligned, crops):
-            if aligned.whole_image and self.method.replaces_aligned_image:
-                return replace_whole(result, crop)
-            box = face.box if len(face.landmarks) else None  # no box to cover when nothing was detected
-            result = paste_face(result, crop, aligned, self.region, box)
-        return result
-
-    def _add_identity_distance(self, item: _Pending, composite: np.ndarray, metrics: list[dict[str, Any]]) -> None:
-        from anonymize.metrics.identity import distance
-
-        boxes = [face.box for face in item.faces]
-        before = self.recognizer.descriptors(item.image.rgb, boxes)
-        after = self.recognizer.descriptors(composite, boxes)
-        for face_metrics, value in zip(metrics, distance(before, after)):
-            face_metrics["identity_distance_dlib"] = float(value)
-
-    def _write(self, file: ImageFile, image: DecodedImage, rgb: np.ndarray) -> str:
-        out = self.config.output_dir
-        write_image(image, rgb, output_path_for(out, file.relpath), self.config.jpeg_quality, root=out)
-        return str(file.relpath)
-
-    # -- manifest rows ----------------------------------------------------------------------------------
-    def _row(self, file: ImageFile, digest: str | None, image: DecodedImage | None, status: str,
-             output: str | None, seconds: float, **extra: Any) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "source_path": str(file.relpath),
-            "output_path": output,
-            "source_sha256": digest,
-            "width": int(image.rgb.shape[1]) if image is not None else None,
-            "height": int(image.rgb.shape[0]) if image is not None else None,
-            "method": self.config.method,
-            "method_params": self.method_params,
-            "status": status,
-            "seconds": round(seconds, 4),
-            "note": image.note if image is not None else None,
-            **extra,
-        }
-
-    def _face_rows(self, item: _Pending, output: str | None, metrics: list[dict[str, Any]],
-                   seconds: float) -> list[dict[str, Any]]:
-        return [
-            self._row(item.file, item.sha256, item.image, STATUS_DONE, output, seconds, face_index=index,
-                      box=[float(v) for v in face.box], det_score=float(face.score),
-                      landmarks=[float(v) for v in np.asarray(face.landmarks).reshape(-1)], **face_metrics)
-            for index, (face, face_metrics) in enumerate(zip(item.faces, metrics))
-        ]
-
-    def _record_error(self, file: ImageFile, digest: str | None, image: DecodedImage | None, message: str,
-                      seconds: float, summary: RunSummary, writer: ManifestWriter | None) -> None:
-        summary.errors += 1
-        if len(summary.error_messages) < 50:
-            summary.error_messages.append(message)
-        self.progress.message(message)
-        self.progress.advance(0)
-        self._append(writer, [self._row(file, digest, image, STATUS_ERROR, None, seconds, error=message)])
-        if self.config.on_error == "fail":
-            raise StopRun(message)
-
-
-def _write_failure(shown: str, exc: Exception) -> str:
-    """One line for an output that could not be written (disk full, name too long, a link in the way)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{shown}: writing the output failed ({exc.strerror})"
-    return f"{shown}: writing the output failed ({type(exc).__name__}: {exc})"
-
-
-def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSettings) -> Detector | None:
-    """For --aligned input: the run's detector finds the landmarks of the one face (auto and ensemble:
-    RetinaFace, never downloaded here); if it cannot be built (missing weights), dlib's HOG (weights in
-    an installed package); else None (CelebA template)."""
-    first = "retinaface" if name in ("auto", "ensemble") else name
-    for candidate in dict.fromkeys([first, "dlib-hog"]):
-        try:
-            return create_detector(candidate, weights, settings)
-        except Exception:  # noqa: BLE001 - landmarks are optional here: the template stands in
-            continue
-    return None
-
-
-def _split(results: list[Any], pending: list[_Pending]) -> list[list[Any] | str]:
-    out, start = [], 0
-    for item in pending:
-        out.append(results[start:start + len(item.faces)])
-        start += len(item.faces)
-    return out
+                return stages.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+        return stages.row(file, None, None, STATUS_SKIPPED, output, 0.0, method=None, method_params=None, note=note)
 
 
 def _rows_by_source(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -161,10 +161,10 @@ def test_a_rerun_resumes_and_the_result_equals_a_clean_run(portraits, tmp_path):
 
 
 def test_a_run_killed_mid_way_loses_at_most_one_batch_and_the_rerun_completes(png_portraits, tmp_path, monkeypatch):
-    import anonymize.pipeline as pipeline
+    import anonymize.stages as stages
 
     out = tmp_path / "out"
-    real_write = pipeline.write_image
+    real_write = stages.write_image
     calls = {"n": 0}
 
     def write_then_die(*args, **kwargs):
@@ -173,10 +173,10 @@ def test_a_run_killed_mid_way_loses_at_most_one_batch_and_the_rerun_completes(pn
             raise KeyboardInterrupt  # the process is killed while writing the third image
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_image", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run(blur_config(png_portraits, out, batch_size=1))
-    monkeypatch.setattr(pipeline, "write_image", real_write)
+    monkeypatch.setattr(stages, "write_image", write_then_die)
+    with pytest.raises(KeyboardInterrupt):  # serial: "the third write" is the third image's
+        run(blur_config(png_portraits, out, batch_size=1, workers=1))
+    monkeypatch.setattr(stages, "write_image", real_write)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     summary = run(blur_config(png_portraits, out, batch_size=1))
     assert summary.resumed == 2 and summary.images == len(PORTRAITS_WITH_ONE_FACE) - 2

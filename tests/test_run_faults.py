@@ -98,17 +98,17 @@ def test_a_name_that_fits_the_file_system_fits_with_the_temporary_suffix(tmp_pat
 
 @pytest.mark.parametrize("config", [no_face, blur], ids=["no-face copy", "anonymized"])
 def test_an_output_that_cannot_be_written_is_that_image_s_error_row_and_the_run_goes_on(tmp_path, monkeypatch, config):
-    import anonymize.pipeline as pipeline
+    import anonymize.stages as stages
 
     source = crops(tmp_path / "in", ["a.png", "b.png", "c.png"], size=(64, 64))
-    real_write = pipeline.write_image
+    real_write = stages.write_image
 
     def disk_full_for_b(image, rgb, dest, *args, **kwargs):
         if Path(dest).name == "b.png":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dest))
         return real_write(image, rgb, dest, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_image", disk_full_for_b)
+    monkeypatch.setattr(stages, "write_image", disk_full_for_b)
     out = tmp_path / "out"
     summary = run(config(source, out))
     rows = rows_by_source(out)
@@ -153,7 +153,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_first_ima
 def test_an_output_folder_that_refuses_writes_stops_the_run_before_any_image_is_processed(tmp_path, monkeypatch):
     """Read-only or full at the start: one RunError, and not a single image decoded."""
     import anonymize.io.outdir as outdir
-    import anonymize.pipeline as pipeline
+    import anonymize.stages as stages
 
     source = crops(tmp_path / "in", ["a.png", "b.png"])
 
@@ -162,7 +162,7 @@ def test_an_output_folder_that_refuses_writes_stops_the_run_before_any_image_is_
 
     decoded = []
     monkeypatch.setattr(outdir, "write_in_folder", read_only)
-    monkeypatch.setattr(pipeline, "decode_image", lambda *a, **k: decoded.append(a) or decode_image(*a, **k))
+    monkeypatch.setattr(stages, "decode_image", lambda *a, **k: decoded.append(a) or decode_image(*a, **k))
     with pytest.raises(RunError, match="cannot write into the output folder .Read-only file system"):
         run(blur(source, tmp_path / "out"))
     assert decoded == []
@@ -255,18 +255,18 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
 
 
 def test_the_output_folder_is_marked_before_the_first_output_is_written(tmp_path, monkeypatch):
-    import anonymize.pipeline as pipeline
+    import anonymize.stages as stages
 
     source = crops(tmp_path / "in", ["a.png"])
     out = tmp_path / "out"
     seen = []
-    real_write = pipeline.write_image
+    real_write = stages.write_image
 
     def check_marked(*args, **kwargs):
         seen.append((out / ".anonymize" / "run.json").is_file())
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "write_image", check_marked)
+    monkeypatch.setattr(stages, "write_image", check_marked)
     run(blur(source, out))
     assert seen == [True]
 

@@ -1,0 +1,114 @@
+"""The local executor: prepare and finish in a pool of threads, the method on the main device.
+
+Threads, not processes: decoding and encoding (Pillow), OpenCV, dlib and torch release the GIL
+for their heavy work (measured in benchmarks/pipeline.py), and threads share the method's
+models without copying them. Queues are bounded: at most ``window`` images are prepared ahead
+and at most two batches are being finished, so memory does not grow with the dataset. Batches
+are formed in walk order exactly as in the serial path (``workers <= 1``, the same code with the
+stages called inline), so both give the same outputs and rows.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable
+
+from anonymize.executors.base import Record, StageTimes
+from anonymize.io.walk import ImageFile
+from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, Prepared, Stages
+
+FINISHING_BATCHES = 2  # batches being pasted and written while the method works on the next one
+
+
+def available_cores() -> int:
+    """The cores this process may use (the affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+class _Inline:
+    """A pool of no threads: each call runs at once (the serial path, same code as the pool)."""
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by result(), as a pool would
+            future.set_exception(exc)
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        pass
+
+
+def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
+              faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
+    """Prepare -> anonymize (batched by faces) -> finish -> record, over ``files`` in walk order."""
+    pool: Any = ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
+    window = max(8, 4 * workers)
+    in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
+    prepared: deque[Future] = deque()
+    finishing: deque[list[Future]] = deque()
+    pending = iter(files)
+    stop = False
+
+    def top_up() -> None:
+        while not stop and len(prepared) < window:
+            file = next(pending, None)
+            if file is None:
+                return
+            prepared.append(pool.submit(stages.prepare, file, previous.get(str(file.relpath))))
+
+    def drain(keep: int) -> bool:
+        """Record finished batches in order until at most ``keep`` remain; True: stop the run."""
+        stopping = False
+        while len(finishing) > keep:
+            done: list[Finished] = [future.result() for future in finishing.popleft()]
+            times.finish += sum(item.seconds for item in done)
+            stopping = record(done) or stopping
+        return stopping
+
+    def anonymize_and_finish(batch: list[Prepared]) -> None:
+        for_method = [item for item in batch if item.needs_method]
+        outcomes: Iterator[Any] = iter(())
+        share = 0.0
+        if for_method:
+            started = time.perf_counter()
+            outcomes = iter(stages.anonymize(for_method))
+            spent = time.perf_counter() - started
+            times.anonymize += spent
+            share = spent / sum(len(item.faces) for item in for_method)
+        futures = []
+        for item in batch:
+            outcome = next(outcomes) if item.needs_method else None
+            futures.append(pool.submit(stages.finish, item, outcome, share * len(item.faces)))
+        times.prepare += sum(item.seconds for item in batch)
+        times.images += len(batch)
+        finishing.append(futures)
+
+    try:
+        top_up()
+        batch: list[Prepared] = []
+        faces = 0
+        while prepared and not stop:
+            item = prepared.popleft().result()
+            top_up()
+            batch.append(item)
+            faces += len(item.faces) if item.needs_method else 0
+            if faces >= faces_per_batch or len(batch) >= MAX_IMAGES_PER_BATCH:
+                anonymize_and_finish(batch)
+                batch, faces = [], 0
+                stop = drain(in_flight)
+        if batch and not stop:
+            anonymize_and_finish(batch)
+        drain(0)
+    finally:
+        for future in prepared:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
