@@ -198,6 +198,7 @@ class Pipeline:
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
         self.detector_choice: DetectorChoice | None = None
         self.lock: OutputLock | None = None  # held from before the first write to the end of the run
+        self.expected_faces: int | None = None  # the method's size hint (the number of images)
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _walk(self) -> tuple[list[ImageFile], list[WalkEntry]]:
@@ -306,6 +307,7 @@ class Pipeline:
             self.lock = None
 
     def _build_method(self, expected_faces: int) -> Method:
+        self.expected_faces = expected_faces
         return build_method(RunFacts(self.config, self.run_id, "{}", self.device, 256, False), expected_faces)
 
     def _build_detector(self) -> Detector | None:
@@ -335,6 +337,10 @@ class Pipeline:
     def run(self) -> RunSummary:
         config = self.config
         check_paths(config.input_dir, config.output_dir, config.manifest_path)
+        if config.executor == "ray":
+            from anonymize.executors.ray_cluster import require_ray
+
+            require_ray()
         started = time.perf_counter()
         files, others = self._walk()
         self._check_output_dir()
@@ -368,14 +374,15 @@ class Pipeline:
         self.progress.start(len(files))
         try:
             self._append(writer, [self._other_row(stages, entry, summary) for entry in others])
-            record = partial(self._record, writer, summary)
             faces_per_batch = config.batch_size or method.default_batch_size()
             if config.executor == "ray":
                 from anonymize.executors.ray_cluster import run_on_ray
 
-                run_on_ray(stages, files, previous, faces_per_batch, record, times, config.ray_address, writer)
+                # Each shard writes its own manifest part; the driver only counts.
+                run_on_ray(stages, files, previous, faces_per_batch, partial(self._record, None, summary), times, writer,
+                           config.ray_address)
             else:
-                run_local(stages, files, previous, faces_per_batch, self.workers(), record, times)
+                run_local(stages, files, previous, faces_per_batch, self.workers(), partial(self._record, writer, summary), times)
         finally:
             if writer is not None:
                 try:
@@ -396,7 +403,7 @@ class Pipeline:
         config = replace(self.config, detector=self.detector_choice.name) if self.detector_choice else self.config
         return RunFacts(config, self.run_id, self.method_params, self.device,
                         method.crop_size if method else 256, bool(method and method.replaces_aligned_image),
-                        default_region=method.default_region if method else "ellipse")
+                        self.expected_faces, method.default_region if method else "ellipse")
 
     def workers(self) -> int:
         """--workers: the local pool's threads (None: the cores available; 0 or 1: serial)."""

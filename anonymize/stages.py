@@ -50,6 +50,7 @@ class RunFacts:
     device: str  # where the models run in this process
     crop_size: int  # the method's aligned crop size
     replaces_aligned_image: bool  # the method's choice for --aligned input
+    expected_faces: int | None = None  # the size hint every copy of the method is built with
     default_region: str = "ellipse"  # the method's region when --region is not given
 
 
@@ -118,7 +119,7 @@ class Stages:
             return given
         with _BUILD_LOCK:
             if self._given[0] is None:
-                self._given = (build_method(self.facts), self._given[1])
+                self._given = (build_method(self.facts, self.facts.expected_faces), self._given[1])
         return self._given[0]  # type: ignore[return-value]
 
     def detector(self) -> Detector | None:
@@ -175,18 +176,23 @@ class Stages:
     # -- anonymize --------------------------------------------------------------------------------------
     def anonymize(self, batch: list[Prepared]) -> list[MethodOutcome]:
         """The method on every face of the batch at once; if that fails, image by image to isolate the culprit."""
+        return self.anonymize_crops([item.crops() for item in batch])
+
+    def anonymize_crops(self, crops: list[list[FaceCrop]]) -> list[MethodOutcome]:
+        """:meth:`anonymize` on the crops alone (what a Ray method actor receives: no decoded images)."""
         if self.config.dry_run:
-            return [None for _ in batch]
+            return [None for _ in crops]
         try:
-            return _split(self._call_method([crop for item in batch for crop in item.crops()]), batch)
+            return _split(self._call_method([crop for image in crops for crop in image]), [len(image) for image in crops])
         except Exception:  # noqa: BLE001 - fall through to the image-by-image retry
             pass
         outcome: list[MethodOutcome] = []
-        for item in batch:
+        for image in crops:
             try:
-                outcome.append(self._call_method(item.crops()))
+                outcome.append(self._call_method(image))
             except Exception as exc:  # noqa: BLE001
-                outcome.append(f"{readable(str(item.file.relpath))}: {self.config.method} failed ({type(exc).__name__}: {exc})")
+                name = image[0].key.rpartition("#")[0]  # "<relative path>#<face index>"
+                outcome.append(f"{readable(name)}: {self.config.method} failed ({type(exc).__name__}: {exc})")
         return outcome
 
     def _call_method(self, crops: list[FaceCrop]) -> list[Any]:
@@ -344,19 +350,6 @@ def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSetti
     return None
 
 
-def batches_by_faces(items: list[Prepared], faces_per_batch: int) -> list[list[Prepared]]:
-    """Consecutive images grouped until a batch holds ``faces_per_batch`` faces (or 64 images)."""
-    batches: list[list[Prepared]] = [[]]
-    faces = 0
-    for item in items:
-        batches[-1].append(item)
-        faces += len(item.faces)
-        if faces >= faces_per_batch or len(batches[-1]) >= MAX_IMAGES_PER_BATCH:
-            batches.append([])
-            faces = 0
-    return [batch for batch in batches if batch]
-
-
 def _write_failure(shown: str, exc: Exception) -> str:
     """One line for an output that could not be written (disk full, name too long, a link in the way)."""
     if isinstance(exc, OSError) and exc.strerror:
@@ -364,10 +357,10 @@ def _write_failure(shown: str, exc: Exception) -> str:
     return f"{shown}: writing the output failed ({type(exc).__name__}: {exc})"
 
 
-def _split(results: list[Any], batch: list[Prepared]) -> list[MethodOutcome]:
+def _split(results: list[Any], counts: list[int]) -> list[MethodOutcome]:
     out: list[MethodOutcome] = []
     start = 0
-    for item in batch:
-        out.append(results[start:start + len(item.faces)])
-        start += len(item.faces)
+    for count in counts:
+        out.append(results[start:start + count])
+        start += count
     return out

@@ -37,6 +37,11 @@ class OnError(str, Enum):
     fail = "fail"
 
 
+class ExecutorName(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
 class Region(str, Enum):
     ellipse = "ellipse"
     hull = "hull"
@@ -177,6 +182,9 @@ def run_command(
     manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet); never inside the input folder."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
     copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Threads that decode, detect, paste and write while the method runs (default: the cores available; 0 or 1: serial)."),
+    executor: ExecutorName = typer.Option("local", help="local: this machine; ray: a Ray cluster (pip install 'anonymize[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--executor ray: the cluster to join, e.g. ray://head:10001 or auto (default: a Ray on this machine)."),
     audit: bool = typer.Option(False, "--audit", help="Audit the output against the input at the end; exit 3 when the audit fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
@@ -215,7 +223,12 @@ def run_command(
         manifest_path=manifest,
         max_pixels=max_pixels,
         copy_other=copy_other,
+        workers=workers,
+        executor=executor.value,
+        ray_address=ray_address,
     )
+    if ray_address is not None and executor != ExecutorName.ray:
+        fail("--ray-address only applies to --executor ray", as_json=as_json)
     try:
         with RichProgress(quiet or as_json) as progress:
             summary = run(config, progress)

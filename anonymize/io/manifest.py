@@ -132,6 +132,7 @@ class ManifestWriter:
     run_id: str
     metadata: dict[str, str]
     manifest_path: Path | None = None
+    tag: str = ""  # tells apart the parts of writers of one run in several processes (Ray shards)
     _sequence: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -143,7 +144,8 @@ class ManifestWriter:
         if not rows:
             return
         self._sequence += 1
-        path = self.parts_dir / f"{self._stamp:020d}-{self.run_id}-{self._sequence:06d}.parquet"
+        tag = f"-{self.tag}" if self.tag else ""
+        path = self.parts_dir / f"{self._stamp:020d}-{self.run_id}{tag}-{self._sequence:06d}.parquet"
         atomic_write_bytes(path, _parquet_bytes(rows_to_table(rows, self.metadata)), root=self.out_dir)
 
     def finalise(self) -> Path:

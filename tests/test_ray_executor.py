@@ -1,0 +1,125 @@
+"""`--executor ray` on a local Ray (2 CPUs, no GPU): the same outputs and rows as a local run,
+nothing lost or doubled when a worker is killed mid-run, and a second run resumes.
+
+One Ray is started for the whole module (it takes seconds) with a small object store.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from anonymize.pipeline import RunConfig, run
+from tests.run_outputs import assert_same_run, identities
+
+ray = pytest.importorskip("ray")
+
+PORTRAITS = 12
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 * 1024, include_dashboard=False,
+             logging_level="ERROR", log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def portraits(shared_dir: Path, tmp_path: Path) -> Path:
+    source = tmp_path / "portraits"
+    source.mkdir()
+    for photo in sorted((shared_dir / "data" / "portraits").glob("*.jpg"))[:PORTRAITS]:
+        shutil.copy(photo, source / photo.name)
+    return source
+
+
+def blur(source: Path, out: Path, **overrides) -> RunConfig:
+    return RunConfig(source, out, **{"method": "blur", "detector": "dlib-hog", "device": "cpu", **overrides})
+
+
+def test_blur_on_ray_equals_the_local_run(local_ray, portraits, tmp_path):
+    local = run(blur(portraits, tmp_path / "local"))
+    on_ray = run(blur(portraits, tmp_path / "ray", executor="ray"))
+    assert (on_ray.images, on_ray.faces, on_ray.errors) == (local.images, local.faces, 0) == (PORTRAITS, local.faces, 0)
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+    assert not (tmp_path / "ray" / ".anonymize" / "parts").exists()
+
+
+def test_falco_with_the_tiny_networks_on_ray_equals_the_local_run(local_ray, tiny_env, shared_dir, tmp_path):
+    source = tmp_path / "celeba"
+    source.mkdir()
+    for photo in sorted((shared_dir / "data" / "celeba-ids" / "0").glob("*.jpg"))[:3]:
+        shutil.copy(photo, source / photo.name)
+    options = {"steps": "2", "bank_size": "20"}
+    falco = {"method": "falco", "method_options": options, "aligned": True, "device": "cpu", "margin": 0.2,
+             "weights_dir": tiny_env.weights_dir}
+    run(RunConfig(source, tmp_path / "local", **falco))
+    summary = run(RunConfig(source, tmp_path / "ray", executor="ray", **falco))
+    assert summary.faces == 3 and summary.errors == 0
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+
+
+def _ray_task_pids(name: str) -> list[int]:
+    """Pids of Ray workers running a task called ``name`` (their process title is ``ray::<name>``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                title = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(f"ray::{name}".encode()):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds Ray's workers through /proc")
+def test_a_worker_killed_mid_run_leaves_a_complete_manifest_without_duplicates_and_a_second_run_resumes(
+        local_ray, portraits, tmp_path):
+    run(blur(portraits, tmp_path / "local"))
+    killed: list[int] = []
+    running = threading.Event()
+
+    def kill_a_worker() -> None:
+        while running.is_set() and not killed:
+            for pid in _ray_task_pids("prepare_shard") or _ray_task_pids("finish_shard"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.01)
+
+    running.set()
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    try:
+        summary = run(blur(portraits, tmp_path / "ray", executor="ray"))
+    finally:
+        running.clear()
+        killer.join()
+    assert killed, "no Ray worker was seen running a stage"
+    assert summary.images == PORTRAITS and summary.errors == 0
+    assert len(identities(tmp_path / "ray")) == len(set(identities(tmp_path / "ray")))
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+
+    again = run(blur(portraits, tmp_path / "ray", executor="ray"))
+    assert (again.resumed, again.images) == (PORTRAITS, 0)
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+
+
+def test_a_ray_run_resumes_what_a_local_run_finished(local_ray, portraits, tmp_path):
+    out = tmp_path / "out"
+    run(blur(portraits, out, limit=5))
+    summary = run(blur(portraits, out, executor="ray"))
+    assert (summary.resumed, summary.images) == (5, PORTRAITS - 5)
+    run(blur(portraits, tmp_path / "clean"))
+    assert_same_run(tmp_path / "clean", out)
