@@ -1,7 +1,11 @@
 """Throughput of detect + blur over ../shared/data, and detection quality on the labelled group photos.
 
-Each detector runs in a fresh subprocess so that its peak memory (max RSS) is its own.
-``python -m benchmarks.pipeline --shared ../shared [--detectors dlib-hog retinaface]``
+Each configuration runs in a fresh subprocess so that its peak memory (max RSS) is its own:
+every detector serially (``--workers 1``), RetinaFace with the local pool (``--workers 2``) and
+on a local Ray; each row carries the seconds per image in the prepare, anonymize and finish
+stages and the share of wall time the method's device was busy. ``--pools`` times the prepare
+stage alone on a pool of threads and a pool of processes (why the local executor uses threads).
+``python -m benchmarks.pipeline --shared ../shared [--detectors dlib-hog retinaface] [--pools]``
 
 ``python -m benchmarks.pipeline --shared ../shared --detection-table`` prints README's recall and
 false-positive table: every detector at its default and its recall-first thresholds on the 43
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,20 +89,61 @@ def detection_table_row(detector_name: str, recall_first: bool, groups: Path, we
     return row
 
 
-def throughput(detector_name: str, data: Path, weights_dir: Path | None) -> dict[str, float]:
+def throughput(detector_name: str, data: Path, weights_dir: Path | None, workers: int = 1,
+               executor: str = "local") -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        summary = run(RunConfig(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir, device="cpu"))
+        summary = run(RunConfig(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir,
+                                device="cpu", workers=workers, executor=executor))  # type: ignore[arg-type]
         seconds = time.perf_counter() - started
     return {"images": summary.images, "faces": summary.faces, "seconds": round(seconds, 2),
             "images_per_s": round(summary.images / seconds, 2), "faces_per_s": round(summary.faces / seconds, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **summary.stages}
 
 
-def bench_one(detector_name: str, shared: Path, weights_dir: Path | None) -> dict[str, object]:
+def bench_one(detector_name: str, shared: Path, weights_dir: Path | None, workers: int = 1,
+              executor: str = "local") -> dict[str, object]:
     weights = WeightsStore(weights_dir)
-    return {"tool": "anonymize", "detector": detector_name, **throughput(detector_name, shared / "data", weights_dir),
+    label = "ray (local, 2 CPUs)" if executor == "ray" else f"--workers {workers}"
+    if executor == "ray":
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    return {"tool": "anonymize", "detector": detector_name, "executor": label,
+            **throughput(detector_name, shared / "data", weights_dir, workers, executor),
             **detection_quality(detector_name, shared / "data" / "groups", weights)}
+
+
+def _prepare_all(stages: object, files: list[object]) -> int:
+    return sum(len(stages.prepare(file).faces) for file in files)  # type: ignore[attr-defined]
+
+
+def pool_rows(data: Path, weights_dir: Path | None, workers: int = 2) -> list[dict[str, object]]:
+    """The prepare stage (hash, decode, detect, align) over every image: serial, threads, processes."""
+    from anonymize.io.walk import ImageFile, walk_tree
+    from anonymize.pipeline import Pipeline
+
+    pipeline = Pipeline(RunConfig(data, Path(tempfile.mkdtemp()) / "out", method="blur", detector="retinaface",
+                                  weights_dir=weights_dir, device="cpu", dry_run=True))
+    pipeline.method = pipeline._build_method(0)
+    from anonymize.stages import Stages
+
+    stages = Stages(pipeline.facts())
+    files = [ImageFile(entry.path, entry.relpath) for entry in walk_tree(data) if entry.kind == "image"]
+    chunks = [files[index::workers] for index in range(workers)]
+    rows = []
+    for kind in ("serial", "threads", "processes"):
+        started = time.perf_counter()
+        if kind == "serial":
+            faces = _prepare_all(stages, files)
+        else:
+            pool_type = ThreadPoolExecutor if kind == "threads" else ProcessPoolExecutor
+            with pool_type(workers) as pool:  # processes: each builds its own detector (not timed apart)
+                faces = sum(pool.map(_prepare_all, [stages] * workers, chunks))
+        seconds = time.perf_counter() - started
+        rows.append({"prepare stage": kind, "workers": 1 if kind == "serial" else workers, "images": len(files),
+                     "faces": faces, "seconds": round(seconds, 2), "images_per_s": round(len(files) / seconds, 2)})
+    return rows
 
 
 DEFACE_SNIPPET = r"""
@@ -156,10 +202,23 @@ def bench_deface(python: Path, shared: Path) -> dict[str, object] | None:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def pool_rows_in_subprocess(shared: Path, weights_dir: Path | None) -> list[dict[str, object]]:
+    command = [sys.executable, "-m", "benchmarks.pipeline", "--shared", str(shared), "--pools"]
+    if weights_dir:
+        command += ["--weights-dir", str(weights_dir)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return [{"prepare stage": "error", "error": (done.stderr.strip().splitlines() or ["failed"])[-1]}]
+    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--detector", help="run one detector in this process and print its JSON")
+    parser.add_argument("--workers", type=int, default=1, help="with --detector: the local executor's workers")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"], help="with --detector")
+    parser.add_argument("--pools", action="store_true", help="time the prepare stage on threads vs processes")
     parser.add_argument("--detectors", nargs="*", default=["dlib-hog", "mtcnn", "retinaface"])
     parser.add_argument("--weights-dir", type=Path, default=None)
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
@@ -173,21 +232,32 @@ def main() -> None:
                 print(json.dumps(detection_table_row(name, recall_first, args.shared / "data" / "groups", weights)), flush=True)
         return
     if args.detector:
-        print(json.dumps(bench_one(args.detector, args.shared, args.weights_dir)))
+        print(json.dumps(bench_one(args.detector, args.shared, args.weights_dir, args.workers, args.executor)))
+        return
+    if args.pools:
+        for row in pool_rows(args.shared / "data", args.weights_dir):
+            print(json.dumps(row))
         return
     for row in pipeline_rows(args.shared, args.detectors, args.weights_dir, args.deface_python):
         print(json.dumps(row))
 
 
+# (detector, workers, executor): every detector serially, then RetinaFace on the pool and on Ray.
+def configurations(detectors: list[str]) -> list[tuple[str, int, str]]:
+    return [(name, 1, "local") for name in detectors] + [("retinaface", 2, "local"), ("retinaface", 2, "ray")]
+
+
 def pipeline_rows(shared: Path, detectors: list[str], weights_dir: Path | None, deface_python: Path) -> list[dict[str, object]]:
     rows = []
-    for name in detectors:
-        command = [sys.executable, "-m", "benchmarks.pipeline", "--shared", str(shared), "--detector", name]
+    for name, workers, executor in configurations(detectors):
+        command = [sys.executable, "-m", "benchmarks.pipeline", "--shared", str(shared), "--detector", name,
+                   "--workers", str(workers), "--executor", executor]
         if weights_dir:
             command += ["--weights-dir", str(weights_dir)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            rows.append({"tool": "anonymize", "detector": name, "error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
+            rows.append({"tool": "anonymize", "detector": name, "executor": executor,
+                         "error": (done.stderr.strip().splitlines() or ["failed"])[-1]})
         else:
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     deface = bench_deface(deface_python, shared)

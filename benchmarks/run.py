@@ -37,6 +37,9 @@ def main() -> None:
         rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
         results["pipeline"] = rows
         print_table(f"detect + blur over {args.shared / 'data'} (CPU)", rows)
+        pools = pipeline.pool_rows_in_subprocess(args.shared, args.weights_dir)
+        results["prepare_pools"] = pools
+        print_table("prepare stage (hash, decode, detect, align) alone: threads vs processes", pools)
     for name, module in (("models", models), ("falco", falco)):
         if name not in args.only:
             continue
