@@ -35,7 +35,7 @@ import json, resource, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from anonymize.pipeline import RunConfig, RunError, run
+from anonymize.pipeline import RunConfig, run
 
 source, out, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
