@@ -95,6 +95,10 @@ class MethodActor:
         device = "cuda" if facts.device != "cpu" and torch.cuda.is_available() else "cpu"
         if device == "cpu":  # Ray gives a zero-CPU actor one thread; compute as a local run would (same sums)
             torch.set_num_threads(cpu_threads)
+        if facts.config.deterministic:  # --deterministic holds in every process that runs the method
+            from anonymize.models.determinism import use_deterministic_algorithms
+
+            use_deterministic_algorithms()
         self.stages = Stages(replace(facts, device=device))
 
     def anonymize(self, images: list[tuple[int, int, int]], *shard_crops: list[FaceCrop]
