@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,10 @@ def pool_rows(data: Path, weights_dir: Path | None, workers: int = 2) -> list[di
         if kind == "serial":
             faces = _prepare_all(stages, files)
         else:
-            pool_type = ThreadPoolExecutor if kind == "threads" else ProcessPoolExecutor
-            with pool_type(workers) as pool:  # processes: each builds its own detector (not timed apart)
+            # processes are spawned (a forked child of a process running torch's thread pool can hang);
+            # each builds its own detector, which is part of the time measured
+            pool = ThreadPoolExecutor(workers) if kind == "threads" else ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+            with pool:
                 faces = sum(pool.map(_prepare_all, [stages] * workers, chunks))
         seconds = time.perf_counter() - started
         rows.append({"prepare stage": kind, "workers": 1 if kind == "serial" else workers, "images": len(files),

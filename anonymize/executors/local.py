@@ -14,13 +14,16 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 from anonymize.executors.base import Record, StageTimes
 from anonymize.io.walk import ImageFile
+from anonymize.methods.classical import BlurMethod, MaskMethod, PixelateMethod
 from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, Prepared, Stages
 
+CLASSICAL_METHODS = (BlurMethod, PixelateMethod, MaskMethod)  # they never call torch
 FINISHING_BATCHES = 2  # batches being pasted and written while the method works on the next one
 
 
@@ -47,9 +50,33 @@ class _Inline:
         pass
 
 
+@contextmanager
+def _torch_threads_per_worker(workers: int, stages: Stages) -> Iterator[None]:
+    """Split the cores between the workers: each worker's torch calls (detection on the CPU) use
+    cores / workers threads instead of all of them, so the pool does not oversubscribe the CPU
+    (measured on 2 cores: 10.9 instead of 9.2 images/s). Not when the method itself runs torch on
+    the CPU (FALCO with --device cpu): it needs every core. Restored when the run ends."""
+    import torch
+
+    before = torch.get_num_threads()
+    method_on_cpu_torch = stages.facts.device == "cpu" and not isinstance(stages.method(), CLASSICAL_METHODS)
+    if workers > 1 and not method_on_cpu_torch:
+        torch.set_num_threads(max(1, available_cores() // workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
               faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
     """Prepare -> anonymize (batched by faces) -> finish -> record, over ``files`` in walk order."""
+    with _torch_threads_per_worker(workers, stages):
+        _run_local(stages, files, previous, faces_per_batch, workers, record, times)
+
+
+def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
+               faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
     pool: Any = ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
     window = max(8, 4 * workers)
     in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
