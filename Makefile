@@ -27,7 +27,7 @@ bench:
 
 demo:
 	rm -rf /tmp/anonymize-demo
-	$(BIN)/anonymize run $(SHARED)/data/portraits --out /tmp/anonymize-demo --method blur --detector dlib-hog --overwrite
+	$(BIN)/anonymize run $(SHARED)/data/portraits --out /tmp/anonymize-demo --method blur --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache
