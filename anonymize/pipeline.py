@@ -308,7 +308,7 @@ class Pipeline:
 
     def _build_method(self, expected_faces: int) -> Method:
         self.expected_faces = expected_faces
-        return build_method(RunFacts(self.config, self.run_id, "{}", self.device, 256, False), expected_faces)
+        return build_method(self.config, self.device, expected_faces)
 
     def _build_detector(self) -> Detector | None:
         if self.config.aligned:  # the landmark detector of --aligned input, if any (see stages.build_detector)
@@ -417,9 +417,7 @@ class Pipeline:
             if item.status == "resumed":
                 summary.resumed += 1
             elif item.status == STATUS_ERROR:
-                summary.errors += 1
-                if len(summary.error_messages) < 50:
-                    summary.error_messages.append(item.error or "")
+                _count_error(summary, item.error or "")
                 self.progress.message(item.error or "")
                 stop = stop or self.config.on_error == "fail"
             else:
@@ -455,27 +453,28 @@ class Pipeline:
         """The row of an entry that is not an image: skipped (with why), copied (--copy-other), or an error."""
         shown = readable(str(entry.relpath))
         file = ImageFile(entry.path, entry.relpath)
-        if entry.kind == "error":
-            summary.errors += 1
-            message = f"{shown}: {entry.reason}"
-            if len(summary.error_messages) < 50:
-                summary.error_messages.append(message)
-            self.progress.warning(message)
-            return stages.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
-        summary.skipped += 1
+        message = f"{shown}: {entry.reason}" if entry.kind == "error" else None
         output, note = None, entry.reason
-        if entry.kind == "other" and self.config.copy_other and not self.config.dry_run:
+        if message is None and entry.kind == "other" and self.config.copy_other and not self.config.dry_run:
             try:
                 atomic_write_bytes(output_path_for(self.config.output_dir, entry.relpath), entry.path.read_bytes(),
                                    root=self.config.output_dir)
                 output, note = str(entry.relpath), f"{entry.reason}; copied unchanged (--copy-other)"
             except (OSError, ValueError) as exc:
-                summary.skipped -= 1
-                summary.errors += 1
                 message = f"{shown}: copying failed ({getattr(exc, 'strerror', None) or exc})"
-                self.progress.warning(message)
-                return stages.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+        if message is not None:
+            _count_error(summary, message)
+            self.progress.warning(message)
+            return stages.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
+        summary.skipped += 1
         return stages.row(file, None, None, STATUS_SKIPPED, output, 0.0, method=None, method_params=None, note=note)
+
+
+def _count_error(summary: RunSummary, message: str) -> None:
+    """One more error in the summary; the first 50 messages are kept for it."""
+    summary.errors += 1
+    if len(summary.error_messages) < 50:
+        summary.error_messages.append(message)
 
 
 def _rows_by_source(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -119,7 +119,7 @@ class Stages:
             return given
         with _BUILD_LOCK:
             if self._given[0] is None:
-                self._given = (build_method(self.facts, self.facts.expected_faces), self._given[1])
+                self._given = (build_method(self.config, self.facts.device, self.facts.expected_faces), self._given[1])
         return self._given[0]  # type: ignore[return-value]
 
     def detector(self) -> Detector | None:
@@ -310,11 +310,11 @@ class Stages:
 _BUILD_LOCK = threading.Lock()
 
 
-def build_method(facts: RunFacts, expected_faces: int | None = None) -> Method:
-    config = facts.config
+def build_method(config: RunConfig, device: str, expected_faces: int | None = None) -> Method:
+    """The run's method on ``device`` (the driver builds it before the stage facts exist)."""
     context = MethodContext(
         weights=WeightsStore(config.weights_dir),
-        device=facts.device,
+        device=device,
         seed=config.seed,
         margin=config.margin,
         batch_size=config.batch_size,
