@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from anonymize import __version__
 from anonymize.executors.base import StageTimes
-from anonymize.executors.local import available_cores, run_local
+from anonymize.executors.local import available_cores, run_local, run_survey
 from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector
 from anonymize.faces.paste import RegionKind
@@ -50,7 +50,8 @@ from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, prob
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method
-from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, build_detector, build_method
+from anonymize.methods.base import IdentityFrom
+from anonymize.stages import PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, build_detector, build_method
 from anonymize.weights import WeightsStore
 
 OnNoFace = Literal["copy", "skip", "fail"]
@@ -103,6 +104,7 @@ class RunConfig:
     workers: int | None = None  # local executor: prepare/finish threads (None: the cores available; 0 or 1: serial)
     executor: Executor = "local"
     ray_address: str | None = None  # --executor ray: the cluster to join (None: a local Ray)
+    identity_from: IdentityFrom = "cluster"  # dataset-level methods: who is the same person (folder: one per folder)
 
 
 @dataclass
@@ -129,7 +131,7 @@ class RunSummary:
 class Progress:
     """What the pipeline reports as it goes; the CLI draws it, tests ignore it."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int, phase: str = "anonymizing") -> None: ...
 
     def advance(self, faces: int) -> None: ...
 
@@ -244,6 +246,7 @@ class Pipeline:
             "feather": config.feather,
             "jpeg_quality": config.jpeg_quality,
             "on_no_face": config.on_no_face,
+            "identity_from": config.identity_from,
         }
 
     def _earlier_settings(self) -> dict[str, Any] | None:
@@ -371,10 +374,12 @@ class Pipeline:
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
         stages = Stages(self.facts(), method, detector)
         times = StageTimes()
+        faces_per_batch = config.batch_size or method.default_batch_size()
+        if method.dataset_level:
+            self._survey(stages, files, previous, faces_per_batch)
         self.progress.start(len(files))
         try:
             self._append(writer, [self._other_row(stages, entry, summary) for entry in others])
-            faces_per_batch = config.batch_size or method.default_batch_size()
             if config.executor == "ray":
                 from anonymize.executors.ray_cluster import run_on_ray
 
@@ -395,6 +400,25 @@ class Pipeline:
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.stages = times.as_dict(summary.seconds)
         return summary
+
+    def _survey(self, stages: Stages, files: list[ImageFile], previous: dict[str, list[dict[str, Any]]],
+                faces_per_batch: int) -> None:
+        """Pass 1 of a dataset-level method: it sees every face not written yet, then plans once.
+
+        Always on this machine's pool (with --executor ray too): the plan is stored in the output
+        folder, where every Ray actor's copy of the method reads it before its first batch.
+        """
+        method = self.method
+        assert method is not None
+        self.progress.note(f"{method.name} is dataset-level: pass 1 of 2 surveys every face before any is written")
+        self.progress.start(len(files), phase="surveying")
+        surveyed = run_survey(stages, files, previous, faces_per_batch, self.workers(), lambda faces: self.progress.advance(faces))
+        try:
+            figures = method.plan()
+        except OSError as exc:
+            raise RunError(f"{self.config.output_dir}: cannot store the {method.name} plan ({exc.strerror or exc})") from None
+        shown = ", ".join(f"{key} {value}" for key, value in figures.items())
+        self.progress.note(f"{method.name} plan: {surveyed} faces surveyed{', ' + shown if shown else ''}")
 
     def facts(self) -> RunFacts:
         """What the stages of this run need besides the models (shipped to every worker)."""
@@ -443,11 +467,12 @@ class Pipeline:
         """--overwrite: drop the manifest and the parts (never following links); outputs are rewritten in place."""
         if self.manifest_path.is_symlink() or self.manifest_path.exists():
             self.manifest_path.unlink()
-        parts = self.config.output_dir / WORK_DIR_NAME / "parts"
-        if parts.is_symlink():
-            parts.unlink()
-        elif parts.exists():
-            shutil.rmtree(parts)
+        for name in ("parts", PLANS_DIR_NAME):  # a dataset-level method plans again from scratch
+            folder = self.config.output_dir / WORK_DIR_NAME / name
+            if folder.is_symlink():
+                folder.unlink()
+            elif folder.exists():
+                shutil.rmtree(folder)
 
     def _other_row(self, stages: Stages, entry: WalkEntry, summary: RunSummary) -> dict[str, Any]:
         """The row of an entry that is not an image: skipped (with why), copied (--copy-other), or an error."""

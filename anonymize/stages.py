@@ -28,7 +28,7 @@ from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.faces.paste import Region, paste_face, replace_whole
 from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
-from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, readable
+from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, WORK_DIR_NAME, readable
 from anonymize.io.walk import ImageFile
 from anonymize.io.write import is_regular_file_in, output_path_for, write_image
 from anonymize.methods import FaceCrop, Method, MethodContext, create_method
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from anonymize.pipeline import RunConfig
 
 MAX_IMAGES_PER_BATCH = 64  # bounds memory when images have few faces
+PLANS_DIR_NAME = "plan"  # <out>/.anonymize/plan/<method>/: dataset-level methods' plans
 
 
 @dataclass(frozen=True)
@@ -321,6 +322,8 @@ def build_method(config: RunConfig, device: str, expected_faces: int | None = No
         aligned_input=config.aligned,
         output_dir=None if config.dry_run else config.output_dir,
         expected_faces=expected_faces,
+        plan_dir=None if config.dry_run else config.output_dir / WORK_DIR_NAME / PLANS_DIR_NAME / config.method,
+        identity_from=config.identity_from,
     )
     return create_method(config.method, context, config.method_options)
 

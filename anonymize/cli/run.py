@@ -17,7 +17,7 @@ from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.faces.detect import CHOICES as DETECTORS
-from anonymize.methods import METHODS, MethodError
+from anonymize.methods import METHODS, MethodError, method_class
 from anonymize.pipeline import Progress as PipelineProgress
 from anonymize.pipeline import RunConfig, RunError, RunSummary, default_output_dir, run
 from anonymize.weights import WeightsError
@@ -37,6 +37,11 @@ class OnError(str, Enum):
     fail = "fail"
 
 
+class IdentityFromName(str, Enum):
+    cluster = "cluster"
+    folder = "folder"
+
+
 class ExecutorName(str, Enum):
     local = "local"
     ray = "ray"
@@ -54,7 +59,7 @@ class RichProgress(PipelineProgress):
     def __init__(self, quiet: bool) -> None:
         self.faces = 0
         self.quiet = quiet
-        self.bar = progress_bar("anonymizing", TextColumn("{task.fields[rate]} img/s"),
+        self.bar = progress_bar("", TextColumn("[bold]{task.description}"), TextColumn("{task.fields[rate]} img/s"),
                                 TextColumn("{task.fields[faces]} faces"), quiet=quiet)
         self.task = None
         self._download = None
@@ -68,9 +73,13 @@ class RichProgress(PipelineProgress):
         if self.task is not None:
             self.bar.stop()
 
-    def start(self, total: int) -> None:
-        self.bar.start()
-        self.task = self.bar.add_task("run", total=total, faces=0, rate="-")
+    def start(self, total: int, phase: str = "anonymizing") -> None:
+        if self.task is None:
+            self.bar.start()
+        else:  # the next phase (a dataset-level method surveys every face first)
+            self.bar.remove_task(self.task)
+            self.faces = 0
+        self.task = self.bar.add_task(phase, total=total, faces=0, rate="-")
 
     def advance(self, faces: int) -> None:
         self.faces += faces
@@ -182,6 +191,7 @@ def run_command(
     manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet); never inside the input folder."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
     copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
+    identity_from: Optional[IdentityFromName] = typer.Option(None, "--identity-from", help="Dataset-level methods (ksame, cfa): who is the same person: cluster (identity embeddings, default) or folder (one folder = one person)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Threads that decode, detect, paste and write while the method runs (default: the cores available; 0 or 1: serial)."),
     executor: ExecutorName = typer.Option("local", help="local: this machine; ray: a Ray cluster (pip install 'anonymize[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--executor ray: the cluster to join, e.g. ray://head:10001 or auto (default: a Ray on this machine)."),
@@ -193,6 +203,8 @@ def run_command(
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
     _check_method_flags(method.value, {"--margin": margin is not None}, as_json)
+    if identity_from is not None and not method_class(method.value).dataset_level:
+        fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
     config = RunConfig(
         input_dir=input_dir,
         output_dir=out if out is not None else default_output_dir(input_dir),
@@ -226,6 +238,7 @@ def run_command(
         workers=workers,
         executor=executor.value,
         ray_address=ray_address,
+        identity_from=identity_from.value if identity_from is not None else "cluster",
     )
     if ray_address is not None and executor != ExecutorName.ray:
         fail("--ray-address only applies to --executor ray", as_json=as_json)

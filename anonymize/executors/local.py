@@ -75,22 +75,74 @@ def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, li
         _run_local(stages, files, previous, faces_per_batch, workers, record, times)
 
 
-def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
-               faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
-    pool: Any = ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
-    window = max(8, 4 * workers)
-    in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
-    prepared: deque[Future] = deque()
-    finishing: deque[list[Future]] = deque()
+def _prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
+                       previous: dict[str, list[dict[str, Any]]], window: int) -> Iterator[Prepared]:
+    """Prepare ``files`` on the pool, at most ``window`` ahead, and yield them in walk order.
+
+    Closing the generator (the consumer stops early) cancels what was not started.
+    """
     pending = iter(files)
-    stop = False
+    queue: deque[Future] = deque()
 
     def top_up() -> None:
-        while not stop and len(prepared) < window:
+        while len(queue) < window:
             file = next(pending, None)
             if file is None:
                 return
-            prepared.append(pool.submit(stages.prepare, file, previous.get(str(file.relpath))))
+            queue.append(pool.submit(stages.prepare, file, previous.get(str(file.relpath))))
+
+    try:
+        top_up()
+        while queue:
+            item = queue.popleft().result()
+            top_up()
+            yield item
+    finally:
+        for future in queue:
+            future.cancel()
+
+
+def _pool(workers: int) -> Any:
+    return ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
+
+
+def run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
+               faces_per_batch: int, workers: int, advance: Callable[[int], None]) -> int:
+    """Pass 1 of a dataset-level method: show the faces of every image not finished earlier to
+    ``method.survey``, in walk order and in batches; images are dropped once surveyed (flat memory).
+    Images that fail here are left to pass 2, which records their error. Returns the faces surveyed."""
+    with _torch_threads_per_worker(workers, stages):
+        return _run_survey(stages, files, previous, faces_per_batch, workers, advance)
+
+
+def _run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
+                faces_per_batch: int, workers: int, advance: Callable[[int], None]) -> int:
+    method = stages.method()
+    pool = _pool(workers)
+    surveyed = 0
+    batch: list[Any] = []
+    try:
+        for item in _prepared_in_order(pool, stages, files, previous, max(8, 4 * workers)):
+            if item.needs_method:
+                batch.extend(item.crops())
+            advance(len(item.faces))
+            if len(batch) >= faces_per_batch:
+                method.survey(batch)
+                surveyed, batch = surveyed + len(batch), []
+        if batch:
+            method.survey(batch)
+            surveyed += len(batch)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return surveyed
+
+
+def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
+               faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
+    pool = _pool(workers)
+    in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
+    finishing: deque[list[Future]] = deque()
+    stop = False
 
     def drain(keep: int) -> bool:
         """Record finished batches in order until at most ``keep`` remain; True: stop the run."""
@@ -119,23 +171,22 @@ def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, l
         times.images += len(batch)
         finishing.append(futures)
 
+    prepared = _prepared_in_order(pool, stages, files, previous, max(8, 4 * workers))
     try:
-        top_up()
         batch: list[Prepared] = []
         faces = 0
-        while prepared and not stop:
-            item = prepared.popleft().result()
-            top_up()
+        for item in prepared:
             batch.append(item)
             faces += len(item.faces) if item.needs_method else 0
             if faces >= faces_per_batch or len(batch) >= MAX_IMAGES_PER_BATCH:
                 anonymize_and_finish(batch)
                 batch, faces = [], 0
                 stop = drain(in_flight)
+                if stop:
+                    break
         if batch and not stop:
             anonymize_and_finish(batch)
         drain(0)
     finally:
-        for future in prepared:
-            future.cancel()
+        prepared.close()
         pool.shutdown(wait=True, cancel_futures=True)

@@ -14,13 +14,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from anonymize.weights import WeightsStore
 
 MetricValue = float | int | str | None
+IdentityFrom = Literal["cluster", "folder"]
 
 
 class MethodError(Exception):
@@ -54,6 +55,8 @@ class MethodContext:
     aligned_input: bool = False
     output_dir: Path | None = None  # for side outputs such as saved latents; None in dry runs
     expected_faces: int | None = None  # a size hint before detection (e.g. for FALCO's fake bank)
+    plan_dir: Path | None = None  # where a dataset-level method keeps its plan (in the output); None in dry runs
+    identity_from: IdentityFrom = "cluster"  # how faces are grouped into people (see anonymize.methods.persons)
 
 
 class Method(ABC):
@@ -68,6 +71,11 @@ class Method(ABC):
     # detected box down to the chin) suits filters of the original face; generative methods, whose
     # output is a whole new head, take "crop" (see anonymize.faces.paste).
     default_region: ClassVar[str] = "ellipse"
+    # A dataset-level method (k-Same, CFA's leakage screen and per-person targets) must see every face
+    # before it writes one: the pipeline first shows all faces to survey(), then calls plan() once,
+    # then runs as usual. A copy of the method that did not plan (a Ray actor, a resumed run) reads
+    # the plan from ``context.plan_dir`` before its first anonymize().
+    dataset_level: ClassVar[bool] = False
 
     @dataclass(frozen=True)
     class Params:
@@ -87,6 +95,18 @@ class Method(ABC):
 
     def default_batch_size(self) -> int:
         return 16
+
+    def survey(self, faces: Sequence[FaceCrop]) -> None:
+        """Pass 1 of a dataset-level method: a batch of the dataset's faces, seen before any is written."""
+        raise NotImplementedError(f"method {self.name!r} is not dataset-level")
+
+    def plan(self) -> dict[str, MetricValue]:
+        """Between the passes: decide from every face surveyed and store the plan in ``context.plan_dir``.
+
+        Faces already in a plan stored by an earlier run keep their place in it (a resumed run must
+        not change what was written); returns a few figures for the run's log (groups, clusters).
+        """
+        raise NotImplementedError(f"method {self.name!r} is not dataset-level")
 
     @abstractmethod
     def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
