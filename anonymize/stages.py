@@ -30,7 +30,7 @@ from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
 from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, WORK_DIR_NAME, readable
 from anonymize.io.walk import ImageFile
-from anonymize.io.write import is_regular_file_in, output_path_for, write_image
+from anonymize.io.write import is_regular_file_in, output_path_for, render_relpath, write_image
 from anonymize.methods import FaceCrop, Method, MethodContext, create_method
 from anonymize.weights import WeightsStore
 
@@ -230,6 +230,7 @@ class Stages:
             if self.config.identity_metric:
                 self._add_identity_distance(item, composite, metrics)
             output = self._write(item, composite)
+            self._write_renders(item, outcome)
         except Exception as exc:  # noqa: BLE001 - a write that fails is this image's error, not the run's
             return self._error(item, _write_failure(shown, exc), item.seconds + method_seconds)
         finish_seconds = time.perf_counter() - started
@@ -279,6 +280,16 @@ class Stages:
         out = self.config.output_dir
         write_image(item.image, rgb, output_path_for(out, item.file.relpath), self.config.jpeg_quality, root=out)
         return str(item.file.relpath)
+
+    def _write_renders(self, item: Prepared, outcome: list[Any]) -> None:
+        """Each further rendering (label) of the image's faces, beside the main output; a face without
+        that label keeps its main crop."""
+        labels = list(dict.fromkeys(label for face in outcome for label in face.renders))
+        out = self.config.output_dir
+        for label in labels:
+            composite = self._composite(item, [face.renders.get(label, face.crop) for face in outcome])
+            relpath = render_relpath(item.file.relpath, label)
+            write_image(item.image, composite, output_path_for(out, relpath), self.config.jpeg_quality, root=out)  # type: ignore[arg-type]
 
     # -- manifest rows ----------------------------------------------------------------------------------
     def row(self, file: ImageFile, digest: str | None, image: DecodedImage | None, status: str,

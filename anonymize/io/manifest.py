@@ -51,6 +51,16 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "steps": pa.int32(),
     "seed": pa.int64(),
     "latent_path": pa.string(),
+    "cfa_target_angle": pa.float32(),  # CFA: degrees from the original identity e to the target z*
+    "cfa_achieved_angle": pa.float32(),  # CFA: degrees from e to the written face's ArcFace identity
+    "cfa_target_cos": pa.float32(),  # CFA: cosine of the written face's identity to z*
+    "cfa_angle_error": pa.float32(),  # CFA: achieved - target angle, degrees
+    "cfa_variant": pa.int32(),  # CFA: which direction (new identity) the written face took
+    "cfa_leak_cos": pa.float32(),  # CFA: highest cosine of z* to another person's face (leakage screen)
+    "cfa_leak_tries": pa.int32(),  # CFA: directions drawn until one passed the screen
+    "cfa_leak_cos_after": pa.float32(),  # CFA: the same for the written face's identity
+    "cfa_person": pa.int64(),  # CFA: person (cluster or folder) the face was counted as
+    "cfa_renders": pa.string(),  # CFA: JSON list of the further renders (sweep angles, variants) and their figures
 }
 
 SCHEMA = pa.schema(

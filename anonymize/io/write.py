@@ -37,6 +37,12 @@ def output_path_for(out_root: Path, relpath: PurePosixPath) -> Path:
     return Path(out_root).joinpath(*relpath.parts)
 
 
+def render_relpath(relpath: PurePosixPath, label: str) -> PurePosixPath:
+    """Where a further rendering ``label`` of ``relpath`` goes: ``photo.jpg`` -> ``photo.cfa-a55-v1.jpg``, beside it."""
+    relpath = PurePosixPath(relpath)
+    return relpath.with_name(f"{relpath.stem}.cfa-{label}{relpath.suffix}")
+
+
 def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -> bytes:
     """Encode ``rgb`` in ``image``'s source format, with its alpha, gray-ness and ICC profile only.
 

@@ -41,6 +41,9 @@ class FaceCrop:
 class AnonymizedFace:
     crop: np.ndarray  # square uint8 RGB, any size (pasted back at its own resolution)
     metrics: dict[str, MetricValue] = field(default_factory=dict)
+    # Further renderings of the same face (CFA's angle sweep and variants), by label: the pipeline
+    # writes each beside the main output (anonymize.io.write.render_relpath), other faces kept as in it.
+    renders: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

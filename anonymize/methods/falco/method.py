@@ -154,19 +154,7 @@ class FalcoMethod(Method):
         self.pairer: FakePairer | None = None
 
     def _load_models(self) -> FalcoModels:
-        store, device = self.context.weights, self.device
-        try:
-            encoder, _ = load_e4e_pair(store, device)
-            generator = load_generator(store, self.params.generator, device)
-            networks = LossNetworks(generator, load_arcface_model(store, device), load_farl_model(store, device))
-        except CheckpointError as exc:
-            raise MethodError(f"method 'falco': {exc}") from exc
-        if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
-            raise MethodError(
-                f"method 'falco': e4e makes {encoder.num_ws} x {encoder.w_dim} codes but the {self.params.generator} "
-                f"generator takes {generator.num_ws} x {generator.w_dim}"
-            )
-        return FalcoModels(encoder, networks)
+        return load_latent_models(self.context.weights, self.params.generator, self.device, self.name)
 
     # -- what the manifest records ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -176,12 +164,7 @@ class FalcoMethod(Method):
         return dict(self.sha256)
 
     def default_batch_size(self) -> int:
-        if self.device.type != "cuda":
-            return CPU_BATCH_SIZE
-        free, _ = torch.cuda.mem_get_info(self.device)
-        resolution = self.models.networks.generator.resolution
-        per_face = BYTES_PER_FACE_1024 * (resolution / 1024) ** 2 * (BF16_MEMORY_FACTOR if self.params.bf16 else 1.0)
-        return int(max(1, min(MAX_CUDA_BATCH_SIZE, free * CUDA_MEMORY_SHARE // per_face)))
+        return optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
 
     # -- the bank --------------------------------------------------------------------------------------
     def ensure_bank(self) -> FakeBank:
@@ -242,6 +225,31 @@ class FalcoMethod(Method):
         np.save(buffer, code.detach().float().cpu().numpy(), allow_pickle=False)
         atomic_write_bytes(Path(self.context.output_dir) / relative, buffer.getvalue())
         return relative.as_posix()
+
+
+def load_latent_models(store: WeightsStore, generator_name: str, device: torch.device, method: str) -> FalcoModels:
+    """e4e, the generator, ArcFace and FaRL (each cached per device by the registry); one MethodError if they disagree."""
+    try:
+        encoder, _ = load_e4e_pair(store, device)
+        generator = load_generator(store, generator_name, device)
+        networks = LossNetworks(generator, load_arcface_model(store, device), load_farl_model(store, device))
+    except CheckpointError as exc:
+        raise MethodError(f"method {method!r}: {exc}") from exc
+    if (encoder.num_ws, encoder.w_dim) != (generator.num_ws, generator.w_dim):
+        raise MethodError(
+            f"method {method!r}: e4e makes {encoder.num_ws} x {encoder.w_dim} codes but the {generator_name} "
+            f"generator takes {generator.num_ws} x {generator.w_dim}"
+        )
+    return FalcoModels(encoder, networks)
+
+
+def optimisation_batch_size(device: torch.device, resolution: int, bf16: bool) -> int:
+    """Faces per optimisation batch: CPU_BATCH_SIZE on the CPU, what fits in the free memory on CUDA."""
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    free, _ = torch.cuda.mem_get_info(device)
+    per_face = BYTES_PER_FACE_1024 * (resolution / 1024) ** 2 * (BF16_MEMORY_FACTOR if bf16 else 1.0)
+    return int(max(1, min(MAX_CUDA_BATCH_SIZE, free * CUDA_MEMORY_SHARE // per_face)))
 
 
 def latent_filename(key: str) -> str:

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -113,20 +114,26 @@ def mix_codes(real_ws: Tensor, fake_ws: Tensor, trainable_layers: Sequence[int])
     return real_ws.index_copy(1, layers, fake_ws.index_select(1, layers).to(real_ws.dtype))
 
 
-def lr_at(step: int, settings: OptimSettings) -> float:
+def lr_at(step: int, settings: Schedule) -> float:
     """Learning rate of 0-based ``step``: decayed once for every milestone already reached."""
     milestones = [int(fraction * settings.steps) for fraction in LR_MILESTONES]
     return settings.lr * settings.lr_gamma ** sum(step >= milestone for milestone in milestones)
 
 
+def embed_faces(images: CanonicalImages, networks: LossNetworks, bf16: bool) -> tuple[Tensor, Tensor]:
+    """ArcFace identities [B, E] and FaRL tokens [B, T, C] of generated faces, float32 (the networks under bf16 if asked)."""
+    with autocast_for(images.tensor.device, bf16):
+        identity = networks.arcface(images)
+        tokens = networks.farl(images).tokens
+    return identity.float(), tokens.float()
+
+
 def face_losses(images: CanonicalImages, targets: Targets, networks: LossNetworks,
                 settings: OptimSettings) -> tuple[Tensor, Tensor, Tensor]:
     """Per-face (total loss, identity cosine, attribute loss), each [B], float32."""
-    with autocast_for(images.tensor.device, settings.bf16):
-        identity = networks.arcface(images)
-        tokens = networks.farl(images).tokens
-    cosine = F.cosine_similarity(identity.float(), targets.identity, dim=1)
-    attribute = attribute_loss(tokens.float(), targets.tokens)
+    identity, tokens = embed_faces(images, networks, settings.bf16)
+    cosine = F.cosine_similarity(identity, targets.identity, dim=1)
+    attribute = attribute_loss(tokens, targets.tokens)
     total = settings.lambda_id * (cosine - settings.margin).abs() + settings.lambda_attr * attribute
     return total, cosine, attribute
 
@@ -142,32 +149,81 @@ def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool) -> CanonicalIm
     return CanonicalImages(images.tensor.float())
 
 
-def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], targets: Targets,
-                     networks: LossNetworks, settings: OptimSettings) -> OptimResult:
-    """Run FALCO's optimisation on a batch of codes [B, num_ws, w_dim]; see the module docstring."""
+class Schedule(Protocol):
+    """What the loop needs to know besides the loss: how long, how fast, in which precision."""
+
+    steps: int
+    lr: float
+    lr_gamma: float
+    bf16: bool
+
+
+class FaceLoss(Protocol):
+    """A per-face objective: (generated faces, their full W+ codes, bf16) -> (total [B], named parts [B] each).
+
+    The parts are what the caller wants to read at the start and at the end (cosines, attribute loss).
+    """
+
+    def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+@dataclass
+class LoopResult:
+    ws: Tensor  # [B, num_ws, w_dim] final codes
+    images: CanonicalImages  # G(final codes), float32
+    start: dict[str, Tensor]  # the loss's parts at the starting code
+    end: dict[str, Tensor]  # the same at the final code, evaluated in float32
+    loss_history: Tensor  # [steps + 1, B]
+
+
+def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generator: StyleGAN2Generator,
+                   loss: FaceLoss, schedule: Schedule) -> LoopResult:
+    """The W+ optimisation every latent method shares (see the module docstring): Adam on the trainable
+    layers of a batch of codes, the per-face losses summed, the written face rendered in float32."""
     frozen = initial_ws.detach().float()
     layers = torch.as_tensor(list(trainable_layers), device=frozen.device)
     trainable = frozen.index_select(1, layers).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([trainable], lr=settings.lr)
+    optimizer = torch.optim.Adam([trainable], lr=schedule.lr)
     history = []
-    id_start = attr_start = None
-    for step in range(settings.steps):
+    start = None
+    for step in range(schedule.steps):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, settings)
-        images = render(networks.generator, frozen.index_copy(1, layers, trainable), settings.bf16)
-        losses, cosine, attribute = face_losses(images, targets, networks, settings)
+            group["lr"] = lr_at(step, schedule)
+        ws = frozen.index_copy(1, layers, trainable)
+        images = render(generator, ws, schedule.bf16)
+        losses, parts = loss(images, ws, schedule.bf16)
         if step == 0:
-            id_start, attr_start = cosine.detach(), attribute.detach()
+            start = {name: value.detach() for name, value in parts.items()}
         history.append(losses.detach())
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()
-    full_precision = replace(settings, bf16=False)
     with torch.no_grad():
         final_ws = frozen.index_copy(1, layers, trainable.detach())
-        images = render(networks.generator, final_ws, bf16=False)  # the written face: float32 even under bf16
-        losses, cosine, attribute = face_losses(images, targets, networks, full_precision)
+        images = render(generator, final_ws, bf16=False)  # the written face: float32 even under bf16
+        losses, end = loss(images, final_ws, False)
     history.append(losses)
-    if id_start is None:  # zero steps: the start is the end
-        id_start, attr_start = cosine, attribute
-    return OptimResult(final_ws, images, id_start, cosine, attr_start, attribute, torch.stack(history))
+    if start is None:  # zero steps: the start is the end
+        start = end
+    return LoopResult(final_ws, images, start, end, torch.stack(history))
+
+
+@dataclass(frozen=True)
+class FalcoLoss:
+    """FALCO's objective (:func:`face_losses`) as a :class:`FaceLoss`."""
+
+    targets: Targets
+    networks: LossNetworks
+    settings: OptimSettings
+
+    def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        total, cosine, attribute = face_losses(images, self.targets, self.networks, replace(self.settings, bf16=bf16))
+        return total, {"id_cos": cosine, "attr": attribute}
+
+
+def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], targets: Targets,
+                     networks: LossNetworks, settings: OptimSettings) -> OptimResult:
+    """Run FALCO's optimisation on a batch of codes [B, num_ws, w_dim]; see the module docstring."""
+    result = optimise_codes(initial_ws, trainable_layers, networks.generator, FalcoLoss(targets, networks, settings), settings)
+    return OptimResult(result.ws, result.images, result.start["id_cos"], result.end["id_cos"],
+                       result.start["attr"], result.end["attr"], result.loss_history)

@@ -1,0 +1,1 @@
+"""CFA on ArcFace's identity sphere: a new identity at a chosen angle (see :mod:`.method`)."""

@@ -1,0 +1,499 @@
+"""CFA on ArcFace's sphere: each face becomes a chosen new identity at a chosen angle from its own.
+
+CFA-Net (Ma et al.) trains an encoder whose identity code lives on a recogniser's unit sphere and
+anonymizes by moving that code to a new unit vector at an angle from the original (their Eq. 10).
+Its sphere is a recogniser's embedding sphere, so here ArcFace's is used directly and the encoder is
+replaced by FALCO's machinery (e4e inversion, W+ optimisation of the middle layers under FaRL's
+attribute loss):
+
+1. survey (pass 1): the unit ArcFace embedding of every face of the run (and its FaRL CLS feature
+   when directions come from the fake bank);
+2. plan: people (by ArcFace clusters or folders), one target unit per face or per person
+   (``consistency``): its anchor ``e`` (the face's embedding, or the person's mean), and per variant a
+   direction ``u`` orthogonal to ``e`` (:mod:`.sphere`), screened for leakage (:mod:`.leakage`);
+3. anonymize: for each variant and each angle of the sweep, ``z* = cos(alpha) e + sin(alpha) u`` and
+   the W+ optimisation of :mod:`.objective` from the e4e inversion (each angle of a sweep warm-starts
+   from the previous one's code).
+
+The first angle of the first variant is the face written in place of the original; every other
+(angle, variant) rendering is returned to the pipeline under its label (``a55-v1``) and written
+beside the main output (see :func:`anonymize.io.write.render_relpath`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from anonymize.io.write import render_relpath
+from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
+from anonymize.methods.cfa.leakage import NOBODY, LeakageIndex
+from anonymize.methods.cfa.objective import CfaLoss, CfaWeights
+from anonymize.methods.cfa.sphere import (
+    DegenerateDirection,
+    angle_between,
+    direction_seed,
+    orthogonal_direction,
+    random_direction,
+    target_on_sphere,
+)
+from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
+from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size, require_all
+from anonymize.methods.falco.optimize import optimise_codes, real_targets
+from anonymize.methods.falco.pairing import FakePairer
+from anonymize.methods.persons import person_ids
+from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.models.images import CanonicalImages
+from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact
+
+DIRECTIONS = ("bank", "random")
+CONSISTENCIES = ("face", "person")
+GALLERY_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+PLAN_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Render:
+    """One (variant, angle) rendering of a face."""
+
+    variant: int
+    angle: float
+
+    @property
+    def label(self) -> str:
+        return f"a{self.angle:g}-v{self.variant}"
+
+
+@dataclass
+class CfaPlan:
+    """Who is who and where each target unit goes; see :meth:`CfaMethod.plan`."""
+
+    keys: list[str]
+    embeddings: np.ndarray  # [N, E] unit ArcFace embeddings of the original faces
+    persons: np.ndarray  # [N] person id of each face
+    units: np.ndarray  # [N] target unit of each face (the face itself, or its person)
+    anchors: np.ndarray  # [U, E] e of each unit
+    directions: np.ndarray  # [U, V, E] u of each unit and variant
+    fakes: np.ndarray  # [U, V] the bank fake a direction points to (-1: random)
+    tries: np.ndarray  # [U, V] directions drawn until one passed the screen
+    leak: np.ndarray  # [U, V, A] nearest cosine of each target to another person's face
+    unit_persons: np.ndarray  # [U]
+    row: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row = {key: index for index, key in enumerate(self.keys)}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"keys": np.asarray(self.keys, dtype=str), "embeddings": self.embeddings, "persons": self.persons,
+                "units": self.units, "anchors": self.anchors, "directions": self.directions, "fakes": self.fakes,
+                "tries": self.tries, "leak": self.leak, "unit_persons": self.unit_persons}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> CfaPlan:
+        return cls([str(key) for key in arrays["keys"]], *(arrays[name] for name in (
+            "embeddings", "persons", "units", "anchors", "directions", "fakes", "tries", "leak", "unit_persons")))
+
+
+class CfaMethod(Method):
+    name = "cfa"
+    crop_size = 256
+    replaces_aligned_image = True
+    default_region = "crop"
+    dataset_level = True
+
+    @dataclass(frozen=True)
+    class Params:
+        angle: float = 70.0  # degrees between the original identity and the new one
+        angles: str = ""  # a sweep, e.g. "40,55,70,85" (replaces angle); each warm-starts from the previous
+        variants: int = 1  # new identities per face at each angle (different directions)
+        direction: str = "bank"  # "bank": toward a paired fake's identity; "random": uniform
+        consistency: str = "face"  # "person": every photo of a person becomes the same new person
+        cluster_distance: float = 0.6  # ArcFace cosine distance within which faces are one person (clusters)
+        tau_leak: float = 0.3  # a target with cosine above this to another person's face is redrawn
+        max_tries: int = 10  # directions drawn per variant before the least leaky one is kept
+        gallery: str = ""  # a folder of aligned faces of other people, added to the leakage index
+        steps: int = 50
+        lr: float = 0.01
+        lr_gamma: float = 0.8
+        lambda_tgt: float = 10.0
+        lambda_ang: float = 10.0
+        lambda_attr: float = 0.1
+        lambda_lat: float = 0.001
+        trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)
+        bank_size: int = 0  # 0: the fake bank's default size (as FALCO's, so one bank serves both)
+        psi: float = DEFAULT_PSI
+        bf16: bool = False
+        generator: str = "genforce"
+
+        def angle_list(self) -> tuple[float, ...]:
+            if not self.angles.strip():
+                return (self.angle,)
+            return tuple(float(part) for part in self.angles.split(",") if part.strip())
+
+        def validate(self) -> None:
+            try:
+                angles = self.angle_list()
+            except ValueError:
+                raise ValueError(f"angles must be comma-separated degrees, got {self.angles!r}") from None
+            if not angles or any(not 0 < angle <= 180 for angle in angles):
+                raise ValueError(f"every angle must be in (0, 180] degrees, got {', '.join(f'{a:g}' for a in angles)}")
+            if len(set(angles)) != len(angles):
+                raise ValueError(f"angles must be distinct, got {self.angles!r}")
+            if self.variants < 1:
+                raise ValueError(f"variants must be >= 1, got {self.variants}")
+            if self.direction not in DIRECTIONS:
+                raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+            if self.consistency not in CONSISTENCIES:
+                raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}, got {self.consistency!r}")
+            if not -1 <= self.tau_leak <= 1:
+                raise ValueError(f"tau_leak is a cosine in [-1, 1], got {self.tau_leak}")
+            if self.max_tries < 1 or self.steps < 0 or self.lr <= 0 or not 0 < self.lr_gamma <= 1:
+                raise ValueError("max_tries must be >= 1, steps >= 0, lr > 0 and lr_gamma in (0, 1]")
+            if min(self.lambda_tgt, self.lambda_ang, self.lambda_attr, self.lambda_lat) < 0:
+                raise ValueError("the lambdas must be >= 0")
+            layers = self.trainable_layers
+            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
+            if self.bank_size < 0 or not 0 < self.psi <= 1:
+                raise ValueError("bank_size must be >= 0 and psi in (0, 1]")
+            if self.generator not in GENERATORS:
+                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+
+    def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
+        super().__init__(context, options)
+        self.device = torch.device(context.device)
+        if self.params.bf16 and self.device.type != "cuda":
+            raise MethodError("method 'cfa': bf16=true needs a CUDA device (--device cuda)")
+        self.gallery = Path(self.params.gallery).expanduser() if self.params.gallery else None
+        if self.gallery is not None and not self.gallery.is_dir():
+            raise MethodError(f"method 'cfa': gallery {self.gallery}: not a folder")
+        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
+                                             generator_artefact(self.params.generator)]))
+        context.weights.require_all(self.artefacts, purpose="CFA", alternative="no download needed: --method blur|pixelate|mask")
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
+        self.models = load_latent_models(context.weights, self.params.generator, self.device, self.name)
+        num_ws = self.models.networks.generator.num_ws
+        out_of_range = [layer for layer in self.params.trainable_layers if layer >= num_ws]
+        if out_of_range:
+            raise MethodError(f"method 'cfa': trainable_layers {out_of_range} do not exist; the generator has W+ layers 0..{num_ws - 1}")
+        self.angles = self.params.angle_list()
+        self.renders = [Render(variant, angle) for variant in range(self.params.variants) for angle in self.angles]
+        self.weights = CfaWeights(self.params.lambda_tgt, self.params.lambda_ang, self.params.lambda_attr, self.params.lambda_lat)
+        self.bank_key = BankKey(self.sha256[generator_artefact(self.params.generator)], self.sha256[artefact_of("farl")],
+                                context.seed, self.params.bank_size or default_bank_size(), self.params.psi)
+        self.bank: FakeBank | None = None
+        self.surveyed: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # key -> (ArcFace unit embedding, FaRL CLS)
+        self.state: CfaPlan | None = None
+        self.leakage: LeakageIndex | None = None
+
+    # -- what the manifest records ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        described = {**super().describe(), "angles": list(self.angles)}
+        if self.params.direction == "bank":
+            described["bank"] = self.bank_key.as_dict()
+        return described
+
+    def weights_used(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def default_batch_size(self) -> int:
+        return optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
+
+    # -- pass 1 ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def survey(self, faces: Sequence[FaceCrop]) -> None:
+        if not faces:
+            return
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
+        identity = self.models.networks.arcface(real).float().cpu().numpy().astype(np.float64)
+        cls = self.models.networks.farl(real).cls.float().cpu().numpy() if self.params.direction == "bank" else None
+        for index, face in enumerate(faces):
+            self.surveyed[face.key] = (identity[index], None if cls is None else cls[index])
+
+    # -- the plan --------------------------------------------------------------------------------------
+    def plan_info(self) -> dict[str, Any]:
+        p = self.params
+        return {"format": PLAN_FORMAT, "angles": list(self.angles), "variants": p.variants, "direction": p.direction,
+                "consistency": p.consistency, "identity_from": self.context.identity_from, "seed": self.context.seed,
+                "tau_leak": p.tau_leak, "max_tries": p.max_tries, "cluster_distance": p.cluster_distance,
+                "gallery": str(self.gallery) if self.gallery else None}
+
+    def plan(self) -> dict[str, Any]:
+        """People, target units, directions and the leakage screen, for every face of the run.
+
+        Faces of a stored plan keep their person, unit, anchor and directions (they may already be
+        written); a new face that clusters with a stored face joins that face's person (and, with
+        ``consistency=person``, its unit and new identity)."""
+        stored = read_plan(self.context.plan_dir)
+        old = CfaPlan.from_arrays(stored[0]) if stored and stored[1] == self.plan_info() else None
+        new_keys = [key for key in self.surveyed if old is None or key not in old.row]
+        keys = (old.keys if old else []) + new_keys
+        dim = old.embeddings.shape[1] if old else 1
+        new_embeddings = np.stack([self.surveyed[key][0] for key in new_keys]) if new_keys else np.zeros((0, dim))
+        embeddings = np.concatenate([old.embeddings, new_embeddings]) if old else new_embeddings
+        persons = self._persons(keys, embeddings, old)
+        state = self._extend(old, keys, embeddings, persons, new_keys)
+        if self.context.plan_dir is not None:
+            write_plan(self.context.plan_dir, state.arrays(), self.plan_info(), self.context.output_dir)
+        self.state = state
+        accepted = state.leak.max(axis=2) <= self.params.tau_leak
+        return {"people": int(len(set(state.persons.tolist()))), "targets": int(len(state.anchors)),
+                "redraws": int((state.tries - 1).sum()), "leaky targets": int((~accepted).sum())}
+
+    def _persons(self, keys: list[str], embeddings: np.ndarray, old: CfaPlan | None) -> np.ndarray:
+        """Person ids: stored faces keep theirs; new faces take a stored face's id if they share its group."""
+        if not keys:
+            return np.zeros(0, dtype=np.int64)
+        groups = person_ids(keys, embeddings, self.context.identity_from, self.params.cluster_distance, "cosine")
+        count = len(old.keys) if old else 0
+        persons = np.empty(len(keys), dtype=np.int64)
+        if old:
+            persons[:count] = old.persons
+        known = {int(groups[i]): int(persons[i]) for i in range(count)}
+        next_id = int(old.persons.max()) + 1 if old and count else 0
+        for i in range(count, len(keys)):
+            group = int(groups[i])
+            if group not in known:
+                known[group], next_id = next_id, next_id + 1
+            persons[i] = known[group]
+        return persons
+
+    def _extend(self, old: CfaPlan | None, keys: list[str], embeddings: np.ndarray, persons: np.ndarray,
+                new_keys: list[str]) -> CfaPlan:
+        """The stored plan plus units and directions for the new faces."""
+        count_old = len(old.keys) if old else 0
+        units = np.empty(len(keys), dtype=np.int64)
+        if old:
+            units[:count_old] = old.units
+        by_person = self.params.consistency == "person"
+        unit_of_person = {int(p): int(u) for p, u in zip(old.persons, old.units)} if old and by_person else {}
+        stored_units = next_unit = len(old.anchors) if old else 0
+        new_units: dict[int, list[int]] = {}  # a new unit -> the rows of its faces
+        for row in range(count_old, len(keys)):
+            person = int(persons[row])
+            if by_person and person in unit_of_person:
+                unit = unit_of_person[person]
+            else:
+                unit, next_unit = next_unit, next_unit + 1
+                if by_person:
+                    unit_of_person[person] = unit
+            units[row] = unit
+            if unit >= stored_units:
+                new_units.setdefault(unit, []).append(row)
+        self.leakage = self._leakage_index(embeddings, persons)
+        variants, num_angles, dim = self.params.variants, len(self.angles), embeddings.shape[1]
+        anchors = [old.anchors] if old else []
+        shapes = {"directions": (0, variants, dim), "fakes": (0, variants), "tries": (0, variants), "leak": (0, variants, num_angles)}
+        parts: dict[str, list[np.ndarray]] = {name: [getattr(old, name)] if old else [np.zeros(shape)] for name, shape in shapes.items()}
+        unit_persons = [old.unit_persons] if old else []
+        for unit in sorted(new_units):
+            rows = new_units[unit]
+            anchor = embeddings[rows].mean(axis=0)
+            anchor = anchor / np.linalg.norm(anchor)
+            first_key = keys[rows[0]]
+            farl = [self.surveyed[keys[row]][1] for row in rows]
+            person = int(persons[rows[0]])
+            directions, fakes, tries, leak = self._directions(anchor, first_key, person, farl)
+            anchors.append(anchor[None])
+            for name, value in (("directions", directions), ("fakes", fakes), ("tries", tries), ("leak", leak)):
+                parts[name].append(value[None])
+            unit_persons.append(np.asarray([person]))
+        return CfaPlan(keys, embeddings.astype(np.float64), persons, units,
+                       np.concatenate(anchors) if anchors else np.zeros((0, dim)),
+                       np.concatenate(parts["directions"]).astype(np.float64), np.concatenate(parts["fakes"]).astype(np.int64),
+                       np.concatenate(parts["tries"]).astype(np.int64), np.concatenate(parts["leak"]).astype(np.float64),
+                       np.concatenate(unit_persons).astype(np.int64) if unit_persons else np.zeros(0, np.int64))
+
+    def _directions(self, anchor: np.ndarray, key: str, person: int,
+                    farl: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per variant: the first direction whose targets (at every angle) pass the leakage screen, or the
+        least leaky of ``max_tries``; with the fake it points to, the tries and the screen's cosines."""
+        variants, tries_allowed = self.params.variants, self.params.max_tries
+        candidates = self._bank_candidates(farl, variants * tries_allowed) if self.params.direction == "bank" else []
+        directions, fakes, tries, leaks = [], [], [], []
+        used = 0
+        for variant in range(variants):
+            best: tuple[float, np.ndarray, int, np.ndarray] | None = None
+            attempts = 0
+            for attempt in range(tries_allowed):
+                attempts = attempt + 1
+                try:
+                    if self.params.direction == "random":
+                        fake = -1
+                        direction = random_direction(anchor, direction_seed(self.context.seed, key, variant, attempt), directions)
+                    else:
+                        if used >= len(candidates):
+                            break
+                        fake, used = candidates[used], used + 1
+                        direction = orthogonal_direction(anchor, self._fake_identity(fake))
+                except DegenerateDirection:
+                    continue
+                targets = np.stack([target_on_sphere(anchor, direction, angle) for angle in self.angles])
+                leak = self.leakage.nearest(targets, np.full(len(targets), person))
+                if best is None or leak.max() < best[0]:
+                    best = (float(leak.max()), direction, fake, leak)
+                if leak.max() <= self.params.tau_leak:
+                    break
+            if best is None:
+                raise MethodError(f"method 'cfa': no usable direction for {key} (the bank's fakes all share its identity)")
+            directions.append(best[1])
+            fakes.append(best[2])
+            tries.append(attempts)
+            leaks.append(best[3])
+        return np.stack(directions), np.asarray(fakes), np.asarray(tries), np.stack(leaks)
+
+    # -- the fake bank (direction=bank) ----------------------------------------------------------------
+    def ensure_bank(self) -> FakeBank:
+        if self.bank is None:
+            networks = self.models.networks
+            self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key, networks.generator,
+                                              networks.farl, default_build_batch_size(self.device))
+            self.pairer = FakePairer(self.bank.features, use_gpu=self.device.type == "cuda")
+            self.fake_identities: dict[int, np.ndarray] = {}
+        return self.bank
+
+    def _bank_candidates(self, farl: list[np.ndarray | None], count: int) -> list[int]:
+        """The fakes nearest (FaRL CLS cosine) to the unit's mean attribute feature, best first."""
+        self.ensure_bank()
+        query = np.mean([feature / np.linalg.norm(feature) for feature in farl if feature is not None], axis=0)
+        _, indices = self.pairer.search(query[None].astype(np.float32), count)
+        return [int(index) for index in indices[0] if index >= 0]
+
+    @torch.no_grad()
+    def _fake_identity(self, fake: int) -> np.ndarray:
+        """ArcFace embedding of bank fake ``fake`` (rendered once, then cached)."""
+        if fake not in self.fake_identities:
+            generator = self.models.networks.generator
+            w = torch.from_numpy(self.bank.ws[fake]).to(self.device).float()
+            image = generator(w.view(1, 1, -1).repeat(1, generator.num_ws, 1), noise_mode="const")
+            self.fake_identities[fake] = self.models.networks.arcface(image).float().cpu().numpy()[0].astype(np.float64)
+        return self.fake_identities[fake]
+
+    @torch.no_grad()
+    def _gallery_embeddings(self) -> np.ndarray:
+        if self.gallery is None:
+            return np.zeros((0, 1))
+        files = sorted(path for path in self.gallery.rglob("*") if path.suffix.lower() in GALLERY_SUFFIXES and path.is_file())
+        embeddings = []
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    rgb = np.asarray(image.convert("RGB"))
+            except OSError as exc:
+                raise MethodError(f"method 'cfa': gallery image {path}: cannot be read ({exc})") from None
+            crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
+            real = CanonicalImages.from_uint8(crop[None], self.device)
+            embeddings.append(self.models.networks.arcface(real).float().cpu().numpy()[0])
+        return np.stack(embeddings).astype(np.float64) if embeddings else np.zeros((0, 1))
+
+    def _leakage_index(self, embeddings: np.ndarray, persons: np.ndarray) -> LeakageIndex:
+        """Every original face of the run, plus the gallery's faces (nobody's person)."""
+        gallery = self._gallery_embeddings()
+        if len(gallery) == 0:
+            return LeakageIndex(embeddings, persons)
+        return LeakageIndex(np.concatenate([embeddings, gallery]), np.concatenate([persons, np.full(len(gallery), NOBODY)]))
+
+    def _load_plan(self) -> CfaPlan:
+        if self.state is None:
+            stored = read_plan(self.context.plan_dir)
+            if stored is None or stored[1] != self.plan_info():
+                raise MethodError(f"method 'cfa': no plan for these options in {self.context.plan_dir} (the survey pass makes it)")
+            self.state = CfaPlan.from_arrays(stored[0])
+            self.leakage = self._leakage_index(self.state.embeddings, self.state.persons)
+        return self.state
+
+    # -- pass 2 ----------------------------------------------------------------------------------------
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        if not faces:
+            return []
+        plan = self._load_plan()
+        missing = [face.key for face in faces if face.key not in plan.row]
+        if missing:
+            raise MethodError(f"method 'cfa': {missing[0]} was not surveyed (not in the plan)")
+        rows = [plan.row[face.key] for face in faces]
+        units = plan.units[rows]
+        networks = self.models.networks
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
+        with torch.no_grad():
+            inversion = self.models.encoder(real).float()
+        originals = real_targets(real, networks, self.params.bf16)
+        anchors = plan.anchors[units]
+        crops: dict[Render, np.ndarray] = {}
+        measures: dict[Render, dict[str, np.ndarray]] = {}
+        for variant in range(self.params.variants):
+            start = inversion
+            for angle_index, angle in enumerate(self.angles):
+                render = Render(variant, angle)
+                targets = np.stack([target_on_sphere(anchor, plan.directions[unit, variant], angle)
+                                    for anchor, unit in zip(anchors, units)])
+                loss = CfaLoss(networks, self._tensor(anchors), self._tensor(targets),
+                               torch.full((len(faces),), math.cos(math.radians(angle)), device=self.device),
+                               originals.tokens, inversion, self.weights)
+                result = optimise_codes(start, self.params.trainable_layers, networks.generator, loss, self.params)
+                start = result.ws
+                crops[render] = result.images.to_uint8()
+                achieved = result.end["identity"].cpu().numpy().astype(np.float64)
+                own = torch.nn.functional.cosine_similarity(result.end["identity"], originals.identity, dim=1)
+                measures[render] = {
+                    "achieved_angle": np.asarray([angle_between(a, e) for a, e in zip(achieved, anchors)]),
+                    "target_cos": result.end["cos_target"].cpu().numpy(),
+                    "leak_cos": plan.leak[units, variant, angle_index],
+                    "leak_cos_after": self.leakage.nearest(achieved, plan.unit_persons[units]),
+                    "id_cos_after": own.cpu().numpy(),
+                }
+        return [self._face_output(face, index, rows[index], crops, measures) for index, face in enumerate(faces)]
+
+    def _face_output(self, face: FaceCrop, index: int, row: int, crops: dict[Render, np.ndarray],
+                     measures: dict[Render, dict[str, np.ndarray]]) -> AnonymizedFace:
+        plan = self.state
+        unit = int(plan.units[row])
+        relpath = PurePosixPath(face.key.rpartition("#")[0])
+        listed = []
+        for render in self.renders:
+            values = measures[render]
+            achieved = float(values["achieved_angle"][index])
+            listed.append({
+                "label": render.label,
+                "path": None if render == self.renders[0] else render_relpath(relpath, render.label).as_posix(),
+                "variant": render.variant,
+                "target_angle": render.angle,
+                "achieved_angle": achieved,
+                "angle_error": achieved - render.angle,
+                "target_cos": float(values["target_cos"][index]),
+                "leak_cos": float(values["leak_cos"][index]),
+                "leak_cos_after": float(values["leak_cos_after"][index]),
+                "id_cos_after": float(values["id_cos_after"][index]),
+                "fake_index": int(plan.fakes[unit, render.variant]),
+                "leak_tries": int(plan.tries[unit, render.variant]),
+            })
+        main = listed[0]
+        metrics = {
+            "cfa_target_angle": main["target_angle"],
+            "cfa_achieved_angle": main["achieved_angle"],
+            "cfa_target_cos": main["target_cos"],
+            "cfa_angle_error": main["angle_error"],
+            "cfa_variant": main["variant"],
+            "cfa_leak_cos": main["leak_cos"],
+            "cfa_leak_tries": main["leak_tries"],
+            "cfa_leak_cos_after": main["leak_cos_after"],
+            "cfa_person": int(plan.persons[row]),
+            "cfa_renders": json.dumps(listed[1:]) if len(listed) > 1 else None,
+            "id_cos_after": main["id_cos_after"],
+            "fake_index": main["fake_index"] if main["fake_index"] >= 0 else None,
+            "steps": self.params.steps,
+            "seed": self.context.seed,
+        }
+        renders = {render.label: crops[render][index] for render in self.renders[1:]}
+        return AnonymizedFace(crops[self.renders[0]][index], metrics, renders)
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(array, dtype=np.float32), device=self.device)

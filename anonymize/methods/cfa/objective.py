@@ -1,0 +1,58 @@
+"""CFA's per-face objective for the shared W+ loop (:func:`anonymize.methods.falco.optimize.optimise_codes`).
+
+For a generated face G(w) with ArcFace identity a (unit length), the loss of face i is
+
+    lambda_tgt (1 - cos(a, z*_i))  +  lambda_ang |cos(a, e_i) - cos(alpha_i)|
+    + lambda_attr * FALCO's attribute loss  +  lambda_lat ||w - w0_i||^2
+
+``z*`` pulls the face toward the chosen new identity; the angle term holds it at ``alpha`` from the
+original ``e`` (the target alone would also be met by faces at other angles from ``e`` when the
+recogniser cannot reach z* exactly); FaRL's attribute loss keeps pose, expression and background;
+the latent term keeps the code near its e4e inversion ``w0`` (it is summed over all layers, but only
+the trainable ones move). The first and last terms are added after FALCO's two, so with
+``lambda_tgt = lambda_lat = 0`` the total, and hence every step, is FALCO's loss with ``lambda_id =
+lambda_ang`` and ``m = cos(alpha)``, bit for bit (adding an exact zero changes nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from anonymize.methods.falco.optimize import LossNetworks, attribute_loss, embed_faces
+from anonymize.models.images import CanonicalImages
+
+
+@dataclass(frozen=True)
+class CfaWeights:
+    lambda_tgt: float = 10.0
+    lambda_ang: float = 10.0
+    lambda_attr: float = 0.1
+    lambda_lat: float = 0.001
+
+
+@dataclass(frozen=True)
+class CfaLoss:
+    """The objective of a batch: per face its original identity, target, angle cosine, tokens and inversion."""
+
+    networks: LossNetworks
+    anchors: Tensor  # [B, E] e, unit
+    targets: Tensor  # [B, E] z*, unit
+    cos_alpha: Tensor  # [B]
+    tokens: Tensor  # [B, T, C] FaRL tokens of the real faces
+    inversion: Tensor  # [B, num_ws, w_dim] w0
+    weights: CfaWeights
+
+    def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        identity, tokens = embed_faces(images, self.networks, bf16)
+        cos_anchor = F.cosine_similarity(identity, self.anchors, dim=1)
+        cos_target = F.cosine_similarity(identity, self.targets, dim=1)
+        attribute = attribute_loss(tokens, self.tokens)
+        latent = (ws - self.inversion).square().sum(dim=(1, 2))
+        w = self.weights
+        total = w.lambda_ang * (cos_anchor - self.cos_alpha).abs() + w.lambda_attr * attribute
+        total = total + w.lambda_tgt * (1 - cos_target) + w.lambda_lat * latent
+        return total, {"cos_anchor": cos_anchor, "cos_target": cos_target, "attr": attribute, "latent": latent,
+                       "identity": identity.detach()}
