@@ -257,3 +257,15 @@ def test_a_face_outside_the_plan_and_bad_options_are_refused(make_method, faces)
                              ({"consistency": "all"}, "face, person"), ({"gallery": "/nonexistent"}, "not a folder")):
         with pytest.raises(MethodError, match=message):
             make_method(**options)
+
+
+def test_a_gallery_joins_the_leakage_index_as_nobodys_faces(make_method, faces, tmp_path):
+    from PIL import Image
+
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    Image.fromarray(faces[0].image).save(gallery / "lookalike.png")  # the very face of person0, as a stranger
+    method = planned(make_method(gallery=str(gallery), tau_leak="1"), faces)
+    assert method.leakage.index.ntotal == len(faces) + 1 and method.leakage.persons[-1] == NOBODY
+    own = method.state.embeddings[0]
+    assert method.leakage.nearest(own[None], np.array([0]))[0] == pytest.approx(1.0, abs=1e-4)  # person0 meets the stranger

@@ -47,7 +47,7 @@ from anonymize.methods.cfa.sphere import (
     target_on_sphere,
 )
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size, require_all
+from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
 from anonymize.methods.falco.optimize import optimise_codes, real_targets
 from anonymize.methods.falco.pairing import FakePairer
 from anonymize.methods.persons import person_ids
@@ -194,6 +194,7 @@ class CfaMethod(Method):
         self.surveyed: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # key -> (ArcFace unit embedding, FaRL CLS)
         self.state: CfaPlan | None = None
         self.leakage: LeakageIndex | None = None
+        self.gallery_embeddings: np.ndarray | None = None
 
     # -- what the manifest records ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -380,8 +381,11 @@ class CfaMethod(Method):
 
     @torch.no_grad()
     def _gallery_embeddings(self) -> np.ndarray:
+        """ArcFace embeddings of the gallery's images (each taken as an aligned face crop), once per instance."""
         if self.gallery is None:
             return np.zeros((0, 1))
+        if self.gallery_embeddings is not None:
+            return self.gallery_embeddings
         files = sorted(path for path in self.gallery.rglob("*") if path.suffix.lower() in GALLERY_SUFFIXES and path.is_file())
         embeddings = []
         for path in files:
@@ -393,7 +397,8 @@ class CfaMethod(Method):
             crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
             real = CanonicalImages.from_uint8(crop[None], self.device)
             embeddings.append(self.models.networks.arcface(real).float().cpu().numpy()[0])
-        return np.stack(embeddings).astype(np.float64) if embeddings else np.zeros((0, 1))
+        self.gallery_embeddings = np.stack(embeddings).astype(np.float64) if embeddings else np.zeros((0, 1))
+        return self.gallery_embeddings
 
     def _leakage_index(self, embeddings: np.ndarray, persons: np.ndarray) -> LeakageIndex:
         """Every original face of the run, plus the gallery's faces (nobody's person)."""
