@@ -269,3 +269,15 @@ def test_a_gallery_joins_the_leakage_index_as_nobodys_faces(make_method, faces, 
     assert method.leakage.index.ntotal == len(faces) + 1 and method.leakage.persons[-1] == NOBODY
     own = method.state.embeddings[0]
     assert method.leakage.nearest(own[None], np.array([0]))[0] == pytest.approx(1.0, abs=1e-4)  # person0 meets the stranger
+
+
+def test_people_come_from_arcface_clusters_unless_folders_are_asked_for(make_method, faces):
+    together = planned(make_method(identity_from="cluster", consistency="person", cluster_distance="2.0"), faces).state
+    assert together.persons.tolist() == [0, 0, 0, 0] and together.units.tolist() == [0, 0, 0, 0]
+    apart = planned(make_method(identity_from="cluster", consistency="person", cluster_distance="0.000001"), faces).state
+    assert apart.persons.tolist() == [0, 1, 2, 3] and len(apart.anchors) == 4
+
+
+def test_a_run_with_no_face_left_plans_nothing_new(make_method):
+    figures = make_method().plan()
+    assert figures == {"people": 0, "targets": 0, "redraws": 0, "leaky targets": 0}

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from anonymize.audit.pairing import pair_images
 from tests.test_cfa import CFA_COLUMNS
 from tests.test_falco_cli import cli
 
@@ -58,6 +59,8 @@ def test_a_cfa_sweep_with_variants_writes_every_render_and_lists_them_in_the_man
         by_person.setdefault(row["cfa_person"], set()).add((row["cfa_leak_cos"], row["cfa_leak_tries"], row["fake_index"]))
     assert all(len(targets) == 1 for targets in by_person.values())
     assert (out / ".anonymize" / "plan" / "cfa" / "plan.npz").is_file()
+    pairing = pair_images(two_people, out)  # the audit pairs every render with its source, through the manifest
+    assert len(pairing.pairs) == 16 and not pairing.unpaired and not pairing.missing_outputs
 
     again = cli(*args)
     assert again.exit_code == 0, again.output

@@ -74,9 +74,10 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
     boxes_of_output: dict[str, list[Box]] = {}
     for row in rows:
         if row.get("output_path") and row.get("source_path"):
-            source_of_output[row["output_path"]] = row["source_path"]
-            if row.get("status") == STATUS_DONE and row.get("box") is not None:
-                boxes_of_output.setdefault(row["output_path"], []).append(tuple(float(v) for v in row["box"]))
+            for output in (row["output_path"], *_further_renders(row)):
+                source_of_output[output] = row["source_path"]
+                if row.get("status") == STATUS_DONE and row.get("box") is not None:
+                    boxes_of_output.setdefault(output, []).append(tuple(float(v) for v in row["box"]))
 
     pairs = []
     for found in outputs:
@@ -114,5 +115,15 @@ def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object], str | Non
     except json.JSONDecodeError:
         detector = {}
     used = detector.get("detector") or detector.get("used") if isinstance(detector, dict) else None
-    rows = table.select(["source_path", "output_path", "status", "box"]).to_pylist()
+    rows = table.select(["source_path", "output_path", "status", "box",
+                         *(["cfa_renders"] if "cfa_renders" in table.column_names else [])]).to_pylist()
     return rows, arguments if isinstance(arguments, dict) else {}, used if isinstance(used, str) else None
+
+
+def _further_renders(row: dict) -> list[str]:
+    """The other renderings of a row's image (CFA's sweep and variants), released beside its output."""
+    try:
+        listed = json.loads(row.get("cfa_renders") or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [entry["path"] for entry in listed if isinstance(entry, dict) and isinstance(entry.get("path"), str)]

@@ -19,7 +19,8 @@ NO_NEIGHBOUR = -1.0  # the nearest cosine when the index holds nobody else
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
-    array = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    array = np.asarray(vectors, dtype=np.float32)
+    array = array.reshape(len(array), -1) if array.ndim != 2 else array
     return np.ascontiguousarray(array / np.maximum(np.linalg.norm(array, axis=1, keepdims=True), 1e-12))
 
 
