@@ -242,7 +242,7 @@ class CfaMethod(Method):
         new_embeddings = np.stack([self.surveyed[key][0] for key in new_keys]) if new_keys else np.zeros((0, dim))
         embeddings = np.concatenate([old.embeddings, new_embeddings]) if old else new_embeddings
         persons = self._persons(keys, embeddings, old)
-        state = self._extend(old, keys, embeddings, persons, new_keys)
+        state = self._extend(old, keys, embeddings, persons)
         if self.context.plan_dir is not None:
             write_plan(self.context.plan_dir, state.arrays(), self.plan_info(), self.context.output_dir)
         self.state = state
@@ -268,8 +268,7 @@ class CfaMethod(Method):
             persons[i] = known[group]
         return persons
 
-    def _extend(self, old: CfaPlan | None, keys: list[str], embeddings: np.ndarray, persons: np.ndarray,
-                new_keys: list[str]) -> CfaPlan:
+    def _extend(self, old: CfaPlan | None, keys: list[str], embeddings: np.ndarray, persons: np.ndarray) -> CfaPlan:
         """The stored plan plus units and directions for the new faces."""
         count_old = len(old.keys) if old else 0
         units = np.empty(len(keys), dtype=np.int64)
