@@ -215,7 +215,7 @@ class CfaMethod(Method):
         if not faces:
             return
         real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
-        identity = self.models.networks.arcface(real).float().cpu().numpy().astype(np.float64)
+        identity = self.models.networks.arcface(real).float().cpu().numpy()  # float32 in memory; the plan works in float64
         cls = self.models.networks.farl(real).cls.float().cpu().numpy() if self.params.direction == "bank" else None
         for index, face in enumerate(faces):
             self.surveyed[face.key] = (identity[index], None if cls is None else cls[index])
@@ -239,7 +239,7 @@ class CfaMethod(Method):
         new_keys = [key for key in self.surveyed if old is None or key not in old.row]
         keys = (old.keys if old else []) + new_keys
         dim = old.embeddings.shape[1] if old else 1
-        new_embeddings = np.stack([self.surveyed[key][0] for key in new_keys]) if new_keys else np.zeros((0, dim))
+        new_embeddings = np.stack([self.surveyed[key][0] for key in new_keys]).astype(np.float64) if new_keys else np.zeros((0, dim))
         embeddings = np.concatenate([old.embeddings, new_embeddings]) if old else new_embeddings
         persons = self._persons(keys, embeddings, old)
         state = self._extend(old, keys, embeddings, persons)
