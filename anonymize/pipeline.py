@@ -334,6 +334,8 @@ class Pipeline:
             "method_params": self.method_params,
             "settings": json.dumps(self.settings(), sort_keys=True),
             "detector": json.dumps({**self.detector_choice.as_dict(), "detector": detector.name} if detector and self.detector_choice else {"used": None}),
+            "privacy_goal": method.privacy_goal if method else "machine",
+            "loss_recognisers": json.dumps(list(method.loss_recognisers) if method else []),
         }
 
     # -- the run ----------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from anonymize import __version__
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
+from anonymize.audit.human import choose_judge, human_goal_figures, resolve_goal
 from anonymize.audit.identities import read_identities
 from anonymize.audit.instruments import OUTPUT_DETECTORS, Recogniser, Unavailable, open_lpips, open_output_detectors, open_recognisers
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
@@ -110,6 +111,9 @@ class AuditConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     worst_cases: int = 8  # faces shown per section of the report
     max_pixels: int = DEFAULT_MAX_PIXELS
+    # auto: as the run's manifest records (FALCO and the filters: machine; camouflage: human), else machine.
+    # "human" audits any folder for that goal, e.g. one that was never anonymized (see anonymize.audit.human).
+    privacy_goal: str = AUTO
 
 
 @dataclass
@@ -458,6 +462,10 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
         raise AuditError(f"{original_dir}: the original folder must not be the anonymized folder or lie inside it")
     parquet_path, summary_path, report_dir = output_paths(config)
     pairing = pair_images(original_dir, anonymized_dir, config.manifest_path)
+    try:
+        goal, goal_source = resolve_goal(config.privacy_goal, pairing.privacy_goal)
+    except ValueError as exc:
+        raise AuditError(str(exc)) from None
     weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
     device = resolve_device(config.device)
     run_aligned = bool(pairing.run_arguments.get("aligned", False))
@@ -504,6 +512,13 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     summary["quality"]["farl_frechet_proxy"] = farl_result.value
     summary["quality"]["farl_frechet_proxy_status"] = farl_result.status
     summary["recognisers"] = _recogniser_figures(context)
+    judge, judge_reason = choose_judge([recogniser.name for recogniser in recognisers], pairing.loss_recognisers)
+    summary["privacy_goal"], summary["privacy_goal_source"] = goal, goal_source
+    summary["recogniser_roles"] = {"white_box": list(pairing.loss_recognisers), "judge": judge, "judge_reason": judge_reason}
+    if goal == "human":
+        summary["human_goal"] = human_goal_figures(summary["recognisers"], _confirmed_face_rows(context), judge, judge_reason,
+                                                   pairing.loss_recognisers, config.thresholds.max_face_psnr_db,
+                                                   config.thresholds.max_face_ssim)
     summary["instruments_unavailable"] = {item.name: {"instrument": item.instrument, "status": item.status} for item in unavailable}
     summary["detection_by_detector"] = _detection_by_detector(context)
     summary["figures"] = paper_figures(summary)

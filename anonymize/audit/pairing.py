@@ -42,6 +42,8 @@ class Pairing:
     manifest_path: Path | None
     run_arguments: dict[str, object] = field(default_factory=dict)  # the run's options, from the manifest
     run_detector: str | None = None  # the detector the run actually used (its --detector auto resolved), when recorded
+    privacy_goal: str | None = None  # "machine" or "human", as the run's method recorded it (None: not recorded)
+    loss_recognisers: tuple[str, ...] = ()  # recognisers inside the run's loss (white-box for it)
 
     @property
     def unpaired(self) -> list[ImagePair]:
@@ -64,7 +66,7 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
         if not folder.is_dir():
             raise AuditError(f"{folder}: {role} folder does not exist or is not a folder")
     manifest = resolve_manifest(anonymized_dir, manifest_path)
-    rows, arguments, run_detector = _manifest_rows(manifest) if manifest is not None else ([], {}, None)
+    rows, arguments, run_detector, goal = _manifest_rows(manifest) if manifest is not None else ([], {}, None, (None, ()))
     originals = {str(found.relpath): found.path for found in walk_images(original_dir, exclude=anonymized_dir)}
     outputs = list(walk_images(anonymized_dir))
     if not outputs:
@@ -95,10 +97,12 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
         manifest_path=manifest,
         run_arguments=arguments,
         run_detector=run_detector if run_detector else arguments.get("detector"),
+        privacy_goal=goal[0],
+        loss_recognisers=goal[1],
     )
 
 
-def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object], str | None]:
+def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object], str | None, tuple[str | None, tuple[str, ...]]]:
     try:
         table, metadata = read_manifest(path)
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
@@ -117,7 +121,17 @@ def _manifest_rows(path: Path) -> tuple[list[dict], dict[str, object], str | Non
     used = detector.get("detector") or detector.get("used") if isinstance(detector, dict) else None
     rows = table.select(["source_path", "output_path", "status", "box",
                          *(["cfa_renders"] if "cfa_renders" in table.column_names else [])]).to_pylist()
-    return rows, arguments if isinstance(arguments, dict) else {}, used if isinstance(used, str) else None
+    return rows, arguments if isinstance(arguments, dict) else {}, used if isinstance(used, str) else None, _privacy_goal(metadata)
+
+
+def _privacy_goal(metadata: dict[str, str]) -> tuple[str | None, tuple[str, ...]]:
+    """The run's privacy goal and the recognisers in its loss (manifests older than the goal: None, ())."""
+    try:
+        recognisers = json.loads(metadata.get("loss_recognisers", "[]"))
+    except json.JSONDecodeError:
+        recognisers = []
+    names = tuple(str(name) for name in recognisers) if isinstance(recognisers, list) else ()
+    return metadata.get("privacy_goal"), names
 
 
 def _further_renders(row: dict) -> list[str]:

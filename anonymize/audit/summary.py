@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from anonymize.audit.human import crossed_match_gate, crossed_visual_floor
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -22,6 +24,10 @@ class Thresholds:
     min_detection_rate: float = 0.0  # share of faces still detected in the output (a utility measure; off by default)
     max_missed_faces: int = 0
     max_metadata_leaks: int = 0
+    # The human goal (camouflage): machine matching is the utility, a visual-change floor the leak.
+    min_match_rate: float = 0.9  # share of faces the judge must still match to their original
+    max_face_psnr_db: float = 25.0  # a face box closer than this to its original still shows the original face
+    max_face_ssim: float = 0.8  # ... as does one more similar than this
 
 
 def _rate(numerator: int, denominator: int) -> float | None:
@@ -103,16 +109,24 @@ def image_figures(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def crossed_thresholds(figures: Mapping[str, Any], thresholds: Thresholds) -> list[str]:
-    """One sentence per crossed threshold (empty: the release passes)."""
+    """One sentence per crossed threshold (empty: the release passes).
+
+    With ``figures["privacy_goal"] == "human"`` the identity gates turn around (a minimum match rate
+    instead of a maximum re-identification rate, :mod:`anonymize.audit.human`) and the visual-change
+    floor replaces the missed-face gate; detection, metadata and unaudited files are gated as always.
+    """
     crossed = []
     faces = figures["faces"]
     reid, detection = figures["reid"], figures["detection"]
-    if reid["verification_rate"] is not None and reid["verification_rate"] > thresholds.max_reid_rate:
+    human = figures.get("human_goal") if figures.get("privacy_goal") == "human" else None
+    if human is not None:
+        crossed += crossed_match_gate(human, thresholds.min_match_rate)
+    elif reid["verification_rate"] is not None and reid["verification_rate"] > thresholds.max_reid_rate:
         crossed.append(
             f"re-identification rate {reid['verification_rate']:.1%} > max {thresholds.max_reid_rate:.1%} "
             f"({reid['reidentified']} of {faces} faces still match their original)"
         )
-    if thresholds.max_rank1_rate is not None and reid["rank1_rate"] is not None and reid["rank1_rate"] > thresholds.max_rank1_rate:
+    if human is None and thresholds.max_rank1_rate is not None and reid["rank1_rate"] is not None and reid["rank1_rate"] > thresholds.max_rank1_rate:
         crossed.append(
             f"rank-1 identification rate {reid['rank1_rate']:.1%} > max {thresholds.max_rank1_rate:.1%} "
             f"({reid['rank1_hits']} of {faces} faces)"
@@ -123,7 +137,9 @@ def crossed_thresholds(figures: Mapping[str, Any], thresholds: Thresholds) -> li
             f"({detection['detected']} of {faces} faces still detected in the output)"
         )
     missed = figures["missed_faces"]["count"]
-    if missed > thresholds.max_missed_faces:
+    if human is not None:
+        crossed += crossed_visual_floor(human, thresholds.max_missed_faces)
+    elif missed > thresholds.max_missed_faces:
         crossed.append(f"{missed} missed face(s) left unchanged > max {thresholds.max_missed_faces}")
     leaks = figures["metadata"]["leaks"]
     if leaks > thresholds.max_metadata_leaks:

@@ -17,6 +17,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
+from anonymize.audit.human import PRIVACY_GOALS
 from anonymize.audit.compare import load_comparison, legend, selected_columns, format_value, comparison_json, write_comparison_report
 from anonymize.cli import app
 from anonymize.cli.console import Device, fail, progress_bar, stdout
@@ -27,6 +28,7 @@ EXIT_THRESHOLD_CROSSED = 3
 
 RecognizerBackend = Enum("RecognizerBackend", {name: name for name in ("torch", "dlib")}, type=str)
 AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTORS)}, type=str)
+PrivacyGoal = Enum("PrivacyGoal", {name: name for name in ("auto", *PRIVACY_GOALS)}, type=str)
 
 
 class AuditGroup(TyperGroup):
@@ -77,6 +79,10 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
+def _number(value: float | None, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.3g}{unit}"
+
+
 def print_audit_summary(result: AuditResult) -> None:
     summary = result.summary
     reid, quality = summary["reid"], summary["quality"]
@@ -86,7 +92,19 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("released images", str(summary["outputs"]))
     table.add_row("faces audited", str(summary["faces"]))
     table.add_row("detector", f"{summary['detector']} ({summary['detector_reason']})")
-    table.add_row("re-identified (verification)", f"{_percent(reid['verification_rate'])} ({reid['reidentified']} faces)")
+    roles = summary.get("recogniser_roles", {})
+    table.add_row("privacy goal", f"{summary.get('privacy_goal')} ({summary.get('privacy_goal_source')})")
+    table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.get('white_box') or []) or 'none recorded'}; "
+                                 f"judge: {roles.get('judge')}")
+    human = summary.get("human_goal")
+    if human is not None:
+        change = human["visual_change"]
+        tar = " / ".join(_percent(item["tar"]) for item in human["tar_at_far"].values())
+        table.add_row("machine match rate (utility)", f"{_percent(human['match_rate'])} ({human['matched']} of {human['faces']} faces, {human['judge']})")
+        table.add_row("TAR at FAR 0.01 / 0.1", tar + (f" ({human['tar_note']})" if human["tar_note"] else ""))
+        table.add_row("rank-1 among originals", _percent(human["rank1_rate"]))
+        table.add_row("visual change (face box)", f"PSNR {_number(change['psnr_face_db'], ' dB')}, SSIM {_number(change['ssim_face'], '')}; "
+                                                  f"{change['too_similar']} face(s) above the ceiling")
     table.add_row("rank-1 identification", f"{_percent(reid['rank1_rate'])} (chance {_percent(reid['rank1_chance'])})")
     table.add_row("still detected in output", _percent(summary["detection"]["rate"]))
     by_detector = summary.get("detection_by_detector", {})
@@ -137,6 +155,10 @@ def audit_command(
     min_detection_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Smallest share of faces still detected in the output (default: not gated)."),
     max_missed_faces: int = typer.Option(0, min=0, help="Most faces allowed to be left unchanged."),
     max_metadata_leaks: int = typer.Option(0, min=0, help="Most output files allowed to carry metadata beyond ICC."),
+    privacy_goal: PrivacyGoal = typer.Option("auto", help="Whom the output must fool: machine (recognisers must not match it) or human (viewers must not recognise it; recognisers still match it: camouflage). auto: as the run's manifest records, else machine."),
+    min_match_rate: float = typer.Option(0.9, min=0.0, max=1.0, help="Human goal: smallest share of faces the judge recogniser must still match to their original."),
+    max_face_psnr: float = typer.Option(25.0, help="Human goal: a face box with a higher PSNR (dB) to its original still looks like it (counted against --max-missed-faces)."),
+    max_face_ssim: float = typer.Option(0.8, min=-1.0, max=1.0, help="Human goal: likewise for the face box's SSIM."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
     detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: the ensemble of every available detector (RetinaFace, MTCNN, dlib-hog) at recall-first thresholds, stronger than the run's (dlib-cnn is thorough but slow on CPU)."),
@@ -174,12 +196,16 @@ def audit_command(
         fid=fid,
         identities_file=identities,
         recognizer_backend=recognizer_backend.value,
+        privacy_goal=privacy_goal.value,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,
             min_detection_rate=min_detection_rate,
             max_missed_faces=max_missed_faces,
             max_metadata_leaks=max_metadata_leaks,
+            min_match_rate=min_match_rate,
+            max_face_psnr_db=max_face_psnr,
+            max_face_ssim=max_face_ssim,
         ),
     )
     try:

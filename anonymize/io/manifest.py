@@ -61,6 +61,12 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "cfa_leak_cos_after": pa.float32(),  # CFA: the same for the written face's identity
     "cfa_person": pa.int64(),  # CFA: person (cluster or folder) the face was counted as
     "cfa_renders": pa.string(),  # CFA: JSON list of the further renders (sweep angles, variants) and their figures
+    "camo_reference_index": pa.int64(),  # camouflage: the reference whose appearance the face took (bank or folder index)
+    "camo_reference_kind": pa.string(),  # camouflage: "bank" (a fake) or "folder:<path>" (a real reference image)
+    "camo_id_cos": pa.float32(),  # camouflage: ArcFace cosine of the written face to its source
+    "camo_psnr_db": pa.float32(),  # camouflage: PSNR of the written face to its source (generator resolution)
+    "camo_output_kept": pa.int32(),  # camouflage: which of the K outputs (references) was kept, 0-based
+    "camo_passed": pa.bool_(),  # camouflage: the kept output reached tau (ArcFace cosine to its source)
 }
 
 SCHEMA = pa.schema(

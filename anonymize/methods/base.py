@@ -79,6 +79,12 @@ class Method(ABC):
     # then runs as usual. A copy of the method that did not plan (a Ray actor, a resumed run) reads
     # the plan from ``context.plan_dir`` before its first anonymize().
     dataset_level: ClassVar[bool] = False
+    # Whom the output must fool: "machine" (face recognition must not match it to its original: every
+    # method so far) or "human" (a viewer must not recognise it while recognisers still match it, e.g.
+    # camouflage). Recorded in the manifest; the audit reads it to choose its gates.
+    privacy_goal: ClassVar[str] = "machine"
+    # Recognisers inside the method's loss (white-box for it): the audit names them and judges with another.
+    loss_recognisers: ClassVar[tuple[str, ...]] = ()
 
     @dataclass(frozen=True)
     class Params:

@@ -54,3 +54,22 @@ def person_ids(keys: Sequence[str], embeddings: np.ndarray, identity_from: Ident
 def _in_order_of_appearance(labels: np.ndarray) -> np.ndarray:
     first: dict[object, int] = {}
     return np.asarray([first.setdefault(label, len(first)) for label in labels.tolist()], dtype=np.int64)
+
+
+def stable_person_ids(groups: np.ndarray, stored: np.ndarray) -> np.ndarray:
+    """Person ids for faces grouped as ``groups`` whose first ``len(stored)`` faces already have ids.
+
+    Stored faces keep theirs (they may already be written); a new face in a stored face's group takes
+    that face's id, a new face in a new group a new id. So a resumed run never renumbers anyone.
+    """
+    count = len(stored)
+    persons = np.empty(len(groups), dtype=np.int64)
+    persons[:count] = stored
+    known = {int(groups[i]): int(stored[i]) for i in range(count)}
+    next_id = int(stored.max()) + 1 if count else 0
+    for i in range(count, len(groups)):
+        group = int(groups[i])
+        if group not in known:
+            known[group], next_id = next_id, next_id + 1
+        persons[i] = known[group]
+    return persons

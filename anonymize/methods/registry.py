@@ -10,6 +10,7 @@ from anonymize.methods.base import Method, MethodContext, MethodError
 METHODS: dict[str, str] = {
     "falco": "anonymize.methods.falco.method:FalcoMethod",
     "cfa": "anonymize.methods.cfa.method:CfaMethod",
+    "camouflage": "anonymize.methods.camouflage.method:CamouflageMethod",
     "blur": "anonymize.methods.classical:BlurMethod",
     "pixelate": "anonymize.methods.classical:PixelateMethod",
     "mask": "anonymize.methods.classical:MaskMethod",

@@ -79,6 +79,13 @@ class ArcFace(IRTrunk):
         x = self.body(x)
         return F.normalize(self.output_layer(x), dim=1)
 
+    def embed_with_map(self, images: CanonicalImages) -> tuple[torch.Tensor, torch.Tensor]:
+        """The embedding and the trunk's last feature map ([N, 512, 7, 7] for IR-SE50), from one pass."""
+        if not isinstance(images, CanonicalImages):
+            raise TypeError(f"ArcFace takes CanonicalImages, got {type(images).__name__}")
+        features = self.body(self.input_layer(arcface_input(images, self.input_size)))
+        return F.normalize(self.output_layer(features), dim=1), features
+
 
 def arcface_from_state_dict(state: Mapping[str, torch.Tensor], source: str) -> ArcFace:
     """Build an ArcFace shaped like ``state`` and load it strictly."""

@@ -108,6 +108,7 @@ class CfaMethod(Method):
     crop_size = 256
     replaces_aligned_image = True
     default_region = "crop"
+    loss_recognisers = ("arcface-ir-se50",)
     dataset_level = True
 
     @dataclass(frozen=True)

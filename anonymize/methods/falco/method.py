@@ -92,6 +92,7 @@ class FalcoMethod(Method):
     crop_size = 256
     replaces_aligned_image = True
     default_region = "crop"  # a generated face brings its own hair, ears and jaw: paste the whole square
+    loss_recognisers = ("arcface-ir-se50",)  # the ID loss: the audit judges with another recogniser
 
     @dataclass(frozen=True)
     class Params:

@@ -1,0 +1,120 @@
+"""The audit of a run whose output must fool people, not machines (``privacy_goal = human``).
+
+Camouflage methods (Li et al., ICPR 2020) invert the usual threat model: the released face must look
+like someone else to a viewer while face recognition still matches it to the original (footage that
+stays searchable by an authorised system). For such a run, machine matching is the utility, so the
+audit reports it as such and gates on it:
+
+* the match rate: the share of (original, output) pairs the judge verifies as one person;
+* TAR at FAR 0.01 and 0.1: the threshold set on different-person pairs of the originals (the papers'
+  protocol, :func:`anonymize.audit.protocols.tpr_at_far`; needs identity labels);
+* rank-1 against a gallery of the originals only;
+* the visual-change floor, which stands in for "leak": a face whose face-box PSNR or SSIM against its
+  original stays above the ceiling still shows viewers the original face.
+
+The judge is the first of the audit's recognisers that is not in the method's loss: a recogniser the
+method optimised against (white-box) would flatter the match rate, so it is named but never judges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+PRIVACY_GOALS = ("machine", "human")
+HUMAN_FARS = ("0.01", "0.1")  # the papers' operating points
+
+
+def resolve_goal(requested: str, recorded: str | None) -> tuple[str, str]:
+    """The goal the audit applies and where it comes from: ``--privacy-goal``, the manifest or the default."""
+    if requested != "auto":
+        if requested not in PRIVACY_GOALS:
+            raise ValueError(f"unknown privacy goal {requested!r}: choose auto, {' or '.join(PRIVACY_GOALS)}")
+        return requested, "--privacy-goal"
+    if recorded in PRIVACY_GOALS:
+        return str(recorded), "the run's manifest"
+    return "machine", "default (no goal recorded by the run)"
+
+
+def choose_judge(available: Sequence[str], in_loss: Sequence[str]) -> tuple[str | None, str]:
+    """The first available recogniser not in the method's loss, and why it was chosen."""
+    white_box = set(in_loss)
+    for name in available:
+        if name not in white_box:
+            if in_loss:
+                return name, f"not in the method's loss (white-box for the method: {', '.join(in_loss)})"
+            return name, "the method's loss holds no recogniser the run recorded"
+    return None, f"every available recogniser ({', '.join(available)}) is in the method's loss: nothing can judge it"
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [float(value) for value in values if value is not None]
+    return float(np.mean(present)) if present else None
+
+
+def too_similar(row: Mapping[str, Any], max_psnr_db: float, max_ssim: float) -> bool:
+    """A face whose face box stays above the PSNR or SSIM ceiling: a viewer still sees the original face."""
+    psnr, ssim = row.get("psnr_face_db"), row.get("ssim_face")
+    return (psnr is not None and psnr > max_psnr_db) or (ssim is not None and ssim > max_ssim)
+
+
+def human_goal_figures(recognisers: Mapping[str, Mapping[str, Any]], face_rows: Sequence[Mapping[str, Any]],
+                       judge: str | None, judge_reason: str, in_loss: Sequence[str],
+                       max_psnr_db: float, max_ssim: float) -> dict[str, Any]:
+    """Machine matching as utility (by the judge) and the visual change, over the confirmed faces."""
+    faces = [row for row in face_rows if row.get("face_status") != "possible face"]
+    entry = dict(recognisers.get(judge, {})) if judge else {}
+    matched = entry.get("verification_rate")
+    tar: dict[str, Any] = {}
+    for far in HUMAN_FARS:
+        found = entry.get("tpr_at_far", {}).get(far)
+        tar[far] = {"tar": found["tpr"], "threshold": found["threshold"], "resolved": found["resolved"]} if found else {
+            "tar": None, "threshold": None, "resolved": False}
+    similar = [f"{row['source_path']}#{row['face_index']}" for row in faces if too_similar(row, max_psnr_db, max_ssim)]
+    return {
+        "judge": judge,
+        "judge_instrument": entry.get("instrument"),
+        "judge_threshold": entry.get("threshold"),
+        "judge_reason": judge_reason,
+        "white_box": list(in_loss),
+        "faces": int(entry.get("faces", 0)),
+        "match_rate": matched,
+        "matched": None if matched is None else int(round(matched * entry.get("faces", 0))),
+        "tar_at_far": tar,
+        "tar_note": None if "tpr_at_far" in entry else "needs identity labels (identity folders or --identities)",
+        "rank1_rate": entry.get("rank1_rate"),
+        "mean_rank": entry.get("mean_rank"),
+        "gallery": entry.get("gallery"),
+        "visual_change": {
+            "psnr_face_db": _mean([row.get("psnr_face_db") for row in faces]),
+            "ssim_face": _mean([row.get("ssim_face") for row in faces]),
+            "max_psnr_db": max_psnr_db,
+            "max_ssim": max_ssim,
+            "too_similar": len(similar),
+            "faces": similar[:100],
+        },
+    }
+
+
+def crossed_match_gate(human: Mapping[str, Any], min_match_rate: float) -> list[str]:
+    """The human goal's identity gate: enough faces must still match their original by the judge."""
+    if human["judge"] is None:
+        return [f"no judge: {human['judge_reason']}"]
+    rate = human["match_rate"]
+    if rate is None:
+        return [f"match rate not measured ({human['judge']} found no face to compare)"]
+    if rate < min_match_rate:
+        return [f"match rate {rate:.1%} < min {min_match_rate:.1%} ({human['matched']} of {human['faces']} faces still "
+                f"matched to their original by {human['judge']})"]
+    return []
+
+
+def crossed_visual_floor(human: Mapping[str, Any], max_faces: int) -> list[str]:
+    """The human goal's stand-in for a leak: faces that still look like their original."""
+    change = human["visual_change"]
+    if change["too_similar"] > max_faces:
+        return [f"{change['too_similar']} face(s) still look like their original (face-box PSNR > {change['max_psnr_db']:g} dB "
+                f"or SSIM > {change['max_ssim']:g}) > max {max_faces}"]
+    return []

@@ -1,0 +1,111 @@
+"""The audit's human-goal mode (camouflage): machine matching is the utility, a visual-change floor the leak.
+
+Real photos: two aligned CelebA photos of each of the five identities in ../shared (skipped where
+absent), judged by dlib. "Outputs that are the inputs themselves" is a byte copy of the originals
+audited with ``privacy_goal="human"`` (``--privacy-goal human``): the audit can judge any folder for
+either goal, and the override is how a curator audits a folder whose run recorded no goal. It must
+pass the match gate (and fail the visual floor: viewers see the original faces); a blurred run must
+fail the match gate (dlib no longer matches the blurred faces) and clear the visual floor.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from anonymize.audit import AuditConfig, run_audit
+from anonymize.audit.human import choose_judge, resolve_goal, too_similar
+from anonymize.cli import _register_commands, app
+from anonymize.pipeline import RunConfig, run
+
+PHOTOS_PER_IDENTITY = 2
+
+
+@pytest.fixture(scope="module")
+def celeba(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("human-goal")
+    originals = root / "celeba"
+    for identity in sorted((shared_dir / "data" / "celeba-ids").iterdir()):
+        (originals / identity.name).mkdir(parents=True)
+        for photo in sorted(identity.glob("*.jpg"))[:PHOTOS_PER_IDENTITY]:
+            shutil.copy(photo, originals / identity.name / photo.name)
+    copy = root / "copy"
+    shutil.copytree(originals, copy)
+    blurred = root / "blurred"
+    run(RunConfig(originals, blurred, method="blur", aligned=True, device="cpu", weights_dir=root / "weights"))
+    return {"root": root, "originals": originals, "copy": copy, "blurred": blurred, "weights": root / "weights"}
+
+
+def human_audit(celeba: dict[str, Path], anonymized: Path, **overrides):
+    settings = {"detector": "dlib-hog", "weights_dir": celeba["weights"], "device": "cpu", "aligned": True,
+                "privacy_goal": "human", "write_files": False, **overrides}
+    return run_audit(AuditConfig(celeba["originals"], anonymized, **settings))
+
+
+@pytest.fixture(scope="module")
+def audits(celeba: dict[str, Path]) -> dict[str, object]:
+    return {name: human_audit(celeba, celeba[name]) for name in ("copy", "blurred")}
+
+
+def test_outputs_that_are_the_inputs_pass_the_match_gate_and_fail_the_visual_floor(audits):
+    result = audits["copy"]
+    human = result.summary["human_goal"]
+    assert result.summary["privacy_goal"] == "human" and result.summary["privacy_goal_source"] == "--privacy-goal"
+    assert human["judge"] == "dlib" and human["white_box"] == [] and human["faces"] == 10
+    assert human["match_rate"] == 1.0 and human["rank1_rate"] == 1.0
+    assert human["tar_at_far"]["0.1"]["tar"] == 1.0 and human["tar_at_far"]["0.1"]["resolved"]  # 40 different-person pairs
+    assert not human["tar_at_far"]["0.01"]["resolved"]  # FAR 0.01 needs 100 pairs
+    assert human["visual_change"]["too_similar"] == 10 and human["visual_change"]["ssim_face"] == 1.0
+    assert not any(text.startswith("match rate") for text in result.crossed)
+    assert result.crossed == ["10 face(s) still look like their original (face-box PSNR > 25 dB or SSIM > 0.8) > max 0"]
+
+
+def test_a_blurred_run_fails_the_match_gate_and_clears_the_visual_floor(audits):
+    result = audits["blurred"]
+    human = result.summary["human_goal"]
+    assert human["match_rate"] <= 0.1 and human["visual_change"]["too_similar"] == 0
+    assert human["visual_change"]["psnr_face_db"] < 25 and human["visual_change"]["ssim_face"] < 0.8
+    assert not result.passed
+    assert [text.split(" (")[0] for text in result.crossed] == [f"match rate {human['match_rate']:.1%} < min 90.0%"]
+    assert "re-identification rate" not in " ".join(result.crossed)  # the machine gate does not apply
+
+
+def test_the_cli_gates_on_the_match_rate_with_fail_on_leak(celeba):
+    _register_commands()
+    args = ["audit", str(celeba["originals"]), str(celeba["blurred"]), "--detector", "dlib-hog", "--weights-dir",
+            str(celeba["weights"]), "--device", "cpu", "--no-fid", "--json", "--fail-on-leak"]
+    failed = CliRunner().invoke(app, [*args, "--privacy-goal", "human"], catch_exceptions=False)
+    assert failed.exit_code == 3
+    summary = json.loads(failed.stdout)
+    assert summary["privacy_goal"] == "human" and summary["recogniser_roles"]["judge"] == "dlib"
+    assert summary["crossed"][0].startswith("match rate")
+    lenient = CliRunner().invoke(app, [*args, "--privacy-goal", "human", "--min-match-rate", "0"], catch_exceptions=False)
+    assert lenient.exit_code == 0, lenient.stdout
+    machine = CliRunner().invoke(app, args, catch_exceptions=False)  # the blur run's manifest records "machine"
+    assert machine.exit_code == 0 and json.loads(machine.stdout)["privacy_goal_source"] == "the run's manifest"
+
+
+def test_the_goal_comes_from_the_option_then_the_manifest_then_defaults_to_machine():
+    assert resolve_goal("human", "machine") == ("human", "--privacy-goal")
+    assert resolve_goal("auto", "human") == ("human", "the run's manifest")
+    assert resolve_goal("auto", None)[0] == "machine"
+    with pytest.raises(ValueError, match="unknown privacy goal 'people'"):
+        resolve_goal("people", None)
+
+
+def test_the_judge_is_the_first_recogniser_outside_the_methods_loss():
+    assert choose_judge(["dlib", "facenet-vggface2"], ["arcface-ir-se50"])[0] == "dlib"
+    assert choose_judge(["dlib", "facenet-vggface2"], ["dlib"])[0] == "facenet-vggface2"
+    judge, reason = choose_judge(["dlib"], ["dlib"])
+    assert judge is None and "nothing can judge it" in reason
+
+
+def test_a_face_box_above_either_ceiling_still_looks_like_its_original():
+    assert too_similar({"psnr_face_db": 26.0, "ssim_face": 0.5}, 25.0, 0.8)
+    assert too_similar({"psnr_face_db": 20.0, "ssim_face": 0.85}, 25.0, 0.8)
+    assert not too_similar({"psnr_face_db": 25.0, "ssim_face": 0.8}, 25.0, 0.8)
+    assert not too_similar({"psnr_face_db": None, "ssim_face": None}, 25.0, 0.8)
