@@ -10,6 +10,7 @@ fail the match gate (dlib no longer matches the blurred faces) and clear the vis
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from typer.testing import CliRunner
 
 from anonymize.audit import AuditConfig, run_audit
 from anonymize.audit.human import choose_judge, resolve_goal, too_similar
+from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs
 from anonymize.cli import _register_commands, app
 from anonymize.pipeline import RunConfig, run
 
@@ -48,7 +50,9 @@ def human_audit(celeba: dict[str, Path], anonymized: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def audits(celeba: dict[str, Path]) -> dict[str, object]:
-    return {name: human_audit(celeba, celeba[name]) for name in ("copy", "blurred")}
+    """The copy audited without files; the blurred run with the HTML report and an 8-pair study kit."""
+    return {"copy": human_audit(celeba, celeba["copy"]),
+            "blurred": human_audit(celeba, celeba["blurred"], write_files=True, report_dir=celeba["root"] / "report", study_pairs=8)}
 
 
 def test_outputs_that_are_the_inputs_pass_the_match_gate_and_fail_the_visual_floor(audits):
@@ -109,3 +113,38 @@ def test_a_face_box_above_either_ceiling_still_looks_like_its_original():
     assert too_similar({"psnr_face_db": 20.0, "ssim_face": 0.85}, 25.0, 0.8)
     assert not too_similar({"psnr_face_db": 25.0, "ssim_face": 0.8}, 25.0, 0.8)
     assert not too_similar({"psnr_face_db": None, "ssim_face": None}, 25.0, 0.8)
+
+
+def test_the_study_kit_shows_volunteers_shuffled_pairs_and_keeps_the_answers_in_a_separate_file(celeba, audits):
+    report = celeba["root"] / "report"
+    page = (report / STUDY_PAGE).read_text()
+    key = list(csv.DictReader((report / ANSWER_KEY).open()))
+    assert [int(row["pair"]) for row in key] == list(range(1, 9))
+    assert sorted(row["answer"] for row in key) == ["different"] * 4 + ["same"] * 4
+    assert [row["answer"] for row in key] != ["same"] * 4 + ["different"] * 4  # shuffled
+    for row in key:
+        same_face = row["left_original"] == row["right_anonymized_from"]
+        assert same_face == (row["answer"] == "same")
+        assert (row["left_identity"] == row["right_identity"]) == (row["answer"] == "same")  # another identity, never another photo
+    assert sorted(path.name for path in (report / STUDY_DIR).iterdir()) == [f"{n:03d}-{side}.jpg" for n in range(1, 9) for side in "ab"]
+    assert "different" not in page.lower() and "anonymiz" not in page.lower() and page.count('type="radio"') == 16
+    for row in key:  # no file name gives a pair away
+        assert row["left_original"].split("#")[0].split("/")[-1] not in page
+        assert row["right_anonymized_from"].split("#")[0].split("/")[-1] not in page
+    index = (report / "index.html").read_text()
+    assert STUDY_PAGE in index and ANSWER_KEY in index and "Privacy goal" in index
+
+
+def test_study_pairs_are_half_same_half_another_person_and_follow_the_seed():
+    rows = [{"source_path": f"{person}/{photo}.jpg", "face_index": 0, "box": [0, 0, 10, 10], "identity": str(person)}
+            for person in range(3) for photo in range(2)]
+    pairs = study_pairs(rows, 4, seed=1)
+    assert sorted(pair.answer for pair in pairs) == ["different", "different", "same", "same"]
+    for pair in pairs:
+        assert (pair.original is pair.anonymized) == (pair.answer == "same")
+        assert (pair.original["identity"] == pair.anonymized["identity"]) == (pair.answer == "same")
+    again = study_pairs(rows, 4, seed=1)
+    assert [(p.answer, p.original["source_path"], p.anonymized["source_path"]) for p in again] == \
+        [(p.answer, p.original["source_path"], p.anonymized["source_path"]) for p in pairs]
+    alone = [{**rows[0], "identity": None}]
+    assert [pair.answer for pair in study_pairs(alone, 4)] == ["same"]  # nobody else: same-person pairs only

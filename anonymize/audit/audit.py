@@ -114,6 +114,8 @@ class AuditConfig:
     # auto: as the run's manifest records (FALCO and the filters: machine; camouflage: human), else machine.
     # "human" audits any folder for that goal, e.g. one that was never anonymized (see anonymize.audit.human).
     privacy_goal: str = AUTO
+    study_pairs: int | None = None  # blind human study kit beside the report; None: 20 for the human goal, else none
+    study_seed: int = 0
 
 
 @dataclass

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from anonymize.audit.study import ANSWER_KEY, STUDY_PAGE, study_pairs, write_study
 from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.write import atomic_write_bytes
 
@@ -34,6 +35,7 @@ WHOLE_SIDE = 480  # whole-image thumbnails of missed and possible faces: the lon
 BOX_COLOUR = (230, 30, 30)
 CROP_MARGIN = 0.3
 HISTOGRAM_BIN = 0.05
+DEFAULT_STUDY_PAIRS = 20  # for the human goal, when --study-pairs is not given
 SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#e8590c", "#862e9c")
 
 _STYLE = """
@@ -173,6 +175,20 @@ class _Thumbnails:
             atomic_write_bytes(self.folder / name, _crop_jpeg(pixels, row["box"]))
         return f"{THUMBS_DIR}/{names[0]}", f"{THUMBS_DIR}/{names[1]}"
 
+    def face_jpeg(self, row: Mapping[str, Any], which: str) -> bytes | None:
+        """The crop around a face's box in its original (``which="original"``) or in its output."""
+        original = self._load(self.original_dir / row["source_path"])
+        if original is None or row["box"] is None:
+            return None
+        if which == "original":
+            return _crop_jpeg(original, row["box"])
+        output = self._load(self.anonymized_dir / row["output_path"])
+        if output is None:
+            return None
+        if output.shape != original.shape:
+            output = cv2.resize(output, (original.shape[1], original.shape[0]), interpolation=cv2.INTER_AREA)
+        return _crop_jpeg(output, row["box"])
+
     def whole(self, row: Mapping[str, Any]) -> str | None:
         """The whole original with this face's box drawn, so a miss can be found in its photo."""
         original = self._load(self.original_dir / row["source_path"])
@@ -311,7 +327,42 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None) -> str:
+def _human_goal(summary: Mapping[str, Any]) -> str:
+    """The human goal's figures: machine matching reported as the utility it is, and the visual change."""
+    roles = summary.get("recogniser_roles", {})
+    white_box = ", ".join(roles.get("white_box") or []) or "none recorded by the run"
+    head = (f'<p>Privacy goal: <b>{_e(summary.get("privacy_goal"))}</b> ({_e(summary.get("privacy_goal_source"))}). '
+            f'Recognisers in the method&#39;s loss (white-box): {_e(white_box)}; judge: <b>{_e(roles.get("judge"))}</b> '
+            f'({_e(roles.get("judge_reason"))}).</p>')
+    human = summary.get("human_goal")
+    if human is None:
+        return head
+    change = human["visual_change"]
+    tar = "; ".join(f"FAR {far}: {_percent(item['tar'])}" + ("" if item["resolved"] else " (too few pairs to resolve)")
+                    for far, item in human["tar_at_far"].items())
+    rows = [
+        ("match rate (original, output) pairs", f"{_percent(human['match_rate'])} ({human['matched']} of {human['faces']})",
+         f"{human['judge_instrument']}, distance < {human['judge_threshold']}"),
+        ("TAR at FAR (threshold on different-person pairs of the originals)", human["tar_note"] or tar, human["judge"]),
+        ("rank-1 against a gallery of the originals", _percent(human["rank1_rate"]), f"mean rank {_number(human['mean_rank'])}"),
+        ("face-box PSNR / SSIM to the original", f"{_number(change['psnr_face_db'], 1, ' dB')} / {_number(change['ssim_face'], 3)}",
+         f"ceiling {change['max_psnr_db']:g} dB / {change['max_ssim']:g}: {change['too_similar']} face(s) above it"),
+    ]
+    return head + ('<p class="muted">These outputs are meant to stay linkable by machines: a high match rate is the '
+                   'utility here, not a leak. A face that stays above the PSNR or SSIM ceiling still shows viewers '
+                   'the original.</p>') + _table(("figure", "value", "how"), rows, "")
+
+
+def _study_section(pairs: int, skipped: bool) -> str:
+    if skipped:
+        return '<p class="muted">No study kit: not requested (--study-pairs), or fewer than two faces.</p>'
+    return (f'<p>{pairs} pairs, half the same person (an original and its own output), half not, shuffled: '
+            f'<a href="{STUDY_PAGE}">{STUDY_PAGE}</a> is what volunteers see (no answers, no file names); '
+            f'<code>{ANSWER_KEY}</code> holds the answers: keep it from them, and never show them this report. '
+            'The papers&#39; volunteers got 0.88 and 0.86 of anonymized pairs right against 0.98 and 0.97 of real ones.</p>')
+
+
+def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None, study: int = 0) -> str:
     """The page's HTML; thumbnails are written through ``thumbnails`` (None: no pictures)."""
     summary = result.summary
     faces = [row for row in result.rows if row["face_index"] is not None]
@@ -349,6 +400,8 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <div class="warning">This report shows crops of the <b>original</b> faces. Keep it with the originals; never publish it with the anonymized data.</div>
 {_verdict(summary)}{warnings}
 <h2>Summary</h2>{_cards(summary)}
+<h2>Privacy goal and recognisers</h2>{_human_goal(summary)}
+<h2>Human study kit</h2>{_study_section(study, study == 0)}
 <h2>Identity distances</h2>
 <div class="chart">{histogram_svg(series, summary['distance_threshold'])}</div>
 <p class="muted">Before: distances between original faces, the scale on which the recognizer tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
@@ -373,7 +426,12 @@ def write_report(result: AuditResult, config: AuditConfig, report_dir: Path) -> 
     thumbs = report_dir / THUMBS_DIR
     shutil.rmtree(thumbs, ignore_errors=True)  # our own folder: stale crops of an earlier audit must not linger
     thumbs.mkdir(parents=True, exist_ok=True)
-    page = render_report(result, config, _Thumbnails(config, thumbs))
+    thumbnails = _Thumbnails(config, thumbs)
+    wanted = config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if result.summary.get("privacy_goal") == "human" else 0)
+    pairs = study_pairs(result.rows, wanted, config.study_seed) if wanted else []
+    if len(pairs) >= 2:
+        write_study(report_dir, pairs, thumbnails.face_jpeg)
+    page = render_report(result, config, thumbnails, len(pairs) if len(pairs) >= 2 else 0)
     path = report_dir / REPORT_NAME
     atomic_write_bytes(path, page.encode("utf-8"))
     return path

@@ -159,6 +159,8 @@ def audit_command(
     min_match_rate: float = typer.Option(0.9, min=0.0, max=1.0, help="Human goal: smallest share of faces the judge recogniser must still match to their original."),
     max_face_psnr: float = typer.Option(25.0, help="Human goal: a face box with a higher PSNR (dB) to its original still looks like it (counted against --max-missed-faces)."),
     max_face_ssim: float = typer.Option(0.8, min=-1.0, max=1.0, help="Human goal: likewise for the face box's SSIM."),
+    study_pairs: Optional[int] = typer.Option(None, min=0, help="With --report: a blind human study kit of N face pairs (study.html for volunteers, study-answer-key.csv for you). Default: 20 for the human goal, none otherwise."),
+    study_seed: int = typer.Option(0, help="Seed that picks and shuffles the study pairs."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
     detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: the ensemble of every available detector (RetinaFace, MTCNN, dlib-hog) at recall-first thresholds, stronger than the run's (dlib-cnn is thorough but slow on CPU)."),
@@ -197,6 +199,8 @@ def audit_command(
         identities_file=identities,
         recognizer_backend=recognizer_backend.value,
         privacy_goal=privacy_goal.value,
+        study_pairs=study_pairs,
+        study_seed=study_seed,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,
