@@ -12,12 +12,16 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 import anonymize.cli.audit  # noqa: F401  (attaches `audit` to the app)
 import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
 from anonymize.cli import app
+from anonymize.faces.align import ffhq_quad
 from anonymize.io.manifest import read_manifest
 
 FAST = ["--method", "camouflage", "--device", "cpu", "--aligned", "-p", "steps=2", "-p", "bank_size=24", "--json"]
@@ -49,6 +53,13 @@ def test_camouflage_runs_records_the_human_goal_and_the_audit_judges_it_with_a_r
     for row in table.to_pylist():
         assert row["status"] == "done" and all(row[column] is not None for column in CAMO_COLUMNS), row
         assert row["camo_reference_kind"] == "bank" and row["camo_output_kept"] in (0, 1)
+        source = np.asarray(Image.open(celeba_subset / row["source_path"]), float)
+        difference = np.abs(np.asarray(Image.open(out / row["output_path"]), float) - source)
+        assert difference.shape == source.shape and difference[60:180, 40:140].mean() > 10  # the face was regenerated
+        inside = np.zeros(difference.shape[:2], np.uint8)
+        cv2.fillConvexPoly(inside, np.round(ffhq_quad(np.reshape(row["landmarks"], (-1, 2)))).astype(np.int32), 1)
+        outside = cv2.dilate(inside, np.ones((5, 5), np.uint8)) == 0
+        assert outside.mean() > 0.1 and difference[outside].mean() < 3  # outside the pasted square: JPEG re-encoding only
 
     audited = cli("audit", celeba_subset, out, "--detector", "dlib-hog", "--no-fid", "--json")
     summary = json.loads(audited.stdout)
