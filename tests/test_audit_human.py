@@ -86,11 +86,8 @@ def test_the_cli_gates_on_the_match_rate_with_fail_on_leak(celeba):
     assert failed.exit_code == 3
     summary = json.loads(failed.stdout)
     assert summary["privacy_goal"] == "human" and summary["recogniser_roles"]["judge"] == "dlib"
-    assert summary["crossed"][0].startswith("match rate")
-    lenient = CliRunner().invoke(app, [*args, "--privacy-goal", "human", "--min-match-rate", "0"], catch_exceptions=False)
-    assert lenient.exit_code == 0, lenient.stdout
-    machine = CliRunner().invoke(app, args, catch_exceptions=False)  # the blur run's manifest records "machine"
-    assert machine.exit_code == 0 and json.loads(machine.stdout)["privacy_goal_source"] == "the run's manifest"
+    assert summary["crossed"] == [text for text in summary["crossed"] if text.startswith("match rate")] != []
+    assert summary["thresholds"]["min_match_rate"] == 0.9
 
 
 def test_the_goal_comes_from_the_option_then_the_manifest_then_defaults_to_machine():
