@@ -50,7 +50,7 @@ from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_di
 from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
 from anonymize.methods.falco.optimize import optimise_codes, real_targets
 from anonymize.methods.falco.pairing import FakePairer
-from anonymize.methods.persons import person_ids
+from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.methods.plan_store import read_plan, write_plan
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact
@@ -256,18 +256,7 @@ class CfaMethod(Method):
         if not keys:
             return np.zeros(0, dtype=np.int64)
         groups = person_ids(keys, embeddings, self.context.identity_from, self.params.cluster_distance, "cosine")
-        count = len(old.keys) if old else 0
-        persons = np.empty(len(keys), dtype=np.int64)
-        if old:
-            persons[:count] = old.persons
-        known = {int(groups[i]): int(persons[i]) for i in range(count)}
-        next_id = int(old.persons.max()) + 1 if old and count else 0
-        for i in range(count, len(keys)):
-            group = int(groups[i])
-            if group not in known:
-                known[group], next_id = next_id, next_id + 1
-            persons[i] = known[group]
-        return persons
+        return stable_person_ids(groups, old.persons if old else np.zeros(0, np.int64))
 
     def _extend(self, old: CfaPlan | None, keys: list[str], embeddings: np.ndarray, persons: np.ndarray) -> CfaPlan:
         """The stored plan plus units and directions for the new faces."""
