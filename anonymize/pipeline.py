@@ -46,7 +46,8 @@ from anonymize.io.manifest import (
     readable,
     recover_previous_rows,
 )
-from anonymize.io.outdir import OutputFolderBusy, OutputLock, acquire_lock, probe_lock, read_marker, remove_stale_temporaries, write_marker
+from anonymize.io.outdir import OutputFolderBusy, OutputLock, StoreLock, acquire_lock, probe_lock, read_marker, remove_stale_temporaries, write_marker
+from anonymize.io.store import Location, StorePath, bucket_missing, is_within, uses_store
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method
@@ -71,8 +72,8 @@ class StopRun(Exception):
 
 @dataclass(frozen=True)
 class RunConfig:
-    input_dir: Path
-    output_dir: Path
+    input_dir: Location  # a local Path, or a StorePath for a URI (s3://, gs://, file://; anonymize.io.store)
+    output_dir: Location
     method: str = "falco"
     method_options: dict[str, str] = field(default_factory=dict)
     margin: float = 0.0
@@ -97,7 +98,7 @@ class RunConfig:
     region_scale: float = 1.0
     feather: float = 0.04
     identity_metric: bool = False
-    manifest_path: Path | None = None
+    manifest_path: Location | None = None
     max_pixels: int = 178_956_970
     copy_other: bool = False  # copy files that are not images (labels, CSV) unchanged into the output
     deterministic: bool = False  # bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices
@@ -159,8 +160,14 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def check_paths(input_dir: Path, output_dir: Path, manifest_path: Path | None = None) -> None:
+def check_paths(input_dir: Location, output_dir: Location, manifest_path: Location | None = None) -> None:
     """Refuse any layout in which writing the output (or the manifest) could touch the input."""
+    if uses_store(input_dir, output_dir, manifest_path):
+        try:
+            _check_store_paths(input_dir, output_dir, manifest_path)
+        except OSError as exc:  # the store itself failed (unreachable, no credentials): one line
+            raise RunError(str(exc)) from None
+        return
     if not input_dir.exists():
         raise RunError(f"{input_dir}: input folder does not exist")
     if not input_dir.is_dir():
@@ -180,7 +187,36 @@ def check_paths(input_dir: Path, output_dir: Path, manifest_path: Path | None = 
             raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
 
 
-def default_output_dir(input_dir: Path) -> Path:
+def _check_store_paths(input_dir: Location, output_dir: Location, manifest_path: Location | None) -> None:
+    """:func:`check_paths` when a location is a URI: the same refusals, comparing normalised store,
+    endpoint, bucket and path components (a ``file://`` URI and a local path of one folder are equal)."""
+    for where, role in ((input_dir, "input"), (output_dir, "output")):
+        bucket = bucket_missing(where) if isinstance(where, StorePath) else None
+        if bucket is not None:
+            raise RunError(f"{where}: the {role} bucket {bucket!r} does not exist (or these credentials cannot see it)")
+    if not input_dir.exists():
+        raise RunError(f"{input_dir}: input folder does not exist")
+    if not input_dir.is_dir():
+        raise RunError(f"{input_dir}: input is not a folder")
+    if is_within(output_dir, input_dir):
+        inside = is_within(input_dir, output_dir)
+        raise RunError(f"{output_dir}: the output folder must differ from the input folder" if inside else
+                       f"{output_dir}: the output folder is inside the input folder {input_dir}; choose a folder outside it")
+    if is_within(input_dir, output_dir):
+        raise RunError(f"{output_dir}: the output folder contains the input folder {input_dir}; choose a folder beside it")
+    if manifest_path is not None:
+        if is_within(manifest_path, input_dir):
+            raise RunError(f"{manifest_path}: the manifest path is inside the input folder {input_dir}; choose a path outside it")
+        if manifest_path.is_dir():
+            raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
+
+
+def default_output_dir(input_dir: Location) -> Location:
+    if isinstance(input_dir, StorePath):
+        try:
+            return input_dir.with_root_suffix("-anonymized")
+        except ValueError as exc:
+            raise RunError(str(exc)) from None
     resolved = input_dir.resolve()
     return resolved.parent / f"{resolved.name}-anonymized"
 
@@ -199,7 +235,7 @@ class Pipeline:
         self.method: Method | None = None
         self.method_params = "{}"  # the method's describe() as JSON, for every manifest row
         self.detector_choice: DetectorChoice | None = None
-        self.lock: OutputLock | None = None  # held from before the first write to the end of the run
+        self.lock: OutputLock | StoreLock | None = None  # held from before the first write to the end of the run
         self.expected_faces: int | None = None  # the method's size hint (the number of images)
 
     # -- set-up -----------------------------------------------------------------------------------------
@@ -354,6 +390,8 @@ class Pipeline:
 
             use_deterministic_algorithms()
         method = self.method = self._build_method(expected_faces=len(files))
+        if isinstance(config.output_dir, StorePath) and getattr(method.params, "save_latents", False):
+            raise RunError(f"{config.output_dir}: --save-latents writes local files; give a local --out to save latents")
         self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
         detector = self._build_detector()  # before the settings check: it compares the detector that runs
         self._check_same_settings()
@@ -473,6 +511,8 @@ class Pipeline:
             folder = self.config.output_dir / WORK_DIR_NAME / name
             if folder.is_symlink():
                 folder.unlink()
+            elif isinstance(folder, StorePath):
+                folder.remove_tree()
             elif folder.exists():
                 shutil.rmtree(folder)
 

@@ -15,6 +15,7 @@ a Ray worker rebuilds its detector and method from it once and keeps them (``mod
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.faces.paste import Region, paste_face, replace_whole
 from anonymize.faces.types import Face
-from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
+from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_bytes
 from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, WORK_DIR_NAME, readable
 from anonymize.io.walk import ImageFile
 from anonymize.io.write import is_regular_file_in, output_path_for, render_relpath, write_image
@@ -146,13 +147,14 @@ class Stages:
         shown = readable(str(file.relpath))
         crop_size = self.facts.crop_size
         try:
-            digest = sha256_file(file.path)
+            data = file.path.read_bytes()  # read once: hashed and decoded from the same bytes (local or URI)
         except OSError as exc:
             return Prepared(file, error=f"{shown}: cannot read ({exc.strerror or exc})", seconds=time.perf_counter() - started)
+        digest = hashlib.sha256(data).hexdigest()
         if self.config.resume and previous and self._already_done(digest, previous):
             return Prepared(file, digest, resumed=True)
         try:
-            image = decode_image(file.path, self.config.max_pixels, display_name=shown)
+            image = decode_bytes(data, shown, self.config.max_pixels)
             detector = self.detector()
             if self.config.aligned:
                 face, single = align_aligned_input(image.rgb, detector, crop_size, self.config.aligned_framing)

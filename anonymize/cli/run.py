@@ -17,6 +17,7 @@ from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.faces.detect import CHOICES as DETECTORS
+from anonymize.io.store import StoreError, location, uses_store
 from anonymize.methods import METHODS, MethodError, method_class
 from anonymize.pipeline import Progress as PipelineProgress
 from anonymize.pipeline import RunConfig, RunError, RunSummary, default_output_dir, run
@@ -160,8 +161,8 @@ def _print_summary(summary: RunSummary) -> None:
 
 @app.command("run")
 def run_command(
-    input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <input>-anonymized beside the input)."),
+    input_dir: str = typer.Argument(..., help="Folder of images (searched recursively): a path, or a URI (s3://, gs://, file://)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
     method: MethodName = typer.Option("falco", help="Anonymization method."),
     margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original (default 0)."),
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
@@ -188,7 +189,7 @@ def run_command(
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices (slower)."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
-    manifest: Optional[Path] = typer.Option(None, help="Manifest path (default: <out>/manifest.parquet); never inside the input folder."),
+    manifest: Optional[str] = typer.Option(None, help="Manifest path or URI (default: <out>/manifest.parquet); never inside the input folder."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
     copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
     identity_from: Optional[IdentityFromName] = typer.Option(None, "--identity-from", help="Dataset-level methods (ksame, cfa): who is the same person: cluster (identity embeddings, default) or folder (one folder = one person)."),
@@ -205,9 +206,17 @@ def run_command(
     _check_method_flags(method.value, {"--margin": margin is not None}, as_json)
     if identity_from is not None and not method_class(method.value).dataset_level:
         fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
+    try:
+        source = location(input_dir)
+        target = location(out) if out is not None else default_output_dir(source)
+        manifest_path = location(manifest) if manifest is not None else None
+    except (StoreError, RunError) as exc:  # unknown scheme, missing bucket name, unreachable store: one line
+        fail(str(exc), as_json=as_json)
+    if audit and uses_store(source, target, manifest_path):
+        fail("--audit reads local folders only; audit a local copy with `anonymize audit`", as_json=as_json)
     config = RunConfig(
-        input_dir=input_dir,
-        output_dir=out if out is not None else default_output_dir(input_dir),
+        input_dir=source,
+        output_dir=target,
         method=method.value,
         method_options=_with_falco_flags(method.value, _parse_options(option, as_json), unique_pairs, save_latents, as_json),
         margin=margin if margin is not None else 0.0,
@@ -232,7 +241,7 @@ def run_command(
         region_scale=region_scale,
         identity_metric=identity_metric,
         deterministic=deterministic,
-        manifest_path=manifest,
+        manifest_path=manifest_path,
         max_pixels=max_pixels,
         copy_other=copy_other,
         workers=workers,

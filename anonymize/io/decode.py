@@ -107,11 +107,7 @@ def sha256_file(path: Path) -> str:
 
 def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None) -> DecodedImage:
     """Decode ``path`` completely, or raise :class:`ImageDecodeError` naming it and the cause."""
-    if ImageFile.LOAD_TRUNCATED_IMAGES:
-        raise RuntimeError(
-            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code; refusing to decode, "
-            "truncated images would be accepted as complete"
-        )
+    _refuse_truncated_loading()
     name = display_name if display_name is not None else str(path)
     try:
         info = os.stat(path)
@@ -123,20 +119,40 @@ def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, display_name:
     except OSError as exc:
         raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
     with handle:
-        try:
-            head = handle.read(4096)
-            handle.seek(0)
-        except OSError as exc:
-            raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
-        image_format = sniff_format_of_bytes(head)
-        if image_format == "GIF":
-            raise ImageDecodeError(name, _describe_gif(handle))
-        if image_format is None:
-            raise ImageDecodeError(name, _describe_non_image(head))
-        decoded = _decode_stream(handle, os.fspath(path), image_format, max_pixels, name)
-        if image_format == "WEBP":
-            decoded.webp_lossless = _webp_is_lossless(handle)
-        return decoded
+        return _decode_handle(handle, os.fspath(path), max_pixels, name)
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """:func:`decode_image` of a file already read into memory (hashed and decoded from the same bytes)."""
+    _refuse_truncated_loading()
+    if not data:
+        raise ImageDecodeError(name, "empty file (0 bytes)")
+    return _decode_handle(io.BytesIO(data), name, max_pixels, name)
+
+
+def _refuse_truncated_loading() -> None:
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was set to True by other code; refusing to decode, "
+            "truncated images would be accepted as complete"
+        )
+
+
+def _decode_handle(handle: BinaryIO, filename: str, max_pixels: int, name: str) -> DecodedImage:
+    try:
+        head = handle.read(4096)
+        handle.seek(0)
+    except OSError as exc:
+        raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
+    image_format = sniff_format_of_bytes(head)
+    if image_format == "GIF":
+        raise ImageDecodeError(name, _describe_gif(handle))
+    if image_format is None:
+        raise ImageDecodeError(name, _describe_non_image(head))
+    decoded = _decode_stream(handle, filename, image_format, max_pixels, name)
+    if image_format == "WEBP":
+        decoded.webp_lossless = _webp_is_lossless(handle)
+    return decoded
 
 
 def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixels: int, name: str) -> DecodedImage:

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anonymize.io.outdir import WORK_DIR_NAME
+from anonymize.io.store import StoreError, StorePath
 from anonymize.io.write import atomic_write_bytes
 
 MANIFEST_NAME = "manifest.parquet"
@@ -171,6 +172,9 @@ class ManifestWriter:
 
 def _part_paths(out_dir: Path) -> list[Path]:
     parts_dir = out_dir / WORK_DIR_NAME / "parts"
+    if isinstance(parts_dir, StorePath):
+        return [parts_dir / relpath for relpath, info in parts_dir.files(recursive=False)
+                if info.is_file and relpath.suffix == ".parquet" and not relpath.name.startswith(".")]
     if parts_dir.is_symlink() or not parts_dir.is_dir():
         return []
     return sorted(path for path in parts_dir.glob("*.parquet") if not path.name.startswith("."))
@@ -188,9 +192,13 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
         table, old_metadata = read_manifest(manifest_path)
         rows = table.to_pylist()
         metadata = metadata if metadata is not None else old_metadata
+    unreachable: list[Path] = []
     for part in parts:
         try:
-            table = pq.read_table(part)
+            table = _read_table(part)
+        except StoreError:
+            unreachable.append(part)  # the store failed, not the part: keep it for the next merge
+            continue
         except (pa.ArrowInvalid, OSError):
             continue  # a part cut short by a crash holds nothing we can trust
         rows.extend(table.to_pylist())
@@ -200,7 +208,8 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
     inside = out_dir == manifest_path.parent or out_dir in manifest_path.parents
     atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata)), root=out_dir if inside else None)
     for part in parts:
-        part.unlink(missing_ok=True)
+        if part not in unreachable:
+            part.unlink(missing_ok=True)
     if parts:
         try:
             parts[0].parent.rmdir()
@@ -247,8 +256,14 @@ def recover_previous_rows(out_dir: Path, manifest_path: Path | None = None) -> l
     return read_rows(manifest_path) if manifest_path.is_file() else []
 
 
+def _read_table(path: Path | StorePath) -> pa.Table:
+    if isinstance(path, StorePath):
+        return pq.read_table(pa.BufferReader(path.read_bytes()))
+    return pq.read_table(path)
+
+
 def read_manifest(path: Path) -> tuple[pa.Table, dict[str, str]]:
-    table = pq.read_table(path)
+    table = _read_table(path)
     metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
     return table, metadata
 

@@ -12,6 +12,14 @@ Everything lives in ``<out>/.anonymize/``:
 
 All of it is written through :func:`anonymize.io.write.open_folder_in`: no symbolic link in the
 output tree is ever followed.
+
+An output named by URI (:class:`~anonymize.io.store.StorePath`) has the same three objects, but an
+object store has no ``flock``: there the lock is an object holding the holder's pid, host and a
+random token, rewritten every :data:`LOCK_REFRESH_SECONDS` while the run lives. A lock object
+refreshed less than :data:`LOCK_STALE_SECONDS` ago (by the store's clock) refuses a second run;
+an older one is taken over, as a dead holder's. Stores offer no create-if-absent here, so two runs
+started within the same second could both take it: the lock catches the second run of a user,
+not a race (see README, Throughput and Ray).
 """
 
 from __future__ import annotations
@@ -19,17 +27,28 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
+import secrets
 import socket
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from anonymize.io.write import TEMPORARY_NAME, open_folder_in, write_in_folder
+from anonymize.io.store import StorePath
+from anonymize.io.write import TEMPORARY_NAME, atomic_write_bytes, open_folder_in, write_in_folder
+
+log = logging.getLogger(__name__)
 
 WORK_DIR_NAME = ".anonymize"
 LOCK_NAME = "lock"
 MARKER_NAME = "run.json"
+LOCK_REFRESH_SECONDS = 30.0  # a store lock object is rewritten this often while its run lives
+LOCK_STALE_SECONDS = 120.0  # ... and belongs to a dead run once this much older than the store's clock says
+LOCK_SETTLE_SECONDS = 0.5  # after writing it, read it back this much later: a run that wrote at the same moment wins
 
 
 class OutputFolderBusy(Exception):
@@ -55,8 +74,11 @@ class OutputLock:
         self.descriptor = self.folder = -1
 
 
-def _holder_text() -> str:
-    return json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+def _holder_text(token: str | None = None) -> str:
+    holder: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    if token is not None:
+        holder["token"] = token
+    return json.dumps(holder)
 
 
 def _describe_holder(raw: bytes) -> str:
@@ -67,8 +89,10 @@ def _describe_holder(raw: bytes) -> str:
         return "an unknown process"
 
 
-def acquire_lock(out_dir: Path, on_stale: Callable[[str], None] | None = None) -> OutputLock:
+def acquire_lock(out_dir: Path | StorePath, on_stale: Callable[[str], None] | None = None) -> OutputLock | StoreLock:
     """Hold ``<out>/.anonymize/lock`` exclusively, or raise :class:`OutputFolderBusy` at once."""
+    if isinstance(out_dir, StorePath):
+        return _acquire_store_lock(out_dir, on_stale)
     folder = open_folder_in(out_dir, (WORK_DIR_NAME,))
     try:
         while True:
@@ -107,8 +131,11 @@ def acquire_lock(out_dir: Path, on_stale: Callable[[str], None] | None = None) -
         raise
 
 
-def probe_lock(out_dir: Path) -> None:
+def probe_lock(out_dir: Path | StorePath) -> None:
     """Raise :class:`OutputFolderBusy` if a live run holds ``out_dir``; creates nothing (for the early checks)."""
+    if isinstance(out_dir, StorePath):
+        _refuse_fresh_store_lock(out_dir)
+        return
     try:
         folder = open_folder_in(out_dir, (WORK_DIR_NAME,), create=False)
     except OSError:
@@ -132,8 +159,14 @@ def probe_lock(out_dir: Path) -> None:
         os.close(folder)
 
 
-def read_marker(out_dir: Path) -> dict[str, Any] | None:
+def read_marker(out_dir: Path | StorePath) -> dict[str, Any] | None:
     """The settings recorded by the run that owns ``out_dir``, or None (absent or unreadable)."""
+    if isinstance(out_dir, StorePath):
+        try:
+            data = json.loads((out_dir / WORK_DIR_NAME / MARKER_NAME).read_bytes().decode("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
     try:
         folder = open_folder_in(out_dir, (WORK_DIR_NAME,), create=False)
     except OSError:
@@ -149,23 +182,35 @@ def read_marker(out_dir: Path) -> dict[str, Any] | None:
         os.close(folder)
 
 
-def write_marker(out_dir: Path, settings: dict[str, Any]) -> None:
+def write_marker(out_dir: Path | StorePath, settings: dict[str, Any]) -> None:
     """Mark ``out_dir`` as an anonymize output made with ``settings`` (atomic; raises OSError if it cannot)."""
+    payload = json.dumps({"tool": "anonymize", "settings": settings}, sort_keys=True, indent=1)
+    if isinstance(out_dir, StorePath):
+        atomic_write_bytes(out_dir / WORK_DIR_NAME / MARKER_NAME, payload.encode("utf-8"))
+        return
     folder = open_folder_in(out_dir, (WORK_DIR_NAME,))
     try:
-        payload = json.dumps({"tool": "anonymize", "settings": settings}, sort_keys=True, indent=1)
         write_in_folder(folder, MARKER_NAME, payload.encode("utf-8"))
     finally:
         os.close(folder)
 
 
-def is_marked(out_dir: Path) -> bool:
+def is_marked(out_dir: Path | StorePath) -> bool:
     return read_marker(out_dir) is not None
 
 
-def remove_stale_temporaries(out_dir: Path) -> int:
+def remove_stale_temporaries(out_dir: Path | StorePath) -> int:
     """Delete the temporary files a killed run left in ``out_dir`` (never following links); returns how many."""
     removed = 0
+    if isinstance(out_dir, StorePath):  # only file systems without an atomic PUT have temporaries (write.py)
+        for relpath, info in out_dir.files(recursive=True):
+            if info.is_file and TEMPORARY_NAME.match(relpath.name):
+                try:
+                    (out_dir / relpath).unlink(missing_ok=True)
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
     for folder, dirs, files in os.walk(out_dir):
         for name in files:
             if TEMPORARY_NAME.match(name):
@@ -175,3 +220,95 @@ def remove_stale_temporaries(out_dir: Path) -> int:
                 except OSError:
                     pass
     return removed
+
+
+# -- the lock of an output named by URI ----------------------------------------------------------------
+@dataclass
+class StoreLock:
+    """The lock object of an output on a store, kept fresh by a thread until :meth:`release`."""
+
+    path: StorePath  # <out>/.anonymize/lock
+    token: str
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start_refreshing(self) -> None:
+        self._thread = threading.Thread(target=self._refresh, name="anonymize-lock", daemon=True)
+        self._thread.start()
+
+    def holds(self) -> bool:
+        try:
+            return _holder_token(self.path.read_bytes()) == self.token
+        except OSError:
+            return False
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH_SECONDS):
+            try:
+                if not self.holds():
+                    log.warning("%s: the lock object was taken by another run; stopped refreshing it", self.path)
+                    return
+                atomic_write_bytes(self.path, _holder_text(self.token).encode("utf-8"))
+            except OSError as exc:  # a store hiccup: try again at the next beat
+                log.warning("%s: cannot refresh the lock object (%s)", self.path, exc.strerror or exc)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.holds():
+            try:
+                self.path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _holder_token(raw: bytes) -> str | None:
+    try:
+        holder = json.loads(raw.decode("utf-8"))
+        return str(holder["token"]) if isinstance(holder, dict) and "token" in holder else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _busy(out_dir: StorePath, raw: bytes, age: float | None) -> OutputFolderBusy:
+    when = f"refreshed {age:.0f} s ago" if age is not None else "of unknown age"
+    return OutputFolderBusy(
+        f"{out_dir}: another anonymize run ({_describe_holder(raw)}) holds this output (its lock object was {when}); "
+        f"wait for it to finish or choose another --out (a lock not refreshed for {LOCK_STALE_SECONDS:.0f} s is taken over)"
+    )
+
+
+def _refuse_fresh_store_lock(out_dir: StorePath) -> tuple[bytes, float] | None:
+    """Raise :class:`OutputFolderBusy` if a live run holds ``out_dir``; else (content, age) of a stale lock, or None."""
+    lock = out_dir / WORK_DIR_NAME / LOCK_NAME
+    info = lock.info()
+    if not info.is_file:
+        return None
+    try:
+        raw = lock.read_bytes()
+    except OSError:  # gone since the look-up: its run just ended
+        return None
+    age = (datetime.now(timezone.utc) - info.mtime).total_seconds() if info.mtime is not None else None
+    if age is None or age < LOCK_STALE_SECONDS:
+        raise _busy(out_dir, raw, age)
+    return raw, age
+
+
+def _acquire_store_lock(out_dir: StorePath, on_stale: Callable[[str], None] | None) -> StoreLock:
+    stale = _refuse_fresh_store_lock(out_dir)
+    lock = StoreLock(out_dir / WORK_DIR_NAME / LOCK_NAME, secrets.token_hex(8))
+    atomic_write_bytes(lock.path, _holder_text(lock.token).encode("utf-8"))
+    time.sleep(LOCK_SETTLE_SECONDS)
+    if not lock.holds():  # another run wrote its lock object at the same moment, after ours: it wins
+        try:
+            raw = lock.path.read_bytes()
+        except OSError:
+            raw = b""
+        raise _busy(out_dir, raw, 0.0)
+    if stale is not None and on_stale is not None:
+        on_stale(f"{out_dir}: took over the lock left by {_describe_holder(stale[0])}, not refreshed for {stale[1]:.0f} s "
+                 f"(its run is presumed dead)")
+    lock.start_refreshing()
+    return lock

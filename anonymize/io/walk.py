@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from anonymize.io.store import StorePath, is_within
+
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
@@ -31,7 +33,7 @@ _BMP_INFO_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 class ImageFile:
     """One image candidate found by :func:`walk_images`."""
 
-    path: Path  # absolute path of the source file (through symlinks, not resolved)
+    path: Path | StorePath  # absolute path of the source file (through symlinks, not resolved), or its URI
     relpath: PurePosixPath  # path relative to the walked root, posix form (mirrored in the output tree)
 
 
@@ -75,26 +77,30 @@ class WalkEntry:
     (Permission denied)", ...), so that every one of them can get its own manifest row.
     """
 
-    path: Path
+    path: Path | StorePath
     relpath: PurePosixPath
     kind: EntryKind
     reason: str = ""
 
 
-def walk_images(root: Path, exclude: Path | None = None) -> Iterator[ImageFile]:
+def walk_images(root: Path | StorePath, exclude: Path | StorePath | None = None) -> Iterator[ImageFile]:
     """Yield the image candidates under ``root``, sorted by relpath (see :func:`walk_tree`)."""
     for entry in walk_tree(root, exclude):
         if entry.kind == "image":
             yield ImageFile(path=entry.path, relpath=entry.relpath)
 
 
-def walk_tree(root: Path, exclude: Path | None = None) -> Iterator[WalkEntry]:
+def walk_tree(root: Path | StorePath, exclude: Path | StorePath | None = None) -> Iterator[WalkEntry]:
     """Yield every entry under ``root``, sorted by relpath, each marked with what it is.
 
     Follows directory symlinks but enters each real directory once (so loops end and a directory
     linked twice is not processed twice), does not enter hidden entries (one "skipped" entry each)
     and skips everything under ``exclude`` (the output tree, which must never be read back).
+    A folder named by URI is listed through its store (:func:`walk_store`).
     """
+    if isinstance(root, StorePath):
+        yield from walk_store(root, exclude)
+        return
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
@@ -153,3 +159,39 @@ def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visite
                 yield WalkEntry(path, rel / name, "other", "not an image")
         else:
             yield WalkEntry(path, rel / name, "skipped", "not a regular file")
+
+
+def walk_store(root: StorePath, exclude: Path | StorePath | None = None) -> Iterator[WalkEntry]:
+    """:func:`walk_tree` over a folder of an object store (or any pyarrow file system): the same
+    entries in the same order, from one recursive listing. Stores have no links, so only the
+    hidden entries (one "skipped" entry each, nothing below them) and ``exclude`` are left out."""
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root}: not a directory")
+    hidden: set[PurePosixPath] = set()
+    entries: list[WalkEntry] = []
+    for relpath, info in root.files(recursive=True):
+        path = root / relpath
+        first_hidden = next((index for index, part in enumerate(relpath.parts) if part.startswith(".")), None)
+        if first_hidden is not None:
+            top = PurePosixPath(*relpath.parts[: first_hidden + 1])
+            if top not in hidden:
+                hidden.add(top)
+                entries.append(WalkEntry(root / top, top, "skipped", "hidden (not read)"))
+            continue
+        if exclude is not None and is_within(path, exclude):
+            continue
+        if not info.is_file:
+            continue
+        if _has_image_name(relpath.name) or _sniff_object(path) is not None:
+            entries.append(WalkEntry(path, relpath, "image"))
+        else:
+            entries.append(WalkEntry(path, relpath, "other", "not an image"))
+    yield from sorted(entries, key=lambda entry: entry.relpath)
+
+
+def _sniff_object(path: StorePath) -> str | None:
+    """:func:`sniff_format` of an object: its first bytes only (one ranged read)."""
+    try:
+        return sniff_format_of_bytes(path.read_head(_SNIFF_BYTES))
+    except OSError:
+        return None

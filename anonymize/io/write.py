@@ -7,7 +7,8 @@ profile is passed on, because without it colours shift, and it says nothing abou
 
 Files appear atomically: the bytes are encoded in memory first, then written to a temporary file
 next to the destination, synced, and renamed over it. A crash or an encoding error leaves either
-the old file or the complete new one, never half an image.
+the old file or the complete new one, never half an image. Destinations named by URI
+(:class:`~anonymize.io.store.StorePath`) are written through pyarrow: see :func:`atomic_write_to_store`.
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ import stat
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pyarrow as pa
+from pyarrow import fs as pafs
 from PIL import Image, features
 
 from anonymize.io.decode import DecodedImage
+from anonymize.io.store import OBJECT_STORES, StorePath, StoreError, describe
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "BMP"})
 _SIXTEEN_BIT_FORMATS = frozenset({"PNG", "TIFF"})
 
 
-def output_path_for(out_root: Path, relpath: PurePosixPath) -> Path:
+def output_path_for(out_root: Path | StorePath, relpath: PurePosixPath) -> Path | StorePath:
     """Where the anonymized copy of ``relpath`` goes: the same relative path under ``out_root``."""
     relpath = PurePosixPath(relpath)
     if relpath.is_absolute() or ".." in relpath.parts or not relpath.parts:
         raise ValueError(f"{relpath}: not a relative path inside the input tree")
-    return Path(out_root).joinpath(*relpath.parts)
+    root = out_root if isinstance(out_root, StorePath) else Path(out_root)
+    return root.joinpath(*relpath.parts)
 
 
 def render_relpath(relpath: PurePosixPath, label: str) -> PurePosixPath:
@@ -98,6 +103,9 @@ def atomic_write_bytes(dest: Path, data: bytes, root: Path | None = None) -> Non
     fits the file system still fits with the temporary suffix) and renamed over ``dest``; a rename
     replaces a symbolic link at ``dest`` itself, never the file it points to.
     """
+    if isinstance(dest, StorePath):
+        atomic_write_to_store(dest, data)
+        return
     dest = Path(dest)
     if root is None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +116,43 @@ def atomic_write_bytes(dest: Path, data: bytes, root: Path | None = None) -> Non
         write_in_folder(folder, dest.name, data)
     finally:
         os.close(folder)
+
+
+def atomic_write_to_store(dest: StorePath, data: bytes) -> None:
+    """Make the object ``dest`` hold exactly ``data`` or leave it as it was, through pyarrow.
+
+    On S3 and GCS the store's own PUT is the atomic step: an object becomes visible only when its
+    upload completes (one PUT, or the final CompleteMultipartUpload), so a reader sees the old
+    object or the whole new one; a copy-and-delete "rename" would add nothing but a second write.
+    ``data`` is written in one call and a failed upload is never completed. Any other file system
+    (``file://``) gets a temporary file beside ``dest`` moved over it (a rename, atomic there).
+    """
+    file_system = dest.file_system()
+    try:
+        if file_system.type_name in OBJECT_STORES:
+            _put(file_system, dest.fs_path, data)
+            return
+        dest.make_parent()
+        temporary = dest.parent / temporary_name(dest.name)
+        try:
+            _put(file_system, temporary.fs_path, data)
+            file_system.move(temporary.fs_path, dest.fs_path)
+        except BaseException:
+            try:
+                file_system.delete_file(temporary.fs_path)
+            except (pa.ArrowException, OSError):
+                pass
+            raise
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, StoreError):
+            raise
+        raise StoreError(dest, f"cannot write it: {describe(exc)}") from None
+
+
+def _put(file_system: pafs.FileSystem, path: str, data: bytes) -> None:
+    stream = file_system.open_output_stream(path)
+    stream.write(data)
+    stream.close()  # the upload completes (the object appears) only here
 
 
 def open_folder_in(root: Path, parts: tuple[str, ...], create: bool = True) -> int:
@@ -141,6 +186,11 @@ def open_folder_in(root: Path, parts: tuple[str, ...], create: bool = True) -> i
 
 def is_regular_file_in(root: Path, path: Path) -> bool:
     """``path`` (under ``root``) exists as a regular file reached without any symbolic link."""
+    if isinstance(path, StorePath):
+        try:
+            return path.is_file()
+        except OSError:
+            return False
     try:
         relative = Path(path).relative_to(root).parts
         folder = open_folder_in(Path(root), relative[:-1], create=False)
