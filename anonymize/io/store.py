@@ -172,6 +172,10 @@ class StorePath:
         """This path inside its file system (``bucket/key`` on object stores)."""
         return posixpath.join(file_system_of(self.root)[1], *self.parts)
 
+    def local_path(self) -> Path | None:
+        """The same place as a local path when the file system is this machine's disk, else None."""
+        return Path(self.fs_path) if isinstance(self.file_system(), pafs.LocalFileSystem) else None
+
     def key(self) -> tuple[str, ...]:
         """What tells two locations apart: the store (kind, endpoint, bucket...) then path components."""
         file_system = self.file_system()

@@ -101,6 +101,8 @@ def walk_tree(root: Path | StorePath, exclude: Path | StorePath | None = None) -
     if isinstance(root, StorePath):
         yield from walk_store(root, exclude)
         return
+    if isinstance(exclude, StorePath):  # an output named by URI can only be in this tree if it is on this disk
+        exclude = exclude.local_path()
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
