@@ -28,7 +28,7 @@ from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.faces.paste import Region, paste_face, replace_whole
 from anonymize.faces.types import Face
-from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_bytes
+from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image
 from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, WORK_DIR_NAME, readable
 from anonymize.io.walk import ImageFile
 from anonymize.io.write import is_regular_file_in, output_path_for, render_relpath, write_image
@@ -154,7 +154,7 @@ class Stages:
         if self.config.resume and previous and self._already_done(digest, previous):
             return Prepared(file, digest, resumed=True)
         try:
-            image = decode_bytes(data, shown, self.config.max_pixels)
+            image = decode_image(data, self.config.max_pixels, display_name=shown)
             detector = self.detector()
             if self.config.aligned:
                 face, single = align_aligned_input(image.rgb, detector, crop_size, self.config.aligned_framing)

@@ -236,3 +236,26 @@ def test_a_run_on_an_s3_api_equals_the_local_run_and_resumes(photos, plain_run, 
 
     missing = one_line_error(cli("run", f"s3://no-such-bucket/in?{query}", "--out", target, *BLUR))
     assert "s3://no-such-bucket/in" in missing and "bucket 'no-such-bucket' does not exist" in missing
+
+
+
+def test_a_held_lock_object_is_kept_fresh_and_removed_on_release(tmp_path, monkeypatch):
+    from anonymize.io import outdir
+
+    monkeypatch.setattr(outdir, "LOCK_REFRESH_SECONDS", 0.05)
+    out = store.location((tmp_path / "out").as_uri())
+    lock = outdir.acquire_lock(out)
+    path = tmp_path / "out" / ".anonymize" / "lock"
+    try:
+        old = time.time() - LOCK_STALE_SECONDS - 60
+        os.utime(path, (old, old))
+        deadline = time.monotonic() + 10
+        while path.stat().st_mtime < time.time() - 30 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.stat().st_mtime > time.time() - 30  # rewritten by the refreshing thread
+        with pytest.raises(outdir.OutputFolderBusy, match="another anonymize run"):
+            outdir.probe_lock(out)
+    finally:
+        lock.release()
+    assert not path.exists()
+    outdir.probe_lock(out)  # free again

@@ -12,7 +12,8 @@ The driver walks, locks and marks the output folder, and at the end merges every
 same idempotent merge as a local run (rows keyed by source path and face index, newest wins).
 Ray retries a task or restarts an actor whose worker or node died; a retried finish rewrites the
 same outputs atomically and writes its part again, and the merge keeps each row once. Inputs and
-outputs must be paths every node sees (a shared file system), and every node needs the weights
+outputs must be paths every node sees (a shared file system) or URIs (``s3://``, ``gs://``: each
+worker opens the store from the URI itself, with its own credentials), and every node needs the weights
 (the same ``ANONYMIZE_HOME``; the driver's ``ANONYMIZE_*`` variables are passed to the workers).
 """
 

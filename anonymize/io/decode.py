@@ -105,8 +105,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None) -> DecodedImage:
-    """Decode ``path`` completely, or raise :class:`ImageDecodeError` naming it and the cause."""
+def decode_image(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None) -> DecodedImage:
+    """Decode ``path`` completely, or raise :class:`ImageDecodeError` naming it and the cause.
+
+    ``path`` may also be the file's bytes, already read (the run hashes and decodes the same bytes,
+    and reads files named by URI only so); ``display_name`` then names it.
+    """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return decode_bytes(bytes(path), display_name if display_name is not None else "<bytes>", max_pixels)
     _refuse_truncated_loading()
     name = display_name if display_name is not None else str(path)
     try:

@@ -79,7 +79,7 @@ def file_system_of(root: str) -> tuple[pafs.FileSystem, str]:
     try:
         file_system, path = pafs.FileSystem.from_uri(root)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreError(shown_uri(root), describe(exc)) from None
+        raise StoreError(shown_uri(root), describe(exc).replace(root, shown_uri(root))) from None
     return file_system, path.rstrip("/") or "/"
 
 
