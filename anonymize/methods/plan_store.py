@@ -38,7 +38,7 @@ def read_plan(plan_dir: Path | None) -> tuple[dict[str, np.ndarray], dict[str, A
     if not path.is_file() or path.is_symlink():
         return None
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as stored:  # a local path or a URI's StorePath
             arrays = {name: stored[name] for name in stored.files if name != _INFO_KEY}
             info = json.loads(bytes(stored[_INFO_KEY]).decode())
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
