@@ -68,6 +68,14 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "camo_psnr_db": pa.float32(),  # camouflage: PSNR of the written face to its source (generator resolution)
     "camo_output_kept": pa.int32(),  # camouflage: which of the K outputs (references) was kept, 0-based
     "camo_passed": pa.bool_(),  # camouflage: the kept output reached tau (ArcFace cosine to its source)
+    "parts_backend": pa.string(),  # parts: "latent" (W+ edit) or "warp" (landmark warps + pixel PGD)
+    "parts_chosen": pa.string(),  # parts: the edited parts, comma-separated, least identity-relevant first
+    "parts_k": pa.int32(),  # parts: how many parts were edited
+    "parts_relevance": pa.string(),  # parts: JSON part -> mean relevance (exact head decomposition of the recogniser)
+    "parts_id_cos": pa.float32(),  # parts: ArcFace cosine of the output to the original (ArcFace runs)
+    "parts_id_distance_dlib": pa.float32(),  # parts: dlib (PyTorch) distance of the output to the original (dlib runs)
+    "parts_selected_by": pa.string(),  # parts: the recogniser(s) whose threshold chose k ("arcface", "dlib", "+dlib")
+    "parts_passed": pa.bool_(),  # parts: the chosen output passed that threshold (False: none did, k = smallest)
 }
 
 SCHEMA = pa.schema(

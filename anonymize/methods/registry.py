@@ -11,6 +11,7 @@ METHODS: dict[str, str] = {
     "falco": "anonymize.methods.falco.method:FalcoMethod",
     "cfa": "anonymize.methods.cfa.method:CfaMethod",
     "camouflage": "anonymize.methods.camouflage.method:CamouflageMethod",
+    "parts": "anonymize.methods.parts.method:PartsMethod",
     "blur": "anonymize.methods.classical:BlurMethod",
     "pixelate": "anonymize.methods.classical:PixelateMethod",
     "mask": "anonymize.methods.classical:MaskMethod",

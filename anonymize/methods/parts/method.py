@@ -1,0 +1,221 @@
+"""``--method parts``: adaptive facial-attribute obfuscation (Li et al., ACM MM 2021), training-free.
+
+The privacy goal is inverted: the output should look like someone else to a person while face
+recognition still matches it to the original (``privacy_goal = "human"``). Per face:
+
+1. dlib's 68 landmarks on the aligned crop and a feathered mask per part (:mod:`.masks`);
+2. each part's identity relevance from the recogniser's exact head decomposition (:mod:`.relevance`),
+   parts ranked least relevant first;
+3. candidates k = 1..4 (the k least relevant parts), one batch item each, or the parts given with
+   ``-p parts=nose,lips``;
+4. the edit: ``backend=latent`` optimises W+ codes from the e4e inversion with the composite loss of
+   :mod:`.latent` (FALCO's weights); ``backend=warp`` scales the parts (:mod:`.warp`) and runs a bounded
+   pixel PGD on the identity hinge (dlib's 68/5-point predictors and ResNet only, CPU friendly);
+5. adaptive selection: the largest k whose output still passes the recogniser's threshold ``tau``
+   (with ``select_with=dlib`` also dlib's own 0.6, run through dlib's C++ binding; dlib is then no
+   longer held out from the run, and the manifest says so in ``parts_selected_by``).
+
+Pixels outside the chosen parts' masks are the original's, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
+from anonymize.methods.parts.identity import ArcFaceIdentity, DlibIdentity, IdentityModel, Reference
+from anonymize.methods.parts.masks import PARTS, LandmarkFinder, _predictor, parse_parts, part_masks, union_mask
+from anonymize.methods.parts.relevance import part_relevance, rank_parts
+from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
+from anonymize.models.checkpoint import CheckpointError
+from anonymize.weights import WeightsError
+
+BACKENDS = ("latent", "warp")
+RECOGNIZERS = ("dlib", "arcface")
+DLIB_SAME_PERSON = 0.6
+
+
+@dataclass(frozen=True)
+class Candidate:
+    parts: tuple[str, ...]
+    image: np.ndarray  # S x S x 3 uint8
+    score: float  # the loss recogniser's score (cosine or distance)
+    passes: bool
+
+
+class PartsMethod(Method):
+    name = "parts"
+    crop_size = 256
+    privacy_goal: ClassVar[str] = "human"
+
+    @dataclass(frozen=True)
+    class Params:
+        backend: str = "latent"  # "latent" (FALCO's weights) or "warp" (CPU fallback, dlib only)
+        parts: str = ""  # fixed parts, e.g. "nose,lips"; empty: adaptive over k = 1..4
+        recognizer: str = "dlib"  # warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace
+        tau: float = 0.5  # ArcFace: pass when cos >= tau
+        dlib_tau: float = 0.5  # dlib: pass when distance <= dlib_tau (dlib's own same-person threshold is 0.6)
+        select_with: str = ""  # "": the loss recogniser alone; "dlib": also dlib's 0.6 (dlib then not held out)
+        pgd_steps: int = 20
+        pgd_eps: float = 8.0  # per-pixel bound, 0..255
+        pgd_step: float = 1.5
+        steps: int = 50  # latent backend: W+ optimisation steps
+        lr: float = 0.01
+        lambda_id: float = 10.0  # final weight of the identity hinge (ramped up from 0 over the steps)
+        lambda_text: float = 1.0  # zero-shot attribute loss toward the flipped prompts
+        lambda_tokens: float = 0.1  # FaRL-token preservation outside the parts
+        lambda_latent: float = 0.001  # W+ regulariser
+        trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
+
+        def validate(self) -> None:
+            if self.backend not in BACKENDS:
+                raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+            if self.recognizer not in RECOGNIZERS:
+                raise ValueError(f"recognizer must be one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
+            if self.select_with not in ("", "dlib"):
+                raise ValueError(f"select_with must be empty or 'dlib', got {self.select_with!r}")
+            parse_parts(self.parts)
+            if not -1 <= self.tau <= 1:
+                raise ValueError(f"tau is a cosine in [-1, 1], got {self.tau}")
+            if self.dlib_tau <= 0:
+                raise ValueError(f"dlib_tau must be positive, got {self.dlib_tau}")
+            if min(self.pgd_steps, self.steps) < 0 or min(self.pgd_eps, self.pgd_step, self.lr) < 0:
+                raise ValueError("steps, pgd_steps, pgd_eps, pgd_step and lr must be >= 0")
+            if min(self.lambda_id, self.lambda_text, self.lambda_tokens, self.lambda_latent) < 0:
+                raise ValueError("the lambda_* weights must be >= 0")
+
+    def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
+        super().__init__(context, options)
+        self.device = torch.device(context.device)
+        self.fixed_parts = parse_parts(self.params.parts)
+        self.artefacts = ["dlib_shape_predictor_68", "dlib_shape_predictor_5", "dlib_face_recognition_resnet"]
+        try:
+            context.weights.require_all(self.artefacts[:1], purpose="the parts method (68 landmarks)")
+            self.finder = LandmarkFinder(context.weights)
+            self.model = self._identity_model()
+            self.latent = self._latent_editor() if self.params.backend == "latent" else None
+            self.judge = self._dlib_judge() if self.params.select_with == "dlib" else None
+        except (WeightsError, CheckpointError) as exc:
+            raise MethodError(f"method 'parts': {exc}") from exc
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
+
+    # -- construction ----------------------------------------------------------------------------------
+    def _identity_model(self) -> IdentityModel:
+        if self.params.backend == "latent" or self.params.recognizer == "arcface":
+            from anonymize.models.registry import artefact_of, load_arcface_model
+
+            self._require_latent([artefact_of("arcface")])
+            self.artefacts.append(artefact_of("arcface"))
+            return ArcFaceIdentity(load_arcface_model(self.context.weights, self.device), self.params.tau)
+        from anonymize.metrics.identity import _network
+
+        network = _network(self.context.weights.require("dlib_face_recognition_resnet"), str(self.device))
+        predictor5 = _predictor(self.context.weights.require("dlib_shape_predictor_5"))
+        return DlibIdentity(network, predictor5, self.finder, self.params.dlib_tau)
+
+    def _require_latent(self, artefacts: Sequence[str]) -> None:
+        """The weights beyond dlib's, or one line naming what is missing and the CPU fallback."""
+        missing = []
+        for name in artefacts:
+            try:
+                self.context.weights.require(name)
+            except WeightsError:
+                missing.append(name)
+        if missing:
+            why = f"backend={self.params.backend}" + ("" if self.params.backend == "latent" else " with recognizer=arcface")
+            raise MethodError(f"method 'parts': {why} needs {', '.join(missing)} (get them with `anonymize weights fetch "
+                              f"{' '.join(missing)}`); without them use -p backend=warp (dlib only, runs on CPU)")
+
+    def _latent_editor(self):
+        from anonymize.methods.parts.latent import LatentEditor
+        from anonymize.models.registry import artefact_of
+
+        needed = [artefact_of("e4e"), artefact_of("farl")]
+        self._require_latent(needed)
+        self.artefacts += needed
+        return LatentEditor.load(self.context.weights, self.device, self.params)
+
+    def _dlib_judge(self):
+        from anonymize.metrics.identity import DlibRecognizer
+
+        return DlibRecognizer(self.context.weights, backend="dlib")
+
+    # -- what the manifest records ---------------------------------------------------------------------
+    def weights_used(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def default_batch_size(self) -> int:
+        return 4
+
+    # -- the method ------------------------------------------------------------------------------------
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        return [self.anonymize_one(face) for face in faces]
+
+    def anonymize_one(self, face: FaceCrop) -> AnonymizedFace:
+        """One face: its candidates (one batch), then the adaptive choice."""
+        crop = np.ascontiguousarray(face.image)
+        size = crop.shape[0]
+        landmarks = self.finder(crop, face.landmarks)
+        reference = self.model.reference(crop)
+        masks = part_masks(landmarks, size)
+        relevance = part_relevance(self.model.relevance_on_crop(reference), masks)
+        ranking = rank_parts(relevance)
+        choices = [self.fixed_parts] if self.fixed_parts else [tuple(ranking[:k]) for k in range(1, len(PARTS) + 1)]
+        candidate_masks = np.stack([union_mask([masks[part] for part in parts]) for parts in choices])
+        if self.latent is not None:
+            images, scores = self.latent.edit(crop, landmarks, choices, candidate_masks, self.model, reference)
+        else:
+            images, scores = self._warp(crop, landmarks, choices, candidate_masks, reference)
+        passes = self.model.passes(torch.as_tensor(scores)).tolist()
+        if self.judge is not None:
+            passes = [ok and self._dlib_agrees(crop, image) for ok, image in zip(passes, images)]
+        candidates = [Candidate(parts, image, float(score), bool(ok)) for parts, image, score, ok in zip(choices, images, scores, passes)]
+        chosen = select_candidate(candidates)
+        return AnonymizedFace(chosen.image, self._metrics(chosen, relevance))
+
+    def _warp(self, crop: np.ndarray, landmarks: np.ndarray, choices: Sequence[tuple[str, ...]], masks: np.ndarray,
+              reference: Reference) -> tuple[np.ndarray, list[float]]:
+        warped = np.stack([warp_parts(crop, landmarks, parts) for parts in choices])
+        device = self.device
+        images = torch.from_numpy(warped).permute(0, 3, 1, 2).float().to(device)
+        mask_tensor = torch.from_numpy(masks).unsqueeze(1).to(device)
+        settings = PgdSettings(self.params.pgd_steps, self.params.pgd_eps, self.params.pgd_step)
+        result = identity_pgd(images, mask_tensor, self.model, reference, settings)
+        return result.images.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy(), result.score.tolist()
+
+    def _dlib_agrees(self, original: np.ndarray, output: np.ndarray) -> bool:
+        from anonymize.metrics.identity import distance
+
+        rect = self.finder.face_rect(original)
+        box = [(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)]
+        before, after = self.judge.descriptors(original, box), self.judge.descriptors(output, box)
+        return bool(distance(before[0], after[0]) < DLIB_SAME_PERSON)
+
+    def _metrics(self, chosen: Candidate, relevance: dict[str, float]) -> dict[str, Any]:
+        arcface = self.model.name == "arcface"
+        selected_by = f"{self.model.name}+dlib" if self.judge is not None else self.model.name
+        return {
+            "parts_backend": self.params.backend,
+            "parts_chosen": ",".join(chosen.parts),
+            "parts_k": len(chosen.parts),
+            "parts_relevance": json.dumps({part: round(value, 6) for part, value in relevance.items()}),
+            "parts_id_cos": chosen.score if arcface else None,
+            "parts_id_distance_dlib": None if arcface else chosen.score,
+            "parts_selected_by": selected_by,
+            "parts_passed": chosen.passes,
+            "seed": self.context.seed,
+        }
+
+
+def select_candidate(candidates: Sequence[Candidate]) -> Candidate:
+    """The candidate with the most parts among those that pass; the fewest parts when none passes."""
+    passing = [candidate for candidate in candidates if candidate.passes]
+    if passing:
+        return max(passing, key=lambda candidate: len(candidate.parts))
+    return min(candidates, key=lambda candidate: len(candidate.parts))
