@@ -6,8 +6,10 @@ the attribute-preservation L1 loss. Both come out of one forward pass here.
 
 Checkpoint layout (``FaRL-Base-Patch16-LAIONFace20M-ep64.pth``): a dict whose ``state_dict``
 holds the whole CLIP model. The image tower lives under ``visual.``; everything else (text
-transformer, token embedding, ``text_projection``, ``logit_scale``) is ignored, as are the
-masked-image-modelling head weights FaRL pre-training may leave behind under ``visual.``
+transformer, token embedding, ``text_projection``, ``logit_scale``) is the text tower, loaded by
+:func:`load_farl_text` into :class:`FaRLTextEncoder` (CLIP's names, so every key is checked; the parts
+method builds zero-shot attribute targets with it). The image loader ignores the masked-image-modelling
+head weights FaRL pre-training may leave behind under ``visual.``
 (``mask_token``, ``lm_transformer.*``, ``ln_lm.*``, ``lm_head.*``). Below ``visual.`` the names
 are CLIP's, and this module mirrors them one to one so the strict loader can check every key:
 
@@ -83,11 +85,12 @@ class VisionConfig:
 class _SelfAttention(nn.Module):
     """Multi-head self-attention with CLIP's packed q/k/v parameter names."""
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by {heads} heads")
         self.heads = heads
+        self.causal = causal  # the text tower: each token attends to itself and the tokens before it
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
@@ -97,7 +100,7 @@ class _SelfAttention(nn.Module):
         n, length, width = x.shape
         q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         split = lambda t: t.reshape(n, length, self.heads, width // self.heads).transpose(1, 2)  # noqa: E731
-        attended = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        attended = F.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=self.causal)
         return self.out_proj(attended.transpose(1, 2).reshape(n, length, width))
 
 
@@ -120,10 +123,10 @@ class _MLP(nn.Module):
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, causal: bool = False) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(width)
-        self.attn = _SelfAttention(width, heads)
+        self.attn = _SelfAttention(width, heads, causal)
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = _MLP(width)
 
@@ -133,9 +136,9 @@ class _ResidualBlock(nn.Module):
 
 
 class _Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int) -> None:
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(_ResidualBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(_ResidualBlock(width, heads, causal) for _ in range(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.resblocks:
@@ -215,6 +218,85 @@ def load_farl(path: Path) -> FaRLEncoder:
     source = str(path)
     state = visual_state_dict(load_checkpoint(path), source)
     encoder = FaRLEncoder(infer_vision_config(state, source))
+    load_state_dict_strict(encoder, state, source)
+    encoder.requires_grad_(False)
+    return encoder.eval()
+
+
+# -- the text tower ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Shape of CLIP's text transformer, as read off its weights."""
+
+    width: int
+    layers: int
+    context_length: int
+    vocab_size: int
+    embed_dim: int
+
+    @property
+    def heads(self) -> int:
+        return max(1, self.width // 64)
+
+
+class FaRLTextEncoder(nn.Module):
+    """FaRL's text tower (CLIP's): token ids [N, L] -> L2-normalised text embeddings [N, embed_dim].
+
+    Token embedding plus positions, causal pre-norm transformer, ``ln_final``, then the features of
+    each sequence's end-of-text token (the largest id in CLIP's vocabulary, as CLIP takes it with
+    ``argmax``) times ``text_projection``. ``logit_scale`` is CLIP's learnt temperature (log).
+    """
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.width)
+        self.positional_embedding = nn.Parameter(torch.zeros(config.context_length, config.width))
+        self.transformer = _Transformer(config.width, config.layers, config.heads, causal=True)
+        self.ln_final = nn.LayerNorm(config.width)
+        self.text_projection = nn.Parameter(torch.empty(config.width, config.embed_dim))
+        self.logit_scale = nn.Parameter(torch.zeros(()))
+        nn.init.normal_(self.text_projection, std=config.width**-0.5)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.ndim != 2 or tokens.shape[1] > self.config.context_length:
+            raise ValueError(f"expected token ids [N, <= {self.config.context_length}], got {tuple(tokens.shape)}")
+        x = self.token_embedding(tokens) + self.positional_embedding[: tokens.shape[1]]
+        x = self.ln_final(self.transformer(x))
+        end = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return F.normalize(end @ self.text_projection, dim=-1)
+
+
+_TEXT_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
+
+
+def text_state_dict(checkpoint: object, source: str) -> dict[str, torch.Tensor]:
+    """Every key of a FaRL/CLIP checkpoint outside ``visual.``: the text tower, all of it."""
+    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)):
+        raise CheckpointError(f"{source}: expected a dict with a 'state_dict' (FaRL layout)")
+    text = {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(VISUAL_PREFIX)}
+    for key in ("token_embedding.weight", "positional_embedding", "text_projection"):
+        if key not in text:
+            raise CheckpointError(f"{source}: no '{key}' in the state dict; the checkpoint has no CLIP text tower")
+    return text
+
+
+def infer_text_config(state: dict[str, torch.Tensor], source: str) -> TextConfig:
+    vocab, width = (int(n) for n in state["token_embedding.weight"].shape)
+    blocks = sorted(int(m.group(1)) for key in state if (m := _TEXT_BLOCK_KEY.match(key)))
+    if not blocks or blocks != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: text transformer blocks under 'transformer.resblocks.' are missing or not numbered 0..N-1")
+    return TextConfig(width=width, layers=len(blocks), context_length=int(state["positional_embedding"].shape[0]),
+                      vocab_size=vocab, embed_dim=int(state["text_projection"].shape[1]))
+
+
+def load_farl_text(path: Path) -> FaRLTextEncoder:
+    """FaRL's text tower from the same file as the image tower, strictly (every non-visual key), frozen."""
+    source = str(path)
+    state = text_state_dict(load_checkpoint(path), source)
+    encoder = FaRLTextEncoder(infer_text_config(state, source))
     load_state_dict_strict(encoder, state, source)
     encoder.requires_grad_(False)
     return encoder.eval()

@@ -21,7 +21,7 @@ from torch import nn
 
 from anonymize.models.arcface import ArcFace, load_arcface
 from anonymize.models.e4e import E4EEncoder, load_e4e
-from anonymize.models.farl import FaRLEncoder, load_farl
+from anonymize.models.farl import FaRLEncoder, FaRLTextEncoder, load_farl, load_farl_text
 from anonymize.models.stylegan2 import StyleGAN2Generator, load_stylegan2
 from anonymize.weights import WeightsStore
 
@@ -43,6 +43,7 @@ PRETRAINED: dict[str, PretrainedConfig] = {
     ),
     "arcface": PretrainedConfig("arcface_ir_se50", load_arcface, "ArcFace IR-SE50 identity embedding (112 px input)"),
     "farl": PretrainedConfig("farl_ep64", load_farl, "FaRL ViT-B/16 image tower, LAION-Face 64 epochs"),
+    "farl_text": PretrainedConfig("farl_ep64", load_farl_text, "FaRL's CLIP text tower (same file), for zero-shot prompts"),
     "genforce": PretrainedConfig(
         "stylegan2_ffhq1024_genforce",
         lambda path: load_stylegan2(path, layout="genforce"),
@@ -52,7 +53,7 @@ PRETRAINED: dict[str, PretrainedConfig] = {
 
 GENERATORS: tuple[GeneratorName, ...] = ("genforce", "e4e")
 
-_CACHE: dict[tuple[str, int, int, str], Any] = {}
+_CACHE: dict[tuple[str, str, int, int, str], Any] = {}
 
 
 def pretrained_names() -> list[str]:
@@ -89,7 +90,7 @@ def load_pretrained(name: str, store: WeightsStore, device: str | torch.device =
     path = store.require(config.artefact).resolve()
     stat = path.stat()
     device = torch.device(device)
-    key = (str(path), stat.st_size, stat.st_mtime_ns, str(device))
+    key = (name, str(path), stat.st_size, stat.st_mtime_ns, str(device))  # one file can hold two models (FaRL)
     if key not in _CACHE:
         _CACHE[key] = _prepare(config.load(path), device)
     return _CACHE[key]
@@ -110,6 +111,10 @@ def load_arcface_model(store: WeightsStore, device: str | torch.device = "cpu") 
 
 def load_farl_model(store: WeightsStore, device: str | torch.device = "cpu") -> FaRLEncoder:
     return load_pretrained("farl", store, device)
+
+
+def load_farl_text_model(store: WeightsStore, device: str | torch.device = "cpu") -> FaRLTextEncoder:
+    return load_pretrained("farl_text", store, device)
 
 
 def generator_artefact(name: GeneratorName) -> str:

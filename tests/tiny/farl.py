@@ -20,6 +20,9 @@ TINY_PATCH = 16
 TINY_GRID = 4  # 64 px input, 1 + 16 tokens
 TINY_EMBED = 32
 TEXT_WIDTH = 32
+# CLIP's BPE vocabulary size: the real tokenizer's ids must all exist in the tiny embedding table.
+TEXT_VOCAB = 49408
+TEXT_CONTEXT = 16  # enough for the parts method's prompts; the tokenizer truncates to the model's context
 
 
 def _tensor(generator: torch.Generator | None, *shape: int, std: float = 1.0, mean: float = 0.0) -> torch.Tensor:
@@ -75,8 +78,8 @@ def farl_state_dict(
         "lm_head.bias": _tensor(g, 8, std=0.02),
     }
     text = {
-        "positional_embedding": _tensor(g, 7, TEXT_WIDTH, std=0.01),
-        "token_embedding.weight": _tensor(g, 11, TEXT_WIDTH, std=0.02),
+        "positional_embedding": _tensor(g, TEXT_CONTEXT, TEXT_WIDTH, std=0.01),
+        "token_embedding.weight": _tensor(g, TEXT_VOCAB, TEXT_WIDTH, std=0.02),
         **_resblocks("transformer", TEXT_WIDTH, 1, g),
         **_layer_norm("ln_final", TEXT_WIDTH, g),
         "text_projection": _tensor(g, TEXT_WIDTH, embed_dim, std=TEXT_WIDTH**-0.5),
