@@ -34,7 +34,7 @@ mean loss at the start and after the timed steps with and without bf16 from the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -177,9 +177,12 @@ class LoopResult:
 
 
 def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generator: StyleGAN2Generator,
-                   loss: FaceLoss, schedule: Schedule) -> LoopResult:
+                   loss: FaceLoss, schedule: Schedule, on_step: Callable[[int], None] | None = None) -> LoopResult:
     """The W+ optimisation every latent method shares (see the module docstring): Adam on the trainable
-    layers of a batch of codes, the per-face losses summed, the written face rendered in float32."""
+    layers of a batch of codes, the per-face losses summed, the written face rendered in float32.
+
+    ``on_step(i)`` (optional) is told the 0-based step before each loss evaluation, and ``steps`` before
+    the final one, for objectives whose weights follow a schedule (the parts method's identity ramp)."""
     frozen = initial_ws.detach().float()
     layers = torch.as_tensor(list(trainable_layers), device=frozen.device)
     trainable = frozen.index_select(1, layers).clone().requires_grad_(True)
@@ -189,6 +192,8 @@ def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generato
     for step in range(schedule.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, schedule)
+        if on_step is not None:
+            on_step(step)
         ws = frozen.index_copy(1, layers, trainable)
         images = render(generator, ws, schedule.bf16)
         losses, parts = loss(images, ws, schedule.bf16)
@@ -198,6 +203,8 @@ def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generato
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         optimizer.step()
+    if on_step is not None:
+        on_step(schedule.steps)
     with torch.no_grad():
         final_ws = frozen.index_copy(1, layers, trainable.detach())
         images = render(generator, final_ws, bf16=False)  # the written face: float32 even under bf16

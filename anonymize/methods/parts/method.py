@@ -98,6 +98,10 @@ class PartsMethod(Method):
         try:
             context.weights.require_all(self.artefacts[:1], purpose="the parts method (68 landmarks)")
             self.finder = LandmarkFinder(context.weights)
+            if self.params.backend == "latent":
+                from anonymize.models.registry import artefact_of
+
+                self._require_latent([artefact_of(name) for name in ("arcface", "e4e", "farl")])
             self.model = self._identity_model()
             self.latent = self._latent_editor() if self.params.backend == "latent" else None
             self.judge = self._dlib_judge() if self.params.select_with == "dlib" else None
@@ -169,7 +173,8 @@ class PartsMethod(Method):
         choices = [self.fixed_parts] if self.fixed_parts else [tuple(ranking[:k]) for k in range(1, len(PARTS) + 1)]
         candidate_masks = np.stack([union_mask([masks[part] for part in parts]) for parts in choices])
         if self.latent is not None:
-            images, scores = self.latent.edit(crop, landmarks, choices, candidate_masks, self.model, reference)
+            edit = self.latent.edit(crop, landmarks, choices, candidate_masks, self.model, reference)
+            images, scores = edit.images, edit.scores
         else:
             images, scores = self._warp(crop, landmarks, choices, candidate_masks, reference)
         passes = self.model.passes(torch.as_tensor(scores)).tolist()
