@@ -166,13 +166,13 @@ def test_real_photos_keep_matching_their_originals_while_the_face_region_changes
     judge = DlibRecognizer(store, backend="dlib")
     finder = LandmarkFinder(store)
     context = MethodContext(store)
-    runs = {
-        "held_out": PartsMethod(context, {"backend": "warp", "parts": ",".join(PARTS), "pgd_steps": "0"}),
-        "adaptive": PartsMethod(context, {"backend": "warp", "dlib_tau": "0.3", "pgd_steps": "5"}),
+    runs = {  # the adaptive run (PGD on four candidates) on one photo per person, to keep the test short
+        "held_out": (PartsMethod(context, {"backend": "warp", "parts": ",".join(PARTS), "pgd_steps": "0"}), crops),
+        "adaptive": (PartsMethod(context, {"backend": "warp", "dlib_tau": "0.3", "pgd_steps": "5"}), crops[::FACES_PER_ID]),
     }
-    for name, method in runs.items():
+    for name, (method, faces) in runs.items():
         matched, similarity = [], []
-        for crop in crops:
+        for crop in faces:
             output = method.anonymize_one(_face(crop)).crop
             rect = finder.face_rect(crop)
             box = [(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1)]
