@@ -18,7 +18,7 @@ from anonymize.audit.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import MethodContext, MethodError
 from anonymize.methods.parts.identity import DlibIdentity
-from anonymize.methods.parts.masks import PARTS, LandmarkFinder, _predictor, parse_parts, part_masks, union_mask
+from anonymize.methods.parts.masks import PARTS, LandmarkFinder, shape_predictor, parse_parts, part_masks, union_mask
 from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
@@ -56,7 +56,7 @@ def finder(store: WeightsStore) -> LandmarkFinder:
 @pytest.fixture(scope="module")
 def dlib_identity(store: WeightsStore, finder: LandmarkFinder) -> DlibIdentity:
     network = _network(store.require("dlib_face_recognition_resnet"), "cpu")
-    return DlibIdentity(network, _predictor(store.require("dlib_shape_predictor_5")), finder, tau=0.5)
+    return DlibIdentity(network, shape_predictor(store.require("dlib_shape_predictor_5")), finder, tau=0.5)
 
 
 # -- relevance: an exact split of the embedding's norm -------------------------------------------------

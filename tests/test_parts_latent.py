@@ -103,11 +103,11 @@ def two_photos(shared_dir: Path, tmp_path: Path) -> Path:
     return source
 
 
-@pytest.mark.parametrize("backend_options", [
-    ["-p", "backend=warp", "-p", "pgd_steps=2"],
-    ["-p", "backend=latent", "-p", "steps=2", "-p", "trainable_layers=3,4,5"],
-], ids=["warp", "latent"])
-def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, two_photos, tmp_path, backend_options):
+@pytest.mark.parametrize("backend_options, selected_by", [
+    (["-p", "backend=warp", "-p", "pgd_steps=2"], "dlib"),
+    (["-p", "backend=latent", "-p", "steps=2", "-p", "trainable_layers=3,4,5", "-p", "select_with=dlib"], "arcface+dlib"),
+], ids=["warp", "latent-selected-with-dlib"])
+def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, two_photos, tmp_path, backend_options, selected_by):
     out = tmp_path / "out"
     result = cli("run", two_photos, "--out", out, "--aligned", "--method", "parts", "--device", "cpu", "--json", *backend_options)
     assert result.exit_code == 0, result.output
@@ -115,7 +115,7 @@ def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, tw
     assert [row["status"] for row in rows] == ["done", "done"]
     for row in rows:
         assert all(row[column] is not None for column in PARTS_COLUMNS), row
-        assert row["parts_k"] == len(row["parts_chosen"].split(","))
+        assert row["parts_k"] == len(row["parts_chosen"].split(",")) and row["parts_selected_by"] == selected_by
         assert set(json.loads(row["parts_relevance"])) == {"eyebrows", "eyes", "nose", "lips"}
         written = np.asarray(Image.open(out / row["output_path"]), float)
         original = np.asarray(Image.open(two_photos / row["source_path"]), float)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+import dlib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,7 @@ class DlibIdentity:
 
     name = "dlib"
 
-    def __init__(self, network: DlibFaceResNet, predictor5, finder: LandmarkFinder, tau: float) -> None:
+    def __init__(self, network: DlibFaceResNet, predictor5: dlib.shape_predictor, finder: LandmarkFinder, tau: float) -> None:
         self.network, self.predictor5, self.finder, self.tau = network, predictor5, finder, tau
 
     def reference(self, crop: np.ndarray) -> Reference:

@@ -53,7 +53,7 @@ class LandmarkFinder:
     """dlib's 68 landmarks of the one face of an aligned crop."""
 
     def __init__(self, weights: WeightsStore) -> None:
-        self.predictor = _predictor(weights.require("dlib_shape_predictor_68"))
+        self.predictor = shape_predictor(weights.require("dlib_shape_predictor_68"))
         self.detector = _hog_detector()
 
     def __call__(self, crop: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
@@ -113,7 +113,8 @@ def union_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
 
 
 @lru_cache(maxsize=2)
-def _predictor(path: Path) -> dlib.shape_predictor:
+def shape_predictor(path: Path) -> dlib.shape_predictor:
+    """dlib's landmark predictor from its file, read once per process (68- and 5-point models)."""
     return dlib.shape_predictor(str(path))
 
 

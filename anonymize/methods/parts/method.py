@@ -30,7 +30,7 @@ import torch
 
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.parts.identity import ArcFaceIdentity, DlibIdentity, IdentityModel, Reference
-from anonymize.methods.parts.masks import PARTS, LandmarkFinder, _predictor, parse_parts, part_masks, union_mask
+from anonymize.methods.parts.masks import PARTS, LandmarkFinder, shape_predictor, parse_parts, part_masks, union_mask
 from anonymize.methods.parts.relevance import part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
 from anonymize.models.checkpoint import CheckpointError
@@ -120,7 +120,7 @@ class PartsMethod(Method):
         from anonymize.metrics.identity import _network
 
         network = _network(self.context.weights.require("dlib_face_recognition_resnet"), str(self.device))
-        predictor5 = _predictor(self.context.weights.require("dlib_shape_predictor_5"))
+        predictor5 = shape_predictor(self.context.weights.require("dlib_shape_predictor_5"))
         return DlibIdentity(network, predictor5, self.finder, self.params.dlib_tau)
 
     def _require_latent(self, artefacts: Sequence[str]) -> None:
