@@ -47,7 +47,7 @@ def edit(method: PartsMethod, crop: np.ndarray, choices):
     masks = part_masks(landmarks, 256)
     stacked = np.stack([union_mask([masks[part] for part in parts]) for parts in choices])
     reference = method.model.reference(crop)
-    return method.latent.edit(crop, landmarks, choices, stacked, method.model, reference), stacked
+    return method.latent.edit(crop, choices, stacked, method.model, reference), stacked
 
 
 def test_the_losses_fall_and_only_the_chosen_parts_and_trainable_layers_change(method, crop):

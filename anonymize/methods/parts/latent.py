@@ -123,7 +123,7 @@ class LatentEditor:
         texts = AttributeTexts.build(load_farl_text_model(store, device))
         return cls(encoder, generator, load_farl_model(store, device), texts, params.trainable_layers, settings)
 
-    def edit(self, crop: np.ndarray, landmarks: np.ndarray, choices: Sequence[tuple[str, ...]], masks: np.ndarray,
+    def edit(self, crop: np.ndarray, choices: Sequence[tuple[str, ...]], masks: np.ndarray,
              identity: ArcFaceIdentity, reference: Reference) -> LatentEdit:
         device = self.encoder.latent_avg.device
         original = CanonicalImages.from_uint8(crop, device)

@@ -173,7 +173,7 @@ class PartsMethod(Method):
         choices = [self.fixed_parts] if self.fixed_parts else [tuple(ranking[:k]) for k in range(1, len(PARTS) + 1)]
         candidate_masks = np.stack([union_mask([masks[part] for part in parts]) for parts in choices])
         if self.latent is not None:
-            edit = self.latent.edit(crop, landmarks, choices, candidate_masks, self.model, reference)
+            edit = self.latent.edit(crop, choices, candidate_masks, self.model, reference)
             images, scores = edit.images, edit.scores
         else:
             images, scores = self._warp(crop, landmarks, choices, candidate_masks, reference)
