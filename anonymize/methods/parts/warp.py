@@ -31,7 +31,7 @@ PART_SCALES: dict[str, tuple[float, float]] = {
     "nose": (1.2, 1.2),
     "lips": (1.2, 1.2),
     "eyes": (1.0, 0.7),
-    "eyebrows": (1.0, 1.6),
+    "eyebrows": (1.0, 1.4),
 }
 
 
