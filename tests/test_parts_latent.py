@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from anonymize.faces.align import align_single_face
+from anonymize.io.manifest import read_manifest
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
 from anonymize.methods.parts.masks import part_masks, union_mask
 from anonymize.methods.parts.method import PartsMethod
@@ -103,11 +104,13 @@ def two_photos(shared_dir: Path, tmp_path: Path) -> Path:
     return source
 
 
-@pytest.mark.parametrize("backend_options, selected_by", [
-    (["-p", "backend=warp", "-p", "pgd_steps=2"], "dlib"),
-    (["-p", "backend=latent", "-p", "steps=2", "-p", "trainable_layers=3,4,5", "-p", "select_with=dlib"], "arcface+dlib"),
+@pytest.mark.parametrize("backend_options, selected_by, loss_recognisers", [
+    (["-p", "backend=warp", "-p", "pgd_steps=2"], "dlib", ["dlib"]),
+    (["-p", "backend=latent", "-p", "steps=2", "-p", "trainable_layers=3,4,5", "-p", "select_with=dlib"], "arcface+dlib",
+     ["arcface-ir-se50", "dlib"]),
 ], ids=["warp", "latent-selected-with-dlib"])
-def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, two_photos, tmp_path, backend_options, selected_by):
+def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, two_photos, tmp_path, backend_options, selected_by,
+                                                                     loss_recognisers):
     out = tmp_path / "out"
     result = cli("run", two_photos, "--out", out, "--aligned", "--method", "parts", "--device", "cpu", "--json", *backend_options)
     assert result.exit_code == 0, result.output
@@ -120,3 +123,5 @@ def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, tw
         written = np.asarray(Image.open(out / row["output_path"]), float)
         original = np.asarray(Image.open(two_photos / row["source_path"]), float)
         assert written.shape == original.shape and np.abs(written - original).mean() > 0.05
+    metadata = read_manifest(out / "manifest.parquet")[1]
+    assert metadata["privacy_goal"] == "human" and json.loads(metadata["loss_recognisers"]) == loss_recognisers

@@ -53,6 +53,7 @@ class PartsMethod(Method):
     name = "parts"
     crop_size = 256
     privacy_goal: ClassVar[str] = "human"
+    loss_recognisers: tuple[str, ...] = ("arcface-ir-se50",)  # per run: see __init__
 
     @dataclass(frozen=True)
     class Params:
@@ -108,6 +109,9 @@ class PartsMethod(Method):
         except (WeightsError, CheckpointError) as exc:
             raise MethodError(f"method 'parts': {exc}") from exc
         self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
+        # The recognisers that shape the output (loss, ranking, selection): the audit judges with another.
+        in_loss = ("arcface-ir-se50",) if self.model.name == "arcface" else ("dlib",)
+        self.loss_recognisers = tuple(dict.fromkeys(in_loss + (("dlib",) if self.judge is not None else ())))
 
     # -- construction ----------------------------------------------------------------------------------
     def _identity_model(self) -> IdentityModel:
