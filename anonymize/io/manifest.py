@@ -76,6 +76,9 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "parts_id_distance_dlib": pa.float32(),  # parts: dlib (PyTorch) distance of the output to the original (dlib runs)
     "parts_selected_by": pa.string(),  # parts: the recogniser(s) whose threshold chose k ("arcface", "dlib", "+dlib")
     "parts_passed": pa.bool_(),  # parts: the chosen output passed that threshold (False: none did, k = smallest)
+    "ksame_group": pa.int64(),  # k-Same: the face's group (every member gets the same face)
+    "ksame_group_size": pa.int32(),  # k-Same: members in that group (k to 2k-1)
+    "ksame_space": pa.string(),  # k-Same: pixel, eigen or latent
 }
 
 SCHEMA = pa.schema(

@@ -15,6 +15,7 @@ METHODS: dict[str, str] = {
     "blur": "anonymize.methods.classical:BlurMethod",
     "pixelate": "anonymize.methods.classical:PixelateMethod",
     "mask": "anonymize.methods.classical:MaskMethod",
+    "ksame": "anonymize.methods.ksame.method:KSameMethod",
 }
 
 

@@ -1,0 +1,254 @@
+"""k-Same (Newton, Sweeney and Malin 2005) as a dataset-level pipeline method.
+
+Pass 1 (``survey``): every face's identity embedding is computed and what its space averages (the
+aligned crop, or its e4e W+ code) is spooled to a file in the plan folder. ``plan``: the faces are
+grouped (:mod:`.grouping`: k to 2k-1 faces of distinct people), each group's face is computed once
+(:mod:`.spaces`) and the plan (keys, groups, group faces) is stored in the output folder. Pass 2
+(``anonymize``): every face gets its group's face, pasted back into its own photo.
+
+Resume: faces in the stored plan keep their group and its face, written or not. Faces new since
+then are grouped only among themselves (a group some of whose members are written never changes);
+when they cannot make a group of k distinct people, their images get an error row saying so and
+that ``--overwrite`` regroups everything.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anonymize.methods.base import AnonymizedFace, FaceCrop, MetricValue, Method, MethodContext, MethodError
+from anonymize.methods.ksame.embedders import EMBEDDERS, Embedder
+from anonymize.methods.ksame.grouping import k_same_groups
+from anonymize.methods.ksame.spaces import SPACES, LatentSpace, Spool, eigen_faces, pixel_faces, write_rows
+from anonymize.methods.persons import person_ids
+from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.models.registry import artefact_of
+
+FACES_PREFIX = "group-faces-"
+SPOOL_PREFIX = "survey-"
+
+
+class FaceNotGrouped(Exception):
+    """A face that is in no k-Same group: its image gets an error row, the run goes on."""
+
+
+@dataclass
+class StoredPlan:
+    keys: np.ndarray  # str, every face planned so far
+    groups: np.ndarray  # int64 per key, -1: no group
+    reasons: np.ndarray  # str per key: why it has no group ("" when it has one)
+    sizes: np.ndarray  # int64 per group
+    faces: np.ndarray  # uint8 per group: the face every member gets (a memory map once stored)
+    faces_file: str | None = None
+
+    def index(self) -> dict[str, int]:
+        return {str(key): i for i, key in enumerate(self.keys.tolist())}
+
+
+def _empty_plan() -> StoredPlan:
+    return StoredPlan(np.zeros(0, dtype=str), np.zeros(0, np.int64), np.zeros(0, dtype=str), np.zeros(0, np.int64),
+                      np.zeros((0,), np.uint8))
+
+
+class KSameMethod(Method):
+    name = "ksame"
+    dataset_level = True
+
+    @dataclass(frozen=True)
+    class Params:
+        k: int = 5  # every face is replaced by the average of a group of k to 2k-1 faces of distinct people
+        space: str = "pixel"  # pixel | eigen | latent (e4e W+ codes decoded by StyleGAN2; FALCO's weights)
+        embedder: str = "dlib"  # identity embeddings that group the faces: dlib | arcface (FALCO's weights)
+        components: int = 100  # eigen: PCA components (at most the number of faces)
+
+        def validate(self) -> None:
+            if self.k < 1:
+                raise ValueError(f"k must be at least 1, got {self.k}")
+            if self.space not in SPACES:
+                raise ValueError(f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+            if self.embedder not in EMBEDDERS:
+                raise ValueError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
+            if self.components < 1:
+                raise ValueError(f"components must be at least 1, got {self.components}")
+
+    def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
+        super().__init__(context, options)
+        needed = [artefact_of("arcface")] if self.params.embedder == "arcface" else []
+        needed += [artefact_of("e4e")] if self.params.space == "latent" else []
+        if needed:
+            context.weights.require_all(needed, purpose=f"k-Same ({self.params.space} space, {self.params.embedder} embedder)",
+                                        alternative="no download needed: -p space=pixel -p embedder=dlib")
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in needed}
+        self._embedder: Embedder | None = None
+        self._latent: LatentSpace | None = LatentSpace(context.weights, context.device) if self.params.space == "latent" else None
+        self._plan: StoredPlan | None = None
+        self._plan_index: dict[str, int] = {}
+        self._lock = threading.Lock()
+        # survey state
+        self._stored: StoredPlan | None = None
+        self._new_keys: list[str] = []
+        self._embeddings: list[np.ndarray] = []
+        self._spool: Spool | None = None
+        self._spool_dir: tempfile.TemporaryDirectory | None = None
+
+    def weights_used(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def default_batch_size(self) -> int:
+        return 32
+
+    # -- pass 1 ---------------------------------------------------------------------------------------
+    def survey(self, faces: Sequence[FaceCrop]) -> None:
+        if self._spool is None:
+            self._start_survey()
+        assert self._spool is not None and self._stored is not None
+        planned = self._stored_index
+        fresh = [face for face in faces if face.key not in planned]  # an image killed before it was written
+        if not fresh:
+            return
+        crops = [face.image for face in fresh]
+        self._embeddings.append(self._embed(crops))
+        self._spool.append(self._latent.codes(crops) if self._latent is not None else np.stack(crops))
+        self._new_keys.extend(face.key for face in fresh)
+
+    def _start_survey(self) -> None:
+        self._stored = self._read_stored() or _empty_plan()
+        self._stored_index = self._stored.index()
+        plan_dir = self.context.plan_dir
+        if plan_dir is None:  # a dry run: nothing is kept
+            self._spool_dir = tempfile.TemporaryDirectory(prefix="anonymize-ksame-")
+            folder = Path(self._spool_dir.name)
+        else:
+            folder = plan_dir
+            for stale in plan_dir.glob(f"{SPOOL_PREFIX}*"):  # from a run that was killed while surveying
+                stale.unlink(missing_ok=True)
+        self._spool = Spool(folder / f"{SPOOL_PREFIX}{uuid.uuid4().hex[:8]}.raw",
+                            np.float32 if self._latent is not None else np.uint8)
+
+    def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
+        if self._embedder is None:
+            self._embedder = Embedder(self.params.embedder, self.context.weights, self.context.device)
+        return self._embedder(crops)
+
+    # -- between the passes ---------------------------------------------------------------------------
+    def plan(self) -> dict[str, MetricValue]:
+        if self._spool is None:
+            self._start_survey()
+        assert self._spool is not None and self._stored is not None
+        stored, k = self._stored, self.params.k
+        try:
+            rows = self._spool.rows()
+            keys = self._new_keys
+            embeddings = np.concatenate(self._embeddings) if self._embeddings else np.zeros((0, 1), np.float32)
+            assert self._embedder is not None or not keys
+            persons = (person_ids(keys, embeddings, self.context.identity_from, self._embedder.same_person_distance,
+                                  self._embedder.metric) if keys else np.zeros(0, np.int64))
+            grouping = k_same_groups(embeddings, persons, k) if keys else None
+            groups = grouping.groups if grouping is not None else []
+            first_group = len(stored.sizes)
+            face_groups = np.full(len(keys), -1, np.int64)
+            for offset, members in enumerate(groups):
+                face_groups[members] = first_group + offset
+            reasons = [""] * len(keys)
+            for face, why in (grouping.unplaced.items() if grouping is not None else []):
+                reasons[face] = self._unplaced_reason(why, resumed=len(stored.keys) > 0)
+            plan = StoredPlan(
+                keys=np.asarray([*stored.keys.tolist(), *keys], dtype=str),
+                groups=np.concatenate([stored.groups, face_groups]),
+                reasons=np.asarray([*stored.reasons.tolist(), *reasons], dtype=str),
+                sizes=np.concatenate([stored.sizes, np.asarray([len(g) for g in groups], np.int64)]),
+                faces=stored.faces,
+                faces_file=stored.faces_file,
+            )
+            if keys:
+                plan = self._store(plan, self._group_faces(rows, groups))
+        finally:
+            self._spool.remove()
+            if self._spool_dir is not None:
+                self._spool_dir.cleanup()
+        self._use(plan)
+        sizes = plan.sizes
+        return {"groups": int(len(sizes)), "group sizes": f"{sizes.min()}-{sizes.max()}" if len(sizes) else "-",
+                "faces without a group": int((plan.groups < 0).sum())}
+
+    def _unplaced_reason(self, why: str, resumed: bool) -> str:
+        if not resumed:
+            return f"{why}; so this face is in no k-Same group of k={self.params.k}"
+        return (f"{why}, among the faces new since the stored plan (groups already written never change, so new faces "
+                f"are grouped only among themselves); rerun with --overwrite to regroup every face")
+
+    def _group_faces(self, rows: np.ndarray, groups: list[list[int]]):  # noqa: ANN202 - an iterator of uint8 faces
+        if self._latent is not None:
+            return self._latent.faces(rows, groups)
+        if self.params.space == "eigen":
+            return eigen_faces(rows, groups, self.params.components)
+        return pixel_faces(rows, groups)
+
+    def _store(self, plan: StoredPlan, new_faces: Any) -> StoredPlan:
+        """Write the group faces (earlier ones first) and then the plan that names their file; drop the old file."""
+        new_count = len(plan.sizes) - len(self._stored.sizes)  # type: ignore[union-attr]
+        plan_dir = self.context.plan_dir
+        if plan_dir is None:  # a dry run: the plan lives in memory only
+            faces = [*plan.faces, *new_faces]
+            plan.faces = np.stack(faces) if faces else plan.faces
+            return plan
+        name = f"{FACES_PREFIX}{uuid.uuid4().hex[:8]}.npy"
+        write_rows(plan_dir / name, new_faces, new_count, plan.faces if len(plan.faces) else None)
+        arrays = {"keys": plan.keys, "groups": plan.groups, "reasons": plan.reasons, "sizes": plan.sizes}
+        info = {"k": self.params.k, "space": self.params.space, "embedder": self.params.embedder,
+                "identity_from": self.context.identity_from, "faces_file": name}
+        write_plan(plan_dir, arrays, info, self.context.output_dir)
+        for old in plan_dir.glob(f"{FACES_PREFIX}*"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+        return self._read_stored() or plan
+
+    def _read_stored(self) -> StoredPlan | None:
+        stored = read_plan(self.context.plan_dir)
+        if stored is None:
+            return None
+        arrays, info = stored
+        assert self.context.plan_dir is not None
+        if (info.get("k"), info.get("space")) != (self.params.k, self.params.space):
+            raise MethodError(f"{self.context.plan_dir}: the stored k-Same plan has k={info.get('k')} space={info.get('space')}, "
+                              f"not k={self.params.k} space={self.params.space}; pass --overwrite to plan again")
+        try:
+            faces = np.load(self.context.plan_dir / str(info["faces_file"]), mmap_mode="r")
+        except (OSError, ValueError, KeyError):
+            return None  # a plan whose faces are gone is no plan: everything not written is planned again
+        return StoredPlan(arrays["keys"], arrays["groups"], arrays["reasons"], arrays["sizes"], faces, str(info["faces_file"]))
+
+    def _use(self, plan: StoredPlan) -> None:
+        self._plan, self._plan_index = plan, plan.index()
+
+    # -- pass 2 ---------------------------------------------------------------------------------------
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        with self._lock:
+            if self._plan is None:  # a copy that did not plan (a Ray actor, a resumed run with nothing new)
+                stored = self._read_stored()
+                if stored is None:
+                    raise MethodError(f"method 'ksame': no k-Same plan in {self.context.plan_dir}")
+                self._use(stored)
+        plan = self._plan
+        assert plan is not None
+        results = []
+        for face in faces:
+            at = self._plan_index.get(face.key)
+            face_label = f"face #{face.key.rpartition('#')[2]}"
+            if at is None:
+                raise FaceNotGrouped(f"{face_label} was not in the survey of pass 1, so it has no k-Same group; "
+                                     f"rerun with --overwrite to regroup every face")
+            group = int(plan.groups[at])
+            if group < 0:
+                raise FaceNotGrouped(f"{face_label}: {plan.reasons[at]}")
+            results.append(AnonymizedFace(np.array(plan.faces[group]), {
+                "ksame_group": group, "ksame_group_size": int(plan.sizes[group]), "ksame_space": self.params.space}))
+        return results
