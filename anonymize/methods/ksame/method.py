@@ -53,6 +53,13 @@ class StoredPlan:
         return {str(key): i for i, key in enumerate(self.keys.tolist())}
 
 
+def _without(plan: StoredPlan, keys: set[str]) -> StoredPlan:
+    keep = np.asarray([str(key) not in keys for key in plan.keys.tolist()], dtype=bool)
+    if keep.all():
+        return plan
+    return StoredPlan(plan.keys[keep], plan.groups[keep], plan.reasons[keep], plan.sizes, plan.faces, plan.faces_file)
+
+
 def _empty_plan() -> StoredPlan:
     return StoredPlan(np.zeros(0, dtype=str), np.zeros(0, np.int64), np.zeros(0, dtype=str), np.zeros(0, np.int64),
                       np.zeros((0,), np.uint8))
@@ -121,7 +128,8 @@ class KSameMethod(Method):
 
     def _start_survey(self) -> None:
         self._stored = self._read_stored() or _empty_plan()
-        self._stored_index = self._stored.index()
+        # faces with a group keep it; a face left without one was never written, so it may join new faces
+        self._stored_index = {key: i for key, i in self._stored.index().items() if self._stored.groups[i] >= 0}
         plan_dir = self.context.plan_dir
         if plan_dir is None:  # a dry run: nothing is kept
             self._spool_dir = tempfile.TemporaryDirectory(prefix="anonymize-ksame-")
@@ -145,6 +153,7 @@ class KSameMethod(Method):
         assert self._spool is not None and self._stored is not None
         stored, k = self._stored, self.params.k
         try:
+            stored = _without(stored, set(self._new_keys))  # faces left without a group earlier, surveyed again
             rows = self._spool.rows()
             keys = self._new_keys
             embeddings = np.concatenate(self._embeddings) if self._embeddings else np.zeros((0, 1), np.float32)
@@ -159,7 +168,7 @@ class KSameMethod(Method):
                 face_groups[members] = first_group + offset
             reasons = [""] * len(keys)
             for face, why in (grouping.unplaced.items() if grouping is not None else []):
-                reasons[face] = self._unplaced_reason(why, resumed=len(stored.keys) > 0)
+                reasons[face] = self._unplaced_reason(why, resumed=len(stored.sizes) > 0)
             plan = StoredPlan(
                 keys=np.asarray([*stored.keys.tolist(), *keys], dtype=str),
                 groups=np.concatenate([stored.groups, face_groups]),
@@ -194,7 +203,7 @@ class KSameMethod(Method):
 
     def _store(self, plan: StoredPlan, new_faces: Any) -> StoredPlan:
         """Write the group faces (earlier ones first) and then the plan that names their file; drop the old file."""
-        new_count = len(plan.sizes) - len(self._stored.sizes)  # type: ignore[union-attr]
+        new_count = len(plan.sizes) - (len(plan.faces) if len(plan.faces) else 0)
         plan_dir = self.context.plan_dir
         if plan_dir is None:  # a dry run: the plan lives in memory only
             faces = [*plan.faces, *new_faces]
