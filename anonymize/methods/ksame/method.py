@@ -33,6 +33,7 @@ from anonymize.methods.plan_store import read_plan, write_plan
 from anonymize.models.registry import artefact_of
 
 FACES_PREFIX = "group-faces-"
+DLIB_ARTEFACTS = ("dlib_shape_predictor_5", "dlib_face_recognition_resnet")  # what DlibRecognizer loads
 SPOOL_PREFIX = "survey-"
 
 
@@ -75,6 +76,9 @@ class KSameMethod(Method):
         space: str = "pixel"  # pixel | eigen | latent (e4e W+ codes decoded by StyleGAN2; FALCO's weights)
         embedder: str = "dlib"  # identity embeddings that group the faces: dlib | arcface (FALCO's weights)
         components: int = 100  # eigen: PCA components (at most the number of faces)
+        # --identity-from cluster: faces closer than this are one person (0: the embedder's own, dlib 0.6 Euclidean,
+        # ArcFace 0.6 cosine); larger is safer for k-Same (a group then avoids more look-alikes)
+        person_distance: float = 0.0
 
         def validate(self) -> None:
             if self.k < 1:
@@ -85,6 +89,8 @@ class KSameMethod(Method):
                 raise ValueError(f"embedder must be one of {', '.join(EMBEDDERS)}, got {self.embedder!r}")
             if self.components < 1:
                 raise ValueError(f"components must be at least 1, got {self.components}")
+            if self.person_distance < 0:
+                raise ValueError(f"person_distance must be at least 0, got {self.person_distance}")
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
@@ -93,7 +99,8 @@ class KSameMethod(Method):
         if needed:
             context.weights.require_all(needed, purpose=f"k-Same ({self.params.space} space, {self.params.embedder} embedder)",
                                         alternative="no download needed: -p space=pixel -p embedder=dlib")
-        self.sha256 = {name: context.weights.sha256(name) or "" for name in needed}
+        recogniser = list(DLIB_ARTEFACTS) if self.params.embedder == "dlib" else []
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in [*recogniser, *needed]}
         self._embedder: Embedder | None = None
         self._latent: LatentSpace | None = LatentSpace(context.weights, context.device) if self.params.space == "latent" else None
         self._plan: StoredPlan | None = None
@@ -158,7 +165,8 @@ class KSameMethod(Method):
             keys = self._new_keys
             embeddings = np.concatenate(self._embeddings) if self._embeddings else np.zeros((0, 1), np.float32)
             assert self._embedder is not None or not keys
-            persons = (person_ids(keys, embeddings, self.context.identity_from, self._embedder.same_person_distance,
+            persons = (person_ids(keys, embeddings, self.context.identity_from,
+                                  self.params.person_distance or self._embedder.same_person_distance,
                                   self._embedder.metric) if keys else np.zeros(0, np.int64))
             grouping = k_same_groups(embeddings, persons, k) if keys else None
             groups = grouping.groups if grouping is not None else []
