@@ -69,6 +69,9 @@ def _empty_plan() -> StoredPlan:
 class KSameMethod(Method):
     name = "ksame"
     dataset_level = True
+    # The paper replaces the whole normalised face image; pasting only the face ellipse would keep each
+    # photo's own hair, ears and jaw line, which re-identify (README: audit rank-1 0.313 vs 0.187 on celeba-ids).
+    default_region = "crop"
 
     @dataclass(frozen=True)
     class Params:
