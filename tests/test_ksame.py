@@ -202,3 +202,16 @@ def test_latent_space_decodes_the_mean_w_plus_code_of_each_group(tiny_weights, t
     # a copy that did not plan (a Ray actor) reads the stored plan and gives the same faces
     copy = KSameMethod(context, {"space": "latent", "k": "2", "embedder": "arcface"})
     assert all(np.array_equal(a.crop, b.crop) for a, b in zip(copy.anonymize(faces), results))
+
+
+def test_a_plan_under_a_uri_output_is_stored_and_read_back_on_resume(eight_photos, tmp_path):
+    out = tmp_path / "out"
+    arguments = ("run", eight_photos.as_uri(), "--out", out.as_uri(), "--method", "ksame", "-p", "k=2", "--aligned",
+                 "--identity-from", "folder")
+    assert cli(*arguments, "--limit", "4").exit_code == 0
+    first = {row["source_path"]: row["ksame_group"] for row in rows_of(out)}
+    assert cli(*arguments).exit_code == 0
+    rows = rows_of(out)
+    assert len(rows) == 8 and {row["status"] for row in rows} == {"done"}
+    assert {row["source_path"]: row["ksame_group"] for row in rows if row["source_path"] in first} == first
+    assert len(list((out / ".anonymize" / "plan" / "ksame").glob("group-faces-*.npy"))) == 1

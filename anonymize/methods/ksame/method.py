@@ -14,6 +14,7 @@ that ``--overwrite`` regroups everything.
 
 from __future__ import annotations
 
+import io
 import tempfile
 import threading
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from anonymize.io.write import atomic_write_bytes
 from anonymize.methods.base import AnonymizedFace, FaceCrop, MetricValue, Method, MethodContext, MethodError
 from anonymize.methods.ksame.embedders import EMBEDDERS, Embedder
 from anonymize.methods.ksame.grouping import k_same_groups
@@ -141,7 +143,7 @@ class KSameMethod(Method):
         # faces with a group keep it; a face left without one was never written, so it may join new faces
         self._stored_index = {key: i for key, i in self._stored.index().items() if self._stored.groups[i] >= 0}
         plan_dir = self.context.plan_dir
-        if plan_dir is None:  # a dry run: nothing is kept
+        if not isinstance(plan_dir, Path):  # a dry run, or an output in an object store: spool to a local temporary folder
             self._spool_dir = tempfile.TemporaryDirectory(prefix="anonymize-ksame-")
             folder = Path(self._spool_dir.name)
         else:
@@ -221,14 +223,23 @@ class KSameMethod(Method):
             plan.faces = np.stack(faces) if faces else plan.faces
             return plan
         name = f"{FACES_PREFIX}{uuid.uuid4().hex[:8]}.npy"
-        write_rows(plan_dir / name, new_faces, new_count, plan.faces if len(plan.faces) else None)
+        earlier = plan.faces if len(plan.faces) else None
+        if isinstance(plan_dir, Path):
+            write_rows(plan_dir / name, new_faces, new_count, earlier)
+        else:  # an object store: written locally, then put as one object
+            with tempfile.TemporaryDirectory(prefix="anonymize-ksame-") as scratch:
+                write_rows(Path(scratch) / name, new_faces, new_count, earlier)
+                atomic_write_bytes(plan_dir / name, (Path(scratch) / name).read_bytes())
         arrays = {"keys": plan.keys, "groups": plan.groups, "reasons": plan.reasons, "sizes": plan.sizes}
         info = {"k": self.params.k, "space": self.params.space, "embedder": self.params.embedder,
                 "identity_from": self.context.identity_from, "faces_file": name}
         write_plan(plan_dir, arrays, info, self.context.output_dir)
-        for old in plan_dir.glob(f"{FACES_PREFIX}*"):
-            if old.name != name:
-                old.unlink(missing_ok=True)
+        if isinstance(plan_dir, Path):  # the replaced plan's faces, and any left by a run killed while planning
+            for other in plan_dir.glob(f"{FACES_PREFIX}*"):
+                if other.name != name:
+                    other.unlink(missing_ok=True)
+        elif plan.faces_file and plan.faces_file != name:
+            (plan_dir / plan.faces_file).unlink(missing_ok=True)
         return self._read_stored() or plan
 
     def _read_stored(self) -> StoredPlan | None:
@@ -241,7 +252,8 @@ class KSameMethod(Method):
             raise MethodError(f"{self.context.plan_dir}: the stored k-Same plan has k={info.get('k')} space={info.get('space')}, "
                               f"not k={self.params.k} space={self.params.space}; pass --overwrite to plan again")
         try:
-            faces = np.load(self.context.plan_dir / str(info["faces_file"]), mmap_mode="r")
+            path = self.context.plan_dir / str(info["faces_file"])
+            faces = np.load(path, mmap_mode="r") if isinstance(path, Path) else np.load(io.BytesIO(path.read_bytes()))
         except (OSError, ValueError, KeyError):
             return None  # a plan whose faces are gone is no plan: everything not written is planned again
         return StoredPlan(arrays["keys"], arrays["groups"], arrays["reasons"], arrays["sizes"], faces, str(info["faces_file"]))
