@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from anonymize.io.write import atomic_write_bytes
+from anonymize.io.write import atomic_write_bytes, open_folder_in
 
 PLAN_FILE = "plan.npz"
 _INFO_KEY = "__info__"
@@ -28,6 +29,16 @@ def write_plan(plan_dir: Path, arrays: dict[str, np.ndarray], info: dict[str, An
     path = plan_dir / PLAN_FILE
     atomic_write_bytes(path, buffer.getvalue(), root=root)
     return path
+
+
+def real_plan_folder(plan_dir: Path, root: Path | None) -> Path:
+    """Create ``plan_dir`` below the output ``root`` without following any link (a planted link is
+    refused), so the large files a method writes there itself (spools, group faces) stay in the output."""
+    if root is None:
+        plan_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        os.close(open_folder_in(Path(root), plan_dir.relative_to(root).parts))
+    return plan_dir
 
 
 def read_plan(plan_dir: Path | None) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:

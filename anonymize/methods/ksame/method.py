@@ -31,7 +31,7 @@ from anonymize.methods.ksame.embedders import EMBEDDERS, Embedder
 from anonymize.methods.ksame.grouping import k_same_groups
 from anonymize.methods.ksame.spaces import SPACES, LatentSpace, Spool, eigen_faces, pixel_faces, write_rows
 from anonymize.methods.persons import person_ids
-from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.methods.plan_store import read_plan, real_plan_folder, write_plan
 from anonymize.models.registry import artefact_of
 
 FACES_PREFIX = "group-faces-"
@@ -147,7 +147,7 @@ class KSameMethod(Method):
             self._spool_dir = tempfile.TemporaryDirectory(prefix="anonymize-ksame-")
             folder = Path(self._spool_dir.name)
         else:
-            folder = plan_dir
+            folder = real_plan_folder(plan_dir, self.context.output_dir)
             for stale in plan_dir.glob(f"{SPOOL_PREFIX}*"):  # from a run that was killed while surveying
                 stale.unlink(missing_ok=True)
         self._spool = Spool(folder / f"{SPOOL_PREFIX}{uuid.uuid4().hex[:8]}.raw",
@@ -225,7 +225,7 @@ class KSameMethod(Method):
         name = f"{FACES_PREFIX}{uuid.uuid4().hex[:8]}.npy"
         earlier = plan.faces if len(plan.faces) else None
         if isinstance(plan_dir, Path):
-            write_rows(plan_dir / name, new_faces, new_count, earlier)
+            write_rows(real_plan_folder(plan_dir, self.context.output_dir) / name, new_faces, new_count, earlier)
         else:  # an object store: written locally, then put as one object
             with tempfile.TemporaryDirectory(prefix="anonymize-ksame-") as scratch:
                 write_rows(Path(scratch) / name, new_faces, new_count, earlier)
