@@ -16,7 +16,9 @@ from anonymize.methods.base import FaceCrop
 from anonymize.weights import WeightsStore
 
 # name -> "module:Class"; each module is one source.
-SOURCES: dict[str, str] = {}
+SOURCES: dict[str, str] = {
+    "zero-shot": "anonymize.attributes.zero_shot:ZeroShotSource",
+}
 
 
 class AttributeSource(Protocol):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,3 +301,18 @@ def load_farl_text(path: Path) -> FaRLTextEncoder:
     load_state_dict_strict(encoder, state, source)
     encoder.requires_grad_(False)
     return encoder.eval()
+
+
+def tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
+    """CLIP's BPE token ids [N, context_length] (start, text, end, zero padding; truncated to fit)."""
+    from open_clip.tokenizer import tokenize as clip_tokenize  # its vocabulary ships in the wheel
+
+    return clip_tokenize(list(texts), context_length=context_length)
+
+
+@torch.no_grad()
+def encode_prompts(text_encoder: FaRLTextEncoder, prompts: Sequence[str]) -> torch.Tensor:
+    """Unit text embeddings [N, embed_dim] (float32, on the encoder's device) of prompts: the one way
+    every zero-shot user (the parts method, the zero-shot attribute source) turns text into FaRL space."""
+    tokens = tokenize(prompts, text_encoder.config.context_length).to(text_encoder.text_projection.device)
+    return text_encoder(tokens).float()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonymize.models.farl import FaRLTextEncoder
+from anonymize.models.farl import FaRLTextEncoder, encode_prompts, tokenize  # noqa: F401 (tokenize: re-exported)
 
 PROMPT = "a photo of a face with {}"
 # part -> (the attribute the paper gives it, its opposite)
@@ -27,13 +27,6 @@ ATTRIBUTES: dict[str, tuple[str, str]] = {
     "nose": ("a big nose", "a small nose"),
     "lips": ("big lips", "thin lips"),
 }
-
-
-def tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:
-    """CLIP's BPE token ids [N, context_length] (start, text, end, zero padding; truncated to fit)."""
-    from open_clip.tokenizer import tokenize as clip_tokenize  # its vocabulary ships in the wheel
-
-    return clip_tokenize(list(texts), context_length=context_length)
 
 
 @dataclass(frozen=True)
@@ -48,9 +41,7 @@ class AttributeTexts:
     @torch.no_grad()
     def build(cls, text_encoder: FaRLTextEncoder, parts: Sequence[str] = tuple(ATTRIBUTES)) -> AttributeTexts:
         prompts = [PROMPT.format(side) for part in parts for side in ATTRIBUTES[part]]
-        device = text_encoder.text_projection.device
-        tokens = tokenize(prompts, text_encoder.config.context_length).to(device)
-        embeddings = text_encoder(tokens).float().view(len(parts), 2, -1)
+        embeddings = encode_prompts(text_encoder, prompts).view(len(parts), 2, -1)
         return cls(tuple(parts), embeddings, float(text_encoder.logit_scale.exp()))
 
     def targets(self, image_embedding: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
