@@ -79,6 +79,11 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "ksame_group": pa.int64(),  # k-Same: the face's group (every member gets the same face)
     "ksame_group_size": pa.int32(),  # k-Same: members in that group (k to 2k-1)
     "ksame_space": pa.string(),  # k-Same: pixel, eigen or latent
+    "attr_edit_targets": pa.string(),  # attributes: JSON attribute -> target probability (set, or flip's side)
+    "attr_edit_start": pa.string(),  # attributes: JSON attribute -> the original face's zero-shot probability
+    "attr_edit_achieved": pa.string(),  # attributes: JSON attribute -> the written face's zero-shot probability
+    "attr_edit_keep_drift": pa.float32(),  # attributes: mean |change| of the non-target attributes' probabilities
+    "attr_edit_identity": pa.string(),  # attributes: the identity loss ("falco", "cfa", "none")
 }
 
 SCHEMA = pa.schema(

@@ -12,6 +12,7 @@ METHODS: dict[str, str] = {
     "cfa": "anonymize.methods.cfa.method:CfaMethod",
     "camouflage": "anonymize.methods.camouflage.method:CamouflageMethod",
     "parts": "anonymize.methods.parts.method:PartsMethod",
+    "attributes": "anonymize.methods.attributes_edit.method:AttributeEditMethod",
     "blur": "anonymize.methods.classical:BlurMethod",
     "pixelate": "anonymize.methods.classical:PixelateMethod",
     "mask": "anonymize.methods.classical:MaskMethod",

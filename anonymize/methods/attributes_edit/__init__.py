@@ -1,0 +1,1 @@
+"""AnonymousNet's stage III: W+ edits toward target attributes (see :mod:`.method`)."""

@@ -47,12 +47,19 @@ class CfaLoss:
 
     def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
         identity, tokens = embed_faces(images, self.networks, bf16)
-        cos_anchor = F.cosine_similarity(identity, self.anchors, dim=1)
-        cos_target = F.cosine_similarity(identity, self.targets, dim=1)
         attribute = attribute_loss(tokens, self.tokens)
-        latent = (ws - self.inversion).square().sum(dim=(1, 2))
-        w = self.weights
-        total = w.lambda_ang * (cos_anchor - self.cos_alpha).abs() + w.lambda_attr * attribute
-        total = total + w.lambda_tgt * (1 - cos_target) + w.lambda_lat * latent
-        return total, {"cos_anchor": cos_anchor, "cos_target": cos_target, "attr": attribute, "latent": latent,
-                       "identity": identity.detach()}
+        total, parts = identity_terms(identity, ws, self.anchors, self.targets, self.cos_alpha, self.inversion, self.weights)
+        return total + self.weights.lambda_attr * attribute, {**parts, "attr": attribute, "identity": identity.detach()}
+
+
+def identity_terms(identity: Tensor, ws: Tensor, anchors: Tensor, targets: Tensor, cos_alpha: Tensor, inversion: Tensor,
+                   weights: CfaWeights) -> tuple[Tensor, dict[str, Tensor]]:
+    """CFA's loss without FaRL's attribute term, per face [B]: the angle, target and latent terms (also the
+    identity loss of ``--method attributes -p identity=cfa``). The angle term comes first, so with
+    ``lambda_tgt = lambda_lat = 0`` the sum is exactly FALCO's identity term."""
+    cos_anchor = F.cosine_similarity(identity, anchors, dim=1)
+    cos_target = F.cosine_similarity(identity, targets, dim=1)
+    latent = (ws - inversion).square().sum(dim=(1, 2))
+    w = weights
+    total = w.lambda_ang * (cos_anchor - cos_alpha).abs() + w.lambda_tgt * (1 - cos_target) + w.lambda_lat * latent
+    return total, {"cos_anchor": cos_anchor, "cos_target": cos_target, "latent": latent}

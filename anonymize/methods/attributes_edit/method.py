@@ -1,0 +1,311 @@
+"""AnonymousNet's stage III as a pipeline method: W+ edits of StyleGAN2 toward target attributes.
+
+Per batch of aligned 256 px crops:
+
+1. the targets: ``set=Eyeglasses:1,Smiling:0`` (explicit probabilities) and/or ``flip=Male,Young``
+   (the other side of the face's current zero-shot estimate, ``p0 >= 0.5``);
+2. the directions: for each target attribute the InterFaceGAN boundary fitted on the fake bank
+   (:mod:`.boundaries`; fitted once, cached beside the bank), made conditional on the attributes of
+   ``condition`` and the other targets, or the user's file (``direction_files=Smiling:smile.pt``);
+3. the linear edit ``w = e4e(x) + sum_a strength (t_a - p0_a) n_a`` on every W+ layer;
+4. a short optimisation of the ``trainable_layers`` through the shared W+ loop with the loss of
+   :mod:`.objective` (targets, the others kept, FaRL tokens, ``identity=falco|cfa|none``).
+
+The output is the generated face at the generator's resolution, pasted back like FALCO's. Nothing is
+random but the bank (drawn from the run seed) and, for ``identity=cfa``, the new identity's direction
+(seeded by the run seed and the face key), so a face's result does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anonymize.attributes.table import CELEBA_ATTRIBUTES
+from anonymize.attributes.zero_shot import ZeroShotPrompts, parse_attribute_names
+from anonymize.methods.attributes_edit.boundaries import (
+    CLASSIFIERS,
+    DEFAULT_FRACTION,
+    DirectionError,
+    conditional_direction,
+    load_direction_file,
+    load_or_fit_boundaries,
+)
+from anonymize.methods.attributes_edit.objective import IDENTITY_MODES, AttributeEditLoss, EditWeights, IdentityTargets
+from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
+from anonymize.methods.cfa.objective import CfaWeights
+from anonymize.methods.cfa.sphere import direction_seed, random_direction, target_on_sphere
+from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
+from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
+from anonymize.methods.falco.optimize import LoopResult, OptimSettings, optimise_codes, real_targets
+from anonymize.models.images import CanonicalImages
+from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact, load_farl_text_model
+
+# InterFaceGAN's conditioned attributes (gender, age, eyeglasses, smile): an edit leaves them alone by default.
+DEFAULT_CONDITIONS = "Male,Young,Eyeglasses,Smiling"
+
+
+def parse_set(text: str) -> dict[str, float]:
+    """``"Eyeglasses:1,Smiling:0"`` -> {name: target probability in [0, 1]}."""
+    targets: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition(":")
+        try:
+            probability = float(value) if sep else math.nan
+        except ValueError:
+            probability = math.nan
+        if not 0 <= probability <= 1:
+            raise ValueError(f"set: {item!r} is not Attribute:probability with a probability in [0, 1]")
+        parse_attribute_names(name, "set")
+        targets[name.strip()] = probability
+    return targets
+
+
+def parse_direction_files(text: str) -> dict[str, Path]:
+    """``"Smiling:/d/smile.pt,Young:age.npy"`` -> {name: path}."""
+    files: dict[str, Path] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            name, sep, path = item.partition(":")
+            if not sep or not path:
+                raise ValueError(f"direction_files: {item!r} is not Attribute:path")
+            parse_attribute_names(name, "direction_files")
+            files[name.strip()] = Path(path).expanduser()
+    return files
+
+
+@dataclass
+class EditResult:
+    inversion: torch.Tensor  # [B, num_ws, w_dim] e4e(x)
+    initial: torch.Tensor  # the same after the linear edit along the directions
+    loop: LoopResult  # the optimisation from ``initial``
+    start: torch.Tensor  # [B, A] the real faces' zero-shot probabilities
+    goals: torch.Tensor  # [B, A] the targets (= start where not a target)
+    is_target: torch.Tensor  # [B, A] bool
+    id_cos: torch.Tensor  # [B] ArcFace cosine of the written face to the original
+
+
+class AttributeEditMethod(Method):
+    name = "attributes"
+    crop_size = 256
+    replaces_aligned_image = True
+    default_region = "crop"
+
+    @dataclass(frozen=True)
+    class Params:
+        set: str = ""  # explicit targets, e.g. "Eyeglasses:1,Smiling:0"
+        flip: str = ""  # attributes to turn to the other side of the face's estimate, e.g. "Male,Young"
+        identity: str = "falco"  # identity loss: "falco" (|cos - m|), "cfa" (new identity at `angle`), "none"
+        direction_files: str = ""  # user directions instead of bank boundaries, e.g. "Smiling:smile.pt"
+        condition: str = DEFAULT_CONDITIONS  # boundaries made orthogonal to these attributes' (and the other targets')
+        strength: float = 3.0  # the linear step: strength * (target - current probability) along the unit normal
+        fraction: float = DEFAULT_FRACTION  # top/bottom share of the bank each boundary is fitted on
+        classifier: str = "svm"  # "svm" (linear SVM) or "logreg"
+        steps: int = 20
+        lr: float = 0.01
+        lr_gamma: float = 0.8
+        lambda_target: float = 1.0
+        lambda_keep: float = 1.0
+        lambda_tokens: float = 0.01
+        lambda_id: float = 10.0
+        angle: float = 70.0  # identity=cfa: degrees from the original identity to the new one
+        trainable_layers: tuple[int, ...] = (2, 3, 4, 5, 6, 7)  # W+ layers optimised after the linear edit
+        bank_size: int = 0  # 0: the fake bank's default size (FALCO's, so one bank serves both)
+        psi: float = DEFAULT_PSI
+        bf16: bool = False
+        generator: str = "genforce"
+
+        def validate(self) -> None:
+            targets, flips = parse_set(self.set), parse_attribute_names(self.flip, "flip") if self.flip.strip() else ()
+            if not targets and not flips:
+                raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling")
+            both = sorted(set(targets) & set(flips))
+            if both:
+                raise ValueError(f"{', '.join(both)}: both in set and flip")
+            parse_direction_files(self.direction_files)
+            if self.condition.strip():
+                parse_attribute_names(self.condition, "condition")
+            if self.identity not in IDENTITY_MODES:
+                raise ValueError(f"identity must be one of {', '.join(IDENTITY_MODES)}, got {self.identity!r}")
+            if self.classifier not in CLASSIFIERS:
+                raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
+            if not 0 < self.fraction <= 0.5:
+                raise ValueError(f"fraction must be in (0, 0.5], got {self.fraction}")
+            if self.steps < 0 or self.lr <= 0 or not 0 < self.lr_gamma <= 1:
+                raise ValueError("steps must be >= 0, lr > 0 and lr_gamma in (0, 1]")
+            if min(self.lambda_target, self.lambda_keep, self.lambda_tokens, self.lambda_id) < 0:
+                raise ValueError("the lambdas must be >= 0")
+            if not 0 < self.angle <= 180:
+                raise ValueError(f"angle must be in (0, 180] degrees, got {self.angle}")
+            layers = self.trainable_layers
+            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
+            if self.bank_size < 0 or not 0 < self.psi <= 1:
+                raise ValueError("bank_size must be >= 0 and psi in (0, 1]")
+            if self.generator not in GENERATORS:
+                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+
+    def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
+        super().__init__(context, options)
+        self.device = torch.device(context.device)
+        params = self.params
+        if params.bf16 and self.device.type != "cuda":
+            raise MethodError("method 'attributes': bf16=true needs a CUDA device (--device cuda)")
+        self.targets = parse_set(params.set)
+        self.flips = parse_attribute_names(params.flip, "flip") if params.flip.strip() else ()
+        self.edited = (*self.targets, *self.flips)
+        self.files = parse_direction_files(params.direction_files)
+        self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
+        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
+                                             generator_artefact(params.generator)]))
+        context.weights.require_all(self.artefacts, purpose="attribute edits (FALCO's weights)",
+                                    alternative="no download needed: --method blur|pixelate|mask")
+        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
+        self.models = load_latent_models(context.weights, params.generator, self.device, self.name)
+        generator = self.models.networks.generator
+        out_of_range = [layer for layer in params.trainable_layers if layer >= generator.num_ws]
+        if out_of_range:
+            raise MethodError(f"method 'attributes': trainable_layers {out_of_range} do not exist; "
+                              f"the generator has W+ layers 0..{generator.num_ws - 1}")
+        try:
+            self.user_directions = {name: load_direction_file(path, generator.num_ws, generator.w_dim)
+                                    for name, path in self.files.items()}
+        except DirectionError as exc:
+            raise MethodError(f"method 'attributes': {exc}") from None
+        self.prompts = ZeroShotPrompts.build(load_farl_text_model(context.weights, self.device), CELEBA_ATTRIBUTES)
+        self.weights = EditWeights(params.lambda_target, params.lambda_keep, params.lambda_tokens, params.lambda_id,
+                                   CfaWeights(lambda_ang=params.lambda_id, lambda_attr=0.0))
+        self.settings = OptimSettings(params.steps, params.lr, params.lr_gamma, bf16=params.bf16)
+        self.bank_key = BankKey(self.sha256[generator_artefact(params.generator)], self.sha256[artefact_of("farl")],
+                                context.seed, params.bank_size or default_bank_size(), params.psi)
+        self.directions: dict[str, np.ndarray] | None = None  # name -> [num_ws, w_dim], on the first batch
+        self.bank: FakeBank | None = None
+
+    # -- what the manifest records ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        bank_needed = any(name not in self.files for name in self.edited)
+        return {**super().describe(), **({"bank": self.bank_key.as_dict()} if bank_needed else {})}
+
+    def weights_used(self) -> dict[str, str]:
+        return dict(self.sha256)
+
+    def default_batch_size(self) -> int:
+        return optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
+
+    # -- the directions --------------------------------------------------------------------------------
+    def ensure_directions(self) -> dict[str, np.ndarray]:
+        """Each edited attribute's direction [num_ws, w_dim]: the user's file, or its conditional bank boundary."""
+        if self.directions is not None:
+            return self.directions
+        generator = self.models.networks.generator
+        directions = dict(self.user_directions)
+        fitted = [name for name in self.edited if name not in directions]
+        if fitted:
+            conditions = parse_attribute_names(self.params.condition, "condition") if self.params.condition.strip() else ()
+            names = tuple(dict.fromkeys((*fitted, *self.edited, *conditions)))
+            normals = dict(zip(names, self.bank_boundaries(names)))
+            for name in fitted:
+                others = [normals[other] for other in dict.fromkeys((*self.edited, *conditions)) if other != name]
+                try:
+                    normal = conditional_direction(normals[name], np.stack(others) if others else np.zeros((0, generator.w_dim)))
+                except DirectionError as exc:
+                    raise MethodError(f"method 'attributes': {name}: {exc}") from None
+                directions[name] = np.repeat(normal[None], generator.num_ws, axis=0)
+        self.directions = directions
+        return directions
+
+    def bank_boundaries(self, names: Sequence[str]) -> np.ndarray:
+        """Unit normals [len(names), w_dim] fitted on the bank's W codes and zero-shot labels (cached)."""
+        networks = self.models.networks
+        if self.bank is None:
+            self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key, networks.generator,
+                                              networks.farl, default_build_batch_size(self.device))
+        prompts = ZeroShotPrompts(tuple(names), torch.stack([self.prompts.embeddings[CELEBA_ATTRIBUTES.index(n)] for n in names]),
+                                  self.prompts.logit_scale)
+        with torch.no_grad():
+            scores = prompts.logits(torch.from_numpy(self.bank.features).to(self.device)).cpu().numpy()
+        try:
+            normals, _ = load_or_fit_boundaries(self.bank.path.with_name(self.bank_key.filename), self.bank_key.farl_sha256,
+                                                self.bank.ws, scores, names, self.params.fraction, self.params.classifier)
+        except DirectionError as exc:
+            raise MethodError(f"method 'attributes': the fake bank ({self.bank.path.name}): {exc}; raise bank_size") from None
+        return normals
+
+    # -- the method ------------------------------------------------------------------------------------
+    def goals(self, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per face [B, A]: the target probability of every attribute, and which attributes are targets."""
+        goals, is_target = start.clone(), torch.zeros_like(start, dtype=torch.bool)
+        for name, value in self.targets.items():
+            column = CELEBA_ATTRIBUTES.index(name)
+            goals[:, column], is_target[:, column] = value, True
+        for name in self.flips:
+            column = CELEBA_ATTRIBUTES.index(name)
+            goals[:, column], is_target[:, column] = (start[:, column] < 0.5).float(), True
+        return goals, is_target
+
+    def edit(self, faces: Sequence[FaceCrop]) -> EditResult:
+        """Targets, linear edit and optimisation of a batch (what :meth:`anonymize` writes and records)."""
+        directions = self.ensure_directions()
+        networks = self.models.networks
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
+        originals = real_targets(real, networks, self.params.bf16)
+        with torch.no_grad():
+            inversion = self.models.encoder(real).float()
+            start = self.prompts.probabilities(networks.farl(real).cls.float())
+        goals, is_target = self.goals(start)
+        initial = inversion.clone()
+        for name in self.edited:
+            column = CELEBA_ATTRIBUTES.index(name)
+            step = self.params.strength * (goals[:, column] - start[:, column])  # [B]
+            initial = initial + step[:, None, None] * torch.from_numpy(directions[name]).to(self.device)
+        identity = self.identity_targets(faces, originals.identity, inversion)
+        loss = AttributeEditLoss(networks, self.prompts, goals, is_target, start, originals.tokens, identity, self.weights)
+        result = optimise_codes(initial, self.params.trainable_layers, networks.generator, loss, self.settings)
+        with torch.no_grad():
+            id_cos = torch.nn.functional.cosine_similarity(networks.arcface(result.images).float(), originals.identity, dim=1)
+        return EditResult(inversion, initial, result, start, goals, is_target, id_cos)
+
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        if not faces:
+            return []
+        edit = self.edit(faces)
+        crops = edit.loop.images.to_uint8()
+        achieved = edit.loop.end["probabilities"]
+        outputs = []
+        for i in range(len(faces)):
+            def named(values: torch.Tensor) -> str:
+                return json.dumps({name: round(float(values[CELEBA_ATTRIBUTES.index(name)]), 4) for name in self.edited})
+
+            metrics = {
+                "attr_edit_targets": named(edit.goals[i]),
+                "attr_edit_start": named(edit.start[i]),
+                "attr_edit_achieved": named(achieved[i]),
+                "attr_edit_keep_drift": float((achieved[i] - edit.start[i]).abs()[~edit.is_target[i]].mean()),
+                "attr_edit_identity": self.params.identity,
+                "id_cos_after": float(edit.id_cos[i]),
+                "steps": self.params.steps,
+                "seed": self.context.seed,
+            }
+            outputs.append(AnonymizedFace(crops[i], metrics))
+        return outputs
+
+    def identity_targets(self, faces: Sequence[FaceCrop], anchors: torch.Tensor, inversion: torch.Tensor) -> IdentityTargets:
+        mode = self.params.identity
+        if mode != "cfa":
+            return IdentityTargets(mode, anchors, self.context.margin)
+        rows = anchors.cpu().double().numpy()
+        new = [target_on_sphere(e, random_direction(e, direction_seed(self.context.seed, face.key, 0, 0)), self.params.angle)
+               for e, face in zip(rows, faces)]
+        cos_alpha = torch.full((len(faces),), math.cos(math.radians(self.params.angle)), device=self.device)
+        return IdentityTargets(mode, anchors, targets=torch.tensor(np.stack(new), dtype=torch.float32, device=self.device),
+                               cos_alpha=cos_alpha, inversion=inversion)
+

@@ -1,0 +1,146 @@
+"""`--method attributes` (AnonymousNet's stage III) on the tiny networks: targets, directions, the objective,
+the shared W+ loop, batching. Faces are the smooth synthetic crops of test_falco.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anonymize.attributes.table import CELEBA_ATTRIBUTES
+from anonymize.io.manifest import METRIC_COLUMNS
+from anonymize.methods.attributes_edit.method import AttributeEditMethod
+from anonymize.methods.attributes_edit.objective import AttributeEditLoss, EditWeights, IdentityTargets
+from anonymize.methods.base import FaceCrop, MethodContext, MethodError
+from anonymize.methods.falco.optimize import attribute_loss, real_targets
+from anonymize.models.images import CanonicalImages
+from tests.test_falco import synthetic_face
+
+GLASSES, SMILE = CELEBA_ATTRIBUTES.index("Eyeglasses"), CELEBA_ATTRIBUTES.index("Smiling")
+EDIT_COLUMNS = {"attr_edit_targets", "attr_edit_start", "attr_edit_achieved", "attr_edit_keep_drift", "attr_edit_identity"}
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[FaceCrop]:
+    return [FaceCrop(synthetic_face(seed), None, f"folder/face {seed}.jpg#0") for seed in range(2)]
+
+
+@pytest.fixture
+def make_method(tiny_weights, tmp_path):
+    def make(**options: str) -> AttributeEditMethod:
+        context = MethodContext(tiny_weights.store(), seed=5, output_dir=tmp_path / "out")
+        return AttributeEditMethod(context, {"bank_size": "24", "steps": "3", "set": "Eyeglasses:1", **options})
+
+    return make
+
+
+def test_the_loss_is_target_bce_plus_kept_probabilities_plus_tokens(make_method, faces):
+    method = make_method(identity="none")
+    networks, prompts = method.models.networks, method.prompts
+    real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]))
+    originals = real_targets(real, networks)
+    with torch.no_grad():
+        ws = method.models.encoder(real) + 0.2
+        images = networks.generator(ws, noise_mode="const")
+        start = prompts.probabilities(networks.farl(real).cls)
+    goals, is_target = method.goals(start)
+    weights = EditWeights(lambda_target=2.0, lambda_keep=3.0, lambda_tokens=0.5)
+    loss = AttributeEditLoss(networks, prompts, goals, is_target, start, originals.tokens, IdentityTargets("none", originals.identity), weights)
+    total, parts = loss(images, ws, False)
+    features = networks.farl(images)
+    p = prompts.probabilities(features.cls)
+    target = -torch.log(p[:, GLASSES])  # BCE toward 1
+    others = [column for column in range(40) if column != GLASSES]
+    keep = (p[:, others] - start[:, others]).abs().mean(dim=1)
+    expected = 2.0 * target + 3.0 * keep + 0.5 * attribute_loss(features.tokens, originals.tokens)
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+    assert set(parts) == {"target", "keep", "tokens", "probabilities"}
+
+
+def test_set_and_flip_decide_the_targets_from_the_faces_estimate(make_method):
+    method = make_method(set="Eyeglasses:0.8", flip="Smiling")
+    start = torch.full((2, 40), 0.3)
+    start[1, SMILE] = 0.7
+    goals, is_target = method.goals(start)
+    assert goals[:, GLASSES].tolist() == pytest.approx([0.8, 0.8]) and goals[:, SMILE].tolist() == [1.0, 0.0]
+    assert is_target.sum().item() == 4 and torch.equal(goals[~is_target], start[~is_target])
+
+
+def test_the_edit_starts_on_the_linear_step_keeps_frozen_layers_and_lowers_the_target_term(make_method, faces):
+    method = make_method(steps="8", lr="0.05", identity="none", strength="2")
+    edit = method.edit(faces)
+    direction = torch.from_numpy(method.ensure_directions()["Eyeglasses"])
+    step = 2.0 * (1.0 - edit.start[:, GLASSES])
+    torch.testing.assert_close(edit.initial, edit.inversion + step[:, None, None] * direction)
+    frozen = [layer for layer in range(edit.initial.shape[1]) if layer not in method.params.trainable_layers]
+    assert torch.equal(edit.loop.ws[:, frozen], edit.initial[:, frozen])
+    assert not torch.equal(edit.loop.ws, edit.initial)
+    history = edit.loop.loss_history
+    assert (history[-1] < history[0]).all()
+    assert (edit.loop.end["target"] < edit.loop.start["target"]).all()
+    change = edit.loop.end["probabilities"] - edit.start
+    others = [column for column in range(40) if column != GLASSES]
+    assert (change[:, GLASSES] > 0).all()  # toward "with eyeglasses"
+    assert (change[:, GLASSES] > change[:, others].abs().mean(dim=1)).all()  # more than the others move
+
+
+def test_bank_boundaries_are_cached_beside_the_bank_and_conditioned_on_the_other_attributes(make_method, faces):
+    method = make_method(flip="Smiling", condition="Male,Young")
+    directions = method.ensure_directions()
+    assert method.bank is not None
+    assert list(method.bank.path.parent.glob(f"{method.bank_key.filename[:-4]}.boundaries-*.npz"))
+    normals = dict(zip(("Eyeglasses", "Smiling", "Male", "Young"), method.bank_boundaries(("Eyeglasses", "Smiling", "Male", "Young"))))
+    for name, others in (("Eyeglasses", ("Smiling", "Male", "Young")), ("Smiling", ("Eyeglasses", "Male", "Young"))):
+        assert np.allclose(directions[name], directions[name][0])  # the same on every layer
+        assert np.linalg.norm(directions[name][0]) == pytest.approx(1.0, abs=1e-5)
+        assert max(abs(float(directions[name][0] @ normals[other])) for other in others) < 1e-5
+
+
+def test_a_user_direction_file_replaces_the_bank(make_method, faces, tmp_path):
+    direction = np.random.default_rng(0).normal(size=method_w_dim(make_method)).astype(np.float32)
+    np.save(tmp_path / "glasses.npy", direction)
+    method = make_method(direction_files=f"Eyeglasses:{tmp_path / 'glasses.npy'}", steps="0")
+    edit = method.edit(faces[:1])
+    assert method.bank is None  # no boundary fitted, no bank built
+    step = 3.0 * (1.0 - edit.start[0, GLASSES])
+    torch.testing.assert_close(edit.initial[0], edit.inversion[0] + step * torch.from_numpy(direction))
+    with pytest.raises(MethodError, match=r"missing\.pt: cannot read"):
+        make_method(direction_files=f"Eyeglasses:{tmp_path / 'missing.pt'}")
+
+
+def method_w_dim(make_method) -> int:
+    return make_method(steps="0").models.networks.generator.w_dim
+
+
+def test_a_face_gets_the_same_edit_alone_or_in_a_batch(make_method, faces):
+    method = make_method(identity="cfa")
+    together = method.edit(faces)
+    alone = method.edit(faces[1:])
+    torch.testing.assert_close(alone.loop.ws[0], together.loop.ws[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("identity,extra", [("falco", {"id_cos"}), ("cfa", {"id_cos", "cos_target"}), ("none", set())])
+def test_every_identity_mode_runs_and_every_metric_is_a_manifest_column(make_method, faces, identity, extra):
+    method = make_method(identity=identity, steps="1")
+    assert method.loss_recognisers == (() if identity == "none" else ("arcface-ir-se50",))
+    edit = method.edit(faces[:1])
+    assert set(edit.loop.end) == {"target", "keep", "tokens", "probabilities"} | extra
+    [face] = method.anonymize(faces[:1])
+    assert set(face.metrics) <= set(METRIC_COLUMNS) and EDIT_COLUMNS <= set(face.metrics)
+    assert json.loads(face.metrics["attr_edit_targets"]) == {"Eyeglasses": 1.0}
+    assert face.metrics["attr_edit_identity"] == identity and 0 <= json.loads(face.metrics["attr_edit_achieved"])["Eyeglasses"] <= 1
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"set": ""}, "no target attribute"),
+    ({"set": "Glasses:1"}, "unknown attribute.*Glasses"),
+    ({"set": "Eyeglasses:2"}, "probability in \\[0, 1\\]"),
+    ({"flip": "Eyeglasses"}, "Eyeglasses: both in set and flip"),
+    ({"identity": "arcface"}, "identity must be one of falco, cfa, none"),
+    ({"trainable_layers": "2,99"}, "trainable_layers \\[99\\] do not exist"),
+])
+def test_bad_options_are_refused_in_one_line(make_method, options, message):
+    with pytest.raises(MethodError, match=message):
+        make_method(**options)
