@@ -68,11 +68,12 @@ def test_set_and_flip_decide_the_targets_from_the_faces_estimate(make_method):
     assert is_target.sum().item() == 4 and torch.equal(goals[~is_target], start[~is_target])
 
 
-def test_the_edit_starts_on_the_linear_step_keeps_frozen_layers_and_lowers_the_target_term(make_method, faces):
-    method = make_method(steps="8", lr="0.05", identity="none", strength="2")
+@pytest.mark.parametrize("goal", [1.0, 0.0])
+def test_the_edit_starts_on_the_linear_step_keeps_frozen_layers_and_moves_the_target_most(make_method, faces, goal):
+    method = make_method(steps="8", lr="0.05", identity="none", strength="2", set=f"Eyeglasses:{goal:g}")
     edit = method.edit(faces)
     direction = torch.from_numpy(method.ensure_directions()["Eyeglasses"])
-    step = 2.0 * (1.0 - edit.start[:, GLASSES])
+    step = 2.0 * (goal - edit.start[:, GLASSES])
     torch.testing.assert_close(edit.initial, edit.inversion + step[:, None, None] * direction)
     frozen = [layer for layer in range(edit.initial.shape[1]) if layer not in method.params.trainable_layers]
     assert torch.equal(edit.loop.ws[:, frozen], edit.initial[:, frozen])
@@ -82,8 +83,9 @@ def test_the_edit_starts_on_the_linear_step_keeps_frozen_layers_and_lowers_the_t
     assert (edit.loop.end["target"] < edit.loop.start["target"]).all()
     change = edit.loop.end["probabilities"] - edit.start
     others = [column for column in range(40) if column != GLASSES]
-    assert (change[:, GLASSES] > 0).all()  # toward "with eyeglasses"
-    assert (change[:, GLASSES] > change[:, others].abs().mean(dim=1)).all()  # more than the others move
+    sign = 1.0 if goal else -1.0
+    assert (sign * change[:, GLASSES] > 0).all()  # toward the target side
+    assert (sign * change[:, GLASSES] > change[:, others].abs().mean(dim=1)).all()  # more than the others move
 
 
 def test_bank_boundaries_are_cached_beside_the_bank_and_conditioned_on_the_other_attributes(make_method, faces):
