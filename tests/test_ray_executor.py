@@ -79,6 +79,21 @@ def test_falco_with_the_tiny_networks_on_ray_equals_the_local_run(local_ray, tin
     assert_same_run(tmp_path / "local", tmp_path / "ray")
 
 
+def test_a_dataset_level_method_on_ray_uses_the_plan_the_driver_stored(local_ray, shared_dir, tmp_path):
+    """k-Same surveys and plans on the driver; every Ray method actor reads the stored groups."""
+    source = tmp_path / "celeba"
+    for person in ("0", "1", "2"):
+        (source / person).mkdir(parents=True)
+        for photo in sorted((shared_dir / "data" / "celeba-ids" / person).glob("*.jpg"))[:2]:
+            shutil.copy(photo, source / person / photo.name)
+    ksame = {"method": "ksame", "method_options": {"k": "2"}, "aligned": True, "device": "cpu",
+             "identity_from": "folder", "detector": "dlib-hog"}
+    run(RunConfig(source, tmp_path / "local", **ksame))
+    summary = run(RunConfig(source, tmp_path / "ray", executor="ray", **ksame))
+    assert summary.faces == 6 and summary.errors == 0
+    assert_same_run(tmp_path / "local", tmp_path / "ray")
+
+
 def _ray_task_pids(name: str) -> list[int]:
     """Pids of Ray workers running a task called ``name`` (their process title is ``ray::<name>``)."""
     pids = []
