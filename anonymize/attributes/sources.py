@@ -18,6 +18,9 @@ from anonymize.weights import WeightsStore
 # name -> "module:Class"; each module is one source.
 SOURCES: dict[str, str] = {
     "zero-shot": "anonymize.attributes.zero_shot:ZeroShotSource",
+    "labels": "anonymize.attributes.labels:LabelsSource",
+    "probe": "anonymize.attributes.probe:ProbeSource",
+    "landmarks": "anonymize.attributes.landmarks:LandmarkSource",
 }
 
 

@@ -50,7 +50,7 @@ def _root(
 
 def _register_commands() -> None:
     """Import the command modules; each attaches its commands to ``app``."""
-    from anonymize.cli import run, manifest, weights, bank, audit, calibrate  # noqa: F401
+    from anonymize.cli import run, manifest, weights, bank, audit, calibrate, attributes  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
