@@ -67,6 +67,7 @@ def test_face_keys_rows_label_each_face_of_a_group_photo(tmp_path):
 
 @pytest.mark.parametrize("content, keys, message", [
     ("filename,Smiling\na/x.jpg,1\nb/x.jpg,0\n", ("c/x.jpg#0",), "file name x.jpg is ambiguous for c/x.jpg"),
+    ("filename,Smiling\nx.jpg,1\n", ("a/x.jpg#0", "b/x.jpg#0"), "its one row would label both a/x.jpg and b/x.jpg"),
     ("filename,Smiling\na.jpg,1\n", ("b.jpg#0",), "unknown file: no row for b.jpg#0"),
     ("name,Smiling\na.jpg,1\n", ("a.jpg#0",), "missing file-name column"),
     ("file,Smiling,Smiley\na.jpg,1,1\n", ("a.jpg#0",), "unknown attribute column.s. Smiley"),

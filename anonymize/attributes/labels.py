@@ -11,9 +11,9 @@ Three formats, told apart by the file's name and first line:
 
 A face ``"<relative path>#<index>"`` takes the row named by its key, else by its image's relative
 path, else by the image's file name when exactly one row has that name (the file name alone is
-ambiguous when several folders hold the same name: then name the row by relative path). A row
-naming an image, not a face, labels that image's only face; an image with several faces needs one
-row per face key. A face with no row is an error naming it, unless ``missing=nan``.
+ambiguous when several rows, or several images of different folders, share it: an error asking
+for rows named by relative path). A row naming an image, not a face, labels that image's only face;
+an image with several faces needs one row per face key. A face with no row is an error naming it, unless ``missing=nan``.
 """
 
 from __future__ import annotations
@@ -158,6 +158,7 @@ def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False) -
     for key in keys:
         image = key.rpartition("#")[0] or key
         faces_per_image[image] = faces_per_image.get(image, 0) + 1
+    claimed: dict[int, str] = {}  # row -> the image a file-name match gave it to
     matched: list[int | None] = []
     unmatched: list[str] = []
     for key in keys:
@@ -171,6 +172,9 @@ def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False) -
                     raise LabelsError(f"{labels.path}: file name {PurePosixPath(image).name} is ambiguous for {image} "
                                       f"({len(candidates)} rows have it): name the rows by relative path")
                 row = candidates[0] if candidates else None
+                if row is not None and claimed.setdefault(row, image) != image:
+                    raise LabelsError(f"{labels.path}: file name {PurePosixPath(image).name} is ambiguous: its one row "
+                                      f"would label both {claimed[row]} and {image}; name the rows by relative path")
             if row is not None and faces_per_image[image] > 1:
                 raise LabelsError(f"{labels.path}: {image} has {faces_per_image[image]} faces but one row; "
                                   f"label each face by its key ({image}#0, {image}#1, ...)")

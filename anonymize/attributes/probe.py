@@ -60,12 +60,20 @@ def farl_features(faces: Sequence[FaceCrop], weights: WeightsStore, device: str 
     from anonymize.models.registry import load_farl_model
 
     model = load_farl_model(weights, device)
-    out: list[np.ndarray] = []
+    out: np.ndarray | None = None
+    by_size: dict[tuple[int, ...], list[int]] = {}  # crops of one size share batches (FaRL resizes each batch)
+    for index, face in enumerate(faces):
+        by_size.setdefault(face.image.shape, []).append(index)
     with torch.no_grad():
-        for start in range(0, len(faces), FEATURE_BATCH):
-            batch = np.stack([face.image for face in faces[start:start + FEATURE_BATCH]])
-            out.append(model(CanonicalImages.from_uint8(batch, device)).cls.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        for indices in by_size.values():
+            for start in range(0, len(indices), FEATURE_BATCH):
+                chunk = indices[start:start + FEATURE_BATCH]
+                batch = np.stack([faces[index].image for index in chunk])
+                features = model(CanonicalImages.from_uint8(batch, device)).cls.float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(faces), features.shape[1]), np.float32)
+                out[chunk] = features
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def fit_heads(features: np.ndarray, labels: AttributeTable, farl_sha256: str, c: float = 1.0) -> ProbeHeads:
