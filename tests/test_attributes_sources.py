@@ -229,6 +229,15 @@ def test_probe_heads_fit_on_tiny_farl_save_as_plain_arrays_and_predict_what_skle
     np.testing.assert_allclose(again.probabilities[:, SMILING], expected, atol=1e-4)
 
 
+def test_attributes_cli_runs_the_zero_shot_source_on_the_tiny_farl(tiny_env, celeba_six, tmp_path):
+    out = tmp_path / "zero-shot.parquet"
+    result = cli("attributes", celeba_six, "--source", "zero-shot", "-o", "attributes=Smiling,Male", "--aligned", "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 6 and {row["source"] for row in rows} == {"zero-shot"} and not any(row["heuristic"] for row in rows)
+    assert all(0 <= row["Smiling"] <= 1 and 0 <= row["Male"] <= 1 for row in rows)
+
+
 def test_probe_refuses_heads_fitted_on_another_farl(tiny_env, tmp_path):
     from anonymize.attributes.probe import ProbeHeads, save_heads
 
