@@ -212,7 +212,7 @@ def test_probe_heads_fit_on_tiny_farl_save_as_plain_arrays_and_predict_what_skle
     assert heads.names == ("Smiling",) and heads.farl_sha256 == store.sha256("farl_ep64")
 
     out = tmp_path / "probe.parquet"
-    result = cli("attributes", celeba_six, "--source", "probe", "-o", f"heads={heads_path}", "--aligned", "--out", out, "--json")
+    result = cli("attributes", celeba_six, "--source", "probe", "-p", f"heads={heads_path}", "--aligned", "--out", out, "--json")
     assert result.exit_code == 0, result.output
     table = read_attribute_table(out)
     assert table.source == "probe" and not table.heuristic and np.isnan(np.delete(table.probabilities, SMILING, axis=1)).all()
@@ -231,7 +231,7 @@ def test_probe_heads_fit_on_tiny_farl_save_as_plain_arrays_and_predict_what_skle
 
 def test_attributes_cli_runs_the_zero_shot_source_on_the_tiny_farl(tiny_env, celeba_six, tmp_path):
     out = tmp_path / "zero-shot.parquet"
-    result = cli("attributes", celeba_six, "--source", "zero-shot", "-o", "attributes=Smiling,Male", "--aligned", "--out", out)
+    result = cli("attributes", celeba_six, "--source", "zero-shot", "-p", "attributes=Smiling,Male", "--aligned", "--out", out)
     assert result.exit_code == 0, result.output
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 6 and {row["source"] for row in rows} == {"zero-shot"} and not any(row["heuristic"] for row in rows)

@@ -184,7 +184,7 @@ def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False) -
     if unmatched and not missing_ok:
         more = f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
         raise LabelsError(f"{labels.path}: unknown file: no row for {', '.join(unmatched[:3])}{more} "
-                          "(pass -o missing=nan to leave them unknown)")
+                          "(pass -p missing=nan to leave them unknown)")
     return matched
 
 
@@ -197,7 +197,7 @@ class LabelsSource:
     def __init__(self, weights: WeightsStore | None = None, device: str = "cpu", options: Mapping[str, str] | None = None) -> None:
         options = dict(options or {})
         if "labels" not in options:
-            raise LabelsError("attribute source labels needs its file: -o labels=FILE")
+            raise LabelsError("attribute source labels needs its file: -p labels=FILE (or --labels FILE)")
         missing = options.pop("missing", "error")
         if missing not in ("error", "nan"):
             raise LabelsError(f"attribute source labels: missing={missing!r}: expected error or nan")

@@ -97,9 +97,9 @@ def _summary(table: AttributeTable, collected: CollectedFaces, out: Path) -> dic
 def estimate_command(
     input_dir: Path = typer.Argument(..., help="Folder of images (searched recursively, as `anonymize run` does)."),
     source: str = typer.Option("landmarks", help=f"Where the values come from: {', '.join(SOURCES)}."),
-    option: list[str] = typer.Option([], "--option", "-o", help="Source option KEY=VALUE (repeatable), e.g. -o labels=list_attr_celeba.txt."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Short for -o labels=FILE (the labels source)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Parquet table to write (default: <DIR>-attributes.parquet beside DIR)."),
+    option: list[str] = typer.Option([], "--option", "-p", help="Source option KEY=VALUE (repeatable), e.g. -p labels=list_attr_celeba.txt (as `run -p`)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Short for -p labels=FILE (the labels source)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Parquet table to write (default: <DIR>-attributes.parquet beside DIR)."),
     aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops), as `anonymize run --aligned`."),
     detector: DetectorName = typer.Option("auto", help="Face detector, as `anonymize run --detector`."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
@@ -145,7 +145,7 @@ def estimate_command(
 def fit_command(
     input_dir: Path = typer.Argument(..., help="Folder of labelled images."),
     labels: Path = typer.Option(..., "--labels", help="Their labels: list_attr_celeba.txt, a CSV or a Parquet file (see the labels source)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Heads file (.npz; default: attribute_heads.npz in the weights folder)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Heads file (.npz; default: attribute_heads.npz in the weights folder)."),
     c: float = typer.Option(1.0, "--c", min=1e-6, help="Inverse L2 regularisation strength of each logistic regression."),
     aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops)."),
     detector: DetectorName = typer.Option("auto", help="Face detector, as `anonymize run --detector`."),
