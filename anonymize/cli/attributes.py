@@ -110,7 +110,8 @@ def estimate_command(
     options = _parse_options(option, as_json)
     if labels is not None:
         options["labels"] = str(labels)
-    out = out if out is not None else input_dir.parent / f"{input_dir.name}-attributes.parquet"
+    resolved = input_dir.resolve()
+    out = out if out is not None else resolved.parent / f"{resolved.name}-attributes.parquet"
     _check_output(input_dir, out, as_json)
     from anonymize.pipeline import RunError, resolve_device
     from anonymize.weights import WeightsError, WeightsStore
