@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import anonymize.cli.attributes  # noqa: F401  (attaches `attributes` to the app)
 from anonymize.attributes import CELEBA_ATTRIBUTES, AttributeTable
-from anonymize.attributes.io import estimate_attributes, read_attribute_table, write_attribute_table
+from anonymize.attributes.io import concat_attribute_tables, estimate_attributes, read_attribute_table, write_attribute_table
 from anonymize.attributes.labels import LabelsError, LabelsSource
 from anonymize.attributes.landmarks import (RULES, brow_arch, eye_aspect_ratio, lip_thickness, mouth_opening, nose_width,
                                              rule_probabilities, smile)
@@ -65,6 +65,14 @@ def test_face_keys_rows_label_each_face_of_a_group_photo(tmp_path):
         labels_for(tmp_path / "image.csv", "g.jpg#0", "g.jpg#1")
 
 
+def test_a_file_name_row_claimed_by_two_images_in_different_batches_is_ambiguous(tmp_path):
+    (tmp_path / "labels.csv").write_text("file,Smiling\nx.jpg,1\n")
+    source = LabelsSource(options={"labels": str(tmp_path / "labels.csv")})
+    assert source.table(["a/x.jpg#0"]).select(["Smiling"]).bits().tolist() == [[1]]
+    with pytest.raises(LabelsError, match="would label both a/x.jpg and b/x.jpg"):
+        source.table(["b/x.jpg#0"])  # the next batch of the same walk
+
+
 @pytest.mark.parametrize("content, keys, message", [
     ("filename,Smiling\na/x.jpg,1\nb/x.jpg,0\n", ("c/x.jpg#0",), "file name x.jpg is ambiguous for c/x.jpg"),
     ("filename,Smiling\nx.jpg,1\n", ("a/x.jpg#0", "b/x.jpg#0"), "its one row would label both a/x.jpg and b/x.jpg"),
@@ -94,6 +102,16 @@ def test_celeba_format_checks_its_row_count_and_missing_nan_leaves_unlabelled_fa
 
 
 # -- table files -------------------------------------------------------------------------------------------
+
+def test_batches_of_one_source_concatenate_in_order():
+    first = AttributeTable(("a#0",), ("Smiling",), np.array([[0.5]]), "probe")
+    second = AttributeTable(("b#0", "b#1"), ("Smiling",), np.array([[1.0], [np.nan]]), "probe")
+    joined = concat_attribute_tables([first, second], "probe", False)
+    assert joined.keys == ("a#0", "b#0", "b#1") and joined.bits().ravel().tolist() == [1, 1, -1]
+    assert concat_attribute_tables([], "landmarks", True).names == CELEBA_ATTRIBUTES
+    with pytest.raises(ValueError, match="share their source"):
+        concat_attribute_tables([first, AttributeTable((), ("Smiling",), np.zeros((0, 1)), "labels")], "probe", False)
+
 
 def test_attribute_tables_round_trip_through_parquet_with_their_source(tmp_path):
     values = np.array([[0.25, np.nan], [1.0, 0.0]], np.float32)
@@ -216,10 +234,12 @@ def test_probe_heads_fit_on_tiny_farl_save_as_plain_arrays_and_predict_what_skle
     assert result.exit_code == 0, result.output
     table = read_attribute_table(out)
     assert table.source == "probe" and not table.heuristic and np.isnan(np.delete(table.probabilities, SMILING, axis=1)).all()
-    from anonymize.attributes.collect import collect_faces
+    from anonymize.attributes.collect import FaceCollector
     from sklearn.linear_model import LogisticRegression
 
-    faces = collect_faces(celeba_six, store, aligned=True).faces
+    batches = list(FaceCollector(celeba_six, store, aligned=True, workers=2).batches(faces_per_batch=4))
+    assert [len(batch) for batch in batches] == [4, 2]  # in walk order, the last batch the rest
+    faces = [face for batch in batches for face in batch]
     features = farl_features(faces, store)
     targets = [face.key.startswith("0/") for face in faces]
     expected = LogisticRegression(C=1.0, max_iter=1000).fit(features, targets).predict_proba(features)[:, 1]

@@ -36,6 +36,21 @@ def estimate_attributes(faces: Sequence[FaceCrop], source: str, weights: Weights
     return create_source(source, weights, device, options).estimate(faces)
 
 
+def concat_attribute_tables(tables: Sequence[AttributeTable], source: str, heuristic: bool,
+                            names: tuple[str, ...] | None = None) -> AttributeTable:
+    """The rows of ``tables`` (batches from one source) one after the other; ``names`` for an empty list."""
+    if not tables:
+        from anonymize.attributes.table import CELEBA_ATTRIBUTES
+
+        columns = names if names is not None else CELEBA_ATTRIBUTES
+        return AttributeTable((), columns, np.zeros((0, len(columns)), np.float32), source, heuristic)
+    first = tables[0]
+    if any(table.names != first.names or table.source != first.source for table in tables):
+        raise ValueError("attribute tables to concatenate must share their source and columns")
+    return AttributeTable(tuple(key for table in tables for key in table.keys), first.names,
+                          np.concatenate([table.probabilities for table in tables]), first.source, first.heuristic)
+
+
 def _split_key(key: str) -> tuple[str, int | None]:
     path, sep, index = key.rpartition("#")
     if sep and index.isdigit():

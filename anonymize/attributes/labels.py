@@ -147,8 +147,12 @@ def _column_values(path: Path, names: list[str], attribute: str, column: list[ob
     return values
 
 
-def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False) -> list[int | None]:
-    """Each face key's row in ``labels`` (None when it has none and ``missing_ok``); see the module docstring."""
+def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False,
+                claimed: dict[int, str] | None = None) -> list[int | None]:
+    """Each face key's row in ``labels`` (None when it has none and ``missing_ok``); see the module docstring.
+
+    ``claimed`` (row -> image) carries the file-name matches of earlier batches, so an ambiguity
+    between two batches is caught too. An image's faces must come in one call."""
     rows = {name: index for index, name in enumerate(labels.names)}
     by_file: dict[str, list[int]] = {}
     for index, name in enumerate(labels.names):
@@ -158,7 +162,7 @@ def match_faces(labels: Labels, keys: Sequence[str], missing_ok: bool = False) -
     for key in keys:
         image = key.rpartition("#")[0] or key
         faces_per_image[image] = faces_per_image.get(image, 0) + 1
-    claimed: dict[int, str] = {}  # row -> the image a file-name match gave it to
+    claimed = {} if claimed is None else claimed  # row -> the image a file-name match gave it to
     matched: list[int | None] = []
     unmatched: list[str] = []
     for key in keys:
@@ -206,6 +210,7 @@ class LabelsSource:
             raise LabelsError(f"attribute source labels: unknown option(s) {', '.join(sorted(options))} (known: labels, missing)")
         self.labels = read_labels(path)
         self.missing_ok = missing == "nan"
+        self.claimed: dict[int, str] = {}  # rows matched by file name so far (see match_faces)
 
     def estimate(self, faces: Sequence[FaceCrop]) -> AttributeTable:
         keys = tuple(face.key for face in faces)
@@ -215,7 +220,7 @@ class LabelsSource:
         """The labels of the faces ``keys`` (no pixels needed)."""
         values = np.full((len(keys), len(CELEBA_ATTRIBUTES)), np.nan, dtype=np.float32)
         columns = [CELEBA_ATTRIBUTES.index(name) for name in self.labels.attributes]
-        for index, row in enumerate(match_faces(self.labels, keys, self.missing_ok)):
+        for index, row in enumerate(match_faces(self.labels, keys, self.missing_ok, self.claimed)):
             if row is not None:
                 values[index, columns] = self.labels.values[row]
         return AttributeTable(tuple(keys), CELEBA_ATTRIBUTES, values, self.name, self.heuristic)

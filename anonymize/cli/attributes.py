@@ -9,6 +9,7 @@ aligned exactly as ``anonymize run`` finds them (same --detector, --aligned), so
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -18,13 +19,15 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from anonymize.attributes.collect import CollectedFaces, collect_faces
-from anonymize.attributes.io import write_attribute_table
+from anonymize.attributes.collect import FaceCollector
+from anonymize.attributes.io import concat_attribute_tables, write_attribute_table
 from anonymize.attributes.sources import SOURCES, UnknownSource, create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.cli import app
 from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 from anonymize.faces.detect import CHOICES as DETECTORS
+from anonymize.methods.base import FaceCrop
+from anonymize.weights import WeightsError, WeightsStore
 
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
 
@@ -64,33 +67,42 @@ def _check_output(input_dir: Path, out: Path, as_json: bool) -> None:
         fail(f"{out}: inside the input folder {input_dir}; write the table elsewhere (--out)", as_json=as_json)
 
 
-def _collect(input_dir: Path, weights_dir: Optional[Path], detector: str, aligned: bool, device: str,
-             quiet: bool) -> tuple[CollectedFaces, object, str]:
-    from anonymize.pipeline import RunError, resolve_device
-    from anonymize.weights import WeightsError, WeightsStore
+def _collector(input_dir: Path, weights: WeightsStore, detector: str, aligned: bool, device: str,
+               as_json: bool) -> FaceCollector:
+    from anonymize.pipeline import RunError
 
     try:
-        device = resolve_device(device)
-        weights = WeightsStore(weights_dir)
-        with progress_bar("finding faces", quiet=quiet) as bar:
-            task = bar.add_task("faces", total=None)
-            collected = collect_faces(input_dir, weights, detector, aligned, device, lambda faces: bar.advance(task, 1),
-                                      lambda total: bar.update(task, total=total))
+        return FaceCollector(input_dir, weights, detector, aligned, device)
     except (RunError, WeightsError, ValueError) as exc:
-        fail(str(exc), as_json=quiet)
+        fail(str(exc), as_json=as_json)
+
+
+def _batches(collector: FaceCollector, quiet: bool) -> Iterator[list[FaceCrop]]:
+    """The collector's face batches, with the one progress bar; skipped images reported at the end."""
+    with progress_bar("finding faces", quiet=quiet) as bar:
+        task = bar.add_task("faces", total=len(collector.files))
+        yield from collector.batches(advance=lambda faces: bar.advance(task, 1))
     if not quiet:
-        for error in collected.errors:
+        for error in collector.errors:
             console.print(f"[yellow]skipped:[/] {error}", soft_wrap=True, highlight=False)
-    return collected, weights, device
 
 
-def _summary(table: AttributeTable, collected: CollectedFaces, out: Path) -> dict[str, object]:
+def _summary(table: AttributeTable, collector: FaceCollector, out: Path) -> dict[str, object]:
     bits = table.bits()
     present = {name: float((bits[:, column] == 1).sum() / known) for column, name in enumerate(table.names)
                if (known := int((bits[:, column] >= 0).sum()))}
-    return {"source": table.source, "heuristic": table.heuristic, "images": collected.images, "faces": len(table.keys),
-            "detector": collected.detector, "without_face": collected.without_face, "errors": collected.errors,
+    return {"source": table.source, "heuristic": table.heuristic, "images": collector.images, "faces": len(table.keys),
+            "detector": collector.detector_used, "without_face": collector.without_face, "errors": collector.errors,
             "out": str(out), "present": present}
+
+
+def _device(device: Device, as_json: bool) -> str:
+    from anonymize.pipeline import RunError, resolve_device
+
+    try:
+        return resolve_device(device.value)
+    except RunError as exc:
+        fail(str(exc), as_json=as_json)
 
 
 @attributes_app.command("estimate")
@@ -113,21 +125,19 @@ def estimate_command(
     resolved = input_dir.resolve()
     out = out if out is not None else resolved.parent / f"{resolved.name}-attributes.parquet"
     _check_output(input_dir, out, as_json)
-    from anonymize.pipeline import RunError, resolve_device
-    from anonymize.weights import WeightsError, WeightsStore
-
+    device_name, weights = _device(device, as_json), WeightsStore(weights_dir)
     try:  # the source first: a bad labels file or missing heads fail before any face is searched
-        device_name = resolve_device(device.value)
-        attribute_source = create_source(source, WeightsStore(weights_dir), device_name, options)
-    except (UnknownSource, RunError, WeightsError, ValueError) as exc:
+        attribute_source = create_source(source, weights, device_name, options)
+    except (UnknownSource, WeightsError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
-    collected, _, _ = _collect(input_dir, weights_dir, detector.value, aligned, device_name, as_json)
+    collector = _collector(input_dir, weights, detector.value, aligned, device_name, as_json)
     try:
-        table = attribute_source.estimate(collected.faces)
+        tables = [attribute_source.estimate(batch) for batch in _batches(collector, as_json)]
     except (ValueError, WeightsError) as exc:
         fail(str(exc), as_json=as_json)
+    table = concat_attribute_tables(tables, attribute_source.name, attribute_source.heuristic)
     write_attribute_table(out, table)
-    summary = _summary(table, collected, out)
+    summary = _summary(table, collector, out)
     if as_json:
         stdout.print_json(json.dumps(summary))
         return
@@ -137,8 +147,8 @@ def estimate_command(
     for name, share in summary["present"].items():  # type: ignore[union-attr]
         grid.add_row(name, f"{share:.0%}")
     stdout.print(grid)
-    stdout.print(f"{len(table.keys)} faces in {collected.images} images ({len(collected.without_face)} without a face, "
-                 f"{len(collected.errors)} errors); detector: {collected.detector}", soft_wrap=True)
+    stdout.print(f"{len(table.keys)} faces in {collector.images} images ({len(collector.without_face)} without a face, "
+                 f"{len(collector.errors)} errors); detector: {collector.detector_used}", soft_wrap=True)
     stdout.print(f"table: {out}", soft_wrap=True)
 
 
@@ -157,30 +167,37 @@ def fit_command(
     """Fit the probe source: a logistic head per attribute on FaRL features of INPUT_DIR's faces, saved as plain arrays."""
     from anonymize.attributes.labels import LabelsSource
     from anonymize.attributes.probe import DEFAULT_HEADS_NAME, FARL_ARTEFACT, farl_features, fit_heads, save_heads
-    from anonymize.weights import WeightsError, WeightsStore
-
     try:
         labels_source = LabelsSource(options={"labels": str(labels), "missing": "nan"})  # a bad file fails first
     except ValueError as exc:
         fail(str(exc), as_json=as_json)
-    target = out if out is not None else WeightsStore(weights_dir).root / DEFAULT_HEADS_NAME
+    weights = WeightsStore(weights_dir)
+    target = out if out is not None else weights.root / DEFAULT_HEADS_NAME
     _check_output(input_dir, target, as_json)
-    collected, weights, device_name = _collect(input_dir, weights_dir, detector.value, aligned, device.value, as_json)
+    device_name = _device(device, as_json)
+    collector = _collector(input_dir, weights, detector.value, aligned, device_name, as_json)
+    keys: list[str] = []
+    features: list[np.ndarray] = []
+    values: list[np.ndarray] = []
     try:
-        table = labels_source.estimate(collected.faces)
-        labelled = ~np.isnan(table.probabilities).all(axis=1)
-        if not labelled.any():
+        for batch in _batches(collector, as_json):  # only the features of labelled faces are kept
+            table = labels_source.estimate(batch)
+            labelled = ~np.isnan(table.probabilities).all(axis=1)
+            faces = [face for face, keep in zip(batch, labelled) if keep]
+            if faces:
+                keys += [face.key for face in faces]
+                features.append(farl_features(faces, weights, device_name))
+                values.append(table.probabilities[labelled])
+        if not keys:
             fail(f"{labels}: no face under {input_dir} has a label (rows are matched by relative path or file name)", as_json=as_json)
-        faces = [face for face, keep in zip(collected.faces, labelled) if keep]
-        features = farl_features(faces, weights, device_name)  # type: ignore[arg-type]
-        heads = fit_heads(features, AttributeTable(tuple(f.key for f in faces), table.names, table.probabilities[labelled], "labels"),
-                          weights.sha256(FARL_ARTEFACT) or "", c)  # type: ignore[attr-defined]
+        heads = fit_heads(np.concatenate(features), AttributeTable(tuple(keys), table.names, np.concatenate(values), "labels"),
+                          weights.sha256(FARL_ARTEFACT) or "", c)
     except (ValueError, WeightsError) as exc:
         fail(str(exc), as_json=as_json)
     save_heads(target, heads)
-    summary = {"heads": str(target), "faces": len(faces), "attributes": {name: {"positives": int(p), "labelled": int(n)}
+    summary = {"heads": str(target), "faces": len(keys), "attributes": {name: {"positives": int(p), "labelled": int(n)}
                for name, p, n in zip(heads.names, heads.positives, heads.labelled)}}
     if as_json:
         stdout.print_json(json.dumps(summary))
         return
-    stdout.print(f"{len(heads.names)} heads fitted on {len(faces)} labelled faces: {target}", soft_wrap=True)
+    stdout.print(f"{len(heads.names)} heads fitted on {len(keys)} labelled faces: {target}", soft_wrap=True)
