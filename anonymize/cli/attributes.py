@@ -25,6 +25,7 @@ from anonymize.attributes.sources import SOURCES, UnknownSource, create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.cli import app
 from anonymize.cli.console import Device, console, fail, progress_bar, stdout
+from anonymize.cli.run import _parse_options  # -p KEY=VALUE, parsed as `run` parses it
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.methods.base import FaceCrop
 from anonymize.weights import WeightsError, WeightsStore
@@ -48,16 +49,6 @@ attributes_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(attributes_app, name="attributes")
-
-
-def _parse_options(pairs: list[str], as_json: bool) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            fail(f"--option {pair!r}: expected KEY=VALUE", as_json=as_json)
-        options[key.strip()] = value.strip()
-    return options
 
 
 def _check_output(input_dir: Path, out: Path, as_json: bool) -> None:
@@ -125,8 +116,9 @@ def estimate_command(
     resolved = input_dir.resolve()
     out = out if out is not None else resolved.parent / f"{resolved.name}-attributes.parquet"
     _check_output(input_dir, out, as_json)
-    device_name, weights = _device(device, as_json), WeightsStore(weights_dir)
+    device_name = _device(device, as_json)
     try:  # the source first: a bad labels file or missing heads fail before any face is searched
+        weights = WeightsStore(weights_dir)
         attribute_source = create_source(source, weights, device_name, options)
     except (UnknownSource, WeightsError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
