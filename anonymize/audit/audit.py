@@ -45,6 +45,10 @@ import cv2
 import numpy as np
 
 from anonymize import __version__
+from anonymize.audit.attributes import (
+    DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE, DEFAULT_SOURCE, AttributeCollector, attribute_figures, matching_crops,
+    open_collector, unavailable,
+)
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
@@ -116,6 +120,12 @@ class AuditConfig:
     privacy_goal: str = AUTO
     study_pairs: int | None = None  # blind human study kit beside the report; None: 20 for the human goal, else none
     study_seed: int = 0
+    # Attribute privacy (AnonymousNet, anonymize.audit.attributes): k / l / t of the release from
+    # attributes re-estimated on the outputs; None: not measured.
+    attribute_source: str | None = DEFAULT_SOURCE
+    quasi_identifiers: tuple[str, ...] = DEFAULT_QUASI_IDENTIFIERS
+    sensitive: tuple[str, ...] = DEFAULT_SENSITIVE
+    attribute_k: int = DEFAULT_K  # the release's share of faces in classes smaller than this is reported
 
 
 @dataclass
@@ -236,6 +246,8 @@ class _Context:
     probes: list[np.ndarray] = field(default_factory=list)  # anonymized face descriptors, same order
     face_rows: list[int] = field(default_factory=list)  # row index of each gallery face
     first_faces: list[int] = field(default_factory=list)  # gallery index of each labelled image's first face
+    attributes: AttributeCollector | None = None
+    attributes_failed: str | None = None  # why the attribute figures are missing, once estimation failed
 
 
 def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
@@ -307,6 +319,34 @@ def _audit_pair(pair: ImagePair, context: _Context) -> None:
                 gathered[1].append(outputs[index])
         _add_face(context, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb,
                   {**common, **per_face})
+        if not face.possible:
+            _collect_attributes(context, original.rgb, output_rgb, face, f"{pair.source_rel}#{index}")
+
+
+def _collect_attributes(context: _Context, original: np.ndarray, output: np.ndarray, face: SourceFace, key: str) -> None:
+    if context.attributes is None:
+        return
+    try:
+        context.attributes.add(*matching_crops(original, output, face.box, face.landmarks, context.aligned, key))
+    except Exception as exc:  # noqa: BLE001 - attribute figures are one section: their failure stops only them
+        context.attributes_failed = f"attribute estimation failed ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        context.attributes = None
+
+
+def _attribute_summary(config: AuditConfig, context: _Context, opened: object) -> dict[str, Any]:
+    if config.attribute_source is None:
+        return unavailable("not requested")
+    if isinstance(opened, dict):
+        return opened
+    if context.attributes_failed is not None:
+        return unavailable(context.attributes_failed)
+    try:
+        tables = context.attributes.tables() if context.attributes is not None else None
+        if tables is None:
+            return unavailable("no face was audited")
+        return attribute_figures(*tables, config.quasi_identifiers, config.sensitive, config.attribute_k)
+    except Exception as exc:  # noqa: BLE001
+        return unavailable(f"attribute figures failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
 
 
 def _lpips_of_faces(context: _Context, original: np.ndarray, output: np.ndarray, boxes: list) -> list[float]:
@@ -498,6 +538,8 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     context = _Context(config, detector, recognisers, aligned, labels, fid if isinstance(fid, FidFeatures) else None,
                        farl if isinstance(farl, FidFeatures) else None, output_detectors,
                        None if isinstance(lpips, Unavailable) else lpips)
+    opened = open_collector(config.attribute_source, weights, device) if config.attribute_source is not None else None
+    context.attributes = opened if isinstance(opened, AttributeCollector) else None
 
     progress.start(len(pairing.pairs))
     for pair in pairing.pairs:
@@ -523,6 +565,7 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
                                                    config.thresholds.max_face_ssim)
     summary["instruments_unavailable"] = {item.name: {"instrument": item.instrument, "status": item.status} for item in unavailable}
     summary["detection_by_detector"] = _detection_by_detector(context)
+    summary["attributes"] = _attribute_summary(config, context, opened)
     summary["figures"] = paper_figures(summary)
     crossed = crossed_thresholds(summary, config.thresholds)
     summary["passed"], summary["crossed"] = not crossed, crossed

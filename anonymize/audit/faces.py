@@ -14,7 +14,7 @@ and checked for changes, but not counted in re-identification or in the missed-f
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import cv2
@@ -41,6 +41,7 @@ class SourceFace:
     detectors: tuple[str, ...] = ()  # the ensemble members that found it in the original
     confirmed_by: str | None = None  # what makes it a face: "retinaface+mtcnn", "close-up: dlib-hog", ...
     possible: bool = False  # seen by one detector only and not confirmed
+    landmarks: np.ndarray | None = field(default=None, compare=False)  # from the audit detector (None: manifest or whole image)
 
     @property
     def status(self) -> str:
@@ -49,7 +50,8 @@ class SourceFace:
 
 def source_faces(rgb: np.ndarray, detector: Detector, manifest_boxes: Sequence[Box], aligned: bool) -> list[SourceFace]:
     """The faces of an original image, best-scored audit detections first."""
-    detected = [SourceFace(tuple(float(v) for v in face.box), float(face.score), "audit", tuple(face.found_by))
+    detected = [SourceFace(tuple(float(v) for v in face.box), float(face.score), "audit", tuple(face.found_by),
+                           landmarks=face.landmarks)
                 for face in detector.detect(rgb)]
     if aligned:
         return detected[:1] or [SourceFace(_inset_whole_image(rgb), None, "whole-image")]

@@ -327,6 +327,36 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _attribute_privacy(summary: Mapping[str, Any]) -> str:
+    """k / l / t of the release (output estimates) beside the originals', preservation and unique vectors."""
+    figures = summary.get("attributes") or {"available": False, "reason": "not measured"}
+    if not figures.get("available"):
+        return f'<p class="muted">Not measured: {_e(figures.get("reason", ""))}.</p>'
+    heuristic = " (rule-of-thumb estimates, never a ground truth)" if figures["heuristic"] else ""
+    head = (f'<p class="muted">Attributes estimated by the {_e(figures["source"])} source{_e(heuristic)} on the same aligned crop '
+            f'of {figures["faces"]} original and output faces; the release\'s figures come from the outputs.</p>')
+    release, originals = figures.get("release"), figures.get("originals")
+    if release is None:
+        table = f'<p class="muted">No k / l / t: {_e(figures.get("release_reason", ""))}.</p>'
+    else:
+        rows: list[tuple[object, ...]] = [
+            ("quasi-identifiers", ", ".join(release["quasi_identifiers"]), ""),
+            ("sensitive", ", ".join(release["sensitive"]) or "none", ""),
+            ("k (smallest class)", release["k"], originals["k"]),
+            ("classes", release["classes"], originals["classes"]),
+            (f"faces in classes smaller than {release['requested_k']}", _percent(release["share_below_k"]), _percent(originals["share_below_k"])),
+            ("distinct-l", release["distinct_l"], originals["distinct_l"]),
+            ("entropy-l", _number(release["entropy_l"]), _number(originals["entropy_l"])),
+        ]
+        rows += [(f"t ({name})", _number(value, 3), _number(originals["t"].get(name), 3)) for name, value in release["t"].items()]
+        table = _table(("figure", "release", "originals"), rows, "")
+    preservation = figures["preservation"]
+    kept = [(name, _percent(value)) for name, value in preservation["per_attribute"].items()]
+    return (head + table + f'<p>Faces whose whole attribute vector is unique: {_percent(figures["unique_share"])} of the release '
+            f'({_percent(figures["unique_share_originals"])} of the originals). Attributes preserved (original and output agree): '
+            f'{_percent(preservation["mean"])} on average.</p>' + _table(("attribute", "agreement"), kept, "No attribute estimated."))
+
+
 def _human_goal(summary: Mapping[str, Any]) -> str:
     """The human goal's figures: machine matching reported as the utility it is, and the visual change."""
     roles = summary.get("recogniser_roles", {})
@@ -411,6 +441,7 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.", whole=True)}
 <h2>Possible faces</h2><p class="muted">Found by one detector only and not confirmed by another on a close-up: perhaps a face, perhaps a pattern. Not counted in re-identification or in the missed-face gate; check them by eye.</p>
 {cases(possible, "None: every face was confirmed by two detectors.", whole=True)}
+<h2>Attribute privacy (k / l / t)</h2>{_attribute_privacy(summary)}
 <h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "None: no output carries metadata beyond its ICC profile.")}
 <h2>Not audited</h2>{_table(("file", "why"), unaudited, "None: every released image was audited.")}
 <h2>Figures in the papers' units</h2><p class="muted">Each figure with the instrument, threshold and protocol it was measured with; set it beside a published number only where all three match.</p>

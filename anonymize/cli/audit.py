@@ -17,6 +17,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
+from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE
 from anonymize.audit.human import PRIVACY_GOALS
 from anonymize.audit.compare import load_comparison, legend, selected_columns, format_value, comparison_json, write_comparison_report
 from anonymize.cli import app
@@ -83,6 +84,22 @@ def _number(value: float | None, unit: str) -> str:
     return "n/a" if value is None else f"{value:.3g}{unit}"
 
 
+def _attribute_line(figures: dict) -> str:
+    """k / l / t of the release, preservation and unique vectors, in one line."""
+    if not figures.get("available"):
+        return f"not measured ({figures.get('reason', 'no attribute source')})"
+    release = figures.get("release")
+    head = f"{figures['source']}{' (heuristic)' if figures['heuristic'] else ''}: "
+    if release is None:
+        head += f"no k/l/t ({figures.get('release_reason')}); "
+    else:
+        t = ", ".join(f"{name} {'n/a' if value is None else f'{value:.3f}'}" for name, value in release["t"].items())
+        head += (f"k {release['k']} over {', '.join(release['quasi_identifiers'])}, distinct-l {release['distinct_l']}, "
+                 f"t {t or 'n/a'}; ")
+    return head + (f"unique vectors {_percent(figures['unique_share'])}; attributes preserved "
+                   f"{_percent(figures['preservation']['mean'])}")
+
+
 def print_audit_summary(result: AuditResult) -> None:
     summary = result.summary
     reid, quality = summary["reid"], summary["quality"]
@@ -120,6 +137,7 @@ def print_audit_summary(result: AuditResult) -> None:
     if possible.get("count"):
         table.add_row("possible faces", f"{possible['count']} (one detector only, not confirmed; {possible['unchanged']} left unchanged; "
                                         "not counted above)")
+    table.add_row("attribute privacy", _attribute_line(summary.get("attributes") or {}))
     table.add_row("metadata leaks", str(summary["metadata"]["leaks"]))
     table.add_row("not audited", str(summary["unaudited"]["count"]))
     psnr, ssim = quality["psnr_outside_db"], quality["ssim_outside"]
@@ -173,6 +191,10 @@ def audit_command(
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
     identities: Optional[Path] = typer.Option(None, "--identities", help="File of '<original path>,<identity>' lines (for TPR at FAR, rank and parrot protocols when the originals are not in identity folders)."),
     recognizer_backend: RecognizerBackend = typer.Option("torch", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
+    attribute_source: str = typer.Option("landmarks", "--attribute-source", help="Attribute source for the k / l / t figures of the release (estimated on original and output crops); 'none' to skip."),
+    quasi_identifiers: str = typer.Option(",".join(DEFAULT_QUASI_IDENTIFIERS), "--quasi-identifiers", help="Attributes an attacker links with, comma-separated."),
+    sensitive: str = typer.Option(",".join(DEFAULT_SENSITIVE), "--sensitive", help="Attributes a class must not give away (l and t), comma-separated; empty for none."),
+    attribute_k: int = typer.Option(DEFAULT_K, "--attribute-k", min=1, help="Report the share of faces in attribute classes smaller than this."),
     out_parquet: Optional[Path] = typer.Option(None, help="Audit Parquet path (default: <report>/audit.parquet, else <ANON_DIR>-audit/audit.parquet)."),
     summary: Optional[Path] = typer.Option(None, help="Summary JSON path (default: beside the Parquet, audit-summary.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
@@ -201,6 +223,10 @@ def audit_command(
         privacy_goal=privacy_goal.value,
         study_pairs=study_pairs,
         study_seed=study_seed,
+        attribute_source=None if attribute_source == "none" else attribute_source,
+        quasi_identifiers=tuple(name.strip() for name in quasi_identifiers.split(",") if name.strip()),
+        sensitive=tuple(name.strip() for name in sensitive.split(",") if name.strip()),
+        attribute_k=attribute_k,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,
