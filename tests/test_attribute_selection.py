@@ -54,8 +54,9 @@ def test_dataset_mode_reaches_k_with_few_flips():
 @pytest.mark.parametrize("requirements", [Requirements(k=2, l=2), Requirements(k=2, t=0.3)])
 def test_dataset_mode_merges_classes_until_l_and_t_hold(requirements):
     # After the k step, class {0, 1} holds Smiling 1, 1: one value (l = 1) and share 1 against the
-    # population's 4/6 (t = 1/3 > 0.3). It merges with its nearest class, 111 = {2, 5} (Hamming 1):
-    # the union 110, 110, 111, 011 recodes to 111 (column 2 ties to 1): two more flips, four in all.
+    # population's 4/6 (t = 1/3 > 0.3). Merged with 111 = {2, 5}, the union 110, 110, 111, 011 recodes
+    # to 111 (column 2 ties to 1): two more flips, Smiling 1, 1, 0, 1 (l 2, t 1/12). Merged with
+    # 001 = {3, 4}, the union 110, 110, 000, 001 recodes to 110: six more flips. The first wins: four in all.
     result = k_member_recoding(QI, requirements, SENSITIVE)
     assert result.codes.tolist() == [[1, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 1], [0, 0, 1], [1, 1, 1]]
     assert result.flips == 4 and result.merges == 1

@@ -14,7 +14,8 @@ never changed except where a group is recoded to its majority):
   in classes of at least k keep their values; the others are grouped greedily by Hamming distance
   (k-member grouping), or each moved to the nearest class of at least k, whichever flips fewer
   values; each group is recoded to its majority values; then classes that break l-diversity or
-  t-closeness on the sensitive attributes are merged with their nearest class until both hold.
+  t-closeness on the sensitive attributes are merged, each with the class whose union meets them
+  with the fewest new flips (else the fewest flips), until both hold.
   Greedy: few flips, not a proven minimum.
 * :func:`randomized_response`: each known value kept with probability e^eps / (1 + e^eps), else
   flipped (Warner's randomised response, epsilon-local differential privacy per value).
@@ -211,6 +212,26 @@ def _check_reachable(sensitive: np.ndarray | None, requirements: Requirements, f
             raise SelectionError(f"t={requirements.t:g}: even the whole set lies farther than t from the reference")
 
 
+def _merge_target(codes: np.ndarray, recoded: np.ndarray, classes, worst: int, sensitive: np.ndarray,
+                  requirements: Requirements, reference: np.ndarray | None, tie: np.ndarray) -> int:
+    """The class to merge ``worst`` into: one whose union meets l and t if any, then the fewest new flips, then the largest."""
+    target_values = sensitive if reference is None else reference  # the distribution t is measured against
+    best: tuple[bool, int, int] | None = None
+    chosen = -1
+    for index in range(classes.sizes.size):
+        if index == worst:
+            continue
+        members = (classes.labels == worst) | (classes.labels == index)
+        merged = majority_pattern(codes[members], tie)
+        added = int((merged[None, :] != codes[members]).sum() - (recoded[members] != codes[members]).sum())
+        single = equivalence_classes(np.zeros((int(members.sum()), 1), np.int8))
+        still = bool(_violation(single, sensitive[members], requirements, target_values)[0] > 0)
+        key = (still, added, -int(classes.sizes[index]))
+        if best is None or key < best:
+            best, chosen = key, index
+    return chosen
+
+
 def k_member_recoding(qi_codes: np.ndarray, requirements: Requirements, sensitive: np.ndarray | None = None,
                       reference: np.ndarray | None = None) -> Recoding:
     """Recode the quasi-identifiers so that every class has k faces and meets l and t (see the module doc)."""
@@ -230,9 +251,7 @@ def k_member_recoding(qi_codes: np.ndarray, requirements: Requirements, sensitiv
         if not (gap > 0).any() or classes.sizes.size < 2:
             break
         worst = int(np.argmax(gap))
-        others = [index for index in range(classes.sizes.size) if index != worst]
-        distance = [int(hamming(classes.patterns[index][None, :], classes.patterns[worst])[0]) for index in others]
-        target = others[min(range(len(others)), key=lambda i: (distance[i], -classes.sizes[others[i]]))]
+        target = _merge_target(codes, recoded, classes, worst, sensitive, requirements, reference, tie)
         members = (classes.labels == worst) | (classes.labels == target)
         groups[members] = groups[classes.labels == target][0]
         recoded[members] = majority_pattern(codes[members], tie)
