@@ -146,3 +146,20 @@ def test_every_identity_mode_runs_and_every_metric_is_a_manifest_column(make_met
 def test_bad_options_are_refused_in_one_line(make_method, options, message):
     with pytest.raises(MethodError, match=message):
         make_method(**options)
+
+
+def test_randomize_draws_each_faces_side_by_randomised_response_seeded_by_its_key(make_method):
+    start = torch.full((3, 40), 0.3)
+    start[1, SMILE] = 0.7
+    kept = make_method(set="", randomize="Smiling,Eyeglasses", epsilon="40")  # keep probability 1 - 4e-18
+    goals, is_target = kept.goals(start, ["a#0", "b#0", "c#0"])
+    assert goals[:, SMILE].tolist() == [0.0, 1.0, 0.0] and goals[:, GLASSES].tolist() == [0.0, 0.0, 0.0]
+    assert is_target[:, [SMILE, GLASSES]].all() and is_target.sum().item() == 6
+    coin = make_method(set="", randomize="Smiling", epsilon="0")  # a fair coin per face
+    first, _ = coin.goals(start, ["a#0", "b#0", "c#0"])
+    alone, _ = coin.goals(start[2:], ["c#0"])
+    assert alone[0, SMILE] == first[2, SMILE]  # the draw follows the face, not its place in the batch
+    with pytest.raises(MethodError, match="epsilon"):
+        make_method(randomize="Smiling", epsilon="-1")
+    with pytest.raises(MethodError, match="more than one of set, flip and randomize"):
+        make_method(flip="Smiling", randomize="Smiling")

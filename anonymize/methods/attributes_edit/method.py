@@ -3,7 +3,10 @@
 Per batch of aligned 256 px crops:
 
 1. the targets: ``set=Eyeglasses:1,Smiling:0`` (explicit probabilities) and/or ``flip=Male,Young``
-   (the other side of the face's current zero-shot estimate, ``p0 >= 0.5``);
+   (the other side of the face's current zero-shot estimate, ``p0 >= 0.5``) and/or
+   ``randomize=Male,Young`` with ``epsilon=1`` (stage II's randomised response: the face's current
+   side kept with probability e^eps / (1 + e^eps), else the other; seeded by the run seed and the
+   face key);
 2. the directions: for each target attribute the InterFaceGAN boundary fitted on the fake bank
    (:mod:`.boundaries`; fitted once, cached beside the bank), made conditional on the attributes of
    ``condition`` and the other targets, or the user's file (``direction_files=Smiling:smile.pt``);
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from anonymize.attributes.ppas import keep_probability, randomized_response
 from anonymize.attributes.table import CELEBA_ATTRIBUTES
 from anonymize.attributes.zero_shot import ZeroShotPrompts, parse_attribute_names
 from anonymize.methods.attributes_edit.boundaries import (
@@ -104,6 +109,8 @@ class AttributeEditMethod(Method):
     class Params:
         set: str = ""  # explicit targets, e.g. "Eyeglasses:1,Smiling:0"
         flip: str = ""  # attributes to turn to the other side of the face's estimate, e.g. "Male,Young"
+        randomize: str = ""  # attributes whose target is the face's side after randomised response, e.g. "Male,Young"
+        epsilon: float = 1.0  # randomize: the face's side kept with probability e^eps / (1 + e^eps)
         identity: str = "falco"  # identity loss: "falco" (|cos - m|), "cfa" (new identity at `angle`), "none"
         direction_files: str = ""  # user directions instead of bank boundaries, e.g. "Smiling:smile.pt"
         condition: str = DEFAULT_CONDITIONS  # boundaries made orthogonal to these attributes' (and the other targets')
@@ -126,11 +133,13 @@ class AttributeEditMethod(Method):
 
         def validate(self) -> None:
             targets, flips = parse_set(self.set), parse_attribute_names(self.flip, "flip") if self.flip.strip() else ()
-            if not targets and not flips:
-                raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling")
-            both = sorted(set(targets) & set(flips))
+            randomized = parse_attribute_names(self.randomize, "randomize") if self.randomize.strip() else ()
+            if not targets and not flips and not randomized:
+                raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling and/or -p randomize=Male")
+            both = sorted((set(targets) & set(flips)) | (set(randomized) & (set(targets) | set(flips))))
             if both:
-                raise ValueError(f"{', '.join(both)}: both in set and flip")
+                raise ValueError(f"{', '.join(both)}: in more than one of set, flip and randomize")
+            keep_probability(self.epsilon)  # a clear error for a negative or infinite epsilon
             parse_direction_files(self.direction_files)
             if self.condition.strip():
                 parse_attribute_names(self.condition, "condition")
@@ -162,7 +171,8 @@ class AttributeEditMethod(Method):
             raise MethodError("method 'attributes': bf16=true needs a CUDA device (--device cuda)")
         self.targets = parse_set(params.set)
         self.flips = parse_attribute_names(params.flip, "flip") if params.flip.strip() else ()
-        self.edited = (*self.targets, *self.flips)
+        self.randomized = parse_attribute_names(params.randomize, "randomize") if params.randomize.strip() else ()
+        self.edited = (*self.targets, *self.flips, *self.randomized)
         self.files = parse_direction_files(params.direction_files)
         self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
         self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
@@ -241,8 +251,11 @@ class AttributeEditMethod(Method):
         return normals
 
     # -- the method ------------------------------------------------------------------------------------
-    def goals(self, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per face [B, A]: the target probability of every attribute, and which attributes are targets."""
+    def goals(self, start: torch.Tensor, keys: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per face [B, A]: the target probability of every attribute, and which attributes are targets.
+
+        ``keys``: the faces' keys, which seed the randomised response (so a face's draw does not depend on its batch).
+        """
         goals, is_target = start.clone(), torch.zeros_like(start, dtype=torch.bool)
         for name, value in self.targets.items():
             column = CELEBA_ATTRIBUTES.index(name)
@@ -250,6 +263,14 @@ class AttributeEditMethod(Method):
         for name in self.flips:
             column = CELEBA_ATTRIBUTES.index(name)
             goals[:, column], is_target[:, column] = (start[:, column] < 0.5).float(), True
+        if self.randomized:
+            columns = [CELEBA_ATTRIBUTES.index(name) for name in self.randomized]
+            sides = (start[:, columns] >= 0.5).cpu().numpy().astype(np.int8)
+            for row in range(start.shape[0]):
+                key = keys[row] if row < len(keys) else str(row)
+                drawn = randomized_response(sides[row], self.params.epsilon, [self.context.seed, zlib.crc32(key.encode())]).codes
+                goals[row, columns] = torch.from_numpy(drawn.astype(np.float32)).to(goals.device)
+            is_target[:, columns] = True
         return goals, is_target
 
     def edit(self, faces: Sequence[FaceCrop]) -> EditResult:
@@ -261,7 +282,7 @@ class AttributeEditMethod(Method):
         with torch.no_grad():
             inversion = self.models.encoder(real).float()
             start = self.prompts.probabilities(networks.farl(real).cls.float())
-        goals, is_target = self.goals(start)
+        goals, is_target = self.goals(start, [face.key for face in faces])
         initial = inversion.clone()
         for name in self.edited:
             column = CELEBA_ATTRIBUTES.index(name)
