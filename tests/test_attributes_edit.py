@@ -161,5 +161,5 @@ def test_randomize_draws_each_faces_side_by_randomised_response_seeded_by_its_ke
     assert alone[0, SMILE] == first[2, SMILE]  # the draw follows the face, not its place in the batch
     with pytest.raises(MethodError, match="epsilon"):
         make_method(randomize="Smiling", epsilon="-1")
-    with pytest.raises(MethodError, match="more than one of set, flip and randomize"):
+    with pytest.raises(MethodError, match="in randomize and in set or flip"):
         make_method(flip="Smiling", randomize="Smiling")

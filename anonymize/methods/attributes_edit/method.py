@@ -136,9 +136,12 @@ class AttributeEditMethod(Method):
             randomized = parse_attribute_names(self.randomize, "randomize") if self.randomize.strip() else ()
             if not targets and not flips and not randomized:
                 raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling and/or -p randomize=Male")
-            both = sorted((set(targets) & set(flips)) | (set(randomized) & (set(targets) | set(flips))))
+            both = sorted(set(targets) & set(flips))
             if both:
-                raise ValueError(f"{', '.join(both)}: in more than one of set, flip and randomize")
+                raise ValueError(f"{', '.join(both)}: both in set and flip")
+            twice = sorted(set(randomized) & (set(targets) | set(flips)))
+            if twice:
+                raise ValueError(f"{', '.join(twice)}: in randomize and in set or flip")
             keep_probability(self.epsilon)  # a clear error for a negative or infinite epsilon
             parse_direction_files(self.direction_files)
             if self.condition.strip():
