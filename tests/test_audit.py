@@ -126,6 +126,11 @@ def test_an_unmodified_copy_of_portraits_fails_the_gate(workspace, portraits):
     assert "GPS" in summary["metadata"]["files"]["alex_lacamoire_2.jpg"]
     assert not result.passed
     assert [text.split(" ")[0] for text in result.crossed] == ["re-identification", "10", f"{len(with_metadata)}"]
+    attributes = summary["attributes"]  # the same pixels give the same estimates: everything preserved, nothing gained
+    assert attributes["available"] and attributes["source"] == "landmarks" and attributes["faces"] == 10
+    assert set(attributes["preservation"]["per_attribute"].values()) == {1.0}
+    assert attributes["release"] == attributes["originals"] and attributes["release"]["faces"] == 10
+    assert attributes["unique_share"] == attributes["unique_share_originals"]
 
 
 def test_a_blurred_run_passes_the_reid_threshold_and_the_metadata_check(workspace, portraits, blurred):
@@ -137,6 +142,8 @@ def test_a_blurred_run_passes_the_reid_threshold_and_the_metadata_check(workspac
     assert summary["metadata"]["leaks"] == 0 and summary["missed_faces"]["count"] == 0
     assert summary["unaudited"]["count"] == 0 and result.passed and result.crossed == []
     assert summary["quality"]["psnr_outside_db"] > 40 and summary["quality"]["ssim_outside"] > 0.98
+    assert summary["attributes"]["release"]["faces"] == 10  # k / l / t of the release, from the blurred faces
+    assert summary["attributes"]["release"]["quasi_identifiers"] == ["Arched_Eyebrows", "Big_Lips", "Big_Nose", "Narrow_Eyes"]
     assert summary["quality"]["fid"] is None
     assert summary["quality"]["fid_status"].startswith(
         "unavailable (no Inception weights: put pt_inception-2015-12-05-6726825d.pth from https://github.com/mseitzer/pytorch-fid/"
