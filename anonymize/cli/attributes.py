@@ -49,6 +49,8 @@ attributes_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(attributes_app, name="attributes")
+from anonymize.cli.attribute_privacy import attribute_privacy  # noqa: E402  (stage II: k / l / t of a table)
+attributes_app.command("privacy")(attribute_privacy)
 
 
 def _check_output(input_dir: Path, out: Path, as_json: bool) -> None:
