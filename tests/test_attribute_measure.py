@@ -25,6 +25,9 @@ def test_measure_table_reads_the_named_columns():
     assert (report.k, report.classes, report.unique_share, report.below_k) == (1, 5, pytest.approx(4 / 6), pytest.approx(4 / 6))
     assert report.distinct_l == 1
     assert report.t == {"Smiling": pytest.approx(2 / 3)}  # a class with Smiling 0 against the whole set's 4/6
+    nobody_smiles = table(np.zeros((3, 4), int))  # a reference population: t is measured against its 0 %
+    against = measure_table(table(), ("Male", "Eyeglasses", "Young"), ("Smiling",), reference=nobody_smiles)
+    assert against.t == {"Smiling": pytest.approx(1.0)}  # class 110 smiles throughout
     with pytest.raises(ValueError, match="both quasi-identifier and sensitive: Male"):
         measure_table(table(), ("Male",), ("Male",))
     with pytest.raises(KeyError, match="Beard"):

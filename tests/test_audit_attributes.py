@@ -58,3 +58,16 @@ def test_matching_crops_cut_the_same_place_from_original_and_output():
     # The box's centre lands on the crop's centre, at 1.6 times the box's side.
     matrix = box_matrix((60, 40, 100, 80), 64)
     assert matrix @ np.array([80, 60, 1]) == pytest.approx([32, 32]) and matrix[0, 0] == pytest.approx(64 / 64)
+
+
+def test_the_papers_figures_list_k_unique_vectors_and_preservation():
+    from anonymize.audit.compare import format_value
+    from anonymize.audit.figures import paper_figures
+
+    figures = {item["key"]: item for item in paper_figures(
+        {"attributes": attribute_figures(ORIGINAL, OUTPUT, ("Big_Nose", "Narrow_Eyes"), ("Smiling",), k=2)})}
+    assert format_value(figures["attributes.k"]) == "2" and "Big_Nose, Narrow_Eyes" in figures["attributes.k"]["protocol"]
+    assert figures["attributes.unique"]["value"] == pytest.approx(0.5) and figures["attributes.preserved"]["value"] == pytest.approx(2.5 / 3)
+    assert "landmarks (heuristic)" in figures["attributes.k"]["instrument"]
+    missing = {item["key"]: item for item in paper_figures({"attributes": {"available": False, "reason": "not requested"}})}
+    assert missing["attributes.k"]["value"] is None and missing["attributes.k"]["status"] == "unavailable (not requested)"

@@ -28,6 +28,11 @@ field has a default meant for a release gate:
   parrot re-identification with dlib and, when their weights are here, FaceNet; SSIM/PSNR/LPIPS inside
   the face boxes; FID and the FaRL proxy. ``summary["figures"]`` lists each with its instrument,
   threshold and protocol (:mod:`anonymize.audit.figures`).
+* attribute privacy (AnonymousNet, :mod:`anonymize.audit.attributes`): attributes estimated
+  (``attribute_source``, default ``landmarks``) on the same aligned crop of every original and
+  output face; k / l / t of the release over ``quasi_identifiers`` / ``sensitive`` from the output
+  estimates, preservation per attribute and the share of unique attribute vectors, in
+  ``summary["attributes"]``.
 
 The HTML report shows crops of original faces: keep it with the originals, never publish it.
 """

@@ -112,6 +112,8 @@ def format_value(figure: Mapping[str, Any] | None) -> str:
         return f"{value:.2f}"
     if kind == "distance":
         return f"{value:.2f}"
+    if kind == "count":
+        return f"{value:.0f}"
     return f"{value:.3f}"
 
 

@@ -1,7 +1,8 @@
 """The summary's figures in the papers' language: each names its instrument, threshold and protocol.
 
 ``paper_figures(summary)`` flattens what the audit measured into one list, one entry per number a
-paper's table could hold (FALCO Tables 1-2, CFA-Net Tables 1-3, DeepPrivacy's FID), so a curator can
+paper's table could hold (FALCO Tables 1-2, CFA-Net Tables 1-3, DeepPrivacy's FID, AnonymousNet's
+k and attribute preservation), so a curator can
 set a figure beside a published one and see at once whether they were measured the same way.
 An instrument that could not run still has its entries, with ``value`` None and its ``status``
 saying why. ``anonymize audit compare`` builds its columns from these keys.
@@ -100,9 +101,28 @@ def _quality(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _attributes(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """AnonymousNet's measurable privacy and the attribute preservation (anonymize.audit.attributes)."""
+    entry = summary.get("attributes") or {}
+    available = bool(entry.get("available"))
+    status = "measured" if available else f"unavailable ({entry.get('reason', 'not measured')})"
+    release = entry.get("release") or {}
+    instrument = f"attribute source {entry.get('source')}{' (heuristic)' if entry.get('heuristic') else ''}" if available else "attribute source"
+    qis = ", ".join(release.get("quasi_identifiers", [])) or "the quasi-identifiers"
+    k_status = status if not available or release else f"unavailable ({entry.get('release_reason')})"
+    return [
+        _figure("attributes.k", "attr k", release.get("k"), instrument, "probability >= 0.5",
+                f"smallest class of output faces with the same values of {qis}", k_status, kind="count"),
+        _figure("attributes.unique", "attr unique", entry.get("unique_share"), instrument, "probability >= 0.5",
+                "share of output faces whose whole attribute vector no other output face has", status),
+        _figure("attributes.preserved", "attr preserved", (entry.get("preservation") or {}).get("mean"), instrument,
+                "probability >= 0.5", "share of faces whose attribute agrees between original and output, mean over attributes", status),
+    ]
+
+
 def paper_figures(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every figure with its instrument, threshold and protocol (see module doc)."""
-    figures = [*_detection(summary), *_reid(summary), *_quality(summary)]
+    figures = [*_detection(summary), *_reid(summary), *_quality(summary), *_attributes(summary)]
     for figure in figures:
         if figure["value"] is not None:
             figure["status"] = "measured"

@@ -14,6 +14,7 @@ import numpy as np
 import typer
 from rich.table import Table
 
+from anonymize.attributes.table import AttributeTable
 from anonymize.cli.console import fail, stdout
 
 
@@ -21,7 +22,7 @@ def _names(value: str | None) -> list[str]:
     return [name.strip() for name in (value or "").split(",") if name.strip()]
 
 
-def _read(path: Path, as_json: bool):
+def _read(path: Path, as_json: bool) -> AttributeTable:
     from anonymize.attributes.io import read_attribute_table
 
     try:
@@ -47,7 +48,6 @@ def attribute_privacy(
 ) -> None:
     """Print k / l / t of TABLE over the quasi-identifiers, before and after each requested step."""
     from anonymize.attributes.measure import privacy_steps
-    from anonymize.attributes.table import AttributeTable
 
     if not table_path.is_file():
         fail(f"{table_path}: no attribute table here", as_json=as_json)
