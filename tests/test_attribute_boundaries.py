@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from anonymize.methods.attributes_edit.boundaries import (
+    MIN_PER_SIDE,
     DirectionError,
     conditional_direction,
     fit_boundary,
@@ -32,11 +33,28 @@ def test_the_fitted_normal_is_the_hyperplane_that_made_the_labels(classifier):
 
 
 def test_only_the_top_and_bottom_fraction_are_used():
-    codes, scores = _separable(100)
-    middle = np.argsort(scores)[2:-2]
+    codes, scores = _separable(400)
+    middle = np.argsort(scores)[8:-8]  # 2% of 400 per side
     moved = codes.copy()
     moved[middle] = np.random.default_rng(9).normal(size=(len(middle), 4)) * 100  # the middle 96% say nothing
     assert np.array_equal(fit_boundary(moved, scores), fit_boundary(codes, scores))
+
+
+def test_a_small_bank_still_fits_on_several_fakes_per_side():
+    codes, scores = _separable(100)  # 2% would be 2 per side
+    middle = np.argsort(scores)[MIN_PER_SIDE:-MIN_PER_SIDE]
+    moved = codes.copy()
+    moved[middle] = np.random.default_rng(9).normal(size=(len(middle), 4)) * 100
+    assert np.array_equal(fit_boundary(moved, scores), fit_boundary(codes, scores))
+    assert not np.array_equal(fit_boundary(codes, scores), fit_boundary(_two_per_side_only(codes, scores), scores))  # the 3rd-5th count
+
+
+def _two_per_side_only(codes, scores):
+    order = np.argsort(scores)
+    moved = codes.copy()
+    moved[order[2:MIN_PER_SIDE]] = moved[order[2:MIN_PER_SIDE]] + 50.0  # examples 3-5 of each side now differ
+    moved[order[-MIN_PER_SIDE:-2]] = moved[order[-MIN_PER_SIDE:-2]] - 50.0
+    return moved
 
 
 def test_a_constant_attribute_has_no_boundary():

@@ -38,6 +38,9 @@ import torch
 from anonymize.io.write import atomic_write_bytes
 
 DEFAULT_FRACTION = 0.02
+# A small bank's 2% can be one fake per side: the "boundary" is then the line through two codes, and two
+# attributes whose extremes are the same two fakes get the same normal. At least this many per side.
+MIN_PER_SIDE = 5
 CLASSIFIERS = ("svm", "logreg")
 BOUNDARY_FORMAT = 1
 
@@ -50,7 +53,8 @@ def fit_boundary(codes: np.ndarray, scores: np.ndarray, fraction: float = DEFAUL
                  classifier: str = "svm") -> np.ndarray:
     """The unit normal [D] of the hyperplane separating the top from the bottom ``fraction`` of ``scores``.
 
-    At least one example per side; the normal points toward high scores."""
+    At least MIN_PER_SIDE examples per side (fewer when the bank is smaller than twice that); the
+    normal points toward high scores."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
@@ -59,7 +63,7 @@ def fit_boundary(codes: np.ndarray, scores: np.ndarray, fraction: float = DEFAUL
         raise DirectionError(f"boundary: expected codes [N, D] and scores [N], got {codes.shape} and {scores.shape}")
     if classifier not in CLASSIFIERS:
         raise DirectionError(f"boundary: classifier must be one of {', '.join(CLASSIFIERS)}, got {classifier!r}")
-    count = max(1, math.ceil(fraction * len(codes)))
+    count = max(min(MIN_PER_SIDE, len(codes) // 2), 1, math.ceil(fraction * len(codes)))
     if 2 * count > len(codes):
         raise DirectionError(f"boundary: {len(codes)} codes cannot give {count} positives and {count} negatives")
     order = np.argsort(scores, kind="stable")
