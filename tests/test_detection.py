@@ -7,7 +7,7 @@ import pytest
 
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.faces.ensemble import merge, same_face
-from anonymize.faces.retinaface import pyramid_scales, tiles
+from anonymize.faces.retinaface import SCALE_STEP, TILE, TILE_OVERLAP, pyramid_scales, tiles
 from anonymize.faces.types import Face
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import DetectionScore, iou, read_imglab_boxes
@@ -98,16 +98,29 @@ def test_a_painted_background_gives_no_face_at_any_scale(shared_dir, tiny_weight
     assert len(detector.detect(decode_image(shared_dir / "data" / "portraits" / "biden_2.jpg").rgb)) == 1
 
 
-def test_the_pyramid_searches_large_photos_at_finer_scales_in_overlapping_tiles():
+def test_the_pyramid_searches_large_photos_at_finer_scales_in_even_steps():
     assert pyramid_scales(400, 500) == [1.0]
     assert pyramid_scales(3000, 4000) == pytest.approx([0.16, 0.4, 1.0])
-    windows = tiles(1000, 1500)
-    assert all(x1 - x0 <= 640 and y1 - y0 <= 640 for x0, y0, x1, y1 in windows)
-    covered = np.zeros((1000, 1500), bool)
-    for x0, y0, x1, y1 in windows:
-        covered[y0:y1, x0:x1] = True
-    assert covered.all()
-    assert windows[1][0] == 640 - 160  # neighbours overlap by 160 px
+    # bald_guys.jpg: 640 / 1986 = 0.32 reaches 1.0 in two equal steps of 1.76x (not 2.5x, then 1.24x)
+    scales = pyramid_scales(1545, 1986)
+    assert scales[0] == pytest.approx(640 / 1986) and scales[-1] == 1.0 and len(scales) == 3
+    assert scales[1] / scales[0] == pytest.approx(scales[2] / scales[1]) and scales[2] / scales[1] <= SCALE_STEP
+
+
+def test_a_finer_scale_too_large_for_one_call_is_searched_in_overlapping_tiles():
+    assert tiles(1500, 2000) == [(0, 0, 2000, 1500)]  # small enough: one call, no overlap to pay for
+    for height, width, tile, overlap, count in ((3000, 4000, TILE, TILE_OVERLAP, 6), (1000, 1500, 640, 160, 6)):
+        windows = tiles(height, width, tile, overlap)
+        assert len(windows) == count  # the fewest tiles that fit
+        assert all(x1 - x0 <= tile and y1 - y0 <= tile for x0, y0, x1, y1 in windows)
+        covered = np.zeros((height, width), bool)
+        for x0, y0, x1, y1 in windows:
+            covered[y0:y1, x0:x1] = True
+        assert covered.all()
+        columns = sorted({(x0, x1) for x0, _, x1, _ in windows})
+        rows = sorted({(y0, y1) for _, y0, _, y1 in windows})
+        for spans in (columns, rows):
+            assert all(left[1] - right[0] >= overlap for left, right in zip(spans, spans[1:]))  # neighbours overlap
 
 
 def test_landmarks_lie_inside_their_face_box(shared_dir, tiny_weights):

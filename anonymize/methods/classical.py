@@ -31,14 +31,32 @@ class BlurMethod(Method):
                 raise ValueError(f"passes must be at least 1, got {self.passes}")
 
     def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
-        results = []
-        for face in faces:
-            crop = face.image
-            sigma = self.params.sigma * crop.shape[0]
-            for _ in range(self.params.passes):
-                crop = cv2.GaussianBlur(crop, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-            results.append(AnonymizedFace(crop))
-        return results
+        return [AnonymizedFace(gaussian_blur(face.image, self.params.sigma * face.image.shape[0], self.params.passes))
+                for face in faces]
+
+
+# A wide blur is computed on the crop shrunk so that sigma spans this many of its pixels.
+SIGMA_PIXELS_WHEN_SHRUNK = 4.0
+
+
+def gaussian_blur(image: np.ndarray, sigma: float, passes: int = 1) -> np.ndarray:
+    """``passes`` Gaussian blurs of ``sigma`` pixels (mirrored borders).
+
+    A wide Gaussian keeps nothing finer than a few sigma, so it is computed on the image shrunk
+    (area average) until sigma spans SIGMA_PIXELS_WHEN_SHRUNK pixels and enlarged back bilinearly:
+    the same smooth picture (within a few grey levels) at a small part of the cost of a kernel of
+    6 sigma taps at full size (the default blur of a 256 px crop: sigma 20 px, 20 ms a face).
+    """
+    factor = int(sigma // SIGMA_PIXELS_WHEN_SHRUNK)
+    if factor <= 1:
+        for _ in range(passes):
+            image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        return image
+    height, width = image.shape[:2]
+    small = cv2.resize(image, (max(1, round(width / factor)), max(1, round(height / factor))), interpolation=cv2.INTER_AREA)
+    for _ in range(passes):
+        small = cv2.GaussianBlur(small, (0, 0), sigma * small.shape[1] / width, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 class PixelateMethod(Method):
