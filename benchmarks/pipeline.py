@@ -339,7 +339,9 @@ def versus_deface(shared: Path, weights_dir: Path | None, deface_python: Path, r
                         "deface_images_per_s": list(deface_by_round.values()),
                         "ratio_of_medians": round(median_ours / median_deface, 2),
                         "ratio_per_round": [round(value, 2) for value in pairs],
-                        "load_1min": [row["load_1min_before"] for row in rows]})
+                        "anonymize_cpu_s_per_image": [row.get("cpu_s_per_image") for row in ours],
+                        "deface_cpu_s_per_image": [row.get("cpu_s_per_image") for row in rows if str(row.get("tool", "")).startswith("deface")],
+                        "load_1min_before_each": [row["load_1min_before"] for row in ours]})
     return rows + summary
 
 
