@@ -324,10 +324,14 @@ def versus_deface(shared: Path, weights_dir: Path | None, deface_python: Path, r
         order = [("anonymize", workers[0]), ("deface", 0), *[("anonymize", count) for count in workers[1:]]]
         for tool, count in order:
             load = os.getloadavg()[0]
-            row = _anonymize_run(shared, weights_dir, count) if tool == "anonymize" else bench_deface(deface_python, shared, speed_only=True)
+            if tool == "anonymize":
+                row = _anonymize_run(shared, weights_dir, count)
+            else:
+                row = bench_deface(deface_python, shared, speed_only=True)
             rows.append({"round": round_index + 1, "load_1min_before": round(load, 2), **(row or {})})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    deface_by_round = {row["round"]: row["images_per_s"] for row in rows if str(row.get("tool", "")).startswith("deface")}
+    deface_rows = [row for row in rows if str(row.get("tool", "")).startswith("deface")]
+    deface_by_round = {row["round"]: row["images_per_s"] for row in deface_rows}
     summary = []
     for count in workers:
         ours = [row for row in rows if row.get("executor") == f"--workers {count}"]
@@ -340,7 +344,7 @@ def versus_deface(shared: Path, weights_dir: Path | None, deface_python: Path, r
                         "ratio_of_medians": round(median_ours / median_deface, 2),
                         "ratio_per_round": [round(value, 2) for value in pairs],
                         "anonymize_cpu_s_per_image": [row.get("cpu_s_per_image") for row in ours],
-                        "deface_cpu_s_per_image": [row.get("cpu_s_per_image") for row in rows if str(row.get("tool", "")).startswith("deface")],
+                        "deface_cpu_s_per_image": [row.get("cpu_s_per_image") for row in deface_rows],
                         "load_1min_before_each": [row["load_1min_before"] for row in ours]})
     return rows + summary
 
