@@ -55,7 +55,10 @@ Y_COLUMNS = [1, 3, 6, 8, 10, 12, 14]
 
 
 def load_retinaface(weights: WeightsStore, device: str):
-    """facexlib's RetinaFace with the verified pinned weights, loaded without unpickling code, ready for inference."""
+    """facexlib's RetinaFace with the verified pinned weights, loaded without unpickling code, ready for inference.
+
+    Its forward takes RGB minus MEAN_RGB in channels-last order (see :class:`RetinaFaceDetector`), not
+    the BGR that facexlib's own ``detect_faces`` feeds it: call it through the detector."""
     import torch
     from facexlib.detection.retinaface import RetinaFace
 
