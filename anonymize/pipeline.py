@@ -33,9 +33,7 @@ from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector
 from anonymize.faces.paste import RegionKind
 from anonymize.io.manifest import (
-    FINISHED_STATUSES,
     MANIFEST_NAME,
-    STATUS_DONE,
     STATUS_ERROR,
     STATUS_NO_FACE,
     STATUS_SKIPPED,

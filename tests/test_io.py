@@ -16,7 +16,7 @@ from PIL import Image, ImageCms, ImageFile, JpegImagePlugin
 from PIL.PngImagePlugin import PngInfo
 
 from anonymize.io import write as write_module
-from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image, sha256_file
+from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
 from anonymize.io.metadata import metadata_beyond_icc, metadata_of
 from anonymize.io.walk import IMAGE_EXTENSIONS, ImageFile as FoundImage, sniff_format, walk_images
 from anonymize.io.write import atomic_write_bytes, encode_image, output_path_for, write_image

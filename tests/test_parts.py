@@ -22,7 +22,7 @@ from anonymize.methods.parts.masks import PARTS, LandmarkFinder, shape_predictor
 from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
-from anonymize.metrics.identity import DlibRecognizer, _network, distance
+from anonymize.metrics.identity import DlibRecognizer, distance, dlib_face_network
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_arcface_model
 from anonymize.weights import WeightsStore
@@ -55,7 +55,7 @@ def finder(store: WeightsStore) -> LandmarkFinder:
 
 @pytest.fixture(scope="module")
 def dlib_identity(store: WeightsStore, finder: LandmarkFinder) -> DlibIdentity:
-    network = _network(store.require("dlib_face_recognition_resnet"), "cpu")
+    network = dlib_face_network(store.require("dlib_face_recognition_resnet"), "cpu")
     return DlibIdentity(network, shape_predictor(store.require("dlib_shape_predictor_5")), finder, tau=0.5)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from anonymize.executors.local import _pool, _prepared_in_order, available_cores
+from anonymize.executors.local import available_cores, prepared_in_order, worker_pool
 from anonymize.faces.choose import choose_detector
 from anonymize.io.walk import ImageFile, walk_tree
 from anonymize.methods import FaceCrop
@@ -65,10 +65,10 @@ class FaceCollector:
         """The faces in walk order, ``faces_per_batch`` at a time (an image's faces stay together);
         ``advance`` hears each image's face count."""
         workers = available_cores() if self.workers is None else self.workers
-        pool = _pool(workers)
+        pool = worker_pool(workers)
         batch: list[FaceCrop] = []
         try:
-            for prepared in _prepared_in_order(pool, self.stages, self.files, {}, max(8, 4 * workers)):
+            for prepared in prepared_in_order(pool, self.stages, self.files, {}, max(8, 4 * workers)):
                 self.images += 1
                 if prepared.error is not None:
                     self.errors.append(prepared.error)

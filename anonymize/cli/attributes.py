@@ -25,7 +25,7 @@ from anonymize.attributes.sources import SOURCES, UnknownSource, create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.cli import app
 from anonymize.cli.console import Device, console, fail, progress_bar, stdout
-from anonymize.cli.run import _parse_options  # -p KEY=VALUE, parsed as `run` parses it
+from anonymize.cli.run import parse_options  # -p KEY=VALUE, parsed as `run` parses it
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.methods.base import FaceCrop
 from anonymize.weights import WeightsError, WeightsStore
@@ -112,7 +112,7 @@ def estimate_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Estimate the CelebA attributes of every face under INPUT_DIR and write them as Parquet, one row per face."""
-    options = _parse_options(option, as_json)
+    options = parse_options(option, as_json)
     if labels is not None:
         options["labels"] = str(labels)
     resolved = input_dir.resolve()

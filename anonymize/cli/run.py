@@ -110,7 +110,8 @@ class RichProgress(PipelineProgress):
             self._download.stop()
 
 
-def _parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
+def parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
+    """``-p KEY=VALUE`` pairs -> a dict; a pair without ``=`` fails in one line."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -218,7 +219,7 @@ def run_command(
         input_dir=source,
         output_dir=target,
         method=method.value,
-        method_options=_with_falco_flags(method.value, _parse_options(option, as_json), unique_pairs, save_latents, as_json),
+        method_options=_with_falco_flags(method.value, parse_options(option, as_json), unique_pairs, save_latents, as_json),
         margin=margin if margin is not None else 0.0,
         detector=detector.value,
         weights_dir=weights_dir,

@@ -75,7 +75,7 @@ def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, li
         _run_local(stages, files, previous, faces_per_batch, workers, record, times)
 
 
-def _prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
+def prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
                        previous: dict[str, list[dict[str, Any]]], window: int) -> Iterator[Prepared]:
     """Prepare ``files`` on the pool, at most ``window`` ahead, and yield them in walk order.
 
@@ -102,7 +102,8 @@ def _prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
             future.cancel()
 
 
-def _pool(workers: int) -> Any:
+def worker_pool(workers: int) -> Any:
+    """Threads for prepare and finish; with one worker or none, calls run inline (the serial path)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
 
 
@@ -118,11 +119,11 @@ def run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, l
 def _run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
                 faces_per_batch: int, workers: int, advance: Callable[[int], None]) -> int:
     method = stages.method()
-    pool = _pool(workers)
+    pool = worker_pool(workers)
     surveyed = 0
     batch: list[Any] = []
     try:
-        for item in _prepared_in_order(pool, stages, files, previous, max(8, 4 * workers)):
+        for item in prepared_in_order(pool, stages, files, previous, max(8, 4 * workers)):
             if item.needs_method:
                 batch.extend(item.crops())
             advance(len(item.faces))
@@ -139,7 +140,7 @@ def _run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, 
 
 def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
                faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
-    pool = _pool(workers)
+    pool = worker_pool(workers)
     in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
     finishing: deque[list[Future]] = deque()
     stop = False
@@ -171,7 +172,7 @@ def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, l
         times.images += len(batch)
         finishing.append(futures)
 
-    prepared = _prepared_in_order(pool, stages, files, previous, max(8, 4 * workers))
+    prepared = prepared_in_order(pool, stages, files, previous, max(8, 4 * workers))
     try:
         batch: list[Prepared] = []
         faces = 0

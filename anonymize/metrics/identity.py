@@ -42,7 +42,7 @@ class DlibRecognizer:
         self._predictor = _predictor(weights.require("dlib_shape_predictor_5"))
         encoder_path = weights.require("dlib_face_recognition_resnet")
         if backend == "torch":
-            self._network: DlibFaceResNet | None = _network(encoder_path, str(torch.device(device)))
+            self._network: DlibFaceResNet | None = dlib_face_network(encoder_path, str(torch.device(device)))
             self._encoder = None
         else:
             self._network = None
@@ -112,5 +112,6 @@ def _encoder(path: Path) -> dlib.face_recognition_model_v1:
 
 
 @lru_cache(maxsize=4)
-def _network(path: Path, device: str) -> DlibFaceResNet:
+def dlib_face_network(path: Path, device: str) -> DlibFaceResNet:
+    """dlib's recognizer network read from ``path`` on ``device``, loaded once per process (a model cache)."""
     return load_dlib_face_resnet(path).to(device)

@@ -121,9 +121,9 @@ class PartsMethod(Method):
             self._require_latent([artefact_of("arcface")])
             self.artefacts.append(artefact_of("arcface"))
             return ArcFaceIdentity(load_arcface_model(self.context.weights, self.device), self.params.tau)
-        from anonymize.metrics.identity import _network
+        from anonymize.metrics.identity import dlib_face_network
 
-        network = _network(self.context.weights.require("dlib_face_recognition_resnet"), str(self.device))
+        network = dlib_face_network(self.context.weights.require("dlib_face_recognition_resnet"), str(self.device))
         predictor5 = shape_predictor(self.context.weights.require("dlib_shape_predictor_5"))
         return DlibIdentity(network, predictor5, self.finder, self.params.dlib_tau)
 
