@@ -48,10 +48,10 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodConte
 from anonymize.methods.cfa.objective import CfaWeights
 from anonymize.methods.cfa.sphere import direction_seed, random_direction, target_on_sphere
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
+from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
 from anonymize.methods.falco.optimize import LoopResult, OptimSettings, optimise_codes, real_targets
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact, load_farl_text_model
+from anonymize.models.registry import artefact_of, generator_artefact, load_farl_text_model
 
 # InterFaceGAN's conditioned attributes (gender, age, eyeglasses, smile): an edit leaves them alone by default.
 DEFAULT_CONDITIONS = "Male,Young,Eyeglasses,Smiling"
@@ -158,37 +158,21 @@ class AttributeEditMethod(Method):
                 raise ValueError("the lambdas must be >= 0")
             if not 0 < self.angle <= 180:
                 raise ValueError(f"angle must be in (0, 180] degrees, got {self.angle}")
-            layers = self.trainable_layers
-            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
-                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
-            if self.bank_size < 0 or not 0 < self.psi <= 1:
-                raise ValueError("bank_size must be >= 0 and psi in (0, 1]")
-            if self.generator not in GENERATORS:
-                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+            check_latent_options(self)
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
-        self.device = torch.device(context.device)
         params = self.params
-        if params.bf16 and self.device.type != "cuda":
-            raise MethodError("method 'attributes': bf16=true needs a CUDA device (--device cuda)")
         self.targets = parse_set(params.set)
         self.flips = parse_attribute_names(params.flip, "flip") if params.flip.strip() else ()
         self.randomized = parse_attribute_names(params.randomize, "randomize") if params.randomize.strip() else ()
         self.edited = (*self.targets, *self.flips, *self.randomized)
         self.files = parse_direction_files(params.direction_files)
         self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
-        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
-                                             generator_artefact(params.generator)]))
-        context.weights.require_all(self.artefacts, purpose="attribute edits (FALCO's weights)",
-                                    alternative="no download needed: --method blur|pixelate|mask")
-        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
-        self.models = load_latent_models(context.weights, params.generator, self.device, self.name)
+        stack = open_latent_stack(context, params, self.name, "attribute edits (FALCO's weights)",
+                                  {"trainable_layers": params.trainable_layers})
+        self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         generator = self.models.networks.generator
-        out_of_range = [layer for layer in params.trainable_layers if layer >= generator.num_ws]
-        if out_of_range:
-            raise MethodError(f"method 'attributes': trainable_layers {out_of_range} do not exist; "
-                              f"the generator has W+ layers 0..{generator.num_ws - 1}")
         try:
             self.user_directions = {name: load_direction_file(path, generator.num_ws, generator.w_dim)
                                     for name, path in self.files.items()}

@@ -38,12 +38,12 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodConte
 from anonymize.methods.camouflage.objective import CamouflageLoss, CamouflageWeights, SourceTargets, appearance_of, source_targets
 from anonymize.methods.camouflage.references import SELECTIONS, ReferenceSet, reference_files
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
+from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
 from anonymize.methods.falco.optimize import mix_codes, optimise_codes
 from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.methods.plan_store import read_plan, write_plan
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact
+from anonymize.models.registry import artefact_of, generator_artefact
 
 CONSISTENCIES = ("face", "person")
 PLAN_FORMAT = 1
@@ -98,35 +98,20 @@ class CamouflageMethod(Method):
                 raise ValueError("steps must be >= 0, lr > 0 and lr_gamma in (0, 1]")
             if min(self.lambda_id, self.lambda_feat, self.lambda_app, self.lambda_pix) < 0:
                 raise ValueError("the lambdas must be >= 0")
-            for name in ("source_layers", "trainable_layers"):
-                layers = getattr(self, name)
-                if len(set(layers)) != len(layers) or (layers and min(layers) < 0):
-                    raise ValueError(f"{name} must be distinct non-negative W+ layer indices, got {layers}")
-            if not self.trainable_layers:
-                raise ValueError("trainable_layers must name at least one W+ layer")
-            if self.bank_size < 0 or not 0 < self.psi <= 1:
-                raise ValueError("bank_size must be >= 0 and psi in (0, 1]")
-            if self.generator not in GENERATORS:
-                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+            layers = self.source_layers
+            if len(set(layers)) != len(layers) or (layers and min(layers) < 0):
+                raise ValueError(f"source_layers must be distinct non-negative W+ layer indices, got {layers}")
+            check_latent_options(self)
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
         self.dataset_level = self.params.consistency == "person"
-        self.device = torch.device(context.device)
-        if self.params.bf16 and self.device.type != "cuda":
-            raise MethodError("method 'camouflage': bf16=true needs a CUDA device (--device cuda)")
         self.reference_dir = Path(self.params.reference).expanduser() if self.params.reference else None
         if self.reference_dir is not None and not self.reference_dir.is_dir():
             raise MethodError(f"method 'camouflage': reference {self.reference_dir}: not a folder")
-        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
-                                             generator_artefact(self.params.generator)]))
-        context.weights.require_all(self.artefacts, purpose="camouflage", alternative="no download needed: --method blur|pixelate|mask")
-        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
-        self.models = load_latent_models(context.weights, self.params.generator, self.device, self.name)
-        num_ws = self.models.networks.generator.num_ws
-        wrong = [layer for layer in (*self.params.source_layers, *self.params.trainable_layers) if layer >= num_ws]
-        if wrong:
-            raise MethodError(f"method 'camouflage': W+ layers {wrong} do not exist; the generator has layers 0..{num_ws - 1}")
+        stack = open_latent_stack(context, self.params, self.name, "camouflage",
+                                  {"source_layers": self.params.source_layers, "trainable_layers": self.params.trainable_layers})
+        self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         p = self.params
         self.weights = CamouflageWeights(p.lambda_id, p.id_margin, p.lambda_feat, p.lambda_app, p.lambda_pix, p.psnr_ceiling)
         self.bank_key = BankKey(self.sha256[generator_artefact(p.generator)], self.sha256[artefact_of("farl")],

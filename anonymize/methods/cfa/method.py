@@ -47,13 +47,13 @@ from anonymize.methods.cfa.sphere import (
     target_on_sphere,
 )
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import load_latent_models, optimisation_batch_size
+from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
 from anonymize.methods.falco.optimize import optimise_codes, real_targets
 from anonymize.methods.falco.pairing import FakePairer
 from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.methods.plan_store import read_plan, write_plan
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import GENERATORS, artefact_of, generator_artefact
+from anonymize.models.registry import artefact_of, generator_artefact
 
 DIRECTIONS = ("bank", "random")
 CONSISTENCIES = ("face", "person")
@@ -161,31 +161,15 @@ class CfaMethod(Method):
                 raise ValueError("max_tries must be >= 1, steps >= 0, lr > 0 and lr_gamma in (0, 1]")
             if min(self.lambda_tgt, self.lambda_ang, self.lambda_attr, self.lambda_lat) < 0:
                 raise ValueError("the lambdas must be >= 0")
-            layers = self.trainable_layers
-            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
-                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
-            if self.bank_size < 0 or not 0 < self.psi <= 1:
-                raise ValueError("bank_size must be >= 0 and psi in (0, 1]")
-            if self.generator not in GENERATORS:
-                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+            check_latent_options(self)
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
-        self.device = torch.device(context.device)
-        if self.params.bf16 and self.device.type != "cuda":
-            raise MethodError("method 'cfa': bf16=true needs a CUDA device (--device cuda)")
         self.gallery = Path(self.params.gallery).expanduser() if self.params.gallery else None
         if self.gallery is not None and not self.gallery.is_dir():
             raise MethodError(f"method 'cfa': gallery {self.gallery}: not a folder")
-        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
-                                             generator_artefact(self.params.generator)]))
-        context.weights.require_all(self.artefacts, purpose="CFA", alternative="no download needed: --method blur|pixelate|mask")
-        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
-        self.models = load_latent_models(context.weights, self.params.generator, self.device, self.name)
-        num_ws = self.models.networks.generator.num_ws
-        out_of_range = [layer for layer in self.params.trainable_layers if layer >= num_ws]
-        if out_of_range:
-            raise MethodError(f"method 'cfa': trainable_layers {out_of_range} do not exist; the generator has W+ layers 0..{num_ws - 1}")
+        stack = open_latent_stack(context, self.params, self.name, "CFA", {"trainable_layers": self.params.trainable_layers})
+        self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         self.angles = self.params.angle_list()
         self.renders = [Render(variant, angle) for variant in range(self.params.variants) for angle in self.angles]
         self.weights = CfaWeights(self.params.lambda_tgt, self.params.lambda_ang, self.params.lambda_attr, self.params.lambda_lat)

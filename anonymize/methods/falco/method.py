@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -118,30 +118,12 @@ class FalcoMethod(Method):
                 raise ValueError(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
             if self.lambda_id < 0 or self.lambda_attr < 0:
                 raise ValueError("lambda_id and lambda_attr must be >= 0")
-            layers = self.trainable_layers
-            if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
-                raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
-            if self.bank_size < 0:
-                raise ValueError(f"bank_size must be >= 0 (0 = automatic), got {self.bank_size}")
-            if not 0 < self.psi <= 1:
-                raise ValueError(f"psi must be in (0, 1], got {self.psi}")
-            if self.generator not in GENERATORS:
-                raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+            check_latent_options(self)
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
-        self.device = torch.device(context.device)
-        if self.params.bf16 and self.device.type != "cuda":
-            raise MethodError("method 'falco': bf16=true needs a CUDA device (--device cuda)")
-        self.artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
-                                             generator_artefact(self.params.generator)]))
-        require_all(context.weights, self.artefacts)
-        self.sha256 = {name: context.weights.sha256(name) or "" for name in self.artefacts}
-        self.models = self._load_models()
-        num_ws = self.models.networks.generator.num_ws
-        out_of_range = [layer for layer in self.params.trainable_layers if layer >= num_ws]
-        if out_of_range:
-            raise MethodError(f"method 'falco': trainable_layers {out_of_range} do not exist; the generator has W+ layers 0..{num_ws - 1}")
+        stack = open_latent_stack(context, self.params, self.name, "FALCO", {"trainable_layers": self.params.trainable_layers})
+        self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         self.bank_key = BankKey(
             generator_sha256=self.sha256[generator_artefact(self.params.generator)],
             farl_sha256=self.sha256[artefact_of("farl")],
@@ -153,9 +135,6 @@ class FalcoMethod(Method):
                                       self.params.lambda_attr, context.margin, self.params.bf16)
         self.bank: FakeBank | None = None
         self.pairer: FakePairer | None = None
-
-    def _load_models(self) -> FalcoModels:
-        return load_latent_models(self.context.weights, self.params.generator, self.device, self.name)
 
     # -- what the manifest records ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
@@ -226,6 +205,49 @@ class FalcoMethod(Method):
         np.save(buffer, code.detach().float().cpu().numpy(), allow_pickle=False)
         atomic_write_bytes(Path(self.context.output_dir) / relative, buffer.getvalue())
         return relative.as_posix()
+
+
+def check_latent_options(params: Any) -> None:
+    """The option checks every W+ method shares (call it from Params.validate: a ValueError is one line)."""
+    layers = params.trainable_layers
+    if not layers or len(set(layers)) != len(layers) or min(layers) < 0:
+        raise ValueError(f"trainable_layers must be distinct non-negative W+ layer indices, got {layers}")
+    if params.bank_size < 0:
+        raise ValueError(f"bank_size must be >= 0 (0 = automatic), got {params.bank_size}")
+    if not 0 < params.psi <= 1:
+        raise ValueError(f"psi must be in (0, 1], got {params.psi}")
+    if params.generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {params.generator!r}")
+
+
+@dataclass(frozen=True)
+class LatentStack:
+    """What every W+ method opens first: its device, the weight files it uses (with their sha256) and the models."""
+
+    device: torch.device
+    artefacts: list[str]
+    sha256: dict[str, str]
+    models: FalcoModels
+
+
+def open_latent_stack(context: MethodContext, params: Any, method: str, purpose: str,
+                      layers: Mapping[str, Sequence[int]]) -> LatentStack:
+    """Check the device and the weights (one message for all that is missing), load e4e, the generator,
+    ArcFace and FaRL, and check every named set of W+ ``layers`` exists in the generator."""
+    device = torch.device(context.device)
+    if params.bf16 and device.type != "cuda":
+        raise MethodError(f"method {method!r}: bf16=true needs a CUDA device (--device cuda)")
+    artefacts = list(dict.fromkeys([artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"),
+                                    generator_artefact(params.generator)]))
+    context.weights.require_all(artefacts, purpose=purpose, alternative="no download needed: --method blur|pixelate|mask")
+    sha256 = {name: context.weights.sha256(name) or "" for name in artefacts}
+    models = load_latent_models(context.weights, params.generator, device, method)
+    num_ws = models.networks.generator.num_ws
+    for name, chosen in layers.items():
+        missing = [layer for layer in chosen if layer >= num_ws]
+        if missing:
+            raise MethodError(f"method {method!r}: {name} {missing} do not exist; the generator has W+ layers 0..{num_ws - 1}")
+    return LatentStack(device, artefacts, sha256, models)
 
 
 def load_latent_models(store: WeightsStore, generator_name: str, device: torch.device, method: str) -> FalcoModels:
