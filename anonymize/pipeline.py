@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from anonymize import __version__
+from anonymize.adversarial import AdversarialSettings
+from anonymize.adversarial.settings import ADVERSARIAL_METHOD
 from anonymize.executors.base import StageTimes
 from anonymize.executors.local import available_cores, run_local, run_survey
 from anonymize.faces.choose import DetectorChoice, choose_detector
@@ -50,7 +52,8 @@ from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method
 from anonymize.methods.base import IdentityFrom
-from anonymize.stages import PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, build_detector, build_method
+from anonymize.stages import (PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, adversarial_plan_dir, build_detector,
+                              build_method)
 from anonymize.weights import WeightsStore
 
 OnNoFace = Literal["copy", "skip", "fail"]
@@ -104,6 +107,7 @@ class RunConfig:
     executor: Executor = "local"
     ray_address: str | None = None  # --executor ray: the cluster to join (None: a local Ray)
     identity_from: IdentityFrom = "cluster"  # dataset-level methods: who is the same person (folder: one per folder)
+    adversarial: AdversarialSettings | None = None  # stage IV on the final image (-p adversarial=); --method adversarial: PGD
 
 
 @dataclass
@@ -223,6 +227,8 @@ class Pipeline:
     """One run over one input tree; build it, then call :meth:`run`."""
 
     def __init__(self, config: RunConfig, progress: Progress | None = None) -> None:
+        if config.method == ADVERSARIAL_METHOD and config.adversarial is None:
+            config = replace(config, adversarial=AdversarialSettings())  # the method is the identity crop + PGD
         self.config = config
         self.progress = progress or Progress()
         self.run_id = new_run_id()
@@ -281,6 +287,7 @@ class Pipeline:
             "jpeg_quality": config.jpeg_quality,
             "on_no_face": config.on_no_face,
             "identity_from": config.identity_from,
+            "adversarial": asdict(config.adversarial) if config.adversarial else None,
         }
 
     def _earlier_settings(self) -> dict[str, Any] | None:
@@ -415,6 +422,8 @@ class Pipeline:
         faces_per_batch = config.batch_size or method.default_batch_size()
         if method.dataset_level:
             self._survey(stages, files, previous, faces_per_batch)
+        if config.adversarial is not None and config.adversarial.kind == "uap" and not config.dry_run:
+            self._plan_universal(stages, files, previous)
         self.progress.start(len(files))
         try:
             self._append(writer, [self._other_row(stages, entry, summary) for entry in others])
@@ -457,6 +466,36 @@ class Pipeline:
             raise RunError(f"{self.config.output_dir}: cannot store the {method.name} plan ({exc.strerror or exc})") from None
         shown = ", ".join(f"{key} {value}" for key, value in figures.items())
         self.progress.note(f"{method.name} plan: {surveyed} faces surveyed{', ' + shown if shown else ''}")
+
+    def _plan_universal(self, stages: Stages, files: list[ImageFile], previous: dict[str, list[dict[str, Any]]]) -> None:
+        """Pass 1 of ``-p adversarial=uap``: one perturbation over the original faces of the run (kept when
+        an earlier run into this folder stored one with the same settings: what was written stays valid)."""
+        from anonymize.adversarial.plan import plan_universal, read_universal
+        from anonymize.metrics.identity import DlibRecognizer
+
+        settings = self.config.adversarial
+        assert settings is not None
+        plan_dir = adversarial_plan_dir(self.config)
+        if read_universal(plan_dir, settings) is not None:
+            self.progress.note("adversarial=uap: reusing the universal perturbation stored by the earlier run")
+            return
+        self.progress.note("adversarial=uap: pass 1 computes one universal perturbation over the run's faces")
+        self.progress.start(len(files), phase="universal perturbation")
+
+        def faces() -> Any:
+            for file in files:
+                item = stages.prepare(file, previous.get(str(file.relpath)))
+                self.progress.advance(len(item.faces))
+                if item.needs_method:
+                    yield item.image.rgb, [face.box for face in item.faces]  # type: ignore[union-attr]
+
+        recognizer = DlibRecognizer(self.weights, device=self.device)
+        try:
+            universal = plan_universal(recognizer, faces(), settings, plan_dir, self.config.output_dir, self.config.seed)
+        except OSError as exc:
+            raise RunError(f"{self.config.output_dir}: cannot store the universal perturbation ({exc.strerror or exc})") from None
+        self.progress.note(f"adversarial=uap: fooling rate {universal.fooling_rate:.0%} of the surveyed faces "
+                           f"after {universal.passes} passes")
 
     def facts(self) -> RunFacts:
         """What the stages of this run need besides the models (shipped to every worker)."""

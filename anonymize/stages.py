@@ -30,6 +30,7 @@ from anonymize.faces.paste import Region, paste_face, replace_whole
 from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image
 from anonymize.io.manifest import FINISHED_STATUSES, STATUS_DONE, STATUS_ERROR, STATUS_NO_FACE, WORK_DIR_NAME, readable
+from anonymize.io.store import Location
 from anonymize.io.walk import ImageFile
 from anonymize.io.write import is_regular_file_in, output_path_for, render_relpath, write_image
 from anonymize.methods import FaceCrop, Method, MethodContext, create_method
@@ -229,6 +230,8 @@ class Stages:
         try:
             metrics = [dict(face.metrics) for face in outcome]
             composite = self._composite(item, [face.crop for face in outcome])
+            if self.config.adversarial is not None:
+                composite = self._perturb(item, composite, metrics)
             if self.config.identity_metric:
                 self._add_identity_distance(item, composite, metrics)
             output = self._write(item, composite)
@@ -267,6 +270,27 @@ class Stages:
             box = face.box if len(face.landmarks) else None  # no box to cover when nothing was detected
             result = paste_face(result, crop, aligned, region, box)
         return result
+
+    def _perturb(self, item: Prepared, composite: np.ndarray, metrics: list[dict[str, Any]]) -> np.ndarray:
+        """Stage IV (``-p adversarial=``): perturb the final image against dlib's recogniser, before the write."""
+        perturbed, added = self._cached("perturber", self._build_perturber).perturb(
+            item.image.rgb, composite, [face.box for face in item.faces])  # type: ignore[union-attr]
+        for face_metrics, figures in zip(metrics, added):
+            face_metrics.update(figures)
+        return perturbed
+
+    def _build_perturber(self) -> Any:
+        from anonymize.adversarial.attack import Perturber
+        from anonymize.adversarial.plan import read_universal
+        from anonymize.metrics.identity import DlibRecognizer
+
+        settings = self.config.adversarial
+        assert settings is not None
+        recognizer = DlibRecognizer(WeightsStore(self.config.weights_dir), device=self.facts.device)
+        universal = read_universal(adversarial_plan_dir(self.config), settings) if settings.kind == "uap" else None
+        if settings.kind == "uap" and universal is None:
+            raise RuntimeError("no universal perturbation stored for this run (pass 1 did not finish)")
+        return Perturber(recognizer, settings, universal)
 
     def _add_identity_distance(self, item: Prepared, composite: np.ndarray, metrics: list[dict[str, Any]]) -> None:
         from anonymize.metrics.identity import distance
@@ -339,6 +363,11 @@ def build_method(config: RunConfig, device: str, expected_faces: int | None = No
         identity_from=config.identity_from,
     )
     return create_method(config.method, context, config.method_options)
+
+
+def adversarial_plan_dir(config: RunConfig) -> Location:
+    """Where ``-p adversarial=uap`` keeps the run's universal perturbation (a resumed run reuses it)."""
+    return config.output_dir / WORK_DIR_NAME / PLANS_DIR_NAME / "adversarial-uap"
 
 
 def build_detector(facts: RunFacts) -> Detector | None:

@@ -12,6 +12,7 @@ from rich.progress import TextColumn
 from rich.table import Table
 from rich.text import Text
 
+from anonymize.adversarial import AdversarialError, split_adversarial_options
 from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
@@ -166,7 +167,7 @@ def run_command(
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
     method: MethodName = typer.Option("falco", help="Anonymization method."),
     margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original (default 0)."),
-    option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1."),
+    option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1; any method: -p adversarial=fgsm|pgd|uap (-p adv_eps=4/255 -p adv_steps=10) perturbs the output against dlib's recogniser."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
     detector: DetectorName = typer.Option("auto", help="Face detector. auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
@@ -215,11 +216,16 @@ def run_command(
         fail(str(exc), as_json=as_json)
     if audit and uses_store(source, target, manifest_path):
         fail("--audit reads local folders only; audit a local copy with `anonymize audit`", as_json=as_json)
+    try:  # -p adversarial=fgsm|pgd|uap (adv_eps, adv_steps): the finishing step of any method, not a method option
+        method_options, adversarial = split_adversarial_options(parse_options(option, as_json), method.value)
+    except AdversarialError as exc:
+        fail(str(exc), as_json=as_json)
     config = RunConfig(
         input_dir=source,
         output_dir=target,
         method=method.value,
-        method_options=_with_falco_flags(method.value, parse_options(option, as_json), unique_pairs, save_latents, as_json),
+        method_options=_with_falco_flags(method.value, method_options, unique_pairs, save_latents, as_json),
+        adversarial=adversarial,
         margin=margin if margin is not None else 0.0,
         detector=detector.value,
         weights_dir=weights_dir,

@@ -84,6 +84,11 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "attr_edit_achieved": pa.string(),  # attributes: JSON attribute -> the written face's zero-shot probability
     "attr_edit_keep_drift": pa.float32(),  # attributes: mean |change| of the non-target attributes' probabilities
     "attr_edit_identity": pa.string(),  # attributes: the identity loss ("falco", "cfa", "none")
+    "adv_kind": pa.string(),  # -p adversarial=: fgsm, pgd or uap (stage IV, on the final image)
+    "adv_eps": pa.float32(),  # its L-inf bound, image units (4/255: 4 grey levels)
+    "adv_distance_before": pa.float32(),  # dlib (PyTorch) distance to the original face before the perturbation
+    "adv_distance_after": pa.float32(),  # the same after it (before the JPEG encoding of the write)
+    "adv_psnr_db": pa.float32(),  # PSNR of the perturbed vs unperturbed final image under the face's dlib chip
 }
 
 SCHEMA = pa.schema(

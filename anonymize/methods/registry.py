@@ -17,6 +17,7 @@ METHODS: dict[str, str] = {
     "pixelate": "anonymize.methods.classical:PixelateMethod",
     "mask": "anonymize.methods.classical:MaskMethod",
     "ksame": "anonymize.methods.ksame.method:KSameMethod",
+    "adversarial": "anonymize.methods.adversarial:AdversarialMethod",
 }
 
 

@@ -48,16 +48,31 @@ class DlibRecognizer:
             self._network = None
             self._encoder = _encoder(encoder_path)
 
+    @property
+    def network(self) -> DlibFaceResNet:
+        """The PyTorch network (torch backend): differentiable, for attacks through the chips."""
+        if self._network is None:
+            raise ValueError("the dlib backend has no PyTorch network")
+        return self._network
+
+    def landmarks(self, rgb: np.ndarray, boxes: Boxes) -> list[np.ndarray]:
+        """dlib's 5 landmarks (5 x 2, x and y) fitted in each x0, y0, x1, y1 box: where :meth:`chips` cuts."""
+        return [np.array([(part.x, part.y) for part in shape.parts()], dtype=np.float64)
+                for shape in self._shapes(np.ascontiguousarray(rgb), boxes)]
+
+    def _shapes(self, image: np.ndarray, boxes: Boxes) -> dlib.full_object_detections:
+        shapes = dlib.full_object_detections()
+        for x0, y0, x1, y1 in boxes:
+            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+            shapes.append(self._predictor(image, rect))
+        return shapes
+
     def chips(self, rgb: np.ndarray, boxes: Boxes) -> list[np.ndarray]:
         """dlib's 150 x 150 uint8 RGB chips of the faces in the given x0, y0, x1, y1 boxes."""
         if len(boxes) == 0:
             return []
         image = np.ascontiguousarray(rgb)
-        shapes = dlib.full_object_detections()
-        for x0, y0, x1, y1 in boxes:
-            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-            shapes.append(self._predictor(image, rect))
-        return list(dlib.get_face_chips(image, shapes, size=CHIP_SIZE, padding=CHIP_PADDING))
+        return list(dlib.get_face_chips(image, self._shapes(image, boxes), size=CHIP_SIZE, padding=CHIP_PADDING))
 
     def descriptors(self, rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
         """N x 128 descriptors for the given x0, y0, x1, y1 boxes of one image."""

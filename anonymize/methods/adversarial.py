@@ -1,0 +1,18 @@
+"""``--method adversarial``: the face left as it is, then only the adversarial finishing step
+(:mod:`anonymize.adversarial`; PGD unless ``-p adversarial=fgsm|uap``). A face a person still
+recognises and a recogniser should not: the output is meant to fool machines, not people."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from anonymize.methods.base import AnonymizedFace, FaceCrop, Method
+
+
+class AdversarialMethod(Method):
+    name = "adversarial"
+    default_region = "crop"  # the identity crop: pasting it back changes no pixel but the resampling's
+    loss_recognisers = ("dlib",)  # the perturbation is computed against dlib's ResNet (white-box for it)
+
+    def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
+        return [AnonymizedFace(face.image.copy()) for face in faces]
