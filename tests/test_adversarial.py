@@ -18,6 +18,8 @@ from anonymize.adversarial.evaluate import measure
 from anonymize.adversarial.universal import universal_perturbation
 from anonymize.cli import app
 from anonymize.faces.chips import extract_face_chips, face_chip_location
+from anonymize.io.manifest import read_manifest
+from anonymize.methods.plan_store import read_plan
 from anonymize.metrics.identity import DlibRecognizer
 
 EYES_AND_NOSE = np.array([(140.0, 90.0), (122.0, 91.0), (78.0, 90.0), (96.0, 91.0), (110.0, 125.0)])  # dlib's 5 points
@@ -116,3 +118,26 @@ def test_adversarial_options_on_another_method_from_the_cli(tmp_path):
     result = CliRunner().invoke(app, ["run", str(tmp_path / "in"), "--method", "blur", "-p", "adversarial=cw"])
     assert result.exit_code != 0
     assert "adversarial='cw': choose one of fgsm, pgd, uap" in result.output
+
+
+def test_uap_from_the_cli_stores_one_perturbation_and_applies_it(five_identities, tiny_env, tmp_path):
+    """-p adversarial=uap after blur: pass 1 stores one chip-space perturbation within eps, pass 2
+    warps it into every written face, which moves further from its original on average."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for photo in sorted(five_identities.iterdir())[:2]:
+        shutil.copy(photo, source / photo.name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(source), "--out", str(out), "--method", "pixelate", "--aligned",
+                                      "--detector", "dlib-hog", "--workers", "0", "--device", "cpu", "--quiet",
+                                      "-p", "adversarial=uap", "-p", "adv_eps=8/255"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    stored = read_plan(out / ".anonymize" / "plan" / "adversarial-uap")
+    assert stored is not None
+    arrays, info = stored
+    assert arrays["perturbation"].shape == (3, 150, 150)
+    assert np.abs(arrays["perturbation"]).max() <= 8.0 + 1e-4
+    assert info["faces"] == 2
+    rows = read_manifest(out / "manifest.parquet")[0].to_pandas()
+    assert list(rows.adv_kind) == ["uap", "uap"]
+    assert rows.adv_distance_after.mean() > rows.adv_distance_before.mean()
