@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
 from anonymize.adversarial import AdversarialError, AdversarialSettings, split_adversarial_options
-from anonymize.adversarial.attack import apply_universal, footprint
+from anonymize.adversarial.attack import attack_region, shifted_location, apply_universal, footprint
 from anonymize.adversarial.evaluate import measure
 from anonymize.adversarial.universal import universal_perturbation
 from anonymize.cli import app
@@ -64,6 +64,20 @@ def test_a_universal_perturbation_reaches_the_chip_through_the_inverse_warp():
     outside[y0:y1, x0:x1] = False
     assert np.array_equal(perturbed[outside], photo[outside])
     assert np.abs(perturbed.astype(int) - photo.astype(int)).max() <= 4
+
+
+@pytest.mark.parametrize("scale", [1.0, 6.0])  # 6: a large face, cut from a shrunk pyramid level
+def test_the_attack_reads_only_a_box_around_the_chips(scale):
+    """PGD works on the box around the faces' chips (a big photo stays cheap): dlib's chips cut from
+    that box, pyramid margins included, equal the chips cut from the whole photo."""
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (int(300 * scale), int(320 * scale), 3), dtype=np.uint8)
+    location = face_chip_location(EYES_AND_NOSE * scale)
+    x0, y0, x1, y1 = attack_region([location], photo.shape[:2])
+    assert (x1 - x0) * (y1 - y0) < photo.shape[0] * photo.shape[1]
+    whole = extract_face_chips(photo, [location])
+    boxed = extract_face_chips(np.ascontiguousarray(photo[y0:y1, x0:x1]), [shifted_location(location, x0, y0)])
+    assert torch.equal(whole, boxed)
 
 
 @pytest.fixture(scope="module")

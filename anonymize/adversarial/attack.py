@@ -52,9 +52,10 @@ def gradient_attack(network: DlibFaceResNet, final: np.ndarray, targets: Sequenc
     if not targets:
         return final
     device = network.channel_means.device
-    image = torch.from_numpy(np.array(final)).permute(2, 0, 1).float().to(device)
+    x0, y0, x1, y1 = attack_region([target.location for target in targets], final.shape[:2])
+    image = torch.from_numpy(np.array(final[y0:y1, x0:x1])).permute(2, 0, 1).float().to(device)  # only what the chips read
     originals = torch.from_numpy(np.stack([target.original for target in targets])).float().to(device)
-    locations = [target.location for target in targets]
+    locations = [shifted_location(target.location, x0, y0) for target in targets]
     bound = settings.eps_levels
     steps, step = (1, bound) if settings.kind == "fgsm" else (settings.steps, PGD_STEP_FACTOR * bound / settings.steps)
     delta = torch.zeros_like(image)
@@ -66,7 +67,29 @@ def gradient_attack(network: DlibFaceResNet, final: np.ndarray, targets: Sequenc
         with torch.no_grad():
             delta = (delta + step * gradient.sign()).clamp(-bound, bound)
             delta = (image + delta).clamp(0, 255) - image  # stay a valid image
-    return _to_uint8(image + delta.detach())
+    perturbed = final.copy()
+    perturbed[y0:y1, x0:x1] = _to_uint8(image + delta.detach())
+    return perturbed
+
+
+def attack_region(locations: Sequence[ChipLocation], shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The photo box holding every chip's footprint and the margin dlib's pyramid reads around it
+    (about 4 pixels per level of shrinking), so chips cut from the box equal chips cut from the photo."""
+    height, width = shape
+    boxes = []
+    for location in locations:
+        corners = location.corners()
+        side = location.rect[2] - location.rect[0] + 1
+        margin = 8 * side / location.size + 8
+        boxes.append((corners[:, 0].min() - margin, corners[:, 1].min() - margin, corners[:, 0].max() + margin, corners[:, 1].max() + margin))
+    x0, y0 = max(int(math.floor(min(box[0] for box in boxes))), 0), max(int(math.floor(min(box[1] for box in boxes))), 0)
+    x1, y1 = min(int(math.ceil(max(box[2] for box in boxes))) + 1, width), min(int(math.ceil(max(box[3] for box in boxes))) + 1, height)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+
+def shifted_location(location: ChipLocation, dx: int, dy: int) -> ChipLocation:
+    left, top, right, bottom = location.rect
+    return ChipLocation((left - dx, top - dy, right - dx, bottom - dy), location.angle, location.size)
 
 
 def apply_universal(final: np.ndarray, locations: Sequence[ChipLocation], perturbation: np.ndarray,
