@@ -4,6 +4,7 @@ the shared W+ loop, batching. Faces are the smooth synthetic crops of test_falco
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -163,3 +164,36 @@ def test_randomize_draws_each_faces_side_by_randomised_response_seeded_by_its_ke
         make_method(randomize="Smiling", epsilon="-1")
     with pytest.raises(MethodError, match="in randomize and in set or flip"):
         make_method(flip="Smiling", randomize="Smiling")
+
+
+def test_stage_two_chooses_the_quasi_identifiers_over_the_dataset_before_any_face_is_rendered(make_method, faces, tmp_path):
+    """select=k: pass 1 estimates every face, the plan recodes the qi values to classes of at least k."""
+    plan_dir = tmp_path / "out" / ".anonymize" / "plan" / "attributes"
+    method = make_method(select="k", qi="Male,Young", k="2")
+    method.context = replace(method.context, plan_dir=plan_dir)
+    assert method.dataset_level
+    method.survey(faces[:1])
+    method.survey(faces[1:])
+    figures = method.plan()
+    assert figures["faces"] == 2 and figures["smallest class"] >= 2
+    keys = [face.key for face in faces]
+    chosen = method.chosen_values(keys)
+    assert np.array_equal(chosen[0], chosen[1])  # k=2 over two faces: one class
+    start = torch.from_numpy(np.stack([method.surveyed[key] for key in keys]))
+    goals, is_target = method.goals(start, keys)
+    columns = [CELEBA_ATTRIBUTES.index("Male"), CELEBA_ATTRIBUTES.index("Young")]
+    assert torch.equal(goals[:, columns], torch.from_numpy(chosen.astype(np.float32)))
+    assert is_target[:, columns].all() and is_target[:, GLASSES].all()
+    copy = make_method(select="k", qi="Male,Young", k="2")  # a copy that did not plan (a Ray actor) reads the plan
+    copy.context = replace(copy.context, plan_dir=plan_dir)
+    assert np.array_equal(copy.chosen_values(keys), chosen)
+
+
+def test_stage_two_options_are_checked_before_anything_runs(make_method):
+    with pytest.raises(MethodError, match="needs the quasi-identifiers"):
+        make_method(select="k")
+    with pytest.raises(MethodError, match="in qi and in set"):
+        make_method(select="k", qi="Eyeglasses")
+    with pytest.raises(MethodError, match="needs Algorithm 1's t"):
+        make_method(select="literal", qi="Male")
+    assert not make_method().dataset_level

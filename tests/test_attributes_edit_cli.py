@@ -48,3 +48,24 @@ def test_a_run_without_a_target_stops_before_writing(tiny_env, two_photos, tmp_p
     result = cli("run", two_photos, "--out", tmp_path / "out", "--aligned", "--method", "attributes", "--device", "cpu")
     assert result.exit_code != 0 and "no target attribute" in result.output
     assert not (tmp_path / "out" / "manifest.parquet").exists()
+
+
+def test_stage_two_then_stage_three_from_the_cli_gives_every_class_of_quasi_identifiers_k_faces(tiny_env, shared_dir, tmp_path):
+    source = tmp_path / "four"
+    for identity in ("0", "1"):
+        (source / identity).mkdir(parents=True)
+        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:2]:
+            shutil.copy(photo, source / identity / photo.name)
+    out = tmp_path / "out"
+    result = cli("run", source, "--out", out, "--aligned", "--method", "attributes", "--device", "cpu", "--json",
+                 "-p", "select=k", "-p", "qi=Male,Young,Smiling", "-p", "k=2", "-p", "steps=1", "-p", "bank_size=24")
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
+    classes: dict[tuple, int] = {}
+    for row in rows:
+        targets = json.loads(row["attr_edit_targets"])
+        pattern = tuple(targets[name] for name in ("Male", "Young", "Smiling"))
+        classes[pattern] = classes.get(pattern, 0) + 1
+    assert min(classes.values()) >= 2
+    assert (out / ".anonymize" / "plan" / "attributes" / "plan.npz").is_file()

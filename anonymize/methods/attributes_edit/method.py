@@ -6,7 +6,11 @@ Per batch of aligned 256 px crops:
    (the other side of the face's current zero-shot estimate, ``p0 >= 0.5``) and/or
    ``randomize=Male,Young`` with ``epsilon=1`` (stage II's randomised response: the face's current
    side kept with probability e^eps / (1 + e^eps), else the other; seeded by the run seed and the
-   face key);
+   face key) and/or ``select=k|literal`` with ``qi=Male,Eyeglasses,...`` (stage II chooses the
+   quasi-identifiers' values over the whole dataset: ``k`` the k-member recoding that reaches
+   ``k`` (and ``l``/``t`` on ``sensitive``) with few flips, ``literal`` Algorithm 1 with ``t``);
+   with ``select`` the method is dataset-level: pass 1 estimates every face's attributes, the
+   plan stores each face's chosen values, pass 2 renders them;
 2. the directions: for each target attribute the InterFaceGAN boundary fitted on the fake bank
    (:mod:`.boundaries`; fitted once, cached beside the bank), made conditional on the attributes of
    ``condition`` and the other targets, or the user's file (``direction_files=Smiling:smile.pt``);
@@ -32,7 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from anonymize.attributes.ppas import keep_probability, randomized_response
+from anonymize.attributes.ppas import (
+    Requirements,
+    Selection,
+    SelectionError,
+    k_member_recoding,
+    keep_probability,
+    randomized_response,
+    select_attributes_literal,
+)
+from anonymize.attributes.privacy import equivalence_classes
 from anonymize.attributes.table import CELEBA_ATTRIBUTES
 from anonymize.attributes.zero_shot import ZeroShotPrompts, parse_attribute_names
 from anonymize.methods.attributes_edit.boundaries import (
@@ -50,8 +63,11 @@ from anonymize.methods.cfa.sphere import direction_seed, random_direction, targe
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
 from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
 from anonymize.methods.falco.optimize import LoopResult, OptimSettings, optimise_codes, real_targets
+from anonymize.methods.plan_store import read_plan, write_plan
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import artefact_of, generator_artefact, load_farl_text_model
+
+SELECTIONS = ("", "k", "literal")  # stage II over the dataset: none, k-member recoding, Algorithm 1
 
 # InterFaceGAN's conditioned attributes (gender, age, eyeglasses, smile): an edit leaves them alone by default.
 DEFAULT_CONDITIONS = "Male,Young,Eyeglasses,Smiling"
@@ -111,6 +127,12 @@ class AttributeEditMethod(Method):
         flip: str = ""  # attributes to turn to the other side of the face's estimate, e.g. "Male,Young"
         randomize: str = ""  # attributes whose target is the face's side after randomised response, e.g. "Male,Young"
         epsilon: float = 1.0  # randomize: the face's side kept with probability e^eps / (1 + e^eps)
+        select: str = ""  # stage II over the dataset: "k" (k-member recoding) or "literal" (Algorithm 1); "" none
+        qi: str = ""  # select: the quasi-identifier attributes whose values stage II chooses, e.g. "Male,Eyeglasses"
+        sensitive: str = ""  # select=k: attributes that must stay l-diverse / t-close in every class
+        k: int = 5  # select=k: the smallest class over the quasi-identifiers
+        l: int = 0  # select=k: distinct-l on the sensitive attributes (0: not required)
+        t: float = 0.0  # select=k: t-closeness on the sensitive attributes (0: not required); select=literal: Algorithm 1's t
         identity: str = "falco"  # identity loss: "falco" (|cos - m|), "cfa" (new identity at `angle`), "none"
         direction_files: str = ""  # user directions instead of bank boundaries, e.g. "Smiling:smile.pt"
         condition: str = DEFAULT_CONDITIONS  # boundaries made orthogonal to these attributes' (and the other targets')
@@ -134,8 +156,13 @@ class AttributeEditMethod(Method):
         def validate(self) -> None:
             targets, flips = parse_set(self.set), parse_attribute_names(self.flip, "flip") if self.flip.strip() else ()
             randomized = parse_attribute_names(self.randomize, "randomize") if self.randomize.strip() else ()
-            if not targets and not flips and not randomized:
-                raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling and/or -p randomize=Male")
+            selected = self.selected()
+            if not targets and not flips and not randomized and not selected:
+                raise ValueError("no target attribute: give -p set=Eyeglasses:1 and/or -p flip=Smiling and/or -p randomize=Male "
+                                 "and/or -p select=k -p qi=Male,Eyeglasses")
+            again = sorted(set(selected) & (set(targets) | set(flips) | set(randomized)))
+            if again:
+                raise ValueError(f"{', '.join(again)}: in qi and in set, flip or randomize")
             both = sorted(set(targets) & set(flips))
             if both:
                 raise ValueError(f"{', '.join(both)}: both in set and flip")
@@ -160,13 +187,35 @@ class AttributeEditMethod(Method):
                 raise ValueError(f"angle must be in (0, 180] degrees, got {self.angle}")
             check_latent_options(self)
 
+        def selected(self) -> tuple[str, ...]:
+            """The quasi-identifiers stage II chooses (``select``), checked; () without ``select``."""
+            if self.select not in SELECTIONS:
+                raise ValueError(f"select must be one of {', '.join(s or repr(s) for s in SELECTIONS)}, got {self.select!r}")
+            if not self.select:
+                if self.qi.strip():
+                    raise ValueError("qi needs -p select=k or -p select=literal")
+                return ()
+            if not self.qi.strip():
+                raise ValueError(f"select={self.select} needs the quasi-identifiers: -p qi=Male,Eyeglasses,...")
+            if self.k < 1 or self.l < 0 or not 0 <= self.t <= 1:
+                raise ValueError("k must be >= 1, l >= 0 and t in [0, 1]")
+            if self.select == "literal" and self.t <= 0:
+                raise ValueError("select=literal needs Algorithm 1's t: -p t=0.3")
+            if self.sensitive.strip():
+                parse_attribute_names(self.sensitive, "sensitive")
+            return parse_attribute_names(self.qi, "qi")
+
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
         params = self.params
         self.targets = parse_set(params.set)
         self.flips = parse_attribute_names(params.flip, "flip") if params.flip.strip() else ()
         self.randomized = parse_attribute_names(params.randomize, "randomize") if params.randomize.strip() else ()
-        self.edited = (*self.targets, *self.flips, *self.randomized)
+        self.selected = params.selected()
+        self.edited = (*self.targets, *self.flips, *self.randomized, *self.selected)
+        self.dataset_level = bool(self.selected)  # stage II needs every face's attributes first
+        self.surveyed: dict[str, np.ndarray] = {}  # face key -> its zero-shot probabilities [A] (pass 1)
+        self.chosen: dict[str, np.ndarray] | None = None  # face key -> the qi values stage II chose (the plan)
         self.files = parse_direction_files(params.direction_files)
         self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
         stack = open_latent_stack(context, params, self.name, "attribute edits (FALCO's weights)",
@@ -258,7 +307,71 @@ class AttributeEditMethod(Method):
                 drawn = randomized_response(sides[row], self.params.epsilon, [self.context.seed, zlib.crc32(key.encode())]).codes
                 goals[row, columns] = torch.from_numpy(drawn.astype(np.float32)).to(goals.device)
             is_target[:, columns] = True
+        if self.selected:
+            columns = [CELEBA_ATTRIBUTES.index(name) for name in self.selected]
+            chosen = self.chosen_values(keys)
+            goals[:, columns] = torch.from_numpy(chosen.astype(np.float32)).to(goals.device)
+            is_target[:, columns] = True
         return goals, is_target
+
+    # -- stage II over the dataset (select=...) --------------------------------------------------------
+    def survey(self, faces: Sequence[FaceCrop]) -> None:
+        """Pass 1: every face's zero-shot attribute probabilities."""
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
+        with torch.no_grad():
+            probabilities = self.prompts.probabilities(self.models.networks.farl(real).cls.float()).cpu().numpy()
+        self.surveyed.update((face.key, row) for face, row in zip(faces, probabilities))
+
+    def plan(self) -> dict[str, Any]:
+        """Stage II on every face (stored faces and new ones), keeping what a stored plan chose."""
+        stored = read_plan(self.context.plan_dir)
+        keys = [str(key) for key in stored[0]["keys"]] if stored else []
+        probabilities = [row for row in stored[0]["probabilities"]] if stored else []
+        chosen = {key: row for key, row in zip(keys, stored[0]["chosen"])} if stored else {}
+        new = [key for key in self.surveyed if key not in chosen]
+        keys += new
+        probabilities += [self.surveyed[key] for key in new]
+        if not keys:
+            self.chosen = {}
+            return {"faces": 0}
+        columns = [CELEBA_ATTRIBUTES.index(name) for name in self.selected]
+        everything = np.stack(probabilities)
+        codes = (everything[:, columns] >= 0.5).astype(np.int8)
+        try:
+            selection = self._select(codes, everything)
+        except SelectionError as exc:
+            raise MethodError(f"method 'attributes': select={self.params.select}: {exc}") from None
+        for row, key in enumerate(keys):
+            chosen.setdefault(key, selection.codes[row])  # a face already written keeps its values
+        self.chosen = chosen
+        if self.context.plan_dir is not None:
+            write_plan(self.context.plan_dir, {"keys": np.asarray(keys), "probabilities": everything.astype(np.float32),
+                                               "chosen": np.stack([chosen[key] for key in keys]).astype(np.int8)},
+                       {"select": self.params.select, "qi": list(self.selected)}, self.context.output_dir)
+        released = np.stack([chosen[key] for key in keys])
+        return {"faces": len(keys), "values changed": int((released != codes).sum()),
+                "smallest class": int(equivalence_classes(released).sizes.min())}
+
+    def _select(self, codes: np.ndarray, probabilities: np.ndarray) -> Selection:
+        params = self.params
+        if params.select == "literal":
+            return select_attributes_literal(codes, params.t, self.selected)
+        sensitive = None
+        if params.sensitive.strip():
+            columns = [CELEBA_ATTRIBUTES.index(name) for name in parse_attribute_names(params.sensitive, "sensitive")]
+            sensitive = (probabilities[:, columns] >= 0.5).astype(np.int8)
+        requirements = Requirements(params.k, params.l or None, params.t or None)
+        return k_member_recoding(codes, requirements, sensitive)
+
+    def chosen_values(self, keys: Sequence[str]) -> np.ndarray:
+        """[B, len(qi)] the values stage II chose for these faces (read from the stored plan by a copy that did not plan)."""
+        if self.chosen is None:
+            stored = read_plan(self.context.plan_dir)
+            self.chosen = {str(key): row for key, row in zip(stored[0]["keys"], stored[0]["chosen"])} if stored else {}
+        missing = [key for key in keys if key not in self.chosen]
+        if missing:
+            raise MethodError(f"method 'attributes': {missing[0]} is not in the stage II plan; re-run with --overwrite")
+        return np.stack([self.chosen[key] for key in keys])
 
     def edit(self, faces: Sequence[FaceCrop]) -> EditResult:
         """Targets, linear edit and optimisation of a batch (what :meth:`anonymize` writes and records)."""
