@@ -15,7 +15,7 @@ import hashlib
 import json
 import shutil
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,3 +203,12 @@ def shared_dir() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"{SHARED} is absent: the real test photos live there (see the project README)")
     return SHARED
+
+
+def copy_celeba_ids(shared_dir: Path, dest: Path, identities: Sequence[str] = ("0", "1"), per_identity: int = 2) -> Path:
+    """The first ``per_identity`` aligned CelebA photos of each identity, copied into ``dest/<identity>/``."""
+    for identity in identities:
+        (dest / identity).mkdir(parents=True)
+        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:per_identity]:
+            shutil.copy(photo, dest / identity / photo.name)
+    return dest

@@ -13,6 +13,7 @@ from PIL import Image
 
 from tests.test_attributes_edit import EDIT_COLUMNS
 from tests.test_falco_cli import cli
+from tests.conftest import copy_celeba_ids
 
 
 @pytest.fixture
@@ -51,11 +52,7 @@ def test_a_run_without_a_target_stops_before_writing(tiny_env, two_photos, tmp_p
 
 
 def test_stage_two_then_stage_three_from_the_cli_gives_every_class_of_quasi_identifiers_k_faces(tiny_env, shared_dir, tmp_path):
-    source = tmp_path / "four"
-    for identity in ("0", "1"):
-        (source / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:2]:
-            shutil.copy(photo, source / identity / photo.name)
+    source = copy_celeba_ids(shared_dir, tmp_path / "four")
     out = tmp_path / "out"
     result = cli("run", source, "--out", out, "--aligned", "--method", "attributes", "--device", "cpu", "--json",
                  "-p", "select=k", "-p", "qi=Male,Young,Smiling", "-p", "k=2", "-p", "steps=1", "-p", "bank_size=24")

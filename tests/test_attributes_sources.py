@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from anonymize.attributes.landmarks import (RULES, brow_arch, eye_aspect_ratio, 
                                              rule_probabilities, smile)
 from anonymize.attributes.probe import ProbeError, ProbeSource, farl_features, load_heads
 from anonymize.cli import app
+from tests.conftest import copy_celeba_ids
 
 SMILING, OPEN = CELEBA_ATTRIBUTES.index("Smiling"), CELEBA_ATTRIBUTES.index("Mouth_Slightly_Open")
 
@@ -205,11 +205,7 @@ def test_attributes_cli_refuses_to_write_into_its_input(tiny_env, portraits):
 def celeba_six(shared_dir, tmp_path) -> Path:
     """Three aligned photos of each of two identities; hand labels: identity 0's photos 'Smiling', identity 1's not,
     and 'Eyeglasses' for nobody (one class only: no head)."""
-    folder = tmp_path / "celeba"
-    for identity in ("0", "1"):
-        (folder / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:3]:
-            shutil.copy(photo, folder / identity / photo.name)
+    folder = copy_celeba_ids(shared_dir, tmp_path / "celeba", per_identity=3)
     lines = ["image_id,Smiling,Eyeglasses"] + [f"{path.relative_to(folder).as_posix()},{1 if path.parent.name == '0' else -1},-1"
                                                for path in sorted(folder.rglob("*.jpg"))]
     (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import pytest
 import anonymize.cli.calibrate  # noqa: F401  (attaches `calibrate` to the app)
 from anonymize.audit.calibrate import CalibrationError, calibrate, identity_folders, threshold_at_far
 from tests.test_falco_cli import cli
+from tests.conftest import copy_celeba_ids
 
 
 def test_the_threshold_accepts_at_most_the_far_share_of_different_pairs():
@@ -55,11 +55,7 @@ def test_dlib_on_celeba_identities_accepts_most_same_pairs_at_a_strict_far(share
 
 
 def test_arcface_calibration_runs_on_the_arcface_weights(tiny_env, shared_dir, tmp_path):
-    source = tmp_path / "ids"
-    for identity in ("0", "1"):
-        (source / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:2]:
-            shutil.copy(photo, source / identity / photo.name)
+    source = copy_celeba_ids(shared_dir, tmp_path / "ids")
     result = cli("calibrate", source, "--recognizer", "arcface", "--far", "0.25", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)

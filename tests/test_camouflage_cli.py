@@ -9,7 +9,6 @@ the audit reading the goal and naming the white-box recogniser).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
 from anonymize.cli import app
 from anonymize.faces.align import ffhq_quad
 from anonymize.io.manifest import read_manifest
+from tests.conftest import copy_celeba_ids
 
 FAST = ["--method", "camouflage", "--device", "cpu", "--aligned", "-p", "steps=2", "-p", "bank_size=24", "--json"]
 CAMO_COLUMNS = ("camo_reference_index", "camo_reference_kind", "camo_id_cos", "camo_psnr_db", "camo_output_kept", "camo_passed")
@@ -34,12 +34,7 @@ def cli(*args: object):
 
 @pytest.fixture
 def celeba_subset(shared_dir: Path, tmp_path: Path) -> Path:
-    source = tmp_path / "celeba"
-    for identity in ("0", "1"):
-        (source / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:2]:
-            shutil.copy(photo, source / identity / photo.name)
-    return source
+    return copy_celeba_ids(shared_dir, tmp_path / "celeba")
 
 
 def test_camouflage_runs_records_the_human_goal_and_the_audit_judges_it_with_a_recogniser_outside_its_loss(

@@ -7,7 +7,6 @@ variant) and three renders beside it, and one manifest row per face listing them
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +17,13 @@ from PIL import Image
 from anonymize.audit.pairing import pair_images
 from tests.test_cfa import CFA_COLUMNS
 from tests.test_falco_cli import cli
+from tests.conftest import copy_celeba_ids
 
 
 @pytest.fixture
 def two_people(shared_dir: Path, tmp_path: Path) -> Path:
     """Two identities x two aligned photos, in their identity folders."""
-    source = tmp_path / "celeba"
-    for identity in ("0", "1"):
-        (source / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:2]:
-            shutil.copy(photo, source / identity / photo.name)
-    return source
+    return copy_celeba_ids(shared_dir, tmp_path / "celeba")
 
 
 def test_a_cfa_sweep_with_variants_writes_every_render_and_lists_them_in_the_manifest(tiny_env, two_people, tmp_path):

@@ -26,6 +26,7 @@ from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.manifest import read_manifest
 from anonymize.methods.falco.bank import bank_dir
 from anonymize.weights import WeightsStore
+from tests.conftest import copy_celeba_ids
 
 FAST = ["--method", "falco", "--device", "cpu", "-p", "steps=3", "-p", "bank_size=40", "--json"]
 FALCO_COLUMNS = ("fake_index", "pairing_similarity", "id_cos_before", "id_cos_after", "id_margin_gap",
@@ -40,12 +41,7 @@ def cli(*args: str):
 @pytest.fixture
 def celeba_subset(shared_dir: Path, tmp_path: Path) -> Path:
     """Two identities x three aligned photos, in their identity folders."""
-    source = tmp_path / "celeba"
-    for identity in ("0", "1"):
-        (source / identity).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / identity).glob("*.jpg"))[:3]:
-            shutil.copy(photo, source / identity / photo.name)
-    return source
+    return copy_celeba_ids(shared_dir, tmp_path / "celeba", per_identity=3)
 
 
 def test_falco_on_aligned_celeba_pastes_the_square_back_fills_the_manifest_and_resumes(tiny_env, celeba_subset, tmp_path):

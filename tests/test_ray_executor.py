@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from anonymize.pipeline import RunConfig, run
+from tests.conftest import copy_celeba_ids
 from tests.run_outputs import assert_same_run, identities
 
 ray = pytest.importorskip("ray")
@@ -81,11 +82,7 @@ def test_falco_with_the_tiny_networks_on_ray_equals_the_local_run(local_ray, tin
 
 def test_a_dataset_level_method_on_ray_uses_the_plan_the_driver_stored(local_ray, shared_dir, tmp_path):
     """k-Same surveys and plans on the driver; every Ray method actor reads the stored groups."""
-    source = tmp_path / "celeba"
-    for person in ("0", "1", "2"):
-        (source / person).mkdir(parents=True)
-        for photo in sorted((shared_dir / "data" / "celeba-ids" / person).glob("*.jpg"))[:2]:
-            shutil.copy(photo, source / person / photo.name)
+    source = copy_celeba_ids(shared_dir, tmp_path / "celeba", ("0", "1", "2"))
     ksame = {"method": "ksame", "method_options": {"k": "2"}, "aligned": True, "device": "cpu",
              "identity_from": "folder", "detector": "dlib-hog"}
     run(RunConfig(source, tmp_path / "local", **ksame))
