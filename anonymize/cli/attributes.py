@@ -17,14 +17,13 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.table import Table
-from typer.core import TyperGroup
 
 from anonymize.attributes.collect import FaceCollector
 from anonymize.attributes.io import concat_attribute_tables, write_attribute_table
 from anonymize.attributes.sources import SOURCES, UnknownSource, create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.cli import app
-from anonymize.cli.console import Device, console, fail, progress_bar, stdout
+from anonymize.cli.console import DefaultCommandGroup, Device, console, fail, progress_bar, stdout
 from anonymize.cli.run import parse_options  # -p KEY=VALUE, parsed as `run` parses it
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.methods.base import FaceCrop
@@ -33,13 +32,10 @@ from anonymize.weights import WeightsError, WeightsStore
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
 
 
-class AttributesGroup(TyperGroup):
+class AttributesGroup(DefaultCommandGroup):
     """``attributes`` with sub-commands, where a first word that is no sub-command means ``estimate``."""
 
-    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["estimate", *args]
-        return super().parse_args(ctx, args)
+    default_command = "estimate"
 
 
 attributes_app = typer.Typer(

@@ -14,14 +14,13 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
 from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE
 from anonymize.audit.human import PRIVACY_GOALS
 from anonymize.audit.compare import load_comparison, legend, selected_columns, format_value, comparison_json, write_comparison_report
 from anonymize.cli import app
-from anonymize.cli.console import Device, fail, progress_bar, stdout
+from anonymize.cli.console import DefaultCommandGroup, Device, fail, progress_bar, stdout
 from anonymize.faces.detect import DETECTORS
 from anonymize.weights import WeightsError
 
@@ -32,15 +31,10 @@ AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTOR
 PrivacyGoal = Enum("PrivacyGoal", {name: name for name in ("auto", *PRIVACY_GOALS)}, type=str)
 
 
-class AuditGroup(TyperGroup):
+class AuditGroup(DefaultCommandGroup):
     """``audit`` with sub-commands, where a first word that is no sub-command means ``check``."""
 
     default_command = "check"
-
-    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = [self.default_command, *args]
-        return super().parse_args(ctx, args)
 
 
 audit_app = typer.Typer(

@@ -11,6 +11,7 @@ from enum import Enum
 from typing import NoReturn
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -44,3 +45,15 @@ def progress_bar(label: str, *columns: ProgressColumn, quiet: bool = False, tran
     """The one progress-bar look of every command (on stderr; ``quiet`` turns it off)."""
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), *columns, TimeElapsedColumn(),
                     TimeRemainingColumn(), console=console, disable=quiet, transient=transient)
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A command group where a first word that is no sub-command means ``default_command``
+    (``anonymize audit A B`` is ``anonymize audit check A B``)."""
+
+    default_command: str = ""
+
+    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
