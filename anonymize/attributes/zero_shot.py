@@ -26,7 +26,7 @@ import torch
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
 from anonymize.methods.base import FaceCrop
-from anonymize.models.farl import FaRLTextEncoder, encode_prompts
+from anonymize.models.farl import FaRLTextEncoder, encode_prompt_pairs
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsStore
 
@@ -103,9 +103,7 @@ class ZeroShotPrompts:
 
     @classmethod
     def build(cls, text_encoder: FaRLTextEncoder, names: Sequence[str] = CELEBA_ATTRIBUTES) -> ZeroShotPrompts:
-        prompts = [prompt for name in names for prompt in PROMPTS[name]]
-        embeddings = encode_prompts(text_encoder, prompts).view(len(names), 2, -1)
-        return cls(tuple(names), embeddings, float(text_encoder.logit_scale.exp()))
+        return cls(tuple(names), *encode_prompt_pairs(text_encoder, [PROMPTS[name] for name in names]))
 
     def logits(self, image_embeddings: torch.Tensor) -> torch.Tensor:
         """[N, A] log-odds ``s * (cos(f, t_with) - cos(f, t_without))`` of unit image embeddings [N, E]

@@ -316,3 +316,11 @@ def encode_prompts(text_encoder: FaRLTextEncoder, prompts: Sequence[str]) -> tor
     every zero-shot user (the parts method, the zero-shot attribute source) turns text into FaRL space."""
     tokens = tokenize(prompts, text_encoder.config.context_length).to(text_encoder.text_projection.device)
     return text_encoder(tokens).float()
+
+
+@torch.no_grad()
+def encode_prompt_pairs(text_encoder: FaRLTextEncoder, pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, float]:
+    """Zero-shot pairs of prompts (one side, the other) -> their unit embeddings [P, 2, embed_dim] and
+    FaRL's temperature (``exp(logit_scale)``): what every two-way zero-shot decision is built from."""
+    embeddings = encode_prompts(text_encoder, [prompt for pair in pairs for prompt in pair]).view(len(pairs), 2, -1)
+    return embeddings, float(text_encoder.logit_scale.exp())

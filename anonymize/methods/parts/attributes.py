@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anonymize.models.farl import FaRLTextEncoder, encode_prompts, tokenize  # noqa: F401 (tokenize: re-exported)
+from anonymize.models.farl import FaRLTextEncoder, encode_prompt_pairs, tokenize  # noqa: F401 (tokenize: re-exported)
 
 PROMPT = "a photo of a face with {}"
 # part -> (the attribute the paper gives it, its opposite)
@@ -38,11 +38,9 @@ class AttributeTexts:
     logit_scale: float
 
     @classmethod
-    @torch.no_grad()
     def build(cls, text_encoder: FaRLTextEncoder, parts: Sequence[str] = tuple(ATTRIBUTES)) -> AttributeTexts:
-        prompts = [PROMPT.format(side) for part in parts for side in ATTRIBUTES[part]]
-        embeddings = encode_prompts(text_encoder, prompts).view(len(parts), 2, -1)
-        return cls(tuple(parts), embeddings, float(text_encoder.logit_scale.exp()))
+        pairs = [(PROMPT.format(ATTRIBUTES[part][0]), PROMPT.format(ATTRIBUTES[part][1])) for part in parts]
+        return cls(tuple(parts), *encode_prompt_pairs(text_encoder, pairs))
 
     def targets(self, image_embedding: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
         """[len(parts), 2, E]: per part (target prompt, current prompt) for a face's unit image embedding [E]."""
