@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.walk import image_files
+
 RECOGNIZERS = ("dlib", "arcface")
 
 
@@ -55,7 +57,7 @@ def identity_folders(root: Path, max_per_identity: int | None = None) -> list[tu
         raise CalibrationError(f"{root}: not a folder (expected one sub-folder of face images per identity)")
     found = []
     for folder in sorted(path for path in root.iterdir() if path.is_dir()):
-        images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+        images = image_files(folder, recursive=False)
         if images:
             found.append((folder.name, images[:max_per_identity] if max_per_identity else images))
     if len(found) < 2:
@@ -109,16 +111,13 @@ def calibrate(embeddings: np.ndarray, labels: Sequence[int], far: float, recogni
 def embed_folders(folders: list[tuple[str, list[Path]]], embed: Callable[[np.ndarray], np.ndarray],
                   advance: Callable[[], None] | None = None) -> tuple[np.ndarray, list[int]]:
     """Every image's descriptor (``embed`` of its RGB array) and its identity index."""
-    from PIL import Image
-
     embeddings, labels = [], []
     for label, (_, images) in enumerate(folders):
         for path in images:
             try:
-                with Image.open(path) as image:
-                    rgb = np.asarray(image.convert("RGB"))
-            except OSError as exc:
-                raise CalibrationError(f"{path}: cannot be read as an image ({exc})") from None
+                rgb = decode_image(path).rgb
+            except ImageDecodeError as exc:
+                raise CalibrationError(f"{path}: cannot be read as an image ({exc.cause})") from None
             embeddings.append(np.asarray(embed(rgb), dtype=np.float64))
             labels.append(label)
             if advance is not None:

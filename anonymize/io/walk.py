@@ -111,6 +111,13 @@ def walk_tree(root: Path | StorePath, exclude: Path | StorePath | None = None) -
     yield from _walk_dir(root, PurePosixPath(), excluded, visited)
 
 
+def image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """The image files of a side folder (a gallery, references, one identity), by name, sorted: the
+    same notion of "image" as the walk's, for folders that are read whole rather than anonymized."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(path for path in found if _has_image_name(path.name) and path.is_file())
+
+
 def _is_under(path: Path, ancestor: Path | None) -> bool:
     return ancestor is not None and (path == ancestor or ancestor in path.parents)
 

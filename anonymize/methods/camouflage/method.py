@@ -32,16 +32,17 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.camouflage.objective import CamouflageLoss, CamouflageWeights, SourceTargets, appearance_of, source_targets
-from anonymize.methods.camouflage.references import SELECTIONS, ReferenceSet, reference_files
+from anonymize.methods.camouflage.references import SELECTIONS, ReferenceSet
 from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
 from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
 from anonymize.methods.falco.optimize import mix_codes, optimise_codes
 from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.walk import image_files
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import artefact_of, generator_artefact
 
@@ -155,16 +156,15 @@ class CamouflageMethod(Method):
     @torch.no_grad()
     def _folder_references(self) -> ReferenceSet:
         assert self.reference_dir is not None
-        files = reference_files(self.reference_dir)
+        files = image_files(self.reference_dir)  # their order is the reference index
         if not files:
             raise MethodError(f"method 'camouflage': reference folder {self.reference_dir} holds no image")
         ws, features, appearance = [], [], {}
         for index, path in enumerate(files):
             try:
-                with Image.open(path) as image:
-                    rgb = np.asarray(image.convert("RGB"))
-            except OSError as exc:
-                raise MethodError(f"method 'camouflage': reference image {path}: cannot be read ({exc})") from None
+                rgb = decode_image(path).rgb
+            except ImageDecodeError as exc:
+                raise MethodError(f"method 'camouflage': reference image {path}: cannot be read ({exc.cause})") from None
             crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
             real = CanonicalImages.from_uint8(crop[None], self.device)
             ws.append(self.models.encoder(real).float().cpu().numpy()[0])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,14 +27,6 @@ import torch
 from anonymize.methods.falco.pairing import FakePairer
 
 SELECTIONS = ("random", "nearest", "farthest", "fixed")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-def reference_files(folder: Path) -> list[Path]:
-    """The images of a reference folder, in a stable order (their index is the reference index)."""
-    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
-
-
 def face_seed(seed: int, key: str) -> int:
     digest = hashlib.sha256(f"camouflage:{seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little")

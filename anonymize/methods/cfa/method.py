@@ -32,7 +32,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image
 
 from anonymize.io.write import render_relpath
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
@@ -52,12 +51,13 @@ from anonymize.methods.falco.optimize import optimise_codes, real_targets
 from anonymize.methods.falco.pairing import FakePairer
 from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.walk import image_files
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import artefact_of, generator_artefact
 
 DIRECTIONS = ("bank", "random")
 CONSISTENCIES = ("face", "person")
-GALLERY_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 PLAN_FORMAT = 1
 
 
@@ -359,14 +359,12 @@ class CfaMethod(Method):
             return np.zeros((0, 1))
         if self.gallery_embeddings is not None:
             return self.gallery_embeddings
-        files = sorted(path for path in self.gallery.rglob("*") if path.suffix.lower() in GALLERY_SUFFIXES and path.is_file())
         embeddings = []
-        for path in files:
+        for path in image_files(self.gallery):
             try:
-                with Image.open(path) as image:
-                    rgb = np.asarray(image.convert("RGB"))
-            except OSError as exc:
-                raise MethodError(f"method 'cfa': gallery image {path}: cannot be read ({exc})") from None
+                rgb = decode_image(path).rgb
+            except ImageDecodeError as exc:
+                raise MethodError(f"method 'cfa': gallery image {path}: cannot be read ({exc.cause})") from None
             crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
             real = CanonicalImages.from_uint8(crop[None], self.device)
             embeddings.append(self.models.networks.arcface(real).float().cpu().numpy()[0])
