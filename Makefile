@@ -2,11 +2,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
+TFJS_REFERENCE := tests/tfjs_reference
 
-.PHONY: install test bench demo clean
+.PHONY: install tfjs-reference test bench demo clean
 
 # torch/torchvision are pinned to the builds the build machines carry (facexlib needs a working torchvision).
-install:
+install: tfjs-reference
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=23"
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
@@ -14,6 +15,19 @@ install:
 	-@if command -v apt-get >/dev/null 2>&1 && ! command -v chromium >/dev/null 2>&1; then \
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) \
 		|| echo "chromium not installed: the HTML report browser test will skip"; fi
+
+# TensorFlow.js (pure JS, pinned by its package-lock.json) is the reference the TF.js graph reader is tested
+# against. Without npm the tests that need it skip; in CI (CI set) they would fail, so the install fails here first.
+tfjs-reference:
+	@if command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(TFJS_REFERENCE)/node_modules/.package-lock.json; \
+	elif [ -n "$$CI" ]; then \
+		echo "npm not found: CI needs Node.js >= 18 and npm for the TF.js reference (make tfjs-reference)" >&2; exit 1; \
+	else echo "npm not found: the TF.js reference tests will skip (install Node.js >= 18 and npm, then make tfjs-reference)"; fi
+
+# The stamp is the hidden lockfile npm ci writes (touched too): older than package*.json means a stale install.
+$(TFJS_REFERENCE)/node_modules/.package-lock.json: $(TFJS_REFERENCE)/package.json $(TFJS_REFERENCE)/package-lock.json
+	npm ci --no-audit --no-fund --ignore-scripts --prefix $(TFJS_REFERENCE) && touch $@
 
 test:
 	$(BIN)/python -m pytest -q tests
@@ -30,4 +44,4 @@ demo:
 	$(BIN)/anonymize run $(SHARED)/data/portraits --out /tmp/anonymize-demo --method blur --overwrite
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache $(TFJS_REFERENCE)/node_modules

