@@ -376,8 +376,15 @@ class Pipeline:
             "settings": json.dumps(self.settings(), sort_keys=True),
             "detector": json.dumps({**self.detector_choice.as_dict(), "detector": detector.name} if detector and self.detector_choice else {"used": None}),
             "privacy_goal": method.privacy_goal if method else "machine",
-            "loss_recognisers": json.dumps(list(method.loss_recognisers) if method else []),
+            "loss_recognisers": json.dumps(self.loss_recognisers(method)),
         }
+
+    def loss_recognisers(self, method: object) -> list[str]:
+        """Recognisers inside the run's loss: the method's, plus dlib when the adversarial step attacks it."""
+        names = list(getattr(method, "loss_recognisers", ()) or ())
+        if self.config.adversarial is not None and "dlib" not in names:
+            names.append("dlib")
+        return names
 
     # -- the run ----------------------------------------------------------------------------------------
     def run(self) -> RunSummary:

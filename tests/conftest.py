@@ -189,6 +189,40 @@ def audit_weights(tiny_weights: TinyWeights) -> TinyWeights:
     return TinyWeights(tiny_weights.weights_dir, lock_path)
 
 
+HUMAN_RECOGNISER_MODELS = ("faceres", "mobileface")
+
+
+@pytest.fixture(scope="session")
+def human_weights(tiny_weights: TinyWeights, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyWeights:
+    """A weights dir with the real TF.js recognisers (copied from ../shared/weights/human-models, each file
+    verified against the real lock's pinned hash) and RetinaFace, under the tiny lock plus those entries."""
+    from anonymize.weights.human import artefact_names
+
+    source = shared_dir / "weights" / "human-models"
+    if not (source / "faceres.json").is_file():
+        pytest.skip(f"{source} is absent: the independent recognisers' weights live there (see ../shared/README.md)")
+    root = tmp_path_factory.mktemp("human-weights")
+    weights_dir = root / "weights"
+    real = read_lock(REPO_LOCK)
+    entries = []
+    for model in HUMAN_RECOGNISER_MODELS:
+        for artefact in artefact_names(model):
+            artifact = real[artefact]
+            target = weights_dir / artifact.filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / Path(artifact.filename).name, target)
+            entries.append(f"[artifacts.{_toml(artefact)}]\nfilename = {_toml(artifact.filename)}\n"
+                           f"url = {_toml(UNREACHABLE + '/' + Path(artifact.filename).name)}\nsha256 = {_toml(artifact.sha256)}\n"
+                           f'license = "test"\nused_by = ["audit"]')
+    if SHARED_RETINAFACE.is_file():
+        target = weights_dir / real["retinaface_mobilenet0.25"].filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED_RETINAFACE, target)
+    lock_path = root / "human-weights.lock"
+    lock_path.write_text(tiny_weights.lock_path.read_text(encoding="utf-8") + "\n" + "\n\n".join(entries) + "\n", encoding="utf-8")
+    return TinyWeights(weights_dir, lock_path)
+
+
 @pytest.fixture
 def tiny_env(tiny_weights: TinyWeights, monkeypatch: pytest.MonkeyPatch) -> TinyWeights:
     """The tiny weights as the CLI finds them: ANONYMIZE_HOME and ANONYMIZE_WEIGHTS_LOCK set."""

@@ -57,7 +57,8 @@ from anonymize.audit.attributes import (
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
-from anonymize.audit.human import choose_judge, human_goal_figures, resolve_goal
+from anonymize.audit.human import human_goal_figures, resolve_goal
+from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.identities import read_identities
 from anonymize.audit.instruments import OUTPUT_DETECTORS, Recogniser, Unavailable, open_lpips, open_output_detectors, open_recognisers
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
@@ -561,9 +562,12 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     summary["quality"]["farl_frechet_proxy"] = farl_result.value
     summary["quality"]["farl_frechet_proxy_status"] = farl_result.status
     summary["recognisers"] = _recogniser_figures(context)
-    judge, judge_reason = choose_judge([recogniser.name for recogniser in recognisers], pairing.loss_recognisers)
+    judges, judge_reason = choose_judges([recogniser.name for recogniser in recognisers], pairing.loss_recognisers)
+    summary["judges"] = judge_figures(summary["recognisers"], judges, goal, judge_reason, pairing.loss_recognisers)
+    judge = summary["judges"]["worst"] or (judges[0] if judges else None)
     summary["privacy_goal"], summary["privacy_goal_source"] = goal, goal_source
-    summary["recogniser_roles"] = {"white_box": list(pairing.loss_recognisers), "judge": judge, "judge_reason": judge_reason}
+    summary["recogniser_roles"] = {"white_box": list(pairing.loss_recognisers), "judges": judges, "judge": judge,
+                                   "judge_reason": judge_reason}
     if goal == "human":
         summary["human_goal"] = human_goal_figures(summary["recognisers"], _confirmed_face_rows(context), judge, judge_reason,
                                                    pairing.loss_recognisers, config.thresholds.max_face_psnr_db,

@@ -21,7 +21,8 @@ import numpy as np
 from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.walk import image_files
 
-RECOGNIZERS = ("dlib", "arcface")
+RECOGNIZERS = ("dlib", "arcface", "faceres", "mobileface")
+RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the calibration record
 
 
 class CalibrationError(ValueError):
@@ -143,6 +144,18 @@ def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
         raise CalibrationError(f"unknown recognizer {name!r}: choose one of {', '.join(RECOGNIZERS)}")
     store = WeightsStore(weights_dir)
     detector = create_detector("dlib-hog", store, DetectorSettings(device=device))
+    if name in RECORDED:
+        from anonymize.metrics.graph_recognisers import GraphRecogniser
+
+        graph = GraphRecogniser(store, name, device)
+
+        def describe_graph(rgb: np.ndarray) -> np.ndarray:
+            face = centred_face(detector.detect(rgb), rgb.shape)
+            height, width = rgb.shape[:2]
+            box = face.box if face is not None else (width * 0.1, height * 0.1, width * 0.9, height * 0.9)
+            return graph.descriptors(rgb, [box])[0]
+
+        return describe_graph
     if name == "dlib":
         from anonymize.metrics.identity import DlibRecognizer
 
@@ -170,3 +183,24 @@ def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
         return arcface(CanonicalImages.from_uint8(aligned.crop[None], torch.device(device))).float().cpu().numpy()[0]
 
     return embed
+
+
+def write_record(calibration: Calibration, faces_dir: Path, weights_dir: Path | None) -> Path:
+    """Store the threshold where the audit finds it (``<weights>/calibration/<name>.json``), atomically."""
+    import json
+    import os
+    import tempfile
+    from datetime import datetime, timezone
+
+    from anonymize.metrics.graph_recognisers import calibration_record_path
+    from anonymize.weights import WeightsStore
+
+    path = calibration_record_path(WeightsStore(weights_dir), calibration.recognizer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {**calibration.as_dict(), "faces_dir": str(Path(faces_dir).resolve()),
+              "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".calibration-")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump(record, stream, indent=1)
+    os.replace(temporary, path)
+    return path

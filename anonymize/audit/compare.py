@@ -28,6 +28,8 @@ PAPER_COLUMNS = (
     "reid.dlib.verification", "reid.dlib.tpr@0.001", "reid.dlib.tpr@0.01", "reid.dlib.tpr@0.1",
     "reid.dlib.rank1", "reid.dlib.mean_rank", "reid.dlib.parrot_rank1",
     "reid.facenet-casia.tpr@0.001", "reid.facenet-vggface2.tpr@0.001",
+    "reid.faceres.verification", "reid.faceres.tpr@0.001", "reid.faceres.rank1",
+    "reid.mobileface.verification", "reid.mobileface.tpr@0.001", "reid.mobileface.rank1",
     "quality.ssim_face", "quality.psnr_face", "quality.lpips_face", "quality.fid", "quality.farl_proxy",
 )  # fmt: skip
 PLOT_X, PLOT_Y = "quality.ssim_face", "reid.dlib.rank1"

@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from anonymize.audit.instruments import DETECTOR_INSTRUMENTS, FACENET_MODELS
+from anonymize.audit.instruments import DETECTOR_INSTRUMENTS, FACENET_MODELS, GRAPH_RECOGNISERS
 from anonymize.audit.protocols import FARS
 from anonymize.faces.detect import DEFAULT_THRESHOLDS
 
-RECOGNISER_LABELS = {"dlib": "dlib", "facenet-casia": "FaceNet-CASIA", "facenet-vggface2": "FaceNet-VGGFace2"}
+RECOGNISER_LABELS = {"dlib": "dlib", "facenet-casia": "FaceNet-CASIA", "facenet-vggface2": "FaceNet-VGGFace2",
+                     "faceres": "faceres", "mobileface": "mobileface"}
 DETECTOR_LABELS = {"dlib-hog": "dlib", "mtcnn": "MTCNN", "retinaface": "RetinaFace"}
 HIGHER_IS_MORE_PRIVATE = {"mean_rank"}  # for every other re-identification figure, lower is more private
 
@@ -47,7 +48,7 @@ def _reid(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     figures = []
     recognisers = summary.get("recognisers", {})
     unavailable = summary.get("instruments_unavailable", {})
-    names = ["dlib", *(name for name, _, _ in FACENET_MODELS)]
+    names = ["dlib", *(name for name, _, _ in FACENET_MODELS), *GRAPH_RECOGNISERS]
     for name in names:
         label = RECOGNISER_LABELS[name]
         entry = recognisers.get(name)

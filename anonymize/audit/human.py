@@ -12,8 +12,9 @@ audit reports it as such and gates on it:
 * the visual-change floor, which stands in for "leak": a face whose face-box PSNR or SSIM against its
   original stays above the ceiling still shows viewers the original face.
 
-The judge is the first of the audit's recognisers that is not in the method's loss: a recogniser the
-method optimised against (white-box) would flatter the match rate, so it is named but never judges.
+The judges are the audit's recognisers that are not in the method's loss: a recogniser the method
+optimised against (white-box) would flatter the match rate, so it is named but never judges. The
+figures below are the worst judge's (the lowest match rate, :mod:`anonymize.audit.judges`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from anonymize.audit.judges import choose_judges
 
 PRIVACY_GOALS = ("machine", "human")
 HUMAN_FARS = ("0.01", "0.1")  # the papers' operating points
@@ -40,13 +43,8 @@ def resolve_goal(requested: str, recorded: str | None) -> tuple[str, str]:
 
 def choose_judge(available: Sequence[str], in_loss: Sequence[str]) -> tuple[str | None, str]:
     """The first available recogniser not in the method's loss, and why it was chosen."""
-    white_box = set(in_loss)
-    for name in available:
-        if name not in white_box:
-            if in_loss:
-                return name, f"not in the method's loss (white-box for the method: {', '.join(in_loss)})"
-            return name, "the method's loss holds no recogniser the run recorded"
-    return None, f"every available recogniser ({', '.join(available)}) is in the method's loss: nothing can judge it"
+    judges, reason = choose_judges(available, in_loss)
+    return (judges[0] if judges else None), reason
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -1,7 +1,8 @@
 """The audit's measuring instruments, each with the name, threshold and weights a paper would cite.
 
 Recognisers (dlib's ResNet always; FaceNet CASIA-WebFace and VGGFace2 when their weights are
-here), the detectors that look for faces in the outputs (dlib HOG, MTCNN, RetinaFace at their
+here; the TF.js recognisers faceres and mobileface, which no method here optimises against, when the
+human-models are installed), the detectors that look for faces in the outputs (dlib HOG, MTCNN, RetinaFace at their
 default thresholds, as the papers run them), LPIPS and the FaRL-feature Fréchet proxy. An
 instrument whose weights are absent or unverified is listed as unavailable with the reason; it is
 never replaced by another.
@@ -27,13 +28,14 @@ DETECTOR_INSTRUMENTS = {"dlib-hog": "dlib HOG detector (frontal_face_detector)",
                         "mtcnn": "MTCNN (facenet-pytorch 2.5.3 weights)",
                         "retinaface": "RetinaFace MobileNet-0.25"}
 FACENET_MODELS = (("facenet-casia", "casia-webface", "CASIA-WebFace"), ("facenet-vggface2", "vggface2", "VGGFace2"))
+GRAPH_RECOGNISERS = ("faceres", "mobileface")  # anonymize.models.human: the judges outside every method's loss
 LPIPS_ARTEFACTS = ("lpips_alex_linear", "torchvision_alexnet")
 FARL_ARTEFACT = "farl_ep64"
 
 
 @dataclass
 class Recogniser:
-    name: str  # dlib | facenet-casia | facenet-vggface2
+    name: str  # dlib | facenet-casia | facenet-vggface2 | faceres | mobileface
     instrument: str  # what a reader would cite
     threshold: float  # same-person distance
     describe_pair: Callable[[np.ndarray, np.ndarray, Boxes], tuple[np.ndarray, np.ndarray]]  # original, output, boxes
@@ -92,7 +94,33 @@ def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
                 recognisers.append(Recogniser(name, instrument, FACENET_SAME_PERSON_DISTANCE, recogniser.descriptors_of_pair))
                 continue
         unavailable.append(Unavailable(name, instrument, reason))
+    for name in GRAPH_RECOGNISERS:
+        recogniser, missing = open_graph_recogniser(weights, name, device)
+        if recogniser is not None:
+            recognisers.append(recogniser)
+        else:
+            unavailable.append(missing)
     return recognisers, unavailable
+
+
+def open_graph_recogniser(weights: WeightsStore, name: str, device: str) -> tuple[Recogniser | None, Unavailable | None]:
+    """A TF.js recogniser (:mod:`anonymize.metrics.graph_recognisers`) as an audit instrument, or why not."""
+    from anonymize.metrics.graph_recognisers import GraphRecogniser
+    from anonymize.models.human import RECOGNISERS
+    from anonymize.models.tfjs import GraphModelError
+    from anonymize.weights.human import artefact_names
+
+    instrument = RECOGNISERS[name].instrument
+    reason = _usable(weights, [*artefact_names(name), "dlib_shape_predictor_68"])
+    if reason is None:
+        try:
+            graph = GraphRecogniser(weights, name, device)
+        except (GraphModelError, WeightsError) as exc:
+            reason = str(exc)
+        else:
+            described = f"{instrument}; threshold {graph.threshold_source}"
+            return Recogniser(name, described, graph.distance_threshold, graph.descriptors_of_pair), None
+    return None, Unavailable(name, instrument, reason)
 
 
 def open_output_detectors(weights: WeightsStore, device: str) -> tuple[dict[str, Detector], list[Unavailable]]:

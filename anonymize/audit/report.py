@@ -266,13 +266,20 @@ def _verdict(summary: Mapping[str, Any]) -> str:
 def _cards(summary: Mapping[str, Any]) -> str:
     thresholds, reid, quality = summary["thresholds"], summary["reid"], summary["quality"]
     verification = reid["verification_rate"]
+    verified_note = f"{_faces(reid['reidentified'])} closer than {summary['distance_threshold']:g} to their original (dlib)"
+    judges = summary.get("judges")
+    if judges is not None and judges.get("worst"):
+        worst = judges["per_judge"][judges["worst"]]
+        verification = worst["verification_rate"]
+        others = ", ".join(f"{name} {_percent(item['verification_rate'])}" for name, item in judges["per_judge"].items())
+        verified_note = f"{_faces(worst['matched'])} still match their original for judge {judges['worst']} (worst of: {others})"
     detection = summary["detection"]["rate"]
     missed, leaks, unaudited = summary["missed_faces"]["count"], summary["metadata"]["leaks"], summary["unaudited"]["count"]
     rank1_limit = thresholds["max_rank1_rate"]
     cards = [
         _card("Faces audited", str(summary["faces"]), f"in {summary['outputs']} released images"),
         _card("Re-identified (verification)", _percent(verification),
-              f"{_faces(reid['reidentified'])} closer than {summary['distance_threshold']:g} to their original; max {thresholds['max_reid_rate']:.1%}",
+              f"{verified_note}; max {thresholds['max_reid_rate']:.1%}",
               "bad" if verification is not None and verification > thresholds["max_reid_rate"] else "good"),
         _card("Rank-1 identification", _percent(reid["rank1_rate"]),
               f"{_faces(reid['rank1_hits'])}; chance level {_percent(reid['rank1_chance'])}"

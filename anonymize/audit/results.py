@@ -46,6 +46,8 @@ ROW_SCHEMA = pa.schema(
         ("lpips_face", pa.float32()),  # LPIPS (AlexNet) of the face-box crops; null when unavailable
         ("facenet_casia_distance", pa.float32()),  # FaceNet (CASIA-WebFace) distance to its original; null when unavailable
         ("facenet_vggface2_distance", pa.float32()),  # FaceNet (VGGFace2) distance to its original
+        ("faceres_distance", pa.float32()),  # faceres: L2 distance of unit features to its original; null when unavailable
+        ("mobileface_distance", pa.float32()),  # mobileface: likewise
         ("psnr_outside_db", pa.float32()),  # the image's PSNR outside every face
         ("ssim_outside", pa.float32()),
         ("metadata_leak", pa.list_(pa.string())),  # kinds of metadata beyond ICC in the output

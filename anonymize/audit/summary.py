@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from anonymize.audit.human import crossed_match_gate, crossed_visual_floor
+from anonymize.audit.judges import crossed_reidentification
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,9 @@ def crossed_thresholds(figures: Mapping[str, Any], thresholds: Thresholds) -> li
     human = figures.get("human_goal") if figures.get("privacy_goal") == "human" else None
     if human is not None:
         crossed += crossed_match_gate(human, thresholds.min_match_rate)
-    elif reid["verification_rate"] is not None and reid["verification_rate"] > thresholds.max_reid_rate:
+    elif figures.get("judges") is not None:  # every recogniser outside the method's loss; the worst one gates
+        crossed += crossed_reidentification(figures["judges"], thresholds.max_reid_rate)
+    elif reid["verification_rate"] is not None and reid["verification_rate"] > thresholds.max_reid_rate:  # summaries before judges
         crossed.append(
             f"re-identification rate {reid['verification_rate']:.1%} > max {thresholds.max_reid_rate:.1%} "
             f"({reid['reidentified']} of {faces} faces still match their original)"

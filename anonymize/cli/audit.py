@@ -106,7 +106,14 @@ def print_audit_summary(result: AuditResult) -> None:
     roles = summary.get("recogniser_roles", {})
     table.add_row("privacy goal", f"{summary.get('privacy_goal')} ({summary.get('privacy_goal_source')})")
     table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.get('white_box') or []) or 'none recorded'}; "
-                                 f"judge: {roles.get('judge')}")
+                                 f"judges: {', '.join(roles.get('judges') or []) or 'none'}")
+    judges = summary.get("judges")
+    if judges is not None and summary.get("privacy_goal") != "human":
+        per_judge = ", ".join(f"{name} {_percent(item['verification_rate'])}" for name, item in judges["per_judge"].items())
+        worst = judges["worst"]
+        gated = (f"{_percent(judges['per_judge'][worst]['verification_rate'])} by {worst} "
+                 f"({judges['per_judge'][worst]['matched']} of {judges['per_judge'][worst]['faces']} faces)") if worst else "n/a"
+        table.add_row("re-identified (gated: worst judge)", f"{gated}; per judge: {per_judge or 'none'}")
     human = summary.get("human_goal")
     if human is not None:
         change = human["visual_change"]

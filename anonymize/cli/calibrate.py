@@ -19,21 +19,25 @@ from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 class Recognizer(str, Enum):
     dlib = "dlib"
     arcface = "arcface"
+    faceres = "faceres"
+    mobileface = "mobileface"
 
 
 @app.command("calibrate")
 def calibrate_command(
     faces_dir: Annotated[Path, typer.Argument(help="One sub-folder of aligned face images per identity (e.g. ../shared/data/celeba-ids).")],
-    recognizer: Annotated[Recognizer, typer.Option(help="Whose threshold: dlib (installed) or arcface (CFA's sphere; needs its weights).")] = Recognizer.dlib,
+    recognizer: Annotated[Recognizer, typer.Option(help="Whose threshold: dlib (installed), arcface (CFA's sphere; needs its weights), faceres or mobileface (the audit's independent judges; their threshold is stored for the audit).")] = Recognizer.dlib,
     far: Annotated[float, typer.Option("--far", min=0.0, max=0.5, help="False-accept rate of different-identity pairs.")] = 1e-3,
     max_per_identity: Annotated[Optional[int], typer.Option(min=2, help="Use at most this many images per identity (sorted by name).")] = None,
     weights_dir: Annotated[Optional[Path], typer.Option("--weights-dir", envvar="ANONYMIZE_HOME", help="Weights folder (default ~/.cache/anonymize).")] = None,
     device: Annotated[Device, typer.Option(help="Where the recogniser runs.")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    record: Annotated[bool, typer.Option(help="faceres / mobileface: store the threshold in the weights folder, where the audit reads it.")] = True,
 ) -> None:
     """Score every same- and different-identity pair of FACES_DIR and print the cosine threshold at --far and its angle."""
-    from anonymize.audit.calibrate import CalibrationError, calibrate, embed_folders, identity_folders, recognizer_embedder
+    from anonymize.audit.calibrate import RECORDED, CalibrationError, calibrate, embed_folders, identity_folders, recognizer_embedder, write_record
     from anonymize.models.checkpoint import CheckpointError
+    from anonymize.models.tfjs import GraphModelError
     from anonymize.pipeline import RunError, resolve_device
     from anonymize.weights import WeightsError
 
@@ -44,10 +48,13 @@ def calibrate_command(
             task = bar.add_task("calibrate", total=sum(len(images) for _, images in folders))
             embeddings, labels = embed_folders(folders, embed, lambda: bar.advance(task, 1))
         result = calibrate(embeddings, labels, far, recognizer.value)
-    except (CalibrationError, RunError, WeightsError, CheckpointError, ValueError) as exc:
+        recorded = write_record(result, faces_dir, weights_dir) if record and recognizer.value in RECORDED else None
+    except (CalibrationError, RunError, WeightsError, CheckpointError, GraphModelError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
+    except OSError as exc:
+        fail(f"cannot store the calibration record: {exc}", as_json=as_json)
     if as_json:
-        stdout.print_json(json.dumps(result.as_dict()))
+        stdout.print_json(json.dumps({**result.as_dict(), "record": str(recorded) if recorded else None}))
         return
     console.print(f"{result.recognizer}: {result.identities} identities, {result.images} images, "
                   f"{result.same_pairs} same / {result.different_pairs} different pairs", soft_wrap=True)
@@ -58,3 +65,5 @@ def calibrate_command(
                      f"(TAR {result.distance.tar:.1%}; dlib's own rule is 0.6)", soft_wrap=True)
     stdout.print(f"a CFA angle above {result.angle_degrees:.1f} degrees is 'another person' for {result.recognizer} at this FAR",
                  soft_wrap=True)
+    if recorded is not None:
+        stdout.print(f"stored for the audit: {recorded} (the audit judges {result.recognizer} with this threshold)", soft_wrap=True)

