@@ -28,7 +28,8 @@ from PIL import Image
 from anonymize.audit.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import FaceCrop, MethodContext
-from anonymize.methods.parts.masks import PARTS, LandmarkFinder
+from anonymize.faces.landmarks import LandmarkFinder
+from anonymize.methods.parts.masks import PARTS
 from anonymize.methods.parts.method import PartsMethod
 from anonymize.metrics.identity import DlibRecognizer, distance
 from anonymize.weights import WeightsStore

@@ -189,12 +189,12 @@ def audit_weights(tiny_weights: TinyWeights) -> TinyWeights:
     return TinyWeights(tiny_weights.weights_dir, lock_path)
 
 
-HUMAN_RECOGNISER_MODELS = ("faceres", "mobileface")
+HUMAN_TEST_MODELS = ("faceres", "mobileface", "gear", "emotion", "age", "gender")  # recognisers and attribute classifiers
 
 
 @pytest.fixture(scope="session")
 def human_weights(tiny_weights: TinyWeights, shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyWeights:
-    """A weights dir with the real TF.js recognisers (copied from ../shared/weights/human-models, each file
+    """A weights dir with the real TF.js recognisers and classifiers (copied from ../shared/weights/human-models, each file
     verified against the real lock's pinned hash) and RetinaFace, under the tiny lock plus those entries."""
     from anonymize.weights.human import artefact_names
 
@@ -205,7 +205,7 @@ def human_weights(tiny_weights: TinyWeights, shared_dir: Path, tmp_path_factory:
     weights_dir = root / "weights"
     real = read_lock(REPO_LOCK)
     entries = []
-    for model in HUMAN_RECOGNISER_MODELS:
+    for model in HUMAN_TEST_MODELS:
         for artefact in artefact_names(model):
             artifact = real[artefact]
             target = weights_dir / artifact.filename

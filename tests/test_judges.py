@@ -106,6 +106,9 @@ def test_an_adversarial_release_fails_the_audit_on_the_judges_it_never_saw(human
         assert judges["per_judge"][name]["verification_rate"] >= 0.8
     assert summary["passed"] is False
     assert any(f"by judge {judges['worst']}" in sentence for sentence in summary["crossed"])
+    attributes = summary["attributes"]  # preservation judged by classifiers outside the loss, too
+    assert attributes["source"] == "estimators+landmarks" and {"Male", "Young", "Smiling"} <= set(attributes["estimated"])
+    assert attributes["preservation"]["per_attribute"]["Male"] == 1.0  # a 4/255 perturbation keeps the gender
 
 
 def test_a_blurred_release_is_not_matched_by_faceres(human_weights, two_people: Path, tmp_path: Path) -> None:

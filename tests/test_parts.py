@@ -18,7 +18,8 @@ from anonymize.audit.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import MethodContext, MethodError
 from anonymize.methods.parts.identity import DlibIdentity
-from anonymize.methods.parts.masks import PARTS, LandmarkFinder, shape_predictor, parse_parts, part_masks, union_mask
+from anonymize.faces.landmarks import LandmarkFinder, shape_predictor
+from anonymize.methods.parts.masks import PARTS, parse_parts, part_masks, union_mask
 from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts

@@ -35,7 +35,7 @@ import numpy as np
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
 from anonymize.methods.base import FaceCrop
-from anonymize.methods.parts.masks import LandmarkFinder, inter_ocular
+from anonymize.faces.landmarks import LandmarkFinder, inter_ocular
 from anonymize.weights import WeightsStore
 
 

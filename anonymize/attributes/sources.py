@@ -11,6 +11,8 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+import numpy as np
+
 from anonymize.attributes.table import AttributeTable
 from anonymize.methods.base import FaceCrop
 from anonymize.weights import WeightsStore
@@ -21,6 +23,7 @@ SOURCES: dict[str, str] = {
     "labels": "anonymize.attributes.labels:LabelsSource",
     "probe": "anonymize.attributes.probe:ProbeSource",
     "landmarks": "anonymize.attributes.landmarks:LandmarkSource",
+    "estimators": "anonymize.attributes.estimators:EstimatorSource",
 }
 
 
@@ -37,9 +40,35 @@ class UnknownSource(ValueError):
     """An attribute source name that is not registered."""
 
 
+class MergedSource:
+    """Several sources as one (``"estimators+landmarks"``): each column from the first source that estimates it."""
+
+    def __init__(self, parts: Sequence[AttributeSource]) -> None:
+        self.parts = list(parts)
+        self.name = "+".join(part.name for part in self.parts)
+        self.heuristic = any(part.heuristic for part in self.parts)
+
+    def estimate(self, faces: Sequence[FaceCrop]) -> AttributeTable:
+        tables = [part.estimate(faces) for part in self.parts]
+        names = tuple(dict.fromkeys(name for table in tables for name in table.names))
+        values = np.full((len(faces), len(names)), np.nan, dtype=np.float32)
+        for table in tables:
+            for column, name in enumerate(table.names):
+                target = values[:, names.index(name)]
+                if np.isnan(target).all():
+                    target[:] = table.probabilities[:, column]
+        return AttributeTable(tuple(face.key for face in faces), names, values, self.name, self.heuristic)
+
+
 def create_source(name: str, weights: WeightsStore, device: str = "cpu",
                   options: Mapping[str, str] | None = None) -> AttributeSource:
-    """The named source, built with the run's weights and device; ``options``: source-specific settings."""
+    """The named source, built with the run's weights and device; ``options``: source-specific settings.
+
+    ``"a+b"`` merges sources (see :class:`MergedSource`); options then go to none of them."""
+    if "+" in name:
+        if options:
+            raise ValueError(f"attribute source {name}: a merged source takes no -p options")
+        return MergedSource([create_source(part.strip(), weights, device) for part in name.split("+")])
     try:
         target = SOURCES[name]
     except KeyError:

@@ -16,8 +16,10 @@ From the two tables (:func:`attribute_figures`):
 * ``unique_share``: the share of faces whose whole attribute vector (every attribute the source
   estimates) no other face in the release has (FALCO's attribute-level linkability).
 
-The default source is ``landmarks`` (dlib's 68 points: the one source that needs no labels or
-extra weights); its estimates are rules of thumb, and the summary says so (``heuristic``).
+The default source is ``auto``: ``estimators+landmarks`` when the human-models are installed
+(gender, age and expression from classifiers no method here was tuned against, the face-shape
+columns from dlib's 68 points), else ``landmarks`` alone (the one source that needs no labels or
+extra weights). Landmark estimates are rules of thumb, and the summary says so (``heuristic``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ from anonymize.weights import WeightsStore
 ATTRIBUTE_CROP = 256  # the aligned crop size the attribute sources see (as `anonymize attributes` uses)
 BOX_CROP_GROWTH = 1.6  # a face known only by its box: a square this many times the box's longer side
 BATCH = 32  # faces estimated at once (crops are not kept beyond a batch)
-DEFAULT_SOURCE = "landmarks"
+DEFAULT_SOURCE = "auto"
+# "auto": the classifiers outside every method's loss (Male, Young, Smiling) with the landmark rules for
+# the face-shape columns, when the human-models are installed; else the landmark rules alone.
+AUTO_SOURCES = ("estimators+landmarks", "landmarks")
 # The landmarks source's face-shape attributes (stable across a person's photos: what links a face)
 # and its expression attribute (what a class should not give away).
 DEFAULT_QUASI_IDENTIFIERS = ("Arched_Eyebrows", "Big_Lips", "Big_Nose", "Narrow_Eyes")
@@ -132,11 +137,15 @@ def attribute_figures(original: AttributeTable, output: AttributeTable, quasi_id
 
 def open_collector(source: str, weights: WeightsStore, device: str,
                    options: Mapping[str, str] | None = None) -> AttributeCollector | dict[str, Any]:
-    """The collector of the named source, or the summary entry saying why it cannot run."""
-    try:
-        return AttributeCollector(create_source(source, weights, device, options))
-    except Exception as exc:  # noqa: BLE001 - a missing source or its weights must not stop the audit
-        return unavailable(f"attribute source {source}: {' '.join(str(exc).split())}")
+    """The collector of the named source (``auto``: see :data:`AUTO_SOURCES`), or the summary entry saying why it cannot run."""
+    candidates = AUTO_SOURCES if source == "auto" and not options else (source,)
+    reasons = []
+    for candidate in candidates:
+        try:
+            return AttributeCollector(create_source(candidate, weights, device, options))
+        except Exception as exc:  # noqa: BLE001 - a missing source or its weights must not stop the audit
+            reasons.append(f"attribute source {candidate}: {' '.join(str(exc).split())}")
+    return unavailable("; ".join(reasons))
 
 
 def unavailable(reason: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ field has a default meant for a release gate:
   the face boxes; FID and the FaRL proxy. ``summary["figures"]`` lists each with its instrument,
   threshold and protocol (:mod:`anonymize.audit.figures`).
 * attribute privacy (AnonymousNet, :mod:`anonymize.audit.attributes`): attributes estimated
-  (``attribute_source``, default ``landmarks``) on the same aligned crop of every original and
+  (``attribute_source``, default ``auto``: estimators+landmarks, else landmarks) on the same aligned crop of every original and
   output face; k / l / t of the release over ``quasi_identifiers`` / ``sensitive`` from the output
   estimates, preservation per attribute and the share of unique attribute vectors, in
   ``summary["attributes"]``.

@@ -192,7 +192,7 @@ def audit_command(
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
     identities: Optional[Path] = typer.Option(None, "--identities", help="File of '<original path>,<identity>' lines (for TPR at FAR, rank and parrot protocols when the originals are not in identity folders)."),
     recognizer_backend: RecognizerBackend = typer.Option("torch", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
-    attribute_source: str = typer.Option("landmarks", "--attribute-source", help="Attribute source for the k / l / t figures of the release (estimated on original and output crops); 'none' to skip."),
+    attribute_source: str = typer.Option("auto", "--attribute-source", help="Attribute source for the k / l / t and preservation figures (estimated on original and output crops): auto (estimators+landmarks when the human-models are installed, else landmarks), any `anonymize attributes` source, 'a+b' to merge, or 'none'."),
     quasi_identifiers: str = typer.Option(",".join(DEFAULT_QUASI_IDENTIFIERS), "--quasi-identifiers", help="Attributes an attacker links with, comma-separated."),
     sensitive: str = typer.Option(",".join(DEFAULT_SENSITIVE), "--sensitive", help="Attributes a class must not give away (l and t), comma-separated; empty for none."),
     attribute_k: int = typer.Option(DEFAULT_K, "--attribute-k", min=1, help="Report the share of faces in attribute classes smaller than this."),

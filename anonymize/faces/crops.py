@@ -12,36 +12,8 @@ original's landmarks. Two framings:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
-
 import cv2
-import dlib
 import numpy as np
-
-Box = Sequence[float]
-
-
-@lru_cache(maxsize=2)
-def _predictor(path: Path) -> dlib.shape_predictor:
-    return dlib.shape_predictor(str(path))
-
-
-class Landmarks68:
-    """dlib's 68-point predictor fitted in given x0, y0, x1, y1 boxes."""
-
-    def __init__(self, predictor_path: Path) -> None:
-        self._predictor = _predictor(Path(predictor_path))
-
-    def fit(self, rgb: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
-        image = np.ascontiguousarray(rgb)
-        fitted = []
-        for x0, y0, x1, y1 in boxes:
-            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-            shape = self._predictor(image, rect)
-            fitted.append(np.array([(part.x, part.y) for part in shape.parts()], dtype=np.float64))
-        return fitted
-
 
 def five_points(landmarks: np.ndarray) -> np.ndarray:
     """ArcFace's five points from 68 landmarks: eye centres (image left, right), nose tip, mouth corners."""

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anonymize.faces.crops import Landmarks68, five_points, similarity_matrix, square_matrix, warp_crop
+from anonymize.faces.crops import five_points, similarity_matrix, square_matrix, warp_crop
+from anonymize.faces.landmarks import Landmarks68
 from anonymize.models.human import ARCFACE_TEMPLATE, RECOGNISERS, RecogniserConfig, load_human_model
 from anonymize.weights import WeightsStore
 

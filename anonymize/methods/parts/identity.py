@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from anonymize.faces.chips import ChipLocation, extract_face_chips, face_chip_location
-from anonymize.methods.parts.masks import LandmarkFinder
+from anonymize.faces.landmarks import LandmarkFinder
 from anonymize.methods.parts.relevance import arcface_map_on_crop, decompose_arcface, decompose_dlib, dlib_map_on_crop
 from anonymize.models.arcface import ArcFace
 from anonymize.models.dlib_resnet import DlibFaceResNet

@@ -8,21 +8,17 @@ where the mask is exactly 0 are left bit-identical by every backend.
 
 Landmarks come from the crop itself: the pipeline's landmarks when they are dlib's 68, otherwise
 dlib's 68-point predictor in the box dlib's HOG detector finds on the crop, or, when it finds none,
-in :data:`FFHQ_FACE_BOX` (where the HOG box of an FFHQ-aligned face lies on average: measured on
+in :data:`anonymize.faces.landmarks.FFHQ_FACE_BOX` (where the HOG box of an FFHQ-aligned face lies on average: measured on
 30 aligned CelebA crops of ../shared/data/celeba-ids, standard deviation 0.04 of the side).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
-
 import cv2
-import dlib
 import numpy as np
 
-from anonymize.weights import WeightsStore
+from anonymize.faces.landmarks import inter_ocular
 
 PARTS: tuple[str, ...] = ("eyebrows", "eyes", "nose", "lips")
 
@@ -37,7 +33,6 @@ PART_LANDMARKS: dict[str, tuple[tuple[int, ...], ...]] = {
 PART_MARGIN: dict[str, float] = {"eyebrows": 0.22, "eyes": 0.18, "nose": 0.15, "lips": 0.15}
 FEATHER = 0.12  # Gaussian sigma of the feathering, fraction of the inter-ocular distance
 
-FFHQ_FACE_BOX = (0.20, 0.30, 0.78, 0.88)  # x0, y0, x1, y1 as fractions of the crop side
 
 
 def parse_parts(text: str) -> tuple[str, ...]:
@@ -47,35 +42,6 @@ def parse_parts(text: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"unknown part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
     return names
-
-
-class LandmarkFinder:
-    """dlib's 68 landmarks of the one face of an aligned crop."""
-
-    def __init__(self, weights: WeightsStore) -> None:
-        self.predictor = shape_predictor(weights.require("dlib_shape_predictor_68"))
-        self.detector = _hog_detector()
-
-    def __call__(self, crop: np.ndarray, given: np.ndarray | None = None) -> np.ndarray:
-        """68 x 2 float landmarks in crop pixels (``given`` is used as it is when it already has 68 points)."""
-        if given is not None and np.asarray(given).shape == (68, 2):
-            return np.asarray(given, dtype=np.float64)
-        image = np.ascontiguousarray(crop)
-        shape = self.predictor(image, self.face_rect(image))
-        return np.array([(shape.part(i).x, shape.part(i).y) for i in range(68)], dtype=np.float64)
-
-    def face_rect(self, crop: np.ndarray) -> dlib.rectangle:
-        """The HOG box of the face nearest the crop's centre, or the average FFHQ box when none is found."""
-        side = crop.shape[0]
-        found = list(self.detector(np.ascontiguousarray(crop), 0))
-        if found:
-            return min(found, key=lambda r: abs((r.left() + r.right()) / 2 - side / 2) + abs((r.top() + r.bottom()) / 2 - side / 2))
-        x0, y0, x1, y1 = (round(v * side) for v in FFHQ_FACE_BOX)
-        return dlib.rectangle(x0, y0, x1, y1)
-
-
-def inter_ocular(landmarks: np.ndarray) -> float:
-    return float(np.linalg.norm(landmarks[36:42].mean(axis=0) - landmarks[42:48].mean(axis=0)))
 
 
 def part_mask(landmarks: np.ndarray, part: str, size: int, feather: float = FEATHER) -> np.ndarray:
@@ -110,14 +76,3 @@ def part_masks(landmarks: np.ndarray, size: int, parts: Sequence[str] = PARTS) -
 def union_mask(masks: Sequence[np.ndarray]) -> np.ndarray:
     """Soft union (pointwise maximum) of masks of one size (at least one)."""
     return np.maximum.reduce(list(masks))
-
-
-@lru_cache(maxsize=2)
-def shape_predictor(path: Path) -> dlib.shape_predictor:
-    """dlib's landmark predictor from its file, read once per process (68- and 5-point models)."""
-    return dlib.shape_predictor(str(path))
-
-
-@lru_cache(maxsize=1)
-def _hog_detector() -> dlib.fhog_object_detector:
-    return dlib.get_frontal_face_detector()

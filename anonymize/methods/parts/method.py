@@ -30,7 +30,8 @@ import torch
 
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.parts.identity import ArcFaceIdentity, DlibIdentity, IdentityModel, Reference
-from anonymize.methods.parts.masks import PARTS, LandmarkFinder, shape_predictor, parse_parts, part_masks, union_mask
+from anonymize.faces.landmarks import LandmarkFinder, shape_predictor
+from anonymize.methods.parts.masks import PARTS, parse_parts, part_masks, union_mask
 from anonymize.methods.parts.relevance import part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
 from anonymize.models.checkpoint import CheckpointError
