@@ -54,7 +54,7 @@ from anonymize.methods import Method
 from anonymize.methods.base import IdentityFrom
 from anonymize.stages import (PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, adversarial_plan_dir, build_detector,
                               build_method)
-from anonymize.weights import WeightsStore
+from anonymize.weights import WeightsError, WeightsStore
 
 OnNoFace = Literal["copy", "skip", "fail"]
 OnError = Literal["skip", "fail"]
@@ -379,11 +379,27 @@ class Pipeline:
             "loss_recognisers": json.dumps(self.loss_recognisers(method)),
         }
 
+    def _check_adversarial_weights(self) -> None:
+        """The adversarial step's recognisers must be here before anything is written (one line if not)."""
+        settings = self.config.adversarial
+        if settings is None:
+            return
+        from anonymize.weights.human import graph_model_files
+
+        for name in settings.ensemble:
+            if name == "dlib":
+                continue
+            try:
+                graph_model_files(self.weights, name)
+            except WeightsError as exc:
+                kept = ",".join(member for member in settings.ensemble if member != name) or "dlib"
+                raise RunError(f"-p adv_ensemble={','.join(settings.ensemble)}: {exc}; or attack without it: -p adv_ensemble={kept}") from None
+
     def loss_recognisers(self, method: object) -> list[str]:
-        """Recognisers inside the run's loss: the method's, plus dlib when the adversarial step attacks it."""
+        """Recognisers inside the run's loss: the method's, plus the adversarial step's ensemble."""
         names = list(getattr(method, "loss_recognisers", ()) or ())
-        if self.config.adversarial is not None and "dlib" not in names:
-            names.append("dlib")
+        if self.config.adversarial is not None:
+            names += [name for name in self.config.adversarial.ensemble if name not in names]
         return names
 
     # -- the run ----------------------------------------------------------------------------------------
@@ -402,6 +418,7 @@ class Pipeline:
 
             use_deterministic_algorithms()
         method = self.method = self._build_method(expected_faces=len(files))
+        self._check_adversarial_weights()
         if isinstance(config.output_dir, StorePath) and getattr(method.params, "save_latents", False):
             raise RunError(f"{config.output_dir}: --save-latents writes local files; give a local --out to save latents")
         self.method_params = json.dumps(method.describe(), sort_keys=True, default=str)
@@ -477,8 +494,9 @@ class Pipeline:
     def _plan_universal(self, stages: Stages, files: list[ImageFile], previous: dict[str, list[dict[str, Any]]]) -> None:
         """Pass 1 of ``-p adversarial=uap``: one perturbation over the original faces of the run (kept when
         an earlier run into this folder stored one with the same settings: what was written stays valid)."""
+        from anonymize.adversarial.attack import EnsembleAttack
+        from anonymize.adversarial.members import Geometry, open_members
         from anonymize.adversarial.plan import plan_universal, read_universal
-        from anonymize.metrics.identity import DlibRecognizer
 
         settings = self.config.adversarial
         assert settings is not None
@@ -496,12 +514,14 @@ class Pipeline:
                 if item.needs_method:
                     yield item.image.rgb, [face.box for face in item.faces]  # type: ignore[union-attr]
 
-        recognizer = DlibRecognizer(self.weights, device=self.device)
+        attack = EnsembleAttack(open_members(settings.ensemble, self.weights, self.device), Geometry(self.weights), settings,
+                                self.config.jpeg_quality)
         try:
-            universal = plan_universal(recognizer, faces(), settings, plan_dir, self.config.output_dir, self.config.seed)
+            universal = plan_universal(attack, faces(), settings, plan_dir, self.config.output_dir, self.config.seed,
+                                       aligned=self.config.aligned)
         except OSError as exc:
             raise RunError(f"{self.config.output_dir}: cannot store the universal perturbation ({exc.strerror or exc})") from None
-        self.progress.note(f"adversarial=uap: fooling rate {universal.fooling_rate:.0%} of the surveyed faces "
+        self.progress.note(f"adversarial=uap: {universal.fooling_rate:.0%} of the surveyed faces fooled for every recogniser of the ensemble "
                            f"after {universal.passes} passes")
 
     def facts(self) -> RunFacts:

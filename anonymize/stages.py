@@ -280,17 +280,21 @@ class Stages:
         return perturbed
 
     def _build_perturber(self) -> Any:
-        from anonymize.adversarial.attack import Perturber
+        from anonymize.adversarial.attack import EnsembleAttack, Perturber
+        from anonymize.adversarial.members import Geometry, open_members
         from anonymize.adversarial.plan import read_universal
         from anonymize.metrics.identity import DlibRecognizer
 
         settings = self.config.adversarial
         assert settings is not None
-        recognizer = DlibRecognizer(WeightsStore(self.config.weights_dir), device=self.facts.device)
+        weights = WeightsStore(self.config.weights_dir)
+        recognizer = DlibRecognizer(weights, device=self.facts.device)
         universal = read_universal(adversarial_plan_dir(self.config), settings) if settings.kind == "uap" else None
         if settings.kind == "uap" and universal is None:
             raise RuntimeError("no universal perturbation stored for this run (pass 1 did not finish)")
-        return Perturber(recognizer, settings, universal)
+        attack = EnsembleAttack(open_members(settings.ensemble, weights, self.facts.device), Geometry(weights), settings,
+                                self.config.jpeg_quality)
+        return Perturber(recognizer, attack, settings, universal, aligned=self.config.aligned)
 
     def _add_identity_distance(self, item: Prepared, composite: np.ndarray, metrics: list[dict[str, Any]]) -> None:
         from anonymize.metrics.identity import distance

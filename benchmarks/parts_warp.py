@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anonymize.audit.quality import ssim
+from anonymize.metrics.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import FaceCrop, MethodContext
 from anonymize.faces.landmarks import LandmarkFinder

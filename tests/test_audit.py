@@ -25,7 +25,7 @@ from anonymize.audit.summary import rank1_sentence
 from anonymize.audit.faces import match_boxes
 from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
 from anonymize.audit.missed import region_change
-from anonymize.audit.quality import PSNR_IDENTICAL_DB, outside_faces_mask, psnr, ssim
+from anonymize.metrics.quality import PSNR_IDENTICAL_DB, outside_faces_mask, psnr, ssim
 from anonymize.audit.reid import identify, identity_separation
 from anonymize.cli import _register_commands, app
 from anonymize.io.decode import decode_image

@@ -100,10 +100,10 @@ def test_an_adversarial_release_fails_the_audit_on_the_judges_it_never_saw(human
                                       "--report", str(tmp_path / "report")])
     summary = json.loads(result.stdout)
     roles, judges = summary["recogniser_roles"], summary["judges"]
-    assert roles["white_box"] == ["dlib"] and roles["judges"] == ["faceres", "mobileface"]
+    # the default ensemble attacks dlib and mobileface: both are white-box, faceres alone judges
+    assert roles["white_box"] == ["dlib", "mobileface"] and roles["judges"] == ["faceres"]
     assert summary["recognisers"]["dlib"]["verification_rate"] <= 0.5  # the attacked recogniser is fooled ...
-    for name in ("faceres", "mobileface"):  # ... the others still match (nearly) every face
-        assert judges["per_judge"][name]["verification_rate"] >= 0.8
+    assert judges["per_judge"]["faceres"]["verification_rate"] >= 0.8  # ... the held-out one still matches
     assert summary["passed"] is False
     assert any(f"by judge {judges['worst']}" in sentence for sentence in summary["crossed"])
     attributes = summary["attributes"]  # preservation judged by classifiers outside the loss, too

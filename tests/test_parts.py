@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from anonymize.audit.quality import ssim
+from anonymize.metrics.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import MethodContext, MethodError
 from anonymize.methods.parts.identity import DlibIdentity

@@ -1,6 +1,6 @@
-"""Pass 1 of ``-p adversarial=uap``: the run's faces as dlib sees them, one universal perturbation
-computed over them, stored in the output folder (``.anonymize/plan/adversarial-uap/``) so that every
-worker, and a resumed run, applies the same one."""
+"""Pass 1 of ``-p adversarial=uap``: the run's original faces, one universal perturbation fitted over them
+with the run's ensemble and transformations, stored in the output folder (``.anonymize/plan/adversarial-uap/``)
+so that every worker, and a resumed run, applies the same one."""
 
 from __future__ import annotations
 
@@ -10,40 +10,40 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from anonymize.adversarial.attack import EnsembleAttack
 from anonymize.adversarial.settings import AdversarialSettings
-from anonymize.adversarial.universal import Universal, universal_perturbation
-from anonymize.faces.chips import extract_face_chips, face_chip_location
-from anonymize.metrics.identity import Boxes, DlibRecognizer
+from anonymize.adversarial.universal import MAX_UAP_FACES, SurveyedFace, Universal, survey_faces, universal_perturbation
+from anonymize.metrics.identity import Boxes
 from anonymize.methods.plan_store import read_plan, write_plan
 
-MAX_UAP_FACES = 2000  # the faces the perturbation is fitted on (a universal one needs a sample, not all)
 
-
-def original_chips(recognizer: DlibRecognizer, images: Iterable[tuple[np.ndarray, Boxes]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """([N, 3, 150, 150] float chips, [N, 128] descriptors) of the faces of ``images``, as dlib cuts them."""
-    chips, descriptors = [], []
+def surveyed(attack: EnsembleAttack, images: Iterable[tuple[np.ndarray, Boxes]], aligned: bool) -> list[SurveyedFace]:
+    """The faces of ``images`` (at most :data:`MAX_UAP_FACES`), cut to what the fit reads."""
+    faces: list[SurveyedFace] = []
     for rgb, boxes in images:
-        if len(chips) >= MAX_UAP_FACES or len(boxes) == 0:
-            continue
-        locations = [face_chip_location(points) for points in recognizer.landmarks(rgb, boxes)]
-        chips.append(extract_face_chips(rgb, locations))
-        descriptors.append(torch.from_numpy(recognizer.descriptors(rgb, boxes)))
-    if not chips:
-        return torch.zeros(0, 3, 150, 150), torch.zeros(0, 128)
-    return torch.cat(chips)[:MAX_UAP_FACES], torch.cat(descriptors)[:MAX_UAP_FACES]
+        if len(faces) >= MAX_UAP_FACES:
+            continue  # keep consuming: the caller's progress counts every image
+        if len(boxes):
+            faces += survey_faces(attack, rgb, boxes, aligned)
+    return faces[:MAX_UAP_FACES]
 
 
-def plan_universal(recognizer: DlibRecognizer, images: Iterable[tuple[np.ndarray, Boxes]], settings: AdversarialSettings,
-                   plan_dir: Path, root: Path | None, seed: int = 0) -> Universal:
-    """Compute the run's universal perturbation over ``images`` and store it."""
-    chips, descriptors = original_chips(recognizer, images)
-    universal = universal_perturbation(recognizer.network, chips, descriptors, settings.eps_levels, seed=seed)
+def plan_universal(attack: EnsembleAttack, images: Iterable[tuple[np.ndarray, Boxes]], settings: AdversarialSettings,
+                   plan_dir: Path, root: Path | None, seed: int = 0, aligned: bool = False) -> Universal:
+    """Fit the run's universal perturbation over ``images`` and store it."""
+    faces = surveyed(attack, images, aligned)
+    universal = universal_perturbation(attack, faces, settings.eps_levels, seed=seed)
     write_plan(plan_dir, {"perturbation": universal.perturbation},
-               {"settings": asdict(settings), "fooling_rate": universal.fooling_rate, "passes": universal.passes,
-                "faces": len(chips)}, root)
+               {"settings": _settings(settings), "fooling_rate": universal.fooling_rate, "passes": universal.passes,
+                "faces": len(faces)}, root)
     return universal
+
+
+def _settings(settings: AdversarialSettings) -> dict[str, Any]:
+    recorded = asdict(settings)
+    recorded["ensemble"] = list(settings.ensemble)  # JSON has no tuples: compare like with like
+    return recorded
 
 
 def read_universal(plan_dir: Any, settings: AdversarialSettings) -> np.ndarray | None:
@@ -52,6 +52,6 @@ def read_universal(plan_dir: Any, settings: AdversarialSettings) -> np.ndarray |
     if stored is None:
         return None
     arrays, info = stored
-    if info.get("settings") != asdict(settings) or "perturbation" not in arrays:
+    if info.get("settings") != _settings(settings) or "perturbation" not in arrays:
         return None
     return arrays["perturbation"]

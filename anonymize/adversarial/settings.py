@@ -14,7 +14,9 @@ from typing import Literal
 
 AdversarialKind = Literal["fgsm", "pgd", "uap"]
 ADVERSARIAL_KINDS: tuple[str, ...] = ("fgsm", "pgd", "uap")
-OPTION_KEYS = ("adversarial", "adv_eps", "adv_steps")
+OPTION_KEYS = ("adversarial", "adv_eps", "adv_steps", "adv_ensemble", "adv_samples", "adv_ssim")
+ENSEMBLE_MEMBERS = ("dlib", "mobileface", "faceres")  # anonymize.adversarial.members
+DEFAULT_ENSEMBLE = ("dlib", "mobileface")  # faceres, the strongest independent recogniser here, stays a judge
 ADVERSARIAL_METHOD = "adversarial"  # --method adversarial: the identity crop, then this step (PGD unless told)
 
 
@@ -31,8 +33,19 @@ class AdversarialSettings:
     kind: AdversarialKind = "pgd"
     eps: float = 4 / 255
     steps: int = 10
+    # the recognisers in the loss (each through its own alignment); those left out judge the release
+    ensemble: tuple[str, ...] = DEFAULT_ENSEMBLE
+    samples: int = 4  # attacker pipelines drawn per step (the first is the identity): anonymize.adversarial.transforms
+    ssim_floor: float = 0.0  # the perturbation is scaled down until the face region's SSIM to the unperturbed image is at least this
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.ensemble if name not in ENSEMBLE_MEMBERS]
+        if unknown or not self.ensemble or len(set(self.ensemble)) != len(self.ensemble):
+            raise AdversarialError(f"adv_ensemble={','.join(self.ensemble)}: choose distinct names from {', '.join(ENSEMBLE_MEMBERS)}")
+        if self.samples < 1:
+            raise AdversarialError(f"adv_samples={self.samples}: expected at least 1")
+        if not 0 <= self.ssim_floor < 1:
+            raise AdversarialError(f"adv_ssim={self.ssim_floor:g}: expected 0 <= floor < 1 (0: no floor)")
         if self.kind not in ADVERSARIAL_KINDS:
             raise AdversarialError(f"adversarial={self.kind!r}: choose one of {', '.join(ADVERSARIAL_KINDS)}")
         if not 0 < self.eps <= 1:
@@ -65,11 +78,18 @@ def split_adversarial_options(options: Mapping[str, str], method: str) -> tuple[
     if kind not in ADVERSARIAL_KINDS:
         raise AdversarialError(f"adversarial={kind!r}: choose one of {', '.join(ADVERSARIAL_KINDS)}")
     eps = _fraction(given["adv_eps"], "adv_eps") if "adv_eps" in given else AdversarialSettings.eps
+    steps = _integer(given, "adv_steps", AdversarialSettings.steps)
+    samples = _integer(given, "adv_samples", AdversarialSettings.samples)
+    ensemble = tuple(name.strip() for name in given["adv_ensemble"].split(",") if name.strip()) if "adv_ensemble" in given else DEFAULT_ENSEMBLE
+    ssim_floor = _fraction(given["adv_ssim"], "adv_ssim") if "adv_ssim" in given else AdversarialSettings.ssim_floor
+    return own, AdversarialSettings(kind, eps, steps, ensemble, samples, ssim_floor)  # type: ignore[arg-type]
+
+
+def _integer(given: Mapping[str, str], key: str, default: int) -> int:
     try:
-        steps = int(given["adv_steps"]) if "adv_steps" in given else AdversarialSettings.steps
+        return int(given[key]) if key in given else default
     except ValueError:
-        raise AdversarialError(f"adv_steps={given['adv_steps']!r}: expected an integer") from None
-    return own, AdversarialSettings(kind, eps, steps)  # type: ignore[arg-type]
+        raise AdversarialError(f"{key}={given[key]!r}: expected an integer") from None
 
 
 def _fraction(raw: str, key: str) -> float:

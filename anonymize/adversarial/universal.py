@@ -1,81 +1,104 @@
-"""One universal perturbation for all the faces of a run (Moosavi-Dezfooli et al., CVPR 2017), as
-AnonymousNet's stage IV uses it, in the recogniser's chip space.
+"""One universal perturbation for all the faces of a run (Moosavi-Dezfooli et al., CVPR 2017, as AnonymousNet's
+stage IV cites it), fitted with the same ensemble and attacker transformations as the per-image attack.
 
-The run's faces are the data set: their chips as the recogniser cuts them from the original images,
-each with its original descriptor. The "classifier" is verification against that descriptor (dlib's
-rule: a distance under 0.6 is a match), so a face is fooled once its perturbed chip's descriptor is
-at least 0.6 from its original's. As in the paper's Algorithm 1: pass over the faces; for each one
-the current perturbation ``v`` does not fool, find the smallest extra ``r`` that does with DeepFool
-(its L-inf form for a binary decision: ``r = (tau - d) / ||grad d||_1 * sign(grad d)``, repeated on the
-linearisation until the face crosses, times 1 + overshoot), then project ``v + r`` back into the eps
-ball; stop when the fooling rate reaches 1 - delta or after ``max_passes`` passes.
+The perturbation lives in dlib's chip frame (150 x 150, the face's own coordinates), so it follows every
+face; it reaches a photo through the chip warp inverted (:func:`anonymize.adversarial.attack.universal_delta`).
+Fitting: passes over the run's faces (at most :data:`MAX_UAP_FACES`), one sign-gradient step per face on
+the ensemble's loss under freshly drawn transformations, projected back into the eps ball each time.
+The fooling rate is the share of faces every ensemble member no longer matches (its cosine under its
+own threshold) at the pipeline's own alignment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE
-from anonymize.models.dlib_resnet import DlibFaceResNet
+from anonymize.adversarial import transforms
+from anonymize.adversarial.attack import EnsembleAttack, FaceTarget, attack_region, to_tensor, universal_delta
+from anonymize.adversarial.members import FaceGeometry, sample_crops
+from anonymize.faces.chips import CHIP_SIZE, ChipLocation, face_chip_location
 
-DEEPFOOL_OVERSHOOT = 0.02  # DeepFool's overshoot (the paper's value)
-DEEPFOOL_MAX_ITERATIONS = 10
-DESIRED_FOOLING = 0.8  # 1 - delta of Algorithm 1 (the paper stops at 80 %)
-MAX_PASSES = 5
+MAX_UAP_FACES = 300  # the faces the perturbation is fitted on (a universal one needs a sample, not all)
+PASSES = 3
+STEP_FRACTION = 0.25  # sign step, as a share of eps
 
 
 @dataclass(frozen=True)
 class Universal:
     perturbation: np.ndarray  # [3, S, S] float32, grey levels, |v| <= eps
-    fooling_rate: float  # share of the surveyed faces whose chip + v is no longer matched
+    fooling_rate: float  # share of the surveyed faces that no ensemble member matches any more
     passes: int
 
 
-def universal_perturbation(network: DlibFaceResNet, chips: torch.Tensor, originals: torch.Tensor, eps_levels: float,
-                           seed: int = 0, max_passes: int = MAX_PASSES, desired_fooling: float = DESIRED_FOOLING,
-                           threshold: float = SAME_PERSON_DISTANCE) -> Universal:
-    """Algorithm 1 over ``chips`` [N, 3, S, S] (0..255) and their original descriptors [N, 128]."""
-    device = network.channel_means.device
-    chips, originals = chips.float().to(device), originals.float().to(device)
-    v = torch.zeros_like(chips[0])
-    order = np.random.default_rng(seed).permutation(len(chips))
-    rate, passes = _fooling_rate(network, chips, originals, v, threshold), 0
-    while passes < max_passes and rate < desired_fooling:
-        passes += 1
-        for index in order:
-            step = _deepfool(network, chips[index], originals[index], v, threshold)
-            if step is not None:
-                v = (v + step).clamp(-eps_levels, eps_levels)
-        rate = _fooling_rate(network, chips, originals, v, threshold)
-    return Universal(v.cpu().numpy().astype(np.float32), rate, passes)
+@dataclass
+class SurveyedFace:
+    """One original face, cut to the photo region its crops read, with its chip and target."""
+
+    region: np.ndarray  # uint8 H x W x 3
+    location: ChipLocation  # dlib's chip, region coordinates
+    target: FaceTarget  # geometry in region coordinates, original features
 
 
-def _distance(network: DlibFaceResNet, chips: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    return (network(chips) - original).norm(dim=-1)
+def _shift_geometry(geometry: FaceGeometry, dx: int, dy: int) -> FaceGeometry:
+    shift = np.array([dx, dy], np.float64)
+    x0, y0, x1, y1 = geometry.box
+    whole_five = None if geometry.landmarks5_whole is None else geometry.landmarks5_whole - shift
+    return FaceGeometry((x0 - dx, y0 - dy, x1 - dx, y1 - dy), geometry.landmarks68 - shift, geometry.landmarks5 - shift,
+                        geometry.whole_image, whole_five)
 
 
-def _fooling_rate(network: DlibFaceResNet, chips: torch.Tensor, originals: torch.Tensor, v: torch.Tensor,
-                  threshold: float) -> float:
+def survey_faces(attack: EnsembleAttack, rgb: np.ndarray, boxes: Sequence[Sequence[float]], aligned: bool) -> list[SurveyedFace]:
+    """The faces of one original photo, as the fit needs them."""
+    faces = []
+    for target in attack.targets(rgb, rgb, boxes, aligned):
+        x0, y0, x1, y1 = attack_region(attack.maps([target]), rgb.shape[:2])
+        location = face_chip_location(target.geometry.landmarks5)
+        left, top, right, bottom = location.rect
+        shifted = ChipLocation((left - x0, top - y0, right - x0, bottom - y0), location.angle, location.size)
+        faces.append(SurveyedFace(np.ascontiguousarray(rgb[y0:y1, x0:x1]), shifted,
+                                  FaceTarget(_shift_geometry(target.geometry, x0, y0), target.originals)))
+    return faces
+
+
+def _loss(attack: EnsembleAttack, face: SurveyedFace, perturbation: torch.Tensor, bound: float,
+          draws: Sequence[transforms.Sample]) -> torch.Tensor:
+    region = to_tensor(face.region, perturbation.device)
+    delta = universal_delta(perturbation, [face.location], tuple(region.shape[-2:])).clamp(-bound, bound)
+    return attack.loss((region + delta).clamp(0, 255), (0, 0), [face.target], draws)
+
+
+def fooled(attack: EnsembleAttack, face: SurveyedFace, perturbation: torch.Tensor, bound: float) -> bool:
+    """No ensemble member matches the perturbed face at the pipeline's own alignment."""
+    region = to_tensor(face.region, perturbation.device)
+    perturbed = (region + universal_delta(perturbation, [face.location], tuple(region.shape[-2:])).clamp(-bound, bound)).clamp(0, 255)
     with torch.no_grad():
-        distances = torch.cat([_distance(network, chips[start:start + 32] + v, originals[start:start + 32])
-                               for start in range(0, len(chips), 32)])
-    return float((distances >= threshold).float().mean()) if len(chips) else 0.0
+        for member in attack.members:
+            crop = member.alignments(face.target.geometry)[0]
+            features = member.features(sample_crops(perturbed, [crop], member.size))
+            if float((features[0] * face.target.originals[member.name]).sum()) >= member.cosine_threshold:
+                return False
+    return True
 
 
-def _deepfool(network: DlibFaceResNet, chip: torch.Tensor, original: torch.Tensor, v: torch.Tensor,
-              threshold: float) -> torch.Tensor | None:
-    """DeepFool's L-inf step for one face: the extra perturbation that makes chip + v + r unmatched
-    (None: already unmatched)."""
-    total = torch.zeros_like(chip)
-    for iteration in range(DEEPFOOL_MAX_ITERATIONS):
-        candidate = (chip + v + (1 + DEEPFOOL_OVERSHOOT) * total).detach().requires_grad_(True)
-        distance = _distance(network, candidate[None], original)[0]
-        if distance.item() >= threshold:
-            return None if iteration == 0 else (1 + DEEPFOOL_OVERSHOOT) * total
-        (gradient,) = torch.autograd.grad(distance, candidate)
-        norm = gradient.abs().sum().clamp_min(1e-12)
-        total = total + (threshold - distance.detach() + 1e-4) / norm * gradient.sign()
-    return (1 + DEEPFOOL_OVERSHOOT) * total
+def universal_perturbation(attack: EnsembleAttack, faces: Sequence[SurveyedFace], eps_levels: float, seed: int = 0,
+                           passes: int = PASSES) -> Universal:
+    """Sign-gradient passes over ``faces`` (see the module doc); the result stays within ``eps_levels``."""
+    device = attack.device
+    perturbation = torch.zeros(3, CHIP_SIZE, CHIP_SIZE, device=device)
+    rng = np.random.default_rng(seed)
+    step = STEP_FRACTION * eps_levels
+    for _ in range(passes):
+        for index in rng.permutation(len(faces)):
+            draws = transforms.samples(rng, attack.settings.samples, attack.jpeg_quality is not None)
+            perturbation.requires_grad_(True)
+            loss = _loss(attack, faces[int(index)], perturbation, eps_levels, draws)
+            (gradient,) = torch.autograd.grad(loss, perturbation)
+            with torch.no_grad():
+                perturbation = (perturbation - step * gradient.sign()).clamp(-eps_levels, eps_levels)
+    perturbation = perturbation.detach()
+    rate = float(np.mean([fooled(attack, face, perturbation, eps_levels) for face in faces])) if faces else 0.0
+    return Universal(perturbation.cpu().numpy().astype(np.float32), rate, passes)

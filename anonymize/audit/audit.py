@@ -65,7 +65,7 @@ from anonymize.audit.protocols import FARS, different_person_distances, parrot_i
 from anonymize.audit.leaks import inspect_metadata
 from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region_change
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
-from anonymize.audit.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
+from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, write_rows, write_summary
 from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures, rank1_sentence

@@ -20,6 +20,7 @@ import numpy as np
 
 from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.walk import image_files
+from anonymize.metrics.verification import Threshold, threshold_at_far  # noqa: F401 - part of this module's interface
 
 RECOGNIZERS = ("dlib", "arcface", "faceres", "mobileface")
 RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the calibration record
@@ -27,13 +28,6 @@ RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the
 
 class CalibrationError(ValueError):
     """The face set cannot be calibrated on (missing folder, too few identities, unreadable image)."""
-
-
-@dataclass(frozen=True)
-class Threshold:
-    value: float  # the score threshold
-    far: float  # the false-accept rate actually reached at it
-    tar: float  # the share of same-identity pairs accepted at it
 
 
 @dataclass(frozen=True)
@@ -79,26 +73,6 @@ def pair_scores(embeddings: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarr
     upper = np.triu_indices(len(embeddings), k=1)
     same = labels[upper[0]] == labels[upper[1]]
     return cosines[upper][same], cosines[upper][~same], distances[upper][same], distances[upper][~same]
-
-
-def threshold_at_far(same: np.ndarray, different: np.ndarray, far: float, higher_is_same: bool = True) -> Threshold:
-    """The threshold at which at most ``far`` of the different pairs are accepted (the least strict such one).
-
-    With scores where higher means "same" (cosines), pairs with score > t are accepted; t is the
-    (floor(far * n) + 1)-th highest different-pair score, so at most floor(far * n) pairs lie above it.
-    For distances (``higher_is_same=False``) the same holds with signs flipped (accept score < t).
-    """
-    if not 0 <= far < 1:
-        raise ValueError(f"the false-accept rate must be in [0, 1), got {far}")
-    sign = 1.0 if higher_is_same else -1.0
-    impostors = np.sort(sign * np.asarray(different, dtype=np.float64))[::-1]
-    if len(impostors) == 0 or len(same) == 0:
-        raise ValueError("calibration needs same-person and different-person pairs")
-    allowed = int(math.floor(far * len(impostors)))
-    threshold = impostors[allowed] if allowed < len(impostors) else impostors[-1] - 1e-9
-    accepted_far = float(np.mean(impostors > threshold))
-    tar = float(np.mean(sign * np.asarray(same, dtype=np.float64) > threshold))
-    return Threshold(float(sign * threshold), accepted_far, tar)
 
 
 def calibrate(embeddings: np.ndarray, labels: Sequence[int], far: float, recognizer: str) -> Calibration:

@@ -32,8 +32,8 @@ def _hog_detector() -> dlib.fhog_object_detector:
     return dlib.get_frontal_face_detector()
 
 
-class Landmarks68:
-    """dlib's 68-point predictor fitted in given x0, y0, x1, y1 boxes."""
+class BoxLandmarks:
+    """A dlib landmark predictor (68- or 5-point) fitted in given x0, y0, x1, y1 boxes."""
 
     def __init__(self, predictor_path: Path) -> None:
         self._predictor = shape_predictor(Path(predictor_path))

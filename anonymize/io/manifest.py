@@ -88,7 +88,9 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "adv_eps": pa.float32(),  # its L-inf bound, image units (4/255: 4 grey levels)
     "adv_distance_before": pa.float32(),  # dlib (PyTorch) distance to the original face before the perturbation
     "adv_distance_after": pa.float32(),  # the same after it (before the JPEG encoding of the write)
-    "adv_psnr_db": pa.float32(),  # PSNR of the perturbed vs unperturbed final image under the face's dlib chip
+    "adv_ensemble": pa.string(),  # the recognisers the perturbation was computed against (the others judge it)
+    "adv_ssim": pa.float32(),  # SSIM of the perturbed vs unperturbed final image inside the face box
+    "adv_psnr_db": pa.float32(),  # PSNR of the perturbed vs unperturbed final image inside the face box
 }
 
 SCHEMA = pa.schema(

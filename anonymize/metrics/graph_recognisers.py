@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from anonymize.faces.crops import five_points, similarity_matrix, square_matrix, warp_crop
-from anonymize.faces.landmarks import Landmarks68
+from anonymize.faces.landmarks import BoxLandmarks
 from anonymize.models.human import ARCFACE_TEMPLATE, RECOGNISERS, RecogniserConfig, load_human_model
 from anonymize.weights import WeightsStore
 
@@ -54,7 +54,7 @@ class GraphRecogniser:
         self.name = name
         self.device = torch.device(device)
         self.network = load_human_model(store, name, (self.config.features,), self.device)
-        self._landmarks = Landmarks68(store.require("dlib_shape_predictor_68"))
+        self._landmarks = BoxLandmarks(store.require("dlib_shape_predictor_68"))
         record = read_calibration(store, name)
         if record is not None:
             self.cosine_threshold = float(record["cosine"]["value"])
