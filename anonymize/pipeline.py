@@ -126,6 +126,7 @@ class RunSummary:
     detector: str | None = None  # the detector that ran (--detector auto resolved)
     error_messages: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per image in each stage, method busy share
+    privacy_note: str | None = None  # what the output does not protect against, when a person or a machine still recognises it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -395,6 +396,16 @@ class Pipeline:
                 kept = ",".join(member for member in settings.ensemble if member != name) or "dlib"
                 raise RunError(f"-p adv_ensemble={','.join(settings.ensemble)}: {exc}; or attack without it: -p adv_ensemble={kept}") from None
 
+    def privacy_note(self, method: Method) -> str | None:
+        """One line for the run summary when the output is not anonymized for everyone (its privacy goal)."""
+        if method.privacy_goal == "human":
+            return (f"privacy goal: people. {method.name} keeps every face matchable by face recognition "
+                    "(by design): not anonymized against machines")
+        if self.config.adversarial is not None and method.name == ADVERSARIAL_METHOD:
+            return ("privacy goal: machines only. The adversarial perturbation leaves every face recognisable to people: "
+                    "not anonymized for viewers")
+        return None
+
     def loss_recognisers(self, method: object) -> list[str]:
         """Recognisers inside the run's loss: the method's, plus the adversarial step's ensemble."""
         names = list(getattr(method, "loss_recognisers", ()) or ())
@@ -439,7 +450,7 @@ class Pipeline:
         except OSError as exc:
             raise RunError(f"{self.manifest_path}: cannot merge the earlier manifest ({exc.strerror or exc})") from None
         summary = RunSummary(self.run_id, output_dir=str(config.output_dir), dry_run=config.dry_run,
-                             detector=detector.name if detector is not None else None)
+                             detector=detector.name if detector is not None else None, privacy_note=self.privacy_note(method))
         writer = None if config.dry_run else ManifestWriter(config.output_dir, self.run_id, self._metadata(method, detector), self.manifest_path)
         stages = Stages(self.facts(), method, detector)
         times = StageTimes()

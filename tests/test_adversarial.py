@@ -135,9 +135,10 @@ def test_pgd_on_the_final_image_defeats_dlib_and_survives_jpeg(five_identities, 
     dlib matched every face to its original before; after, it matches few, in memory and in the written JPEG."""
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["run", str(five_identities), "--out", str(out), "--method", "adversarial", "--aligned",
-                                      "--detector", "dlib-hog", "--workers", "0", "--device", "cpu", "--quiet",
+                                      "--detector", "dlib-hog", "--workers", "0", "--device", "cpu",
                                       "-p", "adv_ensemble=dlib", "-p", "adv_eps=8/255"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    assert "privacy goal: machines only" in " ".join(result.output.split())  # one line says whom it does not fool
     assert sorted(path.name for path in out.glob("*.jpg")) == sorted(path.name for path in five_identities.iterdir())
     figures = measure(five_identities, out, tiny_env.store())
     print("\n".join(figures.lines()))  # pytest -s

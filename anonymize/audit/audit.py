@@ -57,7 +57,7 @@ from anonymize.audit.attributes import (
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
-from anonymize.audit.human import human_goal_figures, resolve_goal
+from anonymize.audit.human import human_goal_figures, look_alike_figures, resolve_goal
 from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.identities import read_identities
 from anonymize.audit.instruments import OUTPUT_DETECTORS, Recogniser, Unavailable, open_lpips, open_output_detectors, open_recognisers
@@ -572,6 +572,8 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
         summary["human_goal"] = human_goal_figures(summary["recognisers"], _confirmed_face_rows(context), judge, judge_reason,
                                                    pairing.loss_recognisers, config.thresholds.max_face_psnr_db,
                                                    config.thresholds.max_face_ssim)
+    summary["look_alike"] = look_alike_figures(_confirmed_face_rows(context), config.thresholds.max_face_psnr_db,
+                                               config.thresholds.max_face_ssim)
     summary["instruments_unavailable"] = {item.name: {"instrument": item.instrument, "status": item.status} for item in unavailable}
     summary["detection_by_detector"] = _detection_by_detector(context)
     summary["attributes"] = _attribute_summary(config, context, opened)

@@ -96,6 +96,22 @@ def human_goal_figures(recognisers: Mapping[str, Mapping[str, Any]], face_rows: 
     }
 
 
+def look_alike_figures(face_rows: Sequence[Mapping[str, Any]], max_psnr_db: float, max_ssim: float) -> dict[str, Any]:
+    """Faces that were changed (not missed) yet still look like their original to a person: the output of an
+    adversarial-only run, for one. Reported for every goal; the machine goal gates on them too."""
+    faces = [row for row in face_rows if row.get("face_status") != "possible face" and not row.get("missed")]
+    similar = [f"{row['source_path']}#{row['face_index']}" for row in faces if too_similar(row, max_psnr_db, max_ssim)]
+    return {"count": len(similar), "faces": similar[:100], "max_psnr_db": max_psnr_db, "max_ssim": max_ssim}
+
+
+def crossed_look_alike(look_alike: Mapping[str, Any], max_faces: int) -> list[str]:
+    if look_alike["count"] > max_faces:
+        return [f"{look_alike['count']} face(s) changed but still look like their original to a person (face-box PSNR > "
+                f"{look_alike['max_psnr_db']:g} dB or SSIM > {look_alike['max_ssim']:g}) > max {max_faces}: not anonymized for "
+                "viewers (an adversarial perturbation alone protects against machines only)"]
+    return []
+
+
 def crossed_match_gate(human: Mapping[str, Any], min_match_rate: float) -> list[str]:
     """The human goal's identity gate: enough faces must still match their original by the judge."""
     if human["judge"] is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from anonymize.audit.human import crossed_match_gate, crossed_visual_floor
+from anonymize.audit.human import crossed_look_alike, crossed_match_gate, crossed_visual_floor
 from anonymize.audit.judges import crossed_reidentification
 
 
@@ -142,8 +142,11 @@ def crossed_thresholds(figures: Mapping[str, Any], thresholds: Thresholds) -> li
     missed = figures["missed_faces"]["count"]
     if human is not None:
         crossed += crossed_visual_floor(human, thresholds.max_missed_faces)
-    elif missed > thresholds.max_missed_faces:
-        crossed.append(f"{missed} missed face(s) left unchanged > max {thresholds.max_missed_faces}")
+    else:
+        if missed > thresholds.max_missed_faces:
+            crossed.append(f"{missed} missed face(s) left unchanged > max {thresholds.max_missed_faces}")
+        if figures.get("look_alike") is not None:
+            crossed += crossed_look_alike(figures["look_alike"], thresholds.max_missed_faces)
     leaks = figures["metadata"]["leaks"]
     if leaks > thresholds.max_metadata_leaks:
         crossed.append(f"{leaks} output file(s) carry metadata beyond the ICC profile > max {thresholds.max_metadata_leaks}")

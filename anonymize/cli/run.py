@@ -156,6 +156,8 @@ def _print_summary(summary: RunSummary) -> None:
     table.add_row("resumed (already done)", str(summary.resumed))
     table.add_row("time", f"{summary.seconds:.1f} s")
     stdout.print(table)
+    if summary.privacy_note:
+        stdout.print(f"[yellow]{summary.privacy_note}[/]", soft_wrap=True)
     if not summary.dry_run:
         stdout.print(f"output:   {summary.output_dir}", soft_wrap=True)
         stdout.print(f"manifest: {summary.manifest_path}", soft_wrap=True)
