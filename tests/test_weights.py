@@ -548,12 +548,18 @@ def test_copying_a_fetched_weights_dir_keeps_it_usable(setup, tmp_path):
     assert store.status("packed_model") == "present"
 
 
-def test_a_file_whose_publisher_gives_no_hash_is_used_only_once_trusted(tmp_path):
+def unhashed_file(tmp_path: Path) -> Path:
+    """A lock entry whose publisher gives no hash, and the file placed by hand; returns the lock."""
     lock_path = tmp_path / "weights.lock"
     lock_path.write_text('version = 1\n[artifacts.unhashed]\nfilename = "u/model.pt"\nurl = "http://127.0.0.1:9/model.pt"\n'
                          'sha256_unpublished = true\nlicense = "test"\nused_by = ["test"]\n', encoding="utf-8")
     (tmp_path / "root" / "u").mkdir(parents=True)
     (tmp_path / "root" / "u" / "model.pt").write_bytes(b"weights")
+    return lock_path
+
+
+def test_a_file_whose_publisher_gives_no_hash_is_used_only_once_trusted(tmp_path):
+    lock_path = unhashed_file(tmp_path)
     strict = WeightsStore(tmp_path / "root", lock=read_lock(lock_path))
     assert strict.check("unhashed").status == "unverified"
     with pytest.raises(WeightsError):
@@ -566,11 +572,7 @@ def test_a_file_whose_publisher_gives_no_hash_is_used_only_once_trusted(tmp_path
 
 
 def test_fetch_trust_unverified_accepts_a_hand_placed_file_that_has_no_archive_and_no_published_hash(tmp_path):
-    lock_path = tmp_path / "weights.lock"
-    lock_path.write_text('version = 1\n[artifacts.unhashed]\nfilename = "u/model.pt"\nurl = "http://127.0.0.1:9/model.pt"\n'
-                         'sha256_unpublished = true\nlicense = "test"\nused_by = ["test"]\n', encoding="utf-8")
-    (tmp_path / "root" / "u").mkdir(parents=True)
-    (tmp_path / "root" / "u" / "model.pt").write_bytes(b"weights")
+    lock_path = unhashed_file(tmp_path)
     WeightsStore(tmp_path / "root", lock=read_lock(lock_path), trust_unverified=True).fetch(["unhashed"])
     check = WeightsStore(tmp_path / "root", lock=read_lock(lock_path)).check("unhashed")
     assert (check.status, check.trusted) == ("unverified", True)
