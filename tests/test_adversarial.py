@@ -218,3 +218,31 @@ def test_a_missing_ensemble_member_stops_the_run_before_anything_is_written(five
     assert "adv_ensemble=dlib,mobileface" in result.output and "-p adv_ensemble=dlib" in result.output
     assert not out.exists() or not any(out.glob("*.jpg"))
 
+
+
+def test_the_crop_jitter_moves_scales_and_turns_about_the_crop_centre():
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # crop pixel = photo pixel, 3 x 3 crop, centre (1, 1)
+    assert np.array_equal(jitter(identity, Sample(), 3), identity)
+    doubled = jitter(identity, Sample(scale=2.0), 3)
+    assert doubled @ np.array([0.0, 0.0, 1.0]) == pytest.approx([-1.0, -1.0])  # the corner moves twice as far out
+    turned = jitter(identity, Sample(rotation=np.pi / 2), 3)
+    assert turned @ np.array([2.0, 1.0, 1.0]) == pytest.approx([1.0, 2.0])  # right of centre -> below it
+    shifted = jitter(identity, Sample(shift=(0.5, 0.0)), 3)
+    assert shifted @ np.array([1.0, 1.0, 1.0]) == pytest.approx([2.5, 1.0])  # half the crop size to the right
+
+
+def test_the_ssim_floor_scales_the_perturbation_down_until_it_holds():
+    from anonymize.adversarial.attack import meet_ssim_floor
+    from anonymize.metrics.quality import face_box_mask, ssim
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.linspace(60, 200, 120)[None, :, None] + np.zeros((100, 120, 3)), 0, 255).astype(np.uint8)
+    noisy = np.clip(smooth.astype(int) + rng.choice([-16, 16], smooth.shape), 0, 255).astype(np.uint8)
+    box = [(10.0, 10.0, 110.0, 90.0)]
+    mask = face_box_mask(smooth.shape, box[0])
+    assert ssim(smooth, noisy, mask) < 0.9
+    assert np.array_equal(meet_ssim_floor(smooth, noisy, box, 0.0), noisy)  # no floor: untouched
+    held = meet_ssim_floor(smooth, noisy, box, 0.9)
+    assert ssim(smooth, held, mask) >= 0.9
+    change = np.abs(held.astype(int) - smooth.astype(int))
+    assert 0 < change.max() < 16  # the same perturbation, scaled down, not removed
