@@ -32,7 +32,10 @@ def test_adversarial_options_leave_the_method_its_own():
     assert own == {"sigma": "3"}
     assert settings == AdversarialSettings("fgsm", 8 / 255, 4)
     assert split_adversarial_options({"sigma": "3"}, "blur") == ({"sigma": "3"}, None)
-    assert split_adversarial_options({}, "adversarial")[1] == AdversarialSettings("pgd", 4 / 255, 10)
+    defaults = split_adversarial_options({}, "adversarial")[1]
+    assert defaults == AdversarialSettings("pgd", 8 / 255, 10, ("dlib", "mobileface"), 4, 0.9)
+    assert split_adversarial_options({"adversarial": "pgd", "adv_ensemble": "faceres, dlib", "adv_samples": "2", "adv_ssim": "0"},
+                                     "blur")[1] == AdversarialSettings("pgd", 8 / 255, 10, ("faceres", "dlib"), 2, 0.0)
 
 
 @pytest.mark.parametrize("options, message", [

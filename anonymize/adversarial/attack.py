@@ -32,6 +32,7 @@ from anonymize.metrics.identity import Boxes, DlibRecognizer, distance
 from anonymize.metrics.quality import face_box_mask, ssim
 
 MOMENTUM = 1.0
+REFIT_EVERY = 1  # steps between landmark refits on the perturbed image (0: never)
 GRADIENT_SIGMA = 2.0  # photo pixels
 HINGE_MARGIN = 0.1  # push each recogniser's cosine this far under its same-person threshold
 PGD_STEP_FACTOR = 2.5  # step = 2.5 eps / steps (Madry et al.): the walk can cross the ball once and come back
@@ -141,7 +142,7 @@ class EnsembleAttack:
         delta, velocity = torch.zeros_like(image), torch.zeros_like(image)
         boxes = [target.geometry.box for target in targets]
         for index in range(steps):
-            if index:  # landmarks move with the perturbation: cut the crops where a fresh fit puts them now
+            if index and REFIT_EVERY and index % REFIT_EVERY == 0:  # landmarks move with the perturbation: refit them
                 current = final.copy()
                 current[y0:y1, x0:x1] = to_uint8(image + delta)
                 whole = targets[0].geometry.whole_image is not None
