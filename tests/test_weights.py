@@ -42,13 +42,18 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _tar_bytes(members: dict[str, bytes]) -> bytes:
+def _tar_bytes(members: dict[str, bytes], links: dict[str, str] | None = None, mode: str = "w") -> bytes:
+    """A tarball in memory (``mode`` "w:gz" for a tgz), with hard links ``name -> target`` after the files."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.LNKTYPE, target
+            tar.addfile(info)
     return buffer.getvalue()
 
 
@@ -589,17 +594,7 @@ HUMAN_FAKE_NAMES = ("human_faceres_graph", "human_faceres_weights", "human_model
 
 
 def _tgz_bytes(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.LNKTYPE, target
-            tar.addfile(info)
-    return buffer.getvalue()
+    return _tar_bytes(members, links, mode="w:gz")
 
 
 def _human_setup(tmp_path: Path, tgz: bytes, contents: dict[str, bytes] = HUMAN_FAKE) -> Setup:
