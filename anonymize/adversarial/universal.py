@@ -3,8 +3,9 @@ stage IV cites it), fitted with the same ensemble and attacker transformations a
 
 The perturbation lives in dlib's chip frame (150 x 150, the face's own coordinates), so it follows every
 face; it reaches a photo through the chip warp inverted (:func:`anonymize.adversarial.attack.universal_delta`).
-Fitting: passes over the run's faces (at most :data:`MAX_UAP_FACES`), one sign-gradient step per face on
-the ensemble's loss under freshly drawn transformations, projected back into the eps ball each time.
+Fitting: passes over the run's faces (at most :data:`MAX_UAP_FACES`); every :data:`BATCH` faces make one
+step along the sign of the momentum of their summed, L1-normalised gradients of the ensemble's loss under
+freshly drawn transformations, projected back into the eps ball each time.
 The fooling rate is the share of faces every ensemble member no longer matches (its cosine under its
 own threshold) at the pipeline's own alignment.
 """
@@ -24,7 +25,9 @@ from anonymize.faces.chips import CHIP_SIZE, ChipLocation, face_chip_location
 
 MAX_UAP_FACES = 300  # the faces the perturbation is fitted on (a universal one needs a sample, not all)
 PASSES = 3
-STEP_FRACTION = 0.25  # sign step, as a share of eps
+STEP_FRACTION = 0.125  # sign step, as a share of eps
+BATCH = 5  # faces whose gradients make one step (a direction shared by faces, not one face's)
+MOMENTUM = 1.0
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,21 @@ def universal_perturbation(attack: EnsembleAttack, faces: Sequence[SurveyedFace]
     """Sign-gradient passes over ``faces`` (see the module doc); the result stays within ``eps_levels``."""
     device = attack.device
     perturbation = torch.zeros(3, CHIP_SIZE, CHIP_SIZE, device=device)
+    velocity = torch.zeros_like(perturbation)
     rng = np.random.default_rng(seed)
     step = STEP_FRACTION * eps_levels
     for _ in range(passes):
-        for index in rng.permutation(len(faces)):
-            draws = transforms.samples(rng, attack.settings.samples, attack.jpeg_quality is not None)
-            perturbation.requires_grad_(True)
-            loss = _loss(attack, faces[int(index)], perturbation, eps_levels, draws)
-            (gradient,) = torch.autograd.grad(loss, perturbation)
-            with torch.no_grad():
-                perturbation = (perturbation - step * gradient.sign()).clamp(-eps_levels, eps_levels)
+        order = rng.permutation(len(faces))
+        for start in range(0, len(order), BATCH):
+            gradient = torch.zeros_like(perturbation)
+            for index in order[start:start + BATCH]:  # each face's L1-normalised gradient counts alike
+                draws = transforms.samples(rng, attack.settings.samples, attack.jpeg_quality is not None)
+                candidate = perturbation.detach().requires_grad_(True)
+                (face_gradient,) = torch.autograd.grad(_loss(attack, faces[int(index)], candidate, eps_levels, draws), candidate)
+                gradient += face_gradient / face_gradient.abs().mean().clamp_min(1e-12)
+            with torch.no_grad():  # momentum over batches, as the per-image attack
+                velocity = MOMENTUM * velocity + gradient / gradient.abs().mean().clamp_min(1e-12)
+                perturbation = (perturbation - step * velocity.sign()).clamp(-eps_levels, eps_levels)
     perturbation = perturbation.detach()
     rate = float(np.mean([fooled(attack, face, perturbation, eps_levels) for face in faces])) if faces else 0.0
     return Universal(perturbation.cpu().numpy().astype(np.float32), rate, passes)
