@@ -7,7 +7,7 @@ faceres), the share of faces still matched to their original at the judge's FAR 
 originals' different-identity pairs) and rank-1 among all originals; the perturbation's PSNR and SSIM in the
 face box; seconds per face (whole CLI run, start-up included, divided by the faces).
 
-``python -m benchmarks.adversarial --weights-dir DIR [--per-id 30] [--eps 4,8,12,16] [--samples 4] [--steps 10]``
+``python -m benchmarks.adversarial --weights-dir DIR [--per-id 30] [--eps 4,8,12,16] [--samples 4] [--steps 10] [--ssim 0]``
 (DIR/human-models holds the TF.js models)
 """
 
@@ -32,7 +32,7 @@ CELEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba-ids"
 
 
 def run(weights_dir: Path | None, per_id: int, bounds: list[int], steps: int, samples: int, ensemble: str | None,
-        kind: str = "pgd") -> list[dict[str, object]]:
+        kind: str = "pgd", ssim_floor: str = "0") -> list[dict[str, object]]:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "in"
@@ -45,7 +45,8 @@ def run(weights_dir: Path | None, per_id: int, bounds: list[int], steps: int, sa
                 labels[name] = identity.name
         for eps in bounds:
             out = Path(scratch) / f"eps{eps}"
-            options = ["-p", f"adversarial={kind}", "-p", f"adv_eps={eps}/255", "-p", f"adv_steps={steps}", "-p", f"adv_samples={samples}"]
+            options = ["-p", f"adversarial={kind}", "-p", f"adv_eps={eps}/255", "-p", f"adv_steps={steps}", "-p", f"adv_samples={samples}",
+                       "-p", f"adv_ssim={ssim_floor}"]
             if ensemble:
                 options += ["-p", f"adv_ensemble={ensemble}"]
             weights = ["--weights-dir", str(weights_dir)] if weights_dir else []
@@ -76,9 +77,11 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--ensemble", default=None, help="as -p adv_ensemble= (default: the run's default)")
     parser.add_argument("--kind", default="pgd", choices=["pgd", "fgsm", "uap"])
+    parser.add_argument("--ssim", default="0", help="as -p adv_ssim= (default 0: no floor, so each row shows its bound's own effect)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
-    rows = run(args.weights_dir, args.per_id, [int(v) for v in args.eps.split(",")], args.steps, args.samples, args.ensemble, args.kind)
+    rows = run(args.weights_dir, args.per_id, [int(v) for v in args.eps.split(",")], args.steps, args.samples, args.ensemble, args.kind,
+               args.ssim)
     print_table(f"adversarial {args.kind} on celeba-ids, written as JPEG q95", rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
