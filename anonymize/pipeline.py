@@ -50,6 +50,7 @@ from anonymize.io.outdir import OutputFolderBusy, OutputLock, StoreLock, acquire
 from anonymize.io.store import Location, StorePath, bucket_missing, is_within, uses_store
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
+from anonymize.errors import RunError  # noqa: F401 - part of this module's interface
 from anonymize.methods import Method
 from anonymize.methods.base import IdentityFrom
 from anonymize.stages import (PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, adversarial_plan_dir, build_detector,
@@ -61,10 +62,6 @@ OnError = Literal["skip", "fail"]
 Executor = Literal["local", "ray"]
 __all__ = ["MAX_IMAGES_PER_BATCH", "Pipeline", "Progress", "RunConfig", "RunError", "RunSummary", "StopRun",
            "check_paths", "default_output_dir", "resolve_device", "run"]
-
-
-class RunError(Exception):
-    """A run that cannot start (bad paths, bad options): one line, nothing written."""
 
 
 class StopRun(Exception):

@@ -67,7 +67,7 @@ from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
 from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
-from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, write_rows, write_summary
+from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, default_audit_dir, write_rows, write_summary
 from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures, rank1_sentence
 from anonymize.faces.detect import DETECTORS, Detector, DetectorSettings, create_detector
 from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, sha256_file
@@ -147,12 +147,6 @@ class AuditResult:
 
 
 # ---- set-up -------------------------------------------------------------------------------------
-
-
-def default_audit_dir(anonymized_dir: Path) -> Path:
-    """``<anonymized>-audit`` beside the anonymized folder."""
-    resolved = Path(anonymized_dir).resolve()
-    return resolved.parent / f"{resolved.name}-audit"
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anonymize.audit.audit import default_audit_dir
 from anonymize.audit.pairing import AuditError
-from anonymize.audit.results import AUDIT_SUMMARY_NAME
+from anonymize.audit.results import AUDIT_SUMMARY_NAME, default_audit_dir
 from anonymize.io.write import atomic_write_bytes
 
 # The columns printed by default: the ones the papers' tables hold (the HTML report shows every figure).

@@ -81,3 +81,9 @@ def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
+
+
+def default_audit_dir(anonymized_dir: Path) -> Path:
+    """``<anonymized>-audit`` beside the anonymized folder."""
+    resolved = Path(anonymized_dir).resolve()
+    return resolved.parent / f"{resolved.name}-audit"

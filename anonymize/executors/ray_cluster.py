@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from anonymize.errors import RunError
 from anonymize.executors.base import Record, StageTimes
 from anonymize.io.manifest import ManifestWriter
 from anonymize.io.walk import ImageFile
@@ -42,8 +43,6 @@ def require_ray() -> None:
     try:
         import ray  # noqa: F401
     except ImportError:
-        from anonymize.pipeline import RunError
-
         raise RunError(INSTALL_HINT) from None
 
 

@@ -11,11 +11,9 @@ detector whose weights this machine has or can get.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
-
 import numpy as np
 
-from anonymize.faces.types import Face
+from anonymize.faces.types import Detector, Face, keep_large_enough  # noqa: F401 - the interface, re-exported
 from anonymize.weights import WeightsStore
 
 AUTO = "auto"
@@ -28,18 +26,6 @@ DEFAULT_THRESHOLDS = {"dlib-hog": 0.0, "dlib-cnn": 0.5, "retinaface": 0.9, "mtcn
 # Recall first (--det-threshold low, and the audit): lower thresholds that still add few false
 # positives on the labelled photos and portraits (README, Detection).
 RECALL_FIRST_THRESHOLDS = {"dlib-hog": -0.3, "dlib-cnn": 0.3, "retinaface": 0.5, "mtcnn": 0.7}
-
-
-class Detector(Protocol):
-    name: str
-
-    def detect(self, rgb: np.ndarray) -> list[Face]:
-        """All faces in an H x W x 3 uint8 RGB image, best score first."""
-        ...
-
-    def weights_used(self) -> dict[str, str]:
-        """Artefact name -> sha256, for the run metadata."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -82,7 +68,3 @@ def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings
     if name == AUTO:
         raise ValueError("detector 'auto' must be resolved first (anonymize.faces.choose.choose_detector)")
     raise ValueError(f"unknown detector {name!r}: choose one of {', '.join(CHOICES)}")
-
-
-def keep_large_enough(faces: list[Face], min_face: int) -> list[Face]:
-    return [face for face in faces if min(face.width, face.height) >= min_face]

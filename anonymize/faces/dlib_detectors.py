@@ -5,8 +5,7 @@ from __future__ import annotations
 import dlib
 import numpy as np
 
-from anonymize.faces.detect import keep_large_enough
-from anonymize.faces.types import Face
+from anonymize.faces.types import Face, keep_large_enough
 from anonymize.weights import WeightsStore
 
 # dlib finds faces down to about 80 px; one 2x upsampling reaches about 40 px. Upsample only

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from anonymize.faces.detect import Detector, keep_large_enough
-from anonymize.faces.types import Face
+from anonymize.faces.types import Detector, Face, keep_large_enough
 
 Box = tuple[float, float, float, float]
 SAME_FACE_IOU = 0.3

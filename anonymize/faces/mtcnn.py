@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anonymize.faces.detect import keep_large_enough
-from anonymize.faces.types import Face
+from anonymize.faces.types import Face, keep_large_enough
 from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from anonymize.weights import WeightsError, WeightsStore
 

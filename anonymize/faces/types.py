@@ -1,8 +1,12 @@
-"""The face record passed from detection to alignment and the manifest."""
+"""The face record passed from detection to alignment and the manifest, and the detector interface.
+
+Backends import only this module (not the factory in :mod:`anonymize.faces.detect`), so the factory can
+import them without a cycle."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -37,3 +41,19 @@ def eye_and_mouth_points(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     if lm.shape == (5, 2):
         return lm[0], lm[1], lm[3], lm[4]
     raise ValueError(f"expected 5 or 68 landmarks, got an array of shape {lm.shape}")
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces in an H x W x 3 uint8 RGB image, best score first."""
+        ...
+
+    def weights_used(self) -> dict[str, str]:
+        """Artefact name -> sha256, for the run metadata."""
+        ...
+
+
+def keep_large_enough(faces: list[Face], min_face: int) -> list[Face]:
+    return [face for face in faces if min(face.width, face.height) >= min_face]
