@@ -19,7 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from anonymize.audit import AuditConfig, run_audit
-from anonymize.audit.human import choose_judge, resolve_goal, too_similar
+from anonymize.audit.human import resolve_goal, too_similar
+from anonymize.audit.judges import choose_judges
 from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs
 from anonymize.cli import _register_commands, app
 from anonymize.pipeline import RunConfig, run
@@ -99,10 +100,10 @@ def test_the_goal_comes_from_the_option_then_the_manifest_then_defaults_to_machi
 
 
 def test_the_judge_is_the_first_recogniser_outside_the_methods_loss():
-    assert choose_judge(["dlib", "facenet-vggface2"], ["arcface-ir-se50"])[0] == "dlib"
-    assert choose_judge(["dlib", "facenet-vggface2"], ["dlib"])[0] == "facenet-vggface2"
-    judge, reason = choose_judge(["dlib"], ["dlib"])
-    assert judge is None and "nothing can judge it" in reason
+    assert choose_judges(["dlib", "facenet-vggface2"], ["arcface-ir-se50"])[0][0] == "dlib"
+    assert choose_judges(["dlib", "facenet-vggface2"], ["dlib"])[0][0] == "facenet-vggface2"
+    judges, reason = choose_judges(["dlib"], ["dlib"])
+    assert judges == [] and "nothing can judge it" in reason
 
 
 def test_a_face_box_above_either_ceiling_still_looks_like_its_original():

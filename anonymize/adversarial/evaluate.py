@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import dlib
@@ -27,6 +26,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from anonymize.faces.chips import CHIP_PADDING, CHIP_SIZE
+from anonymize.faces.landmarks import box_rectangle, shape_predictor
 from anonymize.io.decode import decode_image
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, Boxes, DlibRecognizer
 from anonymize.metrics.quality import face_box_mask, psnr, ssim
@@ -41,21 +41,15 @@ class Landmarks68Recognizer:
     """dlib's C++ recogniser on chips aligned from the 68-point landmarks fitted in each box."""
 
     def __init__(self, weights: WeightsStore) -> None:
-        self._predictor = _predictor68(weights.require("dlib_shape_predictor_68"))
+        self._predictor = shape_predictor(weights.require("dlib_shape_predictor_68"))
         self._encoder = dlib.face_recognition_model_v1(str(weights.require("dlib_face_recognition_resnet")))
 
     def descriptors(self, rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
         image = np.ascontiguousarray(rgb)
         chips = []
-        for x0, y0, x1, y1 in boxes:
-            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-            chips.append(dlib.get_face_chip(image, self._predictor(image, rect), size=CHIP_SIZE, padding=CHIP_PADDING))
+        for box in boxes:
+            chips.append(dlib.get_face_chip(image, self._predictor(image, box_rectangle(box)), size=CHIP_SIZE, padding=CHIP_PADDING))
         return np.asarray(self._encoder.compute_face_descriptor(chips), dtype=np.float32) if chips else np.zeros((0, 128))
-
-
-@lru_cache(maxsize=1)
-def _predictor68(path: Path) -> dlib.shape_predictor:
-    return dlib.shape_predictor(str(path))
 
 
 @dataclass(frozen=True)

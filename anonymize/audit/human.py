@@ -24,8 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from anonymize.audit.judges import choose_judges
-
 PRIVACY_GOALS = ("machine", "human")
 HUMAN_FARS = ("0.01", "0.1")  # the papers' operating points
 
@@ -39,12 +37,6 @@ def resolve_goal(requested: str, recorded: str | None) -> tuple[str, str]:
     if recorded in PRIVACY_GOALS:
         return str(recorded), "the run's manifest"
     return "machine", "default (no goal recorded by the run)"
-
-
-def choose_judge(available: Sequence[str], in_loss: Sequence[str]) -> tuple[str | None, str]:
-    """The first available recogniser not in the method's loss, and why it was chosen."""
-    judges, reason = choose_judges(available, in_loss)
-    return (judges[0] if judges else None), reason
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

@@ -27,6 +27,12 @@ def shape_predictor(path: Path) -> dlib.shape_predictor:
     return dlib.shape_predictor(str(path))
 
 
+def box_rectangle(box: Box) -> dlib.rectangle:
+    """An x0, y0, x1, y1 box (end exclusive, float) as dlib's inclusive integer rectangle."""
+    x0, y0, x1, y1 = box
+    return dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
+
+
 @lru_cache(maxsize=1)
 def _hog_detector() -> dlib.fhog_object_detector:
     return dlib.get_frontal_face_detector()
@@ -41,9 +47,8 @@ class BoxLandmarks:
     def fit(self, rgb: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
         image = np.ascontiguousarray(rgb)
         fitted = []
-        for x0, y0, x1, y1 in boxes:
-            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-            shape = self._predictor(image, rect)
+        for box in boxes:
+            shape = self._predictor(image, box_rectangle(box))
             fitted.append(np.array([(part.x, part.y) for part in shape.parts()], dtype=np.float64))
         return fitted
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from anonymize.faces.chips import CHIP_PADDING, CHIP_SIZE
+from anonymize.faces.landmarks import box_rectangle, shape_predictor
 from anonymize.models.dlib_resnet import DlibFaceResNet, load_dlib_face_resnet
 from anonymize.weights import WeightsStore
 
@@ -39,7 +40,7 @@ class DlibRecognizer:
         if backend not in BACKENDS:
             raise ValueError(f"unknown recognizer backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.backend = backend
-        self._predictor = _predictor(weights.require("dlib_shape_predictor_5"))
+        self._predictor = shape_predictor(weights.require("dlib_shape_predictor_5"))
         encoder_path = weights.require("dlib_face_recognition_resnet")
         if backend == "torch":
             self._network: DlibFaceResNet | None = dlib_face_network(encoder_path, str(torch.device(device)))
@@ -62,9 +63,8 @@ class DlibRecognizer:
 
     def _shapes(self, image: np.ndarray, boxes: Boxes) -> dlib.full_object_detections:
         shapes = dlib.full_object_detections()
-        for x0, y0, x1, y1 in boxes:
-            rect = dlib.rectangle(int(round(x0)), int(round(y0)), int(round(x1)) - 1, int(round(y1)) - 1)
-            shapes.append(self._predictor(image, rect))
+        for box in boxes:
+            shapes.append(self._predictor(image, box_rectangle(box)))
         return shapes
 
     def chips(self, rgb: np.ndarray, boxes: Boxes) -> list[np.ndarray]:
@@ -114,11 +114,6 @@ class DlibRecognizer:
 def distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Euclidean distance along the last axis (dlib's metric)."""
     return np.linalg.norm(np.asarray(a) - np.asarray(b), axis=-1)
-
-
-@lru_cache(maxsize=2)
-def _predictor(path: Path) -> dlib.shape_predictor:
-    return dlib.shape_predictor(str(path))
 
 
 @lru_cache(maxsize=2)

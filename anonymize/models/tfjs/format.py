@@ -91,10 +91,16 @@ def _node(raw: Mapping[str, Any], path: Path) -> Node:
     return Node(name, raw["op"], inputs, attrs)
 
 
-def _tensor_name(name: str) -> str:
-    """``"x:0"`` -> ``"x"``: signatures name tensors, the graph names nodes."""
+def split_tensor_name(name: str) -> tuple[str, int]:
+    """``"node:2"`` -> ("node", 2); ``"node"`` -> ("node", 0): signatures and inputs name tensors, the graph names nodes."""
     head, _, index = name.rpartition(":")
-    return head if head and index.isdigit() and index == "0" else name
+    return (head, int(index)) if head and index.isdigit() else (name, 0)
+
+
+def _tensor_name(name: str) -> str:
+    """``"x:0"`` -> ``"x"`` (an output other than the first keeps its index)."""
+    node, index = split_tensor_name(name)
+    return node if index == 0 else name
 
 
 def _read_shards(folder: Path, manifest: Sequence[Mapping[str, Any]], path: Path) -> bytes:
@@ -162,17 +168,17 @@ def read_graph_model(path: Path | str) -> GraphDef:
         if node.op == "Const" and node.name not in constants:
             raise GraphModelError(f"{path}: constant node {node.name!r} has no weight in the manifest")
         for name in node.inputs:
-            source = _tensor_name(name).split(":")[0]
+            source = split_tensor_name(name)[0]
             if source not in nodes:
                 raise GraphModelError(f"{path}: node {node.name!r} reads {name!r}, which no node defines")
     inputs = {name: tuple(node.attr("shape") or ()) for name, node in nodes.items() if node.op == "Placeholder"}
     signature = document.get("signature") or (document.get("userDefinedMetadata") or {}).get("signature") or {}
     outputs = [_tensor_name(str(spec.get("name", key))) for key, spec in (signature.get("outputs") or {}).items()]
     if not outputs:  # no signature: the nodes nothing reads
-        read = {_tensor_name(name).split(":")[0] for node in nodes.values() for name in node.inputs}
+        read = {split_tensor_name(name)[0] for node in nodes.values() for name in node.inputs}
         outputs = [name for name, node in nodes.items() if name not in read and node.op not in ("Const", "Placeholder")]
     for name in outputs:
-        if name.split(":")[0] not in nodes:
+        if split_tensor_name(name)[0] not in nodes:
             raise GraphModelError(f"{path}: the signature names output {name!r}, which no node defines")
     metadata = {key: document[key] for key in ("format", "generatedBy", "convertedBy") if key in document}
     return GraphDef(path, nodes, constants, inputs, outputs, metadata)

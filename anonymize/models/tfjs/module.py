@@ -16,14 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from anonymize.models.tfjs.format import GraphDef, GraphModelError, Node, read_graph_model
+from anonymize.models.tfjs.format import GraphDef, GraphModelError, Node, read_graph_model, split_tensor_name
 from anonymize.models.tfjs.ops import OPS, Value
-
-
-def _source(name: str) -> tuple[str, int]:
-    """``"node:2"`` -> ("node", 2); ``"node"`` -> ("node", 0)."""
-    head, _, index = name.rpartition(":")
-    return (head, int(index)) if head and index.isdigit() else (name, 0)
 
 
 def _order(graph: GraphDef, outputs: Sequence[str]) -> list[Node]:
@@ -31,7 +25,7 @@ def _order(graph: GraphDef, outputs: Sequence[str]) -> list[Node]:
     order: list[Node] = []
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     for output in outputs:
-        stack = [(_source(output)[0], False)]
+        stack = [(split_tensor_name(output)[0], False)]
         while stack:
             name, expanded = stack.pop()
             if state.get(name) == 2:
@@ -45,7 +39,7 @@ def _order(graph: GraphDef, outputs: Sequence[str]) -> list[Node]:
             state[name] = 1
             stack.append((name, True))
             for dependency in reversed(graph.nodes[name].inputs):
-                source = _source(dependency)[0]
+                source = split_tensor_name(dependency)[0]
                 if state.get(source) != 2:
                     stack.append((source, False))
     return order
@@ -61,7 +55,7 @@ class GraphModule(nn.Module):
         self.input_shapes = dict(graph.inputs)
         self.output_names = [str(name) for name in (outputs or graph.outputs)]
         for name in self.output_names:
-            if _source(name)[0] not in graph.nodes:
+            if split_tensor_name(name)[0] not in graph.nodes:
                 raise GraphModelError(f"{graph.path}: no node {name!r} to output (the model has: {', '.join(graph.outputs)})")
         self.nodes = _order(graph, self.output_names)
         self._static: dict[str, np.ndarray] = {}
@@ -112,7 +106,7 @@ class GraphModule(nn.Module):
 
     @staticmethod
     def _read(values: Mapping[str, Value], name: str) -> Value:
-        source, index = _source(name)
+        source, index = split_tensor_name(name)
         value = values[source]
         if isinstance(value, tuple):
             return value[index]
