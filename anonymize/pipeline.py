@@ -52,6 +52,7 @@ from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.errors import RunError  # noqa: F401 - part of this module's interface
 from anonymize.methods import Method
+from anonymize.models.device import resolve_device
 from anonymize.methods.base import IdentityFrom
 from anonymize.stages import (PLANS_DIR_NAME, MAX_IMAGES_PER_BATCH, Finished, RunFacts, Stages, adversarial_plan_dir, build_detector,
                               build_method)
@@ -145,19 +146,6 @@ class Progress:
 
     def download(self, label: str, done: int, total: int | None) -> None:
         """Progress of a weights download started by the run (``--detector auto``)."""
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        if device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise RunError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_paths(input_dir: Location, output_dir: Location, manifest_path: Location | None = None) -> None:

@@ -86,11 +86,12 @@ def _summary(table: AttributeTable, collector: FaceCollector, out: Path) -> dict
 
 
 def _device(device: Device, as_json: bool) -> str:
-    from anonymize.pipeline import RunError, resolve_device
+    from anonymize.errors import AnonymizeError
+    from anonymize.models.device import resolve_device
 
     try:
         return resolve_device(device.value)
-    except RunError as exc:
+    except AnonymizeError as exc:
         fail(str(exc), as_json=as_json)
 
 

@@ -43,7 +43,8 @@ def build(
     from anonymize.methods.falco.method import require_all
     from anonymize.models.checkpoint import CheckpointError
     from anonymize.models.registry import artefact_of, generator_artefact, load_farl_model, load_generator
-    from anonymize.pipeline import RunError, resolve_device
+    from anonymize.errors import AnonymizeError
+    from anonymize.models.device import resolve_device
     from anonymize.weights import WeightsError, WeightsStore
 
     if psi <= 0:
@@ -55,7 +56,7 @@ def build(
         require_all(store, [generator_name, artefact_of("farl")])
         network = load_generator(store, generator.value, resolved)
         farl = load_farl_model(store, resolved)
-    except (RunError, WeightsError, CheckpointError) as exc:
+    except (AnonymizeError, WeightsError, CheckpointError) as exc:
         fail(str(exc))
     key = BankKey(store.sha256(generator_name) or "", store.sha256(artefact_of("farl")) or "", seed, size, psi)
     with progress_bar("fake bank", quiet=as_json, transient=True) as progress:

@@ -38,7 +38,8 @@ def calibrate_command(
     from anonymize.audit.calibrate import RECORDED, CalibrationError, calibrate, embed_folders, identity_folders, recognizer_embedder, write_record
     from anonymize.models.checkpoint import CheckpointError
     from anonymize.models.tfjs import GraphModelError
-    from anonymize.pipeline import RunError, resolve_device
+    from anonymize.errors import AnonymizeError
+    from anonymize.models.device import resolve_device
     from anonymize.weights import WeightsError
 
     try:
@@ -49,7 +50,7 @@ def calibrate_command(
             embeddings, labels = embed_folders(folders, embed, lambda: bar.advance(task, 1))
         result = calibrate(embeddings, labels, far, recognizer.value)
         recorded = write_record(result, faces_dir, weights_dir) if record and recognizer.value in RECORDED else None
-    except (CalibrationError, RunError, WeightsError, CheckpointError, GraphModelError, ValueError) as exc:
+    except (CalibrationError, AnonymizeError, WeightsError, CheckpointError, GraphModelError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
     except OSError as exc:
         fail(f"cannot store the calibration record: {exc}", as_json=as_json)

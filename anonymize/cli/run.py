@@ -17,6 +17,7 @@ from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
+from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.io.store import StoreError, location, uses_store
 from anonymize.methods import METHODS, MethodError, method_class
@@ -263,7 +264,7 @@ def run_command(
     try:
         with RichProgress(quiet or as_json) as progress:
             summary = run(config, progress)
-    except (RunError, MethodError, WeightsError) as exc:
+    except (AnonymizeError, MethodError, WeightsError) as exc:
         fail(str(exc), as_json=as_json)
     except OSError as exc:  # the environment (disk full, read-only, no permission): one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
