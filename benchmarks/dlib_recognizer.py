@@ -30,7 +30,7 @@ import torch
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import read_imglab_boxes
 from anonymize.metrics.identity import DlibRecognizer
-from anonymize.models.dlib_resnet import load_dlib_face_resnet
+from anonymize.models.legacy.dlib_resnet import load_dlib_face_resnet
 from anonymize.weights import WeightsStore
 from benchmarks.models import print_table, timed
 

@@ -21,7 +21,7 @@ from anonymize.attributes.landmarks import LandmarkSource
 from anonymize.faces.align import align_aligned_input
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 MALE_BY_INSPECTION = {"0": True, "1": True, "2": True, "3": False, "4": True}

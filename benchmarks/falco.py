@@ -1,7 +1,7 @@
 """Seconds per face per FALCO step at real network sizes (random weights), and for a 50-step face.
 
 A step is one forward and backward pass through the 1024 px generator, ArcFace and FaRL plus the
-Adam update, exactly :func:`anonymize.methods.falco.optimize.optimise_latents`. The time of a run
+Adam update, exactly :func:`anonymize.methods.falco.loss.optimise_latents`. The time of a run
 of S steps is a fixed part (one extra final render and loss) plus S times the step time; timing
 runs of two different lengths separates the two, and 50 steps are extrapolated from them.
 
@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from anonymize.methods.falco.optimize import OptimSettings, face_losses, optimise_latents, real_targets, render
+from anonymize.methods.falco.loss import OptimSettings, face_losses, optimise_latents
+from anonymize.methods.latent.optimize import real_targets, render
 from anonymize.models.images import CanonicalImages
 from benchmarks import real_size
 from benchmarks.models import print_table

@@ -27,7 +27,8 @@ from PIL import Image
 
 from anonymize.metrics.quality import ssim
 from anonymize.faces.align import align_single_face
-from anonymize.methods.base import FaceCrop, MethodContext
+from anonymize.faces.types import FaceCrop
+from anonymize.methods.base import MethodContext
 from anonymize.faces.landmarks import LandmarkFinder
 from anonymize.methods.parts.masks import PARTS
 from anonymize.methods.parts.method import PartsMethod

@@ -39,7 +39,7 @@ import numpy as np
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import DetectionScore, read_imglab_boxes
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 from anonymize.weights import WeightsStore
 
 
@@ -103,7 +103,7 @@ def throughput(detector_name: str, data: Path, weights_dir: Path | None, workers
     _import_detector_modules(detector_name)
     with tempfile.TemporaryDirectory() as tmp:
         started, cpu_started = time.perf_counter(), time.process_time()
-        summary = run(RunConfig(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir,
+        summary = run(run_config(data, Path(tmp) / "out", method="blur", detector=detector_name, weights_dir=weights_dir,
                                 device="cpu", workers=workers, executor=executor))  # type: ignore[arg-type]
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return {"images": summary.images, "faces": summary.faces, "seconds": round(seconds, 2),
@@ -139,14 +139,10 @@ def _prepare_all(stages: object, files: list[object]) -> int:
 def pool_rows(data: Path, weights_dir: Path | None, workers: int = 2) -> list[dict[str, object]]:
     """The prepare stage (hash, decode, detect, align) over every image: serial, threads, processes."""
     from anonymize.io.walk import ImageFile, walk_tree
-    from anonymize.pipeline import Pipeline
+    from anonymize.run.config import Detection
+    from anonymize.run.prepare import Preparer, ResumePolicy
 
-    pipeline = Pipeline(RunConfig(data, Path(tempfile.mkdtemp()) / "out", method="blur", detector="retinaface",
-                                  weights_dir=weights_dir, device="cpu", dry_run=True))
-    pipeline.method = pipeline._build_method(0)
-    from anonymize.stages import Stages
-
-    stages = Stages(pipeline.facts())
+    stages = Preparer(Detection("retinaface"), ResumePolicy(False, data), 256, 178_956_970, weights_dir, "cpu")
     files = [ImageFile(entry.path, entry.relpath) for entry in walk_tree(data) if entry.kind == "image"]
     chunks = [files[index::workers] for index in range(workers)]
     rows = []

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anonymize.methods.falco.optimize import LossNetworks
+from anonymize.methods.latent.optimize import LossNetworks
 from anonymize.models.arcface import ArcFace
 from anonymize.models.e4e import E4EEncoder
 from anonymize.models.farl import FaRLEncoder, VisionConfig

@@ -21,7 +21,7 @@ from anonymize.adversarial.universal import survey_faces, universal_perturbation
 from anonymize.cli import app
 from anonymize.faces.chips import extract_face_chips, face_chip_location
 from anonymize.io.manifest import read_manifest
-from anonymize.methods.plan_store import read_plan
+from anonymize.io.storage import plan_storage
 from anonymize.metrics.identity import DlibRecognizer
 
 EYES_AND_NOSE = np.array([(140.0, 90.0), (122.0, 91.0), (78.0, 90.0), (96.0, 91.0), (110.0, 125.0)])  # dlib's 5 points
@@ -174,7 +174,7 @@ def test_uap_from_the_cli_stores_one_perturbation_and_applies_it(five_identities
                                       "--detector", "dlib-hog", "--workers", "0", "--device", "cpu", "--quiet",
                                       "-p", "adversarial=uap", "-p", "adv_eps=8/255", "-p", "adv_ensemble=dlib"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    stored = read_plan(out / ".anonymize" / "plan" / "adversarial-uap")
+    stored = plan_storage(out, "adversarial-uap").read_plan()
     assert stored is not None
     arrays, info = stored
     assert arrays["perturbation"].shape == (3, 150, 150)

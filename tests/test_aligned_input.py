@@ -22,7 +22,7 @@ from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.faces.types import eye_and_mouth_points
 from anonymize.io.decode import decode_image
 from anonymize.methods.classical import MaskMethod
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 PHOTOS_PER_IDENTITY = 3
 
@@ -53,7 +53,7 @@ def test_celeba_faces_reach_the_method_at_the_ffhq_template_positions_and_come_b
     original = MaskMethod.anonymize
     monkeypatch.setattr(MaskMethod, "anonymize", lambda self, faces: handed.extend(f.image for f in faces) or original(self, faces))
     out = tmp_path / "out"
-    summary = run(RunConfig(celeba, out, method="mask", aligned=True, device="cpu", weights_dir=tiny_weights.weights_dir))
+    summary = run(run_config(celeba, out, method="mask", aligned=True, device="cpu", weights_dir=tiny_weights.weights_dir))
     assert summary.images == summary.faces == 5 * PHOTOS_PER_IDENTITY and summary.errors == 0
     # an independent landmark model (dlib's 68 points) on the crops the method received
     dlib = create_detector("dlib-hog", tiny_weights.store(), DetectorSettings())
@@ -97,7 +97,7 @@ def test_aligned_ffhq_uses_square_images_whole_and_refuses_other_shapes(celeba, 
     Image.fromarray(rgb).save(square / "ffhq.png")
     Image.fromarray(decode_image(next(celeba.rglob("*.jpg"))).rgb).save(square / "tall.png")
     out = tmp_path / "out"
-    summary = run(RunConfig(square, out, method="mask", aligned=True, aligned_framing="ffhq", region="crop",
+    summary = run(run_config(square, out, method="mask", aligned=True, aligned_framing="ffhq", region="crop",
                             device="cpu", weights_dir=tiny_weights.weights_dir))
     assert summary.images == 1 and summary.errors == 1
     assert "tall.png" in summary.error_messages[0] and "--aligned ffhq expects square" in summary.error_messages[0]

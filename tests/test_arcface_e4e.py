@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from anonymize.models.arcface import ArcFace, arcface_from_state_dict, load_arcface
+from anonymize.models.arcface import ArcFace
 from anonymize.models.checkpoint import CheckpointError, load_checkpoint, sub_state_dict
-from anonymize.models.e4e import E4EEncoder, e4e_encoder_from_state_dict, load_e4e
+from anonymize.models.e4e import E4EEncoder
 from anonymize.models.images import CanonicalImages
-from anonymize.models.irse import STAGE_WIDTHS, UNITS_PER_STAGE, block_specs, infer_block_specs
+from anonymize.models.irse import STAGE_WIDTHS, UNITS_PER_STAGE, block_specs
+from anonymize.models.legacy.arcface import arcface_from_state_dict, load_arcface
+from anonymize.models.legacy.e4e import e4e_encoder_from_state_dict, load_e4e
+from anonymize.models.legacy.irse import infer_block_specs
 from tests.tiny.irse import TINY_EMBEDDING, arcface_state, e4e_encoder_state, write_tiny_arcface, write_tiny_e4e
 
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from anonymize.attributes.estimators import EstimatorSource, faceres_age, network_input, young_probability
 from anonymize.attributes.sources import create_source
 from anonymize.cli import _register_commands, app
+from anonymize.models.registry import contract_of
 
 
 def test_decoding_follows_the_authors_on_hand_made_outputs() -> None:
@@ -23,10 +24,10 @@ def test_decoding_follows_the_authors_on_hand_made_outputs() -> None:
     assert young_probability(np.array([35.0]))[0] == pytest.approx(0.5)
     assert young_probability(np.array([20.0]))[0] > 0.95 > 0.05 > young_probability(np.array([50.0]))[0]
     pixels = np.array([[[[255, 255, 255], [0, 0, 0]]]], np.uint8)  # one white and one black pixel
-    assert network_input(pixels, "gray-sym")[..., 0].tolist() == [[[1.0, -1.0]]]
-    assert network_input(pixels, "rgb01").max() == 1.0
+    assert network_input(pixels, contract_of("gender"))[..., 0].tolist() == [[[1.0, -1.0]]]
+    assert network_input(pixels, contract_of("gear")).max() == 1.0
     red = np.array([[[[255, 0, 0]]]], np.uint8)
-    assert network_input(red, "bgr-caffe")[0, 0, 0].tolist() == pytest.approx([-103.939, -116.779, 255 - 123.68])
+    assert network_input(red, contract_of("faceres"))[0, 0, 0].tolist() == pytest.approx([-103.939, -116.779, 255 - 123.68])
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_the_cli_writes_male_young_and_smiling_from_the_estimators(human_weights
 def test_a_merged_source_takes_each_column_from_the_first_that_estimates_it(human_weights, a_man_and_a_woman: Path) -> None:
     from anonymize.faces.align import align_single_face
     from anonymize.io.decode import decode_image
-    from anonymize.methods.base import FaceCrop
+    from anonymize.faces.types import FaceCrop
 
     store = human_weights.store()
     faces = [FaceCrop(align_single_face(decode_image(path).rgb, None, 256).crop, None, path.name)

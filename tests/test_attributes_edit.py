@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES
-from anonymize.io.manifest import METRIC_COLUMNS
+from anonymize.io.storage import plan_storage, work_storage
 from anonymize.methods.attributes_edit.method import AttributeEditMethod
 from anonymize.methods.attributes_edit.objective import AttributeEditLoss, EditWeights, IdentityTargets
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
-from anonymize.methods.falco.optimize import attribute_loss, real_targets
+from anonymize.methods.latent.optimize import attribute_loss, real_targets
 from anonymize.models.images import CanonicalImages
-from tests.test_falco import synthetic_face
+from tests.helpers import EDIT_COLUMNS, synthetic_face
 
 GLASSES, SMILE = CELEBA_ATTRIBUTES.index("Eyeglasses"), CELEBA_ATTRIBUTES.index("Smiling")
-EDIT_COLUMNS = {"attr_edit_targets", "attr_edit_start", "attr_edit_achieved", "attr_edit_keep_drift", "attr_edit_identity"}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +30,7 @@ def faces() -> list[FaceCrop]:
 @pytest.fixture
 def make_method(tiny_weights, tmp_path):
     def make(**options: str) -> AttributeEditMethod:
-        context = MethodContext(tiny_weights.store(), seed=5, output_dir=tmp_path / "out")
+        context = MethodContext(tiny_weights.store(), seed=5, work=work_storage(tmp_path / "out"))
         return AttributeEditMethod(context, {"bank_size": "24", "steps": "3", "set": "Eyeglasses:1", **options})
 
     return make
@@ -131,7 +130,7 @@ def test_every_identity_mode_runs_and_every_metric_is_a_manifest_column(make_met
     edit = method.edit(faces[:1])
     assert set(edit.loop.end) == {"target", "keep", "tokens", "probabilities"} | extra
     [face] = method.anonymize(faces[:1])
-    assert set(face.metrics) <= set(METRIC_COLUMNS) and EDIT_COLUMNS <= set(face.metrics)
+    assert set(face.metrics) <= set(AttributeEditMethod.metric_columns) and EDIT_COLUMNS <= set(face.metrics)
     assert json.loads(face.metrics["attr_edit_targets"]) == {"Eyeglasses": 1.0}
     assert face.metrics["attr_edit_identity"] == identity and 0 <= json.loads(face.metrics["attr_edit_achieved"])["Eyeglasses"] <= 1
 
@@ -168,9 +167,9 @@ def test_randomize_draws_each_faces_side_by_randomised_response_seeded_by_its_ke
 
 def test_stage_two_chooses_the_quasi_identifiers_over_the_dataset_before_any_face_is_rendered(make_method, faces, tmp_path):
     """select=k: pass 1 estimates every face, the plan recodes the qi values to classes of at least k."""
-    plan_dir = tmp_path / "out" / ".anonymize" / "plan" / "attributes"
+    plan = plan_storage(tmp_path / "out", "attributes")
     method = make_method(select="k", qi="Male,Young", k="2")
-    method.context = replace(method.context, plan_dir=plan_dir)
+    method.context = replace(method.context, plan=plan)
     assert method.dataset_level
     method.survey(faces[:1])
     method.survey(faces[1:])
@@ -185,7 +184,7 @@ def test_stage_two_chooses_the_quasi_identifiers_over_the_dataset_before_any_fac
     assert torch.equal(goals[:, columns], torch.from_numpy(chosen.astype(np.float32)))
     assert is_target[:, columns].all() and is_target[:, GLASSES].all()
     copy = make_method(select="k", qi="Male,Young", k="2")  # a copy that did not plan (a Ray actor) reads the plan
-    copy.context = replace(copy.context, plan_dir=plan_dir)
+    copy.context = replace(copy.context, plan=plan)
     assert np.array_equal(copy.chosen_values(keys), chosen)
 
 

@@ -11,9 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.test_attributes_edit import EDIT_COLUMNS
-from tests.test_falco_cli import cli
-from tests.conftest import copy_celeba_ids
+from tests.helpers import EDIT_COLUMNS, cli, copy_celeba_ids
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from anonymize.attributes.landmarks import (RULES, brow_arch, eye_aspect_ratio, 
                                              rule_probabilities, smile)
 from anonymize.attributes.probe import ProbeError, ProbeSource, farl_features, load_heads
 from anonymize.cli import app
-from tests.conftest import copy_celeba_ids
+from tests.helpers import copy_celeba_ids
 
 SMILING, OPEN = CELEBA_ATTRIBUTES.index("Smiling"), CELEBA_ATTRIBUTES.index("Mouth_Slightly_Open")
 
@@ -230,7 +230,7 @@ def test_probe_heads_fit_on_tiny_farl_save_as_plain_arrays_and_predict_what_skle
     assert result.exit_code == 0, result.output
     table = read_attribute_table(out)
     assert table.source == "probe" and not table.heuristic and np.isnan(np.delete(table.probabilities, SMILING, axis=1)).all()
-    from anonymize.attributes.collect import FaceCollector
+    from anonymize.run.collect import FaceCollector
     from sklearn.linear_model import LogisticRegression
 
     batches = list(FaceCollector(celeba_six, store, aligned=True, workers=2).batches(faces_per_batch=4))

@@ -10,7 +10,7 @@ import torch
 
 from anonymize.attributes import CELEBA_ATTRIBUTES, create_source
 from anonymize.attributes.zero_shot import PROMPTS
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.models.farl import tokenize
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_farl_model, load_farl_text_model

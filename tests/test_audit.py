@@ -19,21 +19,22 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from anonymize.audit import AuditConfig, AuditError, Thresholds, default_audit_dir, run_audit
-from anonymize.audit.audit import choose_detector
+from anonymize.audit.format import rank1_sentence
 from anonymize.audit.report import whole_with_box_jpeg
-from anonymize.audit.summary import rank1_sentence
+from anonymize.audit.summary import AuditSummary, PossibleFaces
 from anonymize.audit.faces import match_boxes
 from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
 from anonymize.audit.missed import region_change
 from anonymize.metrics.quality import PSNR_IDENTICAL_DB, outside_faces_mask, psnr, ssim
 from anonymize.audit.reid import identify, identity_separation
 from anonymize.cli import _register_commands, app
+from anonymize.faces.choose import choose_audit_detector
 from anonymize.io.decode import decode_image
 from anonymize.io.manifest import read_manifest
 from anonymize.io.metadata import metadata_beyond_icc, metadata_of
 from anonymize.io.write import write_image
 from anonymize.models.inception import FidInceptionV3
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 from anonymize.weights import WeightsStore
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -85,7 +86,7 @@ def blurred(workspace: Path, portraits: Path) -> Path:
     # sigma 0.12: with the face region that covers the whole face (ellipse + box down to the chin), the
     # default 0.08 leaves alex_lacamoire_2 at dlib distance 0.582 (his hair and head outline stay), just
     # under the 0.6 threshold; 0.12 gives 0.614 and every other face >= 0.66.
-    run(RunConfig(portraits, out, method="blur", method_options={"sigma": "0.12"}, detector=DETECTOR, device="cpu",
+    run(run_config(portraits, out, method="blur", method_options={"sigma": "0.12"}, detector=DETECTOR, device="cpu",
                   weights_dir=workspace / "weights"))
     return out
 
@@ -102,15 +103,27 @@ def celeba(workspace: Path) -> Path:
 
 def test_identity_distances_of_celeba_ids_separate_same_and_different_people(workspace, celeba):
     out = workspace / "celeba-blurred"
-    run(RunConfig(celeba, out, method="blur", aligned=True, device="cpu", weights_dir=workspace / "weights"))
+    run(run_config(celeba, out, method="blur", aligned=True, device="cpu", weights_dir=workspace / "weights"))
     result = audit(celeba, out, workspace)
-    check = result.summary["identity_check"]
-    assert result.summary["identity_labels"] == "folders" and result.summary["aligned"] is True  # from the manifest
-    assert check["available"] and check["identities"] == 5 and check["faces"] == 15
-    assert check["same_pairs"] == 15 and check["different_pairs"] == 90
-    assert check["mean_same"] < 0.6 <= check["mean_different"]
-    assert check["roc_auc"] > 0.95 and check["separated"]
-    assert result.summary["reid"]["rank1_chance"] == pytest.approx(3 / 15)
+    check = result.summary.identity_check
+    assert result.summary.identity_labels == "folders" and result.summary.aligned is True  # from the manifest
+    assert check.available and check.identities == 5 and check.faces == 15
+    assert check.same_pairs == 15 and check.different_pairs == 90
+    assert check.mean_same < 0.6 <= check.mean_different
+    assert check.roc_auc > 0.95 and check.separated
+    assert result.summary.reid.rank1_chance == pytest.approx(3 / 15)
+    # With identity labels the JSON holds the separation and the labelled protocols (keys as the audit always wrote them).
+    written = result.summary.to_json()
+    assert list(written["identity_check"]) == [
+        "available", "identities", "faces", "same_pairs", "different_pairs", "mean_same", "mean_different", "roc_auc",
+        "same_below_threshold", "different_above_threshold", "threshold", "separated"]
+    assert list(written["recognisers"]["dlib"]) == [
+        "instrument", "threshold", "faces", "verification_rate", "rank1_rate", "mean_rank", "gallery", "different_person_pairs",
+        "tpr_at_far", "parrot"]
+    assert list(written["recognisers"]["dlib"]["tpr_at_far"]) == ["0.001", "0.01", "0.1"]
+    assert list(written["recognisers"]["dlib"]["tpr_at_far"]["0.1"]) == ["far", "threshold", "tpr", "realised_far", "resolved"]
+    assert list(written["recognisers"]["dlib"]["parrot"]) == ["probes", "rank1_rate", "mean_rank", "chance"]
+    assert AuditSummary.from_json(written).to_json() == written
     assert {row["identity"] for row in result.rows} == {"0", "1", "2", "3", "4"}
 
 
@@ -119,36 +132,36 @@ def test_an_unmodified_copy_of_portraits_fails_the_gate(workspace, portraits):
     result = audit(portraits, copy, workspace)
     summary = result.summary
     with_metadata = {name for name in PORTRAIT_SUBSET if metadata_beyond_icc(metadata_of(portraits / name))}
-    assert summary["faces"] == 10 and summary["identical_copies"] == len(PORTRAIT_SUBSET)
-    assert summary["reid"]["verification_rate"] == 1.0 and summary["reid"]["rank1_rate"] == 1.0
-    assert summary["missed_faces"]["count"] == 10
-    assert set(summary["metadata"]["files"]) == with_metadata and len(with_metadata) >= 5
-    assert "GPS" in summary["metadata"]["files"]["alex_lacamoire_2.jpg"]
+    assert summary.faces == 10 and summary.identical_copies == len(PORTRAIT_SUBSET)
+    assert summary.reid.verification_rate == 1.0 and summary.reid.rank1_rate == 1.0
+    assert summary.missed_faces.count == 10
+    assert set(summary.metadata.files) == with_metadata and len(with_metadata) >= 5
+    assert "GPS" in summary.metadata.files["alex_lacamoire_2.jpg"]
     assert not result.passed
     assert [text.split(" ")[0] for text in result.crossed] == ["re-identification", "10", f"{len(with_metadata)}"]
-    attributes = summary["attributes"]  # the same pixels give the same estimates: everything preserved, nothing gained
-    assert attributes["available"] and attributes["source"] == "landmarks" and attributes["faces"] == 10
-    assert set(attributes["preservation"]["per_attribute"].values()) == {1.0}
-    assert attributes["release"] == attributes["originals"] and attributes["release"]["faces"] == 10
-    assert attributes["unique_share"] == attributes["unique_share_originals"]
+    attributes = summary.attributes  # the same pixels give the same estimates: everything preserved, nothing gained
+    assert attributes.available and attributes.source == "landmarks" and attributes.faces == 10
+    assert set(attributes.preservation.per_attribute.values()) == {1.0}
+    assert attributes.release == attributes.originals and attributes.release.faces == 10
+    assert attributes.unique_share == attributes.unique_share_originals
 
 
 def test_a_blurred_run_passes_the_reid_threshold_and_the_metadata_check(workspace, portraits, blurred):
     result = audit(portraits, blurred, workspace)
     summary = result.summary
     manifest_faces = [row for row in read_manifest(blurred / "manifest.parquet")[0].to_pylist() if row["face_index"] is not None]
-    assert summary["pairing"] == "manifest" and summary["faces"] == len(manifest_faces) == 10
-    assert summary["reid"]["verification_rate"] <= 0.05 and summary["reid"]["min_distance"] > 0.6
-    assert summary["metadata"]["leaks"] == 0 and summary["missed_faces"]["count"] == 0
-    assert summary["unaudited"]["count"] == 0 and result.passed and result.crossed == []
-    assert summary["quality"]["psnr_outside_db"] > 40 and summary["quality"]["ssim_outside"] > 0.98
-    assert summary["attributes"]["release"]["faces"] == 10  # k / l / t of the release, from the blurred faces
-    assert summary["attributes"]["release"]["quasi_identifiers"] == ["Arched_Eyebrows", "Big_Lips", "Big_Nose", "Narrow_Eyes"]
-    assert summary["quality"]["fid"] is None
-    assert summary["quality"]["fid_status"].startswith(
+    assert summary.pairing == "manifest" and summary.faces == len(manifest_faces) == 10
+    assert summary.reid.verification_rate <= 0.05 and summary.reid.min_distance > 0.6
+    assert summary.metadata.leaks == 0 and summary.missed_faces.count == 0
+    assert summary.unaudited.count == 0 and result.passed and result.crossed == []
+    assert summary.quality.psnr_outside_db > 40 and summary.quality.ssim_outside > 0.98
+    assert summary.attributes.release.faces == 10  # k / l / t of the release, from the blurred faces
+    assert summary.attributes.release.quasi_identifiers == ["Arched_Eyebrows", "Big_Lips", "Big_Nose", "Narrow_Eyes"]
+    assert summary.quality.fid is None
+    assert summary.quality.fid_status.startswith(
         "unavailable (no Inception weights: put pt_inception-2015-12-05-6726825d.pth from https://github.com/mseitzer/pytorch-fid/"
     )
-    assert str(workspace / "weights" / "inception") in summary["quality"]["fid_status"]
+    assert str(workspace / "weights" / "inception") in summary.quality.fid_status
 
 
 def test_a_face_restored_from_the_original_is_reported_as_missed(workspace, portraits, blurred):
@@ -168,8 +181,8 @@ def test_a_face_restored_from_the_original_is_reported_as_missed(workspace, port
     missed = [row for row in result.rows if row["missed"]]
     assert [(row["source_path"], row["box"]) for row in missed] == [("multi_two_people.jpg", pytest.approx(box, abs=1))]
     assert missed[0]["reidentified"] and missed[0]["region_change"] < 4.0
-    assert result.summary["missed_faces"]["faces"] == [f"multi_two_people.jpg#{missed[0]['face_index']}"]
-    assert result.summary["metadata"]["leaks"] == 0
+    assert result.summary.missed_faces.faces == [f"multi_two_people.jpg#{missed[0]['face_index']}"]
+    assert result.summary.metadata.leaks == 0
     assert not result.passed and "1 missed face(s) left unchanged > max 0" in result.crossed
 
 
@@ -211,8 +224,8 @@ def test_outputs_without_an_original_or_unreadable_fail_the_gate(workspace, port
     Image.new("RGB", (64, 48), (90, 120, 150)).save(anonymized / "not_in_the_originals.png")
     (anonymized / "biden_2.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     result = audit(portraits, anonymized, workspace)
-    assert result.summary["unaudited"]["count"] == 2 and result.summary["faces"] == 0
-    assert result.summary["not_released"] == len(PORTRAIT_SUBSET) - 1
+    assert result.summary.unaudited.count == 2 and result.summary.faces == 0
+    assert result.summary.not_released == len(PORTRAIT_SUBSET) - 1
     assert result.crossed == ["2 released image(s) could not be audited (unreadable, or no original to compare with)"]
 
 
@@ -220,7 +233,7 @@ def test_fid_uses_the_inception_weights_only_once_they_are_trusted(workspace):
     originals = copy_files([photo for identity in ("0", "1") for photo in sorted((CELEBA / identity).glob("*.jpg"))[:2]],
                            workspace / "fid-originals", CELEBA)
     outputs = workspace / "fid-outputs"
-    run(RunConfig(originals, outputs, method="blur", aligned=True, device="cpu", weights_dir=workspace / "fid-weights"))
+    run(run_config(originals, outputs, method="blur", aligned=True, device="cpu", weights_dir=workspace / "fid-weights"))
     store = WeightsStore(workspace / "fid-weights")
     target = store.path(FID_ARTEFACT)
     target.parent.mkdir(parents=True)
@@ -228,31 +241,33 @@ def test_fid_uses_the_inception_weights_only_once_they_are_trusted(workspace):
     torch.save(FidInceptionV3().state_dict(), target)  # random weights: not the pinned file
 
     refused = audit(originals, outputs, workspace, weights_dir=workspace / "fid-weights")
-    assert refused.summary["quality"]["fid"] is None
-    assert refused.summary["quality"]["fid_status"].startswith("unavailable (Inception weights not usable: inception_fid:")
-    assert "corrupt" in refused.summary["quality"]["fid_status"]
+    assert refused.summary.quality.fid is None
+    assert refused.summary.quality.fid_status.startswith("unavailable (Inception weights not usable: inception_fid:")
+    assert "corrupt" in refused.summary.quality.fid_status
 
     trusted = audit(originals, outputs, workspace, weights_dir=workspace / "fid-weights", trust_unverified=True)
-    assert trusted.summary["quality"]["fid_status"] == "computed on 4 + 4 images"
-    assert np.isfinite(trusted.summary["quality"]["fid"]) and trusted.summary["quality"]["fid"] > 0
+    assert trusted.summary.quality.fid_status == "computed on 4 + 4 images"
+    assert np.isfinite(trusted.summary.quality.fid) and trusted.summary.quality.fid > 0
 
 
 def test_the_automatic_detector_is_the_strongest_ensemble_and_stronger_than_the_runs(workspace):
     if not (SHARED / "weights" / "retinaface_mobilenet0.25.pth").is_file():
         pytest.skip(f"{SHARED / 'weights'} holds no RetinaFace weights")
     store = WeightsStore(workspace / "detector-weights")
-    without_retinaface = choose_detector("auto", store, "mtcnn")
+    without_retinaface = choose_audit_detector("auto", store, "mtcnn")
     assert (without_retinaface.name, without_retinaface.members) == ("ensemble", ("mtcnn", "dlib-hog"))
     target = store.path("retinaface_mobilenet0.25")
     target.parent.mkdir(parents=True)
     shutil.copyfile(SHARED / "weights" / "retinaface_mobilenet0.25.pth", target)
     for run_detector in ("retinaface", "ensemble(retinaface+mtcnn)", "dlib-hog"):
-        choice = choose_detector("auto", store, run_detector)
+        choice = choose_audit_detector("auto", store, run_detector)
         assert (choice.name, choice.members, choice.recall_first) == ("ensemble", ("retinaface", "mtcnn", "dlib-hog"), True)
         assert f"stronger than the run's {run_detector}" in choice.reason
-    assert "unknown" in choose_detector("auto", store, None).reason
-    named = choose_detector("dlib-cnn", store, "retinaface")
+    assert "unknown" in choose_audit_detector("auto", store, None).reason
+    named = choose_audit_detector("dlib-cnn", store, "retinaface")
     assert (named.name, named.reason) == ("dlib-cnn", "chosen by the user")
+    with pytest.raises(ValueError, match="unknown detector 'haar': choose auto or one of"):
+        choose_audit_detector("haar", store, None)
 
 
 def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidentification(workspace, tiny_weights):
@@ -266,7 +281,7 @@ def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidenti
     report = workspace / "dogs-report"
     result = audit(originals, copy, workspace, detector="auto", weights_dir=tiny_weights.weights_dir, report_dir=report)
     summary = result.summary
-    assert summary["detector"] == "ensemble(retinaface+mtcnn+dlib-hog)"
+    assert summary.detector == "ensemble(retinaface+mtcnn+dlib-hog)"
     faces = [row for row in result.rows if row["face_index"] is not None]
     possible = [row for row in faces if row["face_status"] == "possible face"]
     confirmed = [row for row in faces if row["face_status"] == "face"]
@@ -275,13 +290,12 @@ def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidenti
     assert all(row["reidentified"] is None and row["confirmed_by"] is None for row in possible)
     assert len(people) >= 3 and all(row["confirmed_by"] == "retinaface+mtcnn+dlib-hog" for row in people)
     # An unchanged copy: every confirmed face is missed and re-identified; possible faces are listed apart.
-    assert summary["faces"] == len(confirmed) and summary["missed_faces"]["count"] == len(confirmed)
-    assert summary["reid"]["reidentified"] == len(confirmed)
-    assert summary["possible_faces"] == {"count": len(possible), "unchanged": len(possible),
-                                         "faces": [f"dogs.jpg#{row['face_index']}" for row in possible]}
+    assert summary.faces == len(confirmed) and summary.missed_faces.count == len(confirmed)
+    assert summary.reid.reidentified == len(confirmed)
+    assert summary.possible_faces == PossibleFaces(len(possible), len(possible), [f"dogs.jpg#{row['face_index']}" for row in possible])
     page = (report / "index.html").read_text()
     assert "Possible faces" in page and page.count("whole original, face boxed") == min(len(confirmed), 8) + min(len(possible), 8)
-    assert "above chance" in summary["reid"]["rank1_meaning"]
+    assert "above chance" in summary.reid.rank1_meaning
 
 
 def test_rank1_is_read_against_chance_in_a_plain_sentence():
@@ -358,3 +372,92 @@ def test_rank1_counts_another_photo_of_the_same_person_only_when_identities_are_
 def test_thresholds_default_to_a_strict_release_gate():
     assert Thresholds() == Thresholds(max_reid_rate=0.05, max_rank1_rate=None, min_detection_rate=0.0,
                                       max_missed_faces=0, max_metadata_leaks=0)
+
+
+# ---- the summary's JSON ---------------------------------------------------------------------------
+
+
+def _leaves(names: str) -> dict:
+    return dict.fromkeys(names.split())
+
+
+ANY_MAP = {"*": None}  # a map whose keys are data (file names, attribute names, ...)
+RELEASE_KEYS = {**_leaves("faces quasi_identifiers sensitive k classes"), "class_sizes": ANY_MAP,
+                **_leaves("requested_k share_below_k unique_share distinct_l entropy_l"), "t": ANY_MAP}
+# The key tree of audit-summary.json for a machine-goal audit without identity labels, written by hand from what
+# the audit wrote before its summary was typed (anonymize 0.1.0): same keys, same order. None: a value;
+# {"*": shape}: a map keyed by data, each entry of that shape; [shape]: a list of entries of that shape.
+SUMMARY_KEYS = {
+    **_leaves("anonymize_version created_at original_dir anonymized_dir manifest_path pairing"),
+    "run": {"method": None, "options": ANY_MAP, "region": None},
+    **_leaves("detector detector_reason aligned identity_labels distance_threshold unchanged_threshold"),
+    "thresholds": _leaves("max_reid_rate max_rank1_rate min_detection_rate max_missed_faces max_metadata_leaks min_match_rate "
+                          "max_face_psnr_db max_face_ssim"),
+    **_leaves("not_released missing_outputs outputs"),
+    "metadata": {"leaks": None, "files": ANY_MAP},
+    **_leaves("identical_copies size_mismatches"),
+    "quality": _leaves("psnr_outside_db ssim_outside images_measured fid fid_status farl_frechet_proxy farl_frechet_proxy_status"),
+    "unaudited": {"count": None, "files": ANY_MAP},
+    "faces": None,
+    "detection": _leaves("detected rate"),
+    "reid": _leaves("reidentified verification_rate rank1_hits rank1_rate mean_distance median_distance min_distance rank1_chance "
+                    "rank1_meaning"),
+    "face_quality": _leaves("psnr_face_db ssim_face lpips_face"),
+    "missed_faces": _leaves("count faces"),
+    "possible_faces": _leaves("count unchanged faces"),
+    "identity_check": _leaves("available reason"),
+    "warnings": None,
+    "recognisers": {"dlib": _leaves("instrument threshold faces verification_rate rank1_rate mean_rank gallery")},
+    "judges": {**_leaves("names reason white_box"),
+               "per_judge": {"dlib": _leaves("verification_rate faces matched threshold instrument")}, "worst": None},
+    **_leaves("privacy_goal privacy_goal_source"),
+    "recogniser_roles": _leaves("white_box judges judge judge_reason"),
+    "look_alike": _leaves("count faces max_psnr_db max_ssim"),
+    "instruments_unavailable": {"*": _leaves("instrument status")},
+    "detection_by_detector": {"*": _leaves("detected faces rate")},
+    "attributes": {**_leaves("available source heuristic faces estimated requested_k"), "release": RELEASE_KEYS,
+                   "originals": RELEASE_KEYS, "preservation": {"per_attribute": ANY_MAP, "mean": None},
+                   **_leaves("unique_share unique_share_originals")},
+    "figures": [_leaves("key label value kind instrument threshold protocol status")],
+    **_leaves("passed crossed parquet_path report_path"),
+}
+
+
+def assert_key_tree(value: object, expected: object, where: str = "summary") -> None:
+    """``value`` has exactly the keys of ``expected``, in its order, all the way down."""
+    if isinstance(expected, dict) and list(expected) == ["*"]:
+        assert isinstance(value, dict), where
+        for key, item in value.items():
+            assert_key_tree(item, expected["*"], f"{where}.{key}")
+    elif isinstance(expected, dict):
+        assert isinstance(value, dict) and list(value) == list(expected), (where, list(value) if isinstance(value, dict) else value)
+        for key, item in expected.items():
+            assert_key_tree(value[key], item, f"{where}.{key}")
+    elif isinstance(expected, list):
+        assert isinstance(value, list) and value, where
+        for item in value:
+            assert_key_tree(item, expected[0], f"{where}[]")
+
+
+def test_the_summary_on_disk_keeps_its_keys_and_reads_back_exactly(workspace, portraits, blurred):
+    report = workspace / "summary-report"
+    result = audit(portraits, blurred, workspace, report_dir=report)
+    on_disk = json.loads((report / "audit-summary.json").read_text(encoding="utf-8"))
+    assert_key_tree(on_disk, SUMMARY_KEYS)
+    assert on_disk == result.summary.to_json()
+    assert on_disk["parquet_path"] == str(report / "audit.parquet") and on_disk["report_path"] == str(report / "index.html")
+    read_back = AuditSummary.from_json(on_disk)
+    assert read_back == result.summary and read_back.to_json() == on_disk
+    assert AuditSummary.from_json(result.summary.to_json()).to_json() == result.summary.to_json()
+    # The Parquet's copy was written before the files, so it never held their paths.
+    embedded = json.loads(pq.read_schema(report / "audit.parquet").metadata[b"audit_summary"])
+    assert embedded == {key: value for key, value in on_disk.items() if key not in ("parquet_path", "report_path")}
+    # Nothing written: no paths in the summary either.
+    unwritten = audit(portraits, blurred, workspace, write_files=False).summary.to_json()
+    assert list(unwritten)[-2:] == ["passed", "crossed"] and AuditSummary.from_json(unwritten).to_json() == unwritten
+
+
+def test_an_unknown_audit_detector_is_the_audits_one_line_error(workspace, portraits):
+    copy = copy_files([portraits / "obama_1.jpg"], workspace / "haar-copy", portraits)
+    with pytest.raises(AuditError, match="unknown detector 'haar': choose auto or one of"):
+        audit(portraits, copy, workspace, detector="haar")

@@ -22,8 +22,9 @@ from anonymize.audit import AuditConfig, run_audit
 from anonymize.audit.human import resolve_goal, too_similar
 from anonymize.audit.judges import choose_judges
 from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs
+from anonymize.audit.summary import AuditSummary
 from anonymize.cli import _register_commands, app
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 PHOTOS_PER_IDENTITY = 2
 
@@ -39,7 +40,7 @@ def celeba(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     copy = root / "copy"
     shutil.copytree(originals, copy)
     blurred = root / "blurred"
-    run(RunConfig(originals, blurred, method="blur", aligned=True, device="cpu", weights_dir=root / "weights"))
+    run(run_config(originals, blurred, method="blur", aligned=True, device="cpu", weights_dir=root / "weights"))
     return {"root": root, "originals": originals, "copy": copy, "blurred": blurred, "weights": root / "weights"}
 
 
@@ -58,24 +59,27 @@ def audits(celeba: dict[str, Path]) -> dict[str, object]:
 
 def test_outputs_that_are_the_inputs_pass_the_match_gate_and_fail_the_visual_floor(audits):
     result = audits["copy"]
-    human = result.summary["human_goal"]
-    assert result.summary["privacy_goal"] == "human" and result.summary["privacy_goal_source"] == "--privacy-goal"
-    assert human["judge"] == "dlib" and human["white_box"] == [] and human["faces"] == 10
-    assert human["match_rate"] == 1.0 and human["rank1_rate"] == 1.0
-    assert human["tar_at_far"]["0.1"]["tar"] == 1.0 and human["tar_at_far"]["0.1"]["resolved"]  # 40 different-person pairs
-    assert not human["tar_at_far"]["0.01"]["resolved"]  # FAR 0.01 needs 100 pairs
-    assert human["visual_change"]["too_similar"] == 10 and human["visual_change"]["ssim_face"] == 1.0
+    human = result.summary.human_goal
+    assert result.summary.privacy_goal == "human" and result.summary.privacy_goal_source == "--privacy-goal"
+    assert human.judge == "dlib" and human.white_box == [] and human.faces == 10
+    assert human.match_rate == 1.0 and human.rank1_rate == 1.0
+    assert human.tar_at_far["0.1"].tar == 1.0 and human.tar_at_far["0.1"].resolved  # 40 different-person pairs
+    assert not human.tar_at_far["0.01"].resolved  # FAR 0.01 needs 100 pairs
+    assert human.visual_change.too_similar == 10 and human.visual_change.ssim_face == 1.0
+    written = result.summary.to_json()  # the human goal's entry sits after the recognisers' roles, as always
+    assert list(written)[list(written).index("recogniser_roles") + 1] == "human_goal"
+    assert AuditSummary.from_json(written).to_json() == written
     assert not any(text.startswith("match rate") for text in result.crossed)
     assert result.crossed == ["10 face(s) still look like their original (face-box PSNR > 25 dB or SSIM > 0.8) > max 0"]
 
 
 def test_a_blurred_run_fails_the_match_gate_and_clears_the_visual_floor(audits):
     result = audits["blurred"]
-    human = result.summary["human_goal"]
-    assert human["match_rate"] <= 0.1 and human["visual_change"]["too_similar"] == 0
-    assert human["visual_change"]["psnr_face_db"] < 25 and human["visual_change"]["ssim_face"] < 0.8
+    human = result.summary.human_goal
+    assert human.match_rate <= 0.1 and human.visual_change.too_similar == 0
+    assert human.visual_change.psnr_face_db < 25 and human.visual_change.ssim_face < 0.8
     assert not result.passed
-    assert [text.split(" (")[0] for text in result.crossed] == [f"match rate {human['match_rate']:.1%} < min 90.0%"]
+    assert [text.split(" (")[0] for text in result.crossed] == [f"match rate {human.match_rate:.1%} < min 90.0%"]
     assert "re-identification rate" not in " ".join(result.crossed)  # the machine gate does not apply
 
 

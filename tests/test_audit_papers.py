@@ -21,11 +21,12 @@ from anonymize.audit import AuditConfig, AuditError, run_audit
 from anonymize.audit.compare import find_summary, load_comparison, privacy_utility_svg
 from anonymize.audit.identities import read_identities
 from anonymize.audit.protocols import parrot_identification, tpr_at_far, true_identity_ranks
+from anonymize.audit.summary import PaperFigure
 from anonymize.cli import _register_commands, app
 from anonymize.models.checkpoint import CheckpointError
-from anonymize.models.facenet import load_facenet
+from anonymize.models.legacy.facenet import load_facenet
 from anonymize.models.lpips_alex import LpipsDistance
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 from anonymize.weights import WeightsStore, read_lock
 
 PHOTOS_PER_IDENTITY = 10
@@ -56,13 +57,13 @@ def celeba_runs(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     audits = {}
     for method in METHODS:
         out = root / method
-        run(RunConfig(originals, out, method=method, aligned=True, device="cpu", weights_dir=weights))
+        run(run_config(originals, out, method=method, aligned=True, device="cpu", weights_dir=weights))
         audits[method] = run_audit(AuditConfig(originals, out, detector="dlib-hog", weights_dir=weights, device="cpu"))
     return {"root": root, "originals": originals, "weights": weights, "audits": audits}
 
 
-def figure(result, key: str) -> dict:
-    return {item["key"]: item for item in result.summary["figures"]}[key]
+def figure(result, key: str) -> PaperFigure:
+    return {item.key: item for item in result.summary.figures}[key]
 
 
 # ---- real photos, real instruments ------------------------------------------------------------------
@@ -70,37 +71,37 @@ def figure(result, key: str) -> dict:
 
 def test_every_figure_names_its_instrument_threshold_and_protocol(celeba_runs):
     for result in celeba_runs["audits"].values():
-        for item in result.summary["figures"]:
-            assert item["instrument"] and item["threshold"] and item["protocol"], item["key"]
-            assert (item["value"] is None) == (item["status"] != "measured"), item["key"]
+        for item in result.summary.figures:
+            assert item.instrument and item.threshold and item.protocol, item.key
+            assert (item.value is None) == (item.status != "measured"), item.key
     blur = celeba_runs["audits"]["blur"]
-    assert "distance < 0.6" in figure(blur, "reid.dlib.verification")["threshold"]
-    assert "MTCNN" in figure(blur, "detection.mtcnn")["instrument"] and "0.85" in figure(blur, "detection.mtcnn")["threshold"]
+    assert "distance < 0.6" in figure(blur, "reid.dlib.verification").threshold
+    assert "MTCNN" in figure(blur, "detection.mtcnn").instrument and "0.85" in figure(blur, "detection.mtcnn").threshold
     tpr = figure(blur, "reid.dlib.tpr@0.01")
-    assert "set at FAR 0.01 on 1000 different-person pairs of the originals" in tpr["threshold"]  # 5 x 10 photos: 50*40/2
-    assert "NOT comparable to published FID" in figure(blur, "quality.farl_proxy")["instrument"]
+    assert "set at FAR 0.01 on 1000 different-person pairs of the originals" in tpr.threshold  # 5 x 10 photos: 50*40/2
+    assert "NOT comparable to published FID" in figure(blur, "quality.farl_proxy").instrument
 
 
 def test_without_their_weights_facenet_lpips_fid_and_the_farl_proxy_are_unavailable(celeba_runs):
     for result in celeba_runs["audits"].values():
         for key in OPTIONAL_COLUMNS:
-            assert figure(result, key)["value"] is None
-            assert figure(result, key)["status"].startswith("unavailable ("), key
-    assert "--trust-unverified" in figure(celeba_runs["audits"]["mask"], "reid.facenet-vggface2.verification")["status"]
+            assert figure(result, key).value is None
+            assert figure(result, key).status.startswith("unavailable ("), key
+    assert "--trust-unverified" in figure(celeba_runs["audits"]["mask"], "reid.facenet-vggface2.verification").status
 
 
 def test_mask_hides_identity_better_than_pixelate_and_pixelate_better_than_blur_at_rank_1(celeba_runs):
     audits = celeba_runs["audits"]
     for result in audits.values():
-        assert result.summary["recognisers"]["dlib"]["faces"] == 50
-        assert result.summary["identity_check"]["separated"]
+        assert result.summary.recognisers["dlib"].faces == 50
+        assert result.summary.identity_check.separated
     # Measured (README, Audit): rank-1 18 % < 24 % < 36 % against 20 % chance (10 of 50 gallery faces are the
     # person's). TPR at FAR 0.1 runs the other way (mask 60 %, pixelate 56 %, blur 48 %): a grey face region leaves
     # hair, jaw line and background, on which dlib's descriptor of a masked face then rests.
-    rank1 = {method: figure(audits[method], "reid.dlib.rank1")["value"] for method in METHODS}
+    rank1 = {method: figure(audits[method], "reid.dlib.rank1").value for method in METHODS}
     assert rank1["mask"] < rank1["pixelate"] < rank1["blur"]
-    assert all(figure(audits[method], "reid.dlib.verification")["value"] <= 0.02 for method in METHODS)
-    ssim = {method: figure(audits[method], "quality.ssim_face")["value"] for method in METHODS}
+    assert all(figure(audits[method], "reid.dlib.verification").value <= 0.02 for method in METHODS)
+    ssim = {method: figure(audits[method], "quality.ssim_face").value for method in METHODS}
     assert ssim["mask"] < ssim["blur"]  # a grey mask keeps less of the face than a blur
 
 
@@ -149,14 +150,14 @@ def test_with_pinned_stand_ins_facenet_lpips_fid_and_the_farl_proxy_give_numbers
     monkeypatch.setenv("ANONYMIZE_WEIGHTS_LOCK", str(audit_weights.lock_path))
     originals = copy_subset(shared_dir / "data" / "celeba-ids", tmp_path / "celeba", per_identity=2, identities=2)
     out = tmp_path / "blur"
-    run(RunConfig(originals, out, method="blur", aligned=True, device="cpu", weights_dir=tmp_path / "run-weights"))
+    run(run_config(originals, out, method="blur", aligned=True, device="cpu", weights_dir=tmp_path / "run-weights"))
     result = run_audit(AuditConfig(originals, out, detector="dlib-hog", weights_dir=audit_weights.weights_dir, device="cpu",
                                    output_detectors=("dlib-hog",)))
     for key in (*OPTIONAL_COLUMNS, "reid.facenet-casia.rank1", "reid.facenet-vggface2.verification"):
-        assert figure(result, key)["status"] == "measured" and np.isfinite(figure(result, key)["value"]), key
-    assert figure(result, "quality.lpips_face")["value"] > 0
+        assert figure(result, key).status == "measured" and np.isfinite(figure(result, key).value), key
+    assert figure(result, "quality.lpips_face").value > 0
     assert all(row["facenet_casia_distance"] is not None for row in result.rows if row["face_index"] is not None)
-    assert result.summary["recognisers"]["facenet-vggface2"]["threshold"] == 1.1
+    assert result.summary.recognisers["facenet-vggface2"].threshold == 1.1
 
 
 def test_lpips_of_a_face_with_itself_is_zero_and_grows_with_the_change(audit_weights):

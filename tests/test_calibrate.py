@@ -10,8 +10,7 @@ import pytest
 
 import anonymize.cli.calibrate  # noqa: F401  (attaches `calibrate` to the app)
 from anonymize.audit.calibrate import CalibrationError, calibrate, identity_folders, threshold_at_far
-from tests.test_falco_cli import cli
-from tests.conftest import copy_celeba_ids
+from tests.helpers import cli, copy_celeba_ids
 
 
 def test_the_threshold_accepts_at_most_the_far_share_of_different_pairs():

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anonymize.io.manifest import METRIC_COLUMNS
+from anonymize.io.storage import plan_storage, work_storage
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
 from anonymize.methods.camouflage.method import CamouflageMethod, keep_best
 from anonymize.methods.camouflage.objective import CamouflageLoss, pooled_tokens, psnr_db, source_targets
-from anonymize.methods.falco.optimize import mix_codes, optimise_codes
+from anonymize.methods.latent.optimize import mix_codes, optimise_codes
 from anonymize.models.arcface import arcface_input
 from anonymize.models.images import CanonicalImages
 
@@ -37,7 +37,7 @@ def faces() -> list[FaceCrop]:
 @pytest.fixture
 def make_method(tiny_weights, tmp_path):
     def make(**options: str) -> CamouflageMethod:
-        context = MethodContext(tiny_weights.store(), output_dir=tmp_path / "out", plan_dir=tmp_path / "out" / "plan",
+        context = MethodContext(tiny_weights.store(), work=work_storage(tmp_path / "out"), plan=plan_storage(tmp_path / "out", "camouflage"),
                                 identity_from="folder")
         return CamouflageMethod(context, {"bank_size": SMALL_BANK, "steps": "6", **options})
 
@@ -135,7 +135,7 @@ def test_every_metric_is_a_manifest_column_and_the_run_records_the_human_goal(ma
     assert method.privacy_goal == "human" and method.loss_recognisers == ("arcface-ir-se50",)
     assert not method.dataset_level  # consistency=face: one pass
     for face in method.anonymize(faces[:2]):
-        assert CAMO_METRICS <= set(face.metrics) and CAMO_METRICS <= set(METRIC_COLUMNS)
+        assert CAMO_METRICS <= set(face.metrics) and CAMO_METRICS <= set(CamouflageMethod.metric_columns)
         assert face.metrics["camo_reference_kind"] == "bank" and face.metrics["camo_output_kept"] == 0
         assert face.metrics["camo_passed"] == (face.metrics["camo_id_cos"] >= 0.5)
         assert face.crop.shape == (32, 32, 3)

@@ -22,7 +22,7 @@ import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
 from anonymize.cli import app
 from anonymize.faces.align import ffhq_quad
 from anonymize.io.manifest import read_manifest
-from tests.conftest import copy_celeba_ids
+from tests.helpers import copy_celeba_ids
 
 FAST = ["--method", "camouflage", "--device", "cpu", "--aligned", "-p", "steps=2", "-p", "bank_size=24", "--json"]
 CAMO_COLUMNS = ("camo_reference_index", "camo_reference_kind", "camo_id_cos", "camo_psnr_db", "camo_output_kept", "camo_passed")

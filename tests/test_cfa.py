@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from anonymize.io.manifest import METRIC_COLUMNS
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
 from anonymize.methods.cfa.leakage import NOBODY, LeakageIndex
 from anonymize.methods.cfa.method import CfaMethod
@@ -25,13 +24,11 @@ from anonymize.methods.cfa.sphere import (
     random_direction,
     target_on_sphere,
 )
-from anonymize.methods.falco.optimize import OptimSettings, Targets, optimise_codes, optimise_latents, real_targets
-from anonymize.methods.plan_store import read_plan
+from anonymize.methods.falco.loss import OptimSettings, optimise_latents
+from anonymize.methods.latent.optimize import Targets, optimise_codes, real_targets
+from anonymize.io.storage import plan_storage, work_storage
 from anonymize.models.images import CanonicalImages
-from tests.test_falco import synthetic_face
-
-CFA_COLUMNS = {"cfa_target_angle", "cfa_achieved_angle", "cfa_target_cos", "cfa_angle_error", "cfa_variant",
-               "cfa_leak_cos", "cfa_leak_tries", "cfa_leak_cos_after", "cfa_person", "cfa_renders"}
+from tests.helpers import CFA_COLUMNS, synthetic_face
 
 
 # -- the sphere ----------------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ def faces() -> list[FaceCrop]:
 @pytest.fixture
 def make_method(tiny_weights, tmp_path):
     def make(identity_from: str = "folder", **options: str) -> CfaMethod:
-        context = MethodContext(tiny_weights.store(), seed=3, output_dir=tmp_path / "out", plan_dir=tmp_path / "out" / ".anonymize" / "plan" / "cfa",
+        context = MethodContext(tiny_weights.store(), seed=3, work=work_storage(tmp_path / "out"), plan=plan_storage(tmp_path / "out", "cfa"),
                                 identity_from=identity_from)  # type: ignore[arg-type]
         return CfaMethod(context, {"bank_size": "48", "steps": "4", "direction": "random", **options})
 
@@ -182,7 +179,7 @@ def test_every_metric_is_a_manifest_column_and_the_main_row_describes_the_first_
     method = planned(make_method(angles="40,70", variants="2"), faces)
     results = method.anonymize(faces[:2])
     for face in results:
-        assert CFA_COLUMNS <= set(face.metrics) and set(face.metrics) <= set(METRIC_COLUMNS)
+        assert CFA_COLUMNS <= set(face.metrics) and set(face.metrics) <= set(CfaMethod.metric_columns)
         assert face.metrics["cfa_target_angle"] == 40.0 and face.metrics["cfa_variant"] == 0
         assert face.metrics["cfa_angle_error"] == pytest.approx(face.metrics["cfa_achieved_angle"] - 40.0)
         assert list(face.renders) == ["a70-v0", "a40-v1", "a70-v1"]
@@ -245,7 +242,7 @@ def test_a_resumed_plan_keeps_the_stored_faces_and_a_copy_reads_it(make_method, 
     assert state.units.tolist() == [0, 1, 0, 1]  # the new photos joined their stored persons
     copy = make_method(consistency="person")  # a Ray actor's copy: it did not plan
     assert np.array_equal(copy.anonymize(faces[2:3])[0].crop, second.anonymize(faces[2:3])[0].crop)
-    assert read_plan(copy.context.plan_dir)[1]["consistency"] == "person"
+    assert copy.context.plan.read_plan()[1]["consistency"] == "person"
 
 
 def test_a_face_outside_the_plan_and_bad_options_are_refused(make_method, faces):

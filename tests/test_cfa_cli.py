@@ -15,9 +15,7 @@ import pytest
 from PIL import Image
 
 from anonymize.audit.pairing import pair_images
-from tests.test_cfa import CFA_COLUMNS
-from tests.test_falco_cli import cli
-from tests.conftest import copy_celeba_ids
+from tests.helpers import CFA_COLUMNS, cli, copy_celeba_ids
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from anonymize.io.storage import plan_storage
 from anonymize.methods import AnonymizedFace, FaceCrop, Method, registry
 from anonymize.methods.persons import cluster_people, folder_of, person_ids
-from anonymize.methods.plan_store import read_plan, write_plan
-from anonymize.pipeline import RunConfig, run
-from tests.test_pipeline import PORTRAITS_WITH_ONE_FACE, cli
+from anonymize.run import run, run_config
+from tests.helpers import PORTRAITS_WITH_ONE_FACE, cli
 
 EVENTS: list[tuple[str, object]] = []
 
@@ -40,18 +40,18 @@ class SurveyRecorder(Method):
         self.surveyed.extend(face.key for face in faces)
 
     def plan(self) -> dict[str, int]:
-        stored = read_plan(self.context.plan_dir)
+        stored = self.stored_plan()
         earlier = [str(key) for key in stored[0]["keys"]] if stored else []
         keys = earlier + [key for key in self.surveyed if key not in earlier]
-        if self.context.plan_dir is not None:
-            write_plan(self.context.plan_dir, {"keys": np.asarray(keys)}, {"faces": len(keys)}, self.context.output_dir)
+        if self.context.plan is not None:
+            self.context.plan.write_plan({"keys": np.asarray(keys)}, {"faces": len(keys)})
         self.planned = set(keys)
         EVENTS.append(("plan", sorted(keys)))
         return {"faces": len(keys)}
 
     def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
         if self.planned is None:  # a copy that did not plan reads the stored plan
-            stored = read_plan(self.context.plan_dir)
+            stored = self.stored_plan()
             self.planned = {str(key) for key in stored[0]["keys"]} if stored else set()
         EVENTS.append(("anonymize", [face.key for face in faces]))
         return [AnonymizedFace(255 - face.image, {"in_plan": face.key in self.planned}) for face in faces]
@@ -74,7 +74,7 @@ def four_portraits(shared_dir: Path, tmp_path: Path) -> Path:
 
 
 def config(source: Path, out: Path, **overrides) -> RunConfig:
-    return RunConfig(source, out, **{"method": SurveyRecorder.name, "detector": "dlib-hog", "workers": 2, **overrides})
+    return run_config(source, out, **{"method": SurveyRecorder.name, "detector": "dlib-hog", "workers": 2, **overrides})
 
 
 def test_every_face_is_surveyed_and_planned_before_the_first_is_anonymized(recorder, four_portraits, tmp_path):
@@ -90,7 +90,7 @@ def test_every_face_is_surveyed_and_planned_before_the_first_is_anonymized(recor
     assert surveyed == anonymized and len(surveyed) == 4
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert all(json.loads(row["extra_metrics"])["in_plan"] for row in rows if row["status"] == "done")
-    assert read_plan(out / ".anonymize" / "plan" / SurveyRecorder.name)[1] == {"faces": 4}
+    assert plan_storage(out, SurveyRecorder.name).read_plan()[1] == {"faces": 4}
 
 
 def test_a_resumed_run_surveys_only_what_is_left_and_keeps_the_stored_plan(recorder, four_portraits, tmp_path):

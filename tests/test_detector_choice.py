@@ -17,9 +17,9 @@ import pytest
 
 from anonymize.faces.choose import OFFLINE_ENV, choose_detector
 from anonymize.faces.detect import DetectorSettings, create_detector
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 from anonymize.weights import WeightsError, WeightsStore, read_lock
-from tests.conftest import SHARED_RETINAFACE, UNREACHABLE
+from tests.helpers import SHARED_RETINAFACE, UNREACHABLE
 
 RETINAFACE = "retinaface_mobilenet0.25"
 
@@ -152,7 +152,7 @@ def test_the_manifest_records_the_detector_that_ran(tiny_weights, shared_dir, tm
     shutil.copyfile(shared_dir / "data" / "groups" / "2008_002506.jpg", photos / "group.jpg")
     store = WeightsStore(tmp_path / "empty-weights", lock=read_lock(tiny_weights.lock_path))
     monkeypatch.setenv("ANONYMIZE_WEIGHTS_LOCK", str(tiny_weights.lock_path))
-    summary = run(RunConfig(photos, tmp_path / "out", method="blur", weights_dir=store.root, device="cpu"))
+    summary = run(run_config(photos, tmp_path / "out", method="blur", weights_dir=store.root, device="cpu"))
     assert summary.detector == "mtcnn" and summary.faces >= 3
     metadata = pq.read_schema(summary.manifest_path).metadata
     recorded = json.loads(metadata[b"detector"])

@@ -22,7 +22,7 @@ from anonymize.faces.chips import face_chip_location, face_chips
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import read_imglab_boxes
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer, distance
-from anonymize.models.dlib_resnet import DlibFormatError, load_dlib_face_resnet
+from anonymize.models.legacy.dlib_resnet import DlibFormatError, load_dlib_face_resnet
 
 MAX_COMPONENT_DIFFERENCE = 1e-4
 UPSAMPLE_BELOW_SIDE = 1000  # HOG finds small faces after one 2x upsampling; big photos do not need it
@@ -203,7 +203,7 @@ def test_an_altered_file_fails_with_the_byte_offset_and_what_was_expected(store,
 def test_loading_needs_neither_dlib_nor_pickle(store):
     path = store.require("dlib_face_recognition_resnet")
     code = ("import sys, pickle; pickle.loads = pickle.load = None; sys.modules['dlib'] = None\n"
-            "from anonymize.models.dlib_resnet import load_dlib_face_resnet\n"
+            "from anonymize.models.legacy.dlib_resnet import load_dlib_face_resnet\n"
             f"print(sum(b.numel() for b in load_dlib_face_resnet({str(path)!r}).buffers()))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1], check=False)
     assert done.returncode == 0, done.stderr

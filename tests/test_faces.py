@@ -8,15 +8,7 @@ import pytest
 from anonymize.faces.align import align_face, ffhq_quad, transform_points, whole_image_as_face
 from anonymize.faces.paste import Region, paste_back, paste_face, region_mask, replace_whole
 from anonymize.faces.types import eye_and_mouth_points
-
-
-def five_points(eye_left, eye_right, mouth_left, mouth_right) -> np.ndarray:
-    nose = (np.add(eye_left, eye_right) / 2 + np.add(mouth_left, mouth_right) / 2) / 2
-    return np.array([eye_left, eye_right, nose, mouth_left, mouth_right], np.float64)
-
-
-def textured_image(height: int = 400, width: int = 500, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+from tests.helpers import five_points, textured_image
 
 
 def test_level_eyes_give_an_axis_aligned_square_centred_below_the_eyes():

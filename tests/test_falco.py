@@ -6,32 +6,26 @@ are in test_falco_cli.py. Banks stay small (tens of fakes) so every test runs in
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from anonymize.io.manifest import METRIC_COLUMNS
+from anonymize.io.storage import work_storage
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
-from anonymize.methods.falco import bank as bank_module
-from anonymize.methods.falco.bank import BankKey, bank_dir, default_bank_size, sample_z
+from anonymize.methods.falco.loss import OptimSettings, optimise_latents
 from anonymize.methods.falco.method import FalcoMethod
-from anonymize.methods.falco.optimize import OptimSettings, lr_at, mix_codes, optimise_latents, real_targets
-from anonymize.methods.falco.pairing import FakePairer, PairingError
+from anonymize.methods.latent import bank as bank_module
+from anonymize.methods.latent.bank import BankKey, bank_dir, default_bank_size, sample_z
+from anonymize.methods.latent.optimize import lr_at, mix_codes, real_targets
+from anonymize.methods.latent.pairing import FakePairer, PairingError
 from anonymize.models import registry
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsError
-from tests.conftest import FALCO_ARTEFACTS
+from tests.helpers import FALCO_ARTEFACTS, synthetic_face
 
 SMALL_BANK = "48"
 FALCO_METRICS = {"fake_index", "pairing_similarity", "id_cos_before", "id_cos_after", "id_margin_gap",
                  "attr_loss_start", "attr_loss_end", "steps", "seed", "latent_path"}
-
-
-def synthetic_face(seed: int, size: int = 256) -> np.ndarray:
-    """A smooth random colour field: image-like statistics without any real photo."""
-    coarse = np.random.default_rng(seed).integers(0, 256, size=(6, 6, 3)).astype(np.uint8)
-    return cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +36,8 @@ def faces() -> list[FaceCrop]:
 @pytest.fixture
 def make_method(tiny_weights, tmp_path):
     def make(seed: int = 0, margin: float = 0.0, **options: str) -> FalcoMethod:
-        context = MethodContext(tiny_weights.store(), seed=seed, margin=margin, output_dir=tmp_path / "out", expected_faces=3)
+        options.setdefault("margin", str(margin))
+        context = MethodContext(tiny_weights.store(), seed=seed, work=work_storage(tmp_path / "out"), expected_faces=3)
         return FalcoMethod(context, {"bank_size": SMALL_BANK, "steps": "8", **options})
 
     return make
@@ -184,7 +179,7 @@ def test_a_larger_bank_starts_with_the_smaller_banks_fakes():
 
 def test_the_automatic_bank_size_does_not_depend_on_the_run(tiny_weights, tmp_path):
     def bank_size(expected_faces: int | None) -> int:
-        context = MethodContext(tiny_weights.store(), output_dir=tmp_path, expected_faces=expected_faces)
+        context = MethodContext(tiny_weights.store(), work=work_storage(tmp_path), expected_faces=expected_faces)
         return FalcoMethod(context, {"steps": "0"}).bank_key.size
 
     # a full run of 5000 images, the same run resumed with 10 left, a --limit 3 run: one bank
@@ -222,7 +217,7 @@ def test_every_falco_metric_is_filled_and_is_a_manifest_column(make_method, face
     method = make_method(margin=0.3, save_latents="true", steps="2")
     results = method.anonymize(faces[:2])
     for face in results:
-        assert set(face.metrics) == FALCO_METRICS and FALCO_METRICS <= set(METRIC_COLUMNS)
+        assert set(face.metrics) == FALCO_METRICS and FALCO_METRICS <= set(FalcoMethod.metric_columns)
         assert all(value is not None for value in face.metrics.values())
         assert face.metrics["id_margin_gap"] == pytest.approx(abs(face.metrics["id_cos_after"] - 0.3))
         assert face.metrics["steps"] == 2 and face.crop.shape == (32, 32, 3) and face.crop.dtype == np.uint8
@@ -231,8 +226,8 @@ def test_every_falco_metric_is_filled_and_is_a_manifest_column(make_method, face
 def test_saved_latents_re_render_the_output(make_method, faces):
     method = make_method(save_latents="true", steps="3")
     result = method.anonymize(faces[:1])[0]
-    path = method.context.output_dir / result.metrics["latent_path"]
-    assert path.parent == method.context.output_dir / ".anonymize" / "latents" and path.suffix == ".npy"
+    path = method.context.work.root / result.metrics["latent_path"]
+    assert path.parent == method.context.work.root / ".anonymize" / "latents" and path.suffix == ".npy"
     code = torch.from_numpy(np.load(path, allow_pickle=False)).unsqueeze(0)
     with torch.no_grad():
         rendered = method.models.networks.generator(code).to_uint8()[0]
@@ -242,7 +237,7 @@ def test_saved_latents_re_render_the_output(make_method, faces):
 def test_missing_weights_fail_at_construction_with_the_weights_managers_message(tiny_weights, tmp_path):
     store = tiny_weights.store(tmp_path / "empty-weights")
     with pytest.raises(WeightsError) as failure:
-        FalcoMethod(MethodContext(store, output_dir=tmp_path / "out"), {"bank_size": SMALL_BANK})
+        FalcoMethod(MethodContext(store, work=work_storage(tmp_path / "out")), {"bank_size": SMALL_BANK})
     assert store.missing_message(list(FALCO_ARTEFACTS), "FALCO", "no download needed: --method blur|pixelate|mask") == str(failure.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "empty-weights" / "banks").exists()
 

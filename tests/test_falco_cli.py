@@ -16,7 +16,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 import anonymize.cli.bank  # noqa: F401  (attaches `bank` to the app)
 import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
@@ -24,18 +23,14 @@ from anonymize.cli import app
 from anonymize.faces.align import align_face, ffhq_quad
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.manifest import read_manifest
-from anonymize.methods.falco.bank import bank_dir
+from anonymize.methods.latent.bank import bank_dir
 from anonymize.weights import WeightsStore
-from tests.conftest import copy_celeba_ids
+from tests.helpers import cli, copy_celeba_ids
 
 FAST = ["--method", "falco", "--device", "cpu", "-p", "steps=3", "-p", "bank_size=40", "--json"]
 FALCO_COLUMNS = ("fake_index", "pairing_similarity", "id_cos_before", "id_cos_after", "id_margin_gap",
                  "attr_loss_start", "attr_loss_end", "steps", "seed", "latent_path")
 PORTRAITS = ("obama_1.jpg", "biden_1.jpg")
-
-
-def cli(*args: str):
-    return CliRunner().invoke(app, [str(arg) for arg in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -128,7 +123,7 @@ def test_bank_build_renders_the_bank_once_and_then_reuses_it(tiny_env):
 
 def test_the_bank_command_offers_the_registrys_generators_and_falcos_psi():
     from anonymize.cli.bank import DEFAULT_PSI, Generator
-    from anonymize.methods.falco.bank import DEFAULT_PSI as BANK_PSI
+    from anonymize.methods.latent.bank import DEFAULT_PSI as BANK_PSI
     from anonymize.models.registry import GENERATORS
 
     assert tuple(choice.value for choice in Generator) == GENERATORS and DEFAULT_PSI == BANK_PSI

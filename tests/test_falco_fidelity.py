@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anonymize.methods.falco import optimize
-from anonymize.methods.falco.optimize import OptimSettings, attribute_loss, face_losses, optimise_latents, real_targets
+from anonymize.methods.falco.loss import OptimSettings, face_losses, optimise_latents
+from anonymize.methods.latent import optimize
+from anonymize.methods.latent.optimize import attribute_loss, real_targets
 from anonymize.models import registry
 from anonymize.models.images import CanonicalImages, resize_by_matrices, separable_resize
 

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 from anonymize.models.checkpoint import CheckpointError, load_state_dict_strict
-from anonymize.models.farl import CLIP_MEAN, CLIP_STD, FaRLEncoder, infer_vision_config, load_farl, visual_state_dict
+from anonymize.models.farl import FaRLEncoder
+from anonymize.models.legacy.farl import infer_vision_config, load_farl, visual_state_dict
+from anonymize.models.registry import CLIP_MEAN, CLIP_STD
 from anonymize.models.images import CanonicalImages
 from tests.tiny.farl import TINY_EMBED, TINY_GRID, TINY_PATCH, TINY_WIDTH, farl_state_dict, write_tiny_farl
 

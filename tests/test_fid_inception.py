@@ -10,7 +10,8 @@ import torchvision
 
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.images import CanonicalImages
-from anonymize.models.inception import FEATURE_DIM, FidInceptionV3, load_fid_inception
+from anonymize.models.inception import FEATURE_DIM, FidInceptionV3
+from anonymize.models.legacy.inception import load_fid_inception
 from anonymize.weights import read_lock
 
 REPO_LOCK = Path(__file__).resolve().parents[1] / "weights.lock"

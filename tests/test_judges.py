@@ -17,19 +17,20 @@ from typer.testing import CliRunner
 from anonymize.adversarial import AdversarialSettings
 from anonymize.audit import AuditConfig, run_audit
 from anonymize.audit.judges import choose_judges, crossed_reidentification, judge_figures
+from anonymize.audit.summary import RecogniserFigures
 from anonymize.cli import _register_commands, app
 from anonymize.faces.align import centred_face
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
 from anonymize.metrics.graph_recognisers import GraphRecogniser, calibration_record_path
-from anonymize.pipeline import RunConfig, run
-from tests.conftest import copy_celeba_ids
+from anonymize.run import run, run_config
+from tests.helpers import copy_celeba_ids
 
 # ---- the rule, on hand-made figures ---------------------------------------------------------------
 
 
-def entry(rate: float | None, faces: int = 20) -> dict:
-    return {"verification_rate": rate, "faces": faces, "threshold": 1.0, "instrument": "test"}
+def entry(rate: float | None, faces: int = 20) -> RecogniserFigures:
+    return RecogniserFigures("test", 1.0, faces, verification_rate=rate)
 
 
 def test_judges_are_every_recogniser_outside_the_loss() -> None:
@@ -42,10 +43,10 @@ def test_judges_are_every_recogniser_outside_the_loss() -> None:
 def test_the_worst_judge_gates_and_is_named() -> None:
     recognisers = {"dlib": entry(0.05), "faceres": entry(1.0), "mobileface": entry(0.5)}
     machine = judge_figures(recognisers, ["faceres", "mobileface"], "machine", "r", ["dlib"])
-    assert machine["worst"] == "faceres" and machine["per_judge"]["faceres"]["matched"] == 20
+    assert machine.worst == "faceres" and machine.per_judge["faceres"].matched == 20
     [sentence] = crossed_reidentification(machine, 0.05)
     assert "by judge faceres" in sentence and "20 of 20" in sentence and "mobileface 50.0%" in sentence
-    assert judge_figures(recognisers, ["faceres", "mobileface"], "human", "r", [])["worst"] == "mobileface"  # lowest match
+    assert judge_figures(recognisers, ["faceres", "mobileface"], "human", "r", []).worst == "mobileface"  # lowest match
     passing = judge_figures({"dlib": entry(0.0), "faceres": entry(0.05)}, ["dlib", "faceres"], "machine", "r", [])
     assert crossed_reidentification(passing, 0.05) == []  # 5% is not above a 5% limit
 
@@ -95,7 +96,7 @@ def human_cli_env(human_weights):
 
 def test_an_adversarial_release_fails_the_audit_on_the_judges_it_never_saw(human_cli_env, two_people: Path, tmp_path: Path) -> None:
     out = tmp_path / "adversarial"
-    run(RunConfig(two_people, out, method="adversarial", aligned=True, device="cpu", weights_dir=human_cli_env.weights_dir,
+    run(run_config(two_people, out, method="adversarial", aligned=True, device="cpu", weights_dir=human_cli_env.weights_dir,
                   adversarial=AdversarialSettings(eps=8 / 255)))
     _register_commands()
     result = CliRunner().invoke(app, ["audit", str(two_people), str(out), "--json", "--detector", "dlib-hog",
@@ -116,7 +117,7 @@ def test_an_adversarial_release_fails_the_audit_on_the_judges_it_never_saw(human
 
 def test_a_blurred_release_is_not_matched_by_faceres(human_weights, two_people: Path, tmp_path: Path) -> None:
     out = tmp_path / "blur"
-    run(RunConfig(two_people, out, method="blur", aligned=True, device="cpu", weights_dir=human_weights.weights_dir))
+    run(run_config(two_people, out, method="blur", aligned=True, device="cpu", weights_dir=human_weights.weights_dir))
     import os
 
     os.environ["ANONYMIZE_WEIGHTS_LOCK"] = str(human_weights.lock_path)
@@ -125,8 +126,8 @@ def test_a_blurred_release_is_not_matched_by_faceres(human_weights, two_people: 
                                        write_files=False, attribute_source=None))
     finally:
         del os.environ["ANONYMIZE_WEIGHTS_LOCK"]
-    assert result.summary["judges"]["names"] == ["dlib", "faceres", "mobileface"]
-    assert result.summary["judges"]["per_judge"]["faceres"]["verification_rate"] == 0.0
+    assert result.summary.judges.names == ["dlib", "faceres", "mobileface"]
+    assert result.summary.judges.per_judge["faceres"].verification_rate == 0.0
     assert result.rows[0]["faceres_distance"] is not None
 
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = r"""
 import json, os, signal, sys
 from pathlib import Path
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 kill_at, count_file, source, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 steps = 0
@@ -49,7 +49,7 @@ def counted(real):
 
 REPLACE = os.replace
 
-config = RunConfig(Path(source), Path(out), method="blur", aligned=True, batch_size=2, device="cpu")
+config = run_config(Path(source), Path(out), method="blur", aligned=True, batch_size=2, device="cpu")
 for name in ("open", "mkdir", "replace", "unlink", "rmdir", "fsync", "ftruncate", "pwrite"):
     setattr(os, name, counted(getattr(os, name)))
 summary = run(config)

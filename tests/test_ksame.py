@@ -16,20 +16,22 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from anonymize.io.storage import plan_storage, work_storage
 from anonymize.audit.faces import source_faces
 from anonymize.audit.protocols import parrot_identification
 from anonymize.audit.reid import identify
 from anonymize.faces.detect import create_detector
 from anonymize.io.decode import decode_image
-from anonymize.methods.base import FaceCrop, MethodContext
+from anonymize.faces.types import FaceCrop
+from anonymize.methods.base import MethodContext
 from anonymize.methods.ksame.method import KSameMethod
 from anonymize.methods.ksame.spaces import eigen_faces, pixel_faces
 from anonymize.metrics.identity import DlibRecognizer
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_e4e_pair
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 from anonymize.weights import WeightsStore
-from tests.test_pipeline import cli
+from tests.helpers import cli
 
 K = 5
 PHOTOS_PER_PERSON = 6
@@ -46,7 +48,7 @@ def copy_subset(shared_dir: Path, destination: Path, people: int, photos: int) -
 def ksame_config(source: Path, out: Path, **overrides) -> RunConfig:
     settings = {"method": "ksame", "aligned": True, "identity_from": "folder", "identity_metric": False, "device": "cpu",
                 **overrides}
-    return RunConfig(source, out, **settings)
+    return run_config(source, out, **settings)
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -59,7 +61,7 @@ def celeba_runs(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     root = tmp_path_factory.mktemp("ksame")
     source = copy_subset(shared_dir, root / "in", people=5, photos=PHOTOS_PER_PERSON)
     run(ksame_config(source, root / "ksame", method_options={"k": str(K), "space": "pixel"}))
-    run(RunConfig(source, root / "blur", method="blur", aligned=True, identity_metric=False, device="cpu"))
+    run(run_config(source, root / "blur", method="blur", aligned=True, identity_metric=False, device="cpu"))
     return {"in": source, "ksame": root / "ksame", "blur": root / "blur"}
 
 
@@ -180,7 +182,7 @@ def test_eigen_space_end_to_end_through_the_cli(eight_photos, tmp_path):
 def test_latent_space_decodes_the_mean_w_plus_code_of_each_group(tiny_weights, tmp_path):
     """Tiny e4e, generator and ArcFace: each group's face is G(mean of its members' e4e codes)."""
     store = tiny_weights.store()
-    context = MethodContext(store, plan_dir=tmp_path / "plan", output_dir=tmp_path, identity_from="folder")
+    context = MethodContext(store, plan=plan_storage(tmp_path, "ksame"), work=work_storage(tmp_path), identity_from="folder")
     method = KSameMethod(context, {"space": "latent", "k": "2", "embedder": "arcface"})
     rng = np.random.default_rng(1)
     faces = [FaceCrop(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), None, f"p{i % 3}/{i}.jpg#0") for i in range(6)]

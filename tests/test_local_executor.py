@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anonymize.pipeline import RunConfig, RunError, run
-from tests.run_outputs import assert_same_run, identities
+from anonymize.run import RunError, run, run_config
+from tests.helpers import assert_same_run, identities
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_two_workers_and_the_serial_path_write_the_same_images_and_rows_over_the
     outs = {}
     for workers in (1, 2):
         outs[workers] = tmp_path / f"workers-{workers}"
-        summary = run(RunConfig(data, outs[workers], method="blur", detector="retinaface", device="cpu",
+        summary = run(run_config(data, outs[workers], method="blur", detector="retinaface", device="cpu",
                                 weights_dir=tiny_weights.weights_dir, workers=workers))
         assert summary.errors == 0 and summary.images > 150 and summary.faces > summary.images
     assert_same_run(outs[1], outs[2])
@@ -35,7 +35,7 @@ import json, resource, sys
 from pathlib import Path
 import numpy as np
 from PIL import Image
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 source, out, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 rng = np.random.default_rng(0)
@@ -44,7 +44,7 @@ for index in range(count):
     folder = source / f"{index // 100:03d}"
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.roll(pixels, index, axis=1)).save(folder / f"{index:05d}.png")
-summary = run(RunConfig(source, out, method="blur", detector="dlib-hog", device="cpu", workers=2))
+summary = run(run_config(source, out, method="blur", detector="dlib-hog", device="cpu", workers=2))
 print(json.dumps({"images": summary.images, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """
 
@@ -74,7 +74,7 @@ def test_serial_and_two_workers_agree_on_errors_and_no_face_images(tmp_path):
     (source / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     (source / "notes.txt").write_text("not an image")
     for workers in (0, 2):
-        summary = run(RunConfig(source, tmp_path / f"out-{workers}", method="blur", detector="dlib-hog", workers=workers))
+        summary = run(run_config(source, tmp_path / f"out-{workers}", method="blur", detector="dlib-hog", workers=workers))
         assert (summary.images, summary.no_face_images, summary.errors, summary.skipped) == (12, 12, 1, 1)
     assert_same_run(tmp_path / "out-0", tmp_path / "out-2")
 
@@ -85,5 +85,5 @@ def test_without_ray_installed_the_ray_executor_says_how_to_install_it(tmp_path,
     Image.new("RGB", (32, 32)).save(source / "a.png")
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without Ray gives
     with pytest.raises(RunError, match=r"^--executor ray needs Ray, which is not installed: pip install 'anonymize\[ray\]'$"):
-        run(RunConfig(source, tmp_path / "out", method="blur", executor="ray"))
+        run(run_config(source, tmp_path / "out", method="blur", executor="ray"))
     assert not (tmp_path / "out").exists()

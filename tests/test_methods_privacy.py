@@ -10,7 +10,7 @@ import pytest
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer, distance
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 PHOTOS_PER_IDENTITY = 2
 
@@ -61,7 +61,7 @@ def test_an_unmodified_face_matches_its_original(celeba_subset, recognise, tmp_p
 
 def test_a_weak_blur_is_still_recognised(celeba_subset, recognise, tmp_path):
     out = tmp_path / "weak"
-    run(RunConfig(celeba_subset, out, method="blur", method_options={"sigma": "0.01", "passes": "1"}, detector="dlib-hog"))
+    run(run_config(celeba_subset, out, method="blur", method_options={"sigma": "0.01", "passes": "1"}, detector="dlib-hog"))
     matched, total = matches_to_original(celeba_subset, out, recognise)
     assert matched > total // 2
 
@@ -70,7 +70,7 @@ def test_a_weak_blur_is_still_recognised(celeba_subset, recognise, tmp_path):
 @pytest.mark.parametrize("aligned", [False, True], ids=["detected", "aligned"])
 def test_default_classical_methods_are_not_recognised(method, aligned, celeba_subset, recognise, tmp_path):
     out = tmp_path / "out"
-    summary = run(RunConfig(celeba_subset, out, method=method, detector="dlib-hog", aligned=aligned))
+    summary = run(run_config(celeba_subset, out, method=method, detector="dlib-hog", aligned=aligned))
     assert summary.faces >= 8
     matched, total = matches_to_original(celeba_subset, out, recognise)
     assert total >= 8 and matched == 0

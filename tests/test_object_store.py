@@ -26,8 +26,8 @@ from anonymize.io import store
 from anonymize.io.decode import decode_bytes
 from anonymize.io.manifest import read_manifest
 from anonymize.io.outdir import LOCK_STALE_SECONDS
-from anonymize.pipeline import RunConfig, run
-from tests.run_outputs import VARYING_COLUMNS, assert_same_run, manifest_rows
+from anonymize.run import run, run_config
+from tests.helpers import VARYING_COLUMNS, assert_same_run, manifest_rows
 
 PHOTOS = {"kit_harington_2.jpg": "kit.jpg", "multi_kit_with_rose.jpg": "sub/two.jpg"}
 BLUR = ("--method", "blur", "--detector", "dlib-hog", "--device", "cpu", "--workers", "1")  # serial: one detector to load
@@ -127,9 +127,9 @@ def test_a_uri_run_reads_and_writes_only_through_the_pyarrow_file_system(photos,
     real = store.file_system_of
     monkeypatch.setattr(store, "file_system_of", lambda root: (recording, real(root)[1]))
     out = tmp_path / "recorded"
-    config = RunConfig(store.location(photos.as_uri()), store.location(out.as_uri()), method="blur",
+    config = run_config(store.location(photos.as_uri()), store.location(out.as_uri()), method="blur",
                        detector="dlib-hog", device="cpu", workers=1)
-    assert isinstance(config.input_dir, store.StorePath) and isinstance(config.output_dir, store.StorePath)
+    assert isinstance(config.inputs.input_dir, store.StorePath) and isinstance(config.output.output_dir, store.StorePath)
     summary = run(config)
     assert summary.images == len(PHOTOS) + 1 and summary.errors == 0
     read = {Path(path) for kind, path in calls if kind == "read"}

@@ -186,6 +186,6 @@ def test_real_photos_keep_matching_their_originals_while_the_face_region_changes
 
 
 def _face(crop: np.ndarray):
-    from anonymize.methods.base import FaceCrop
+    from anonymize.faces.types import FaceCrop
 
     return FaceCrop(crop, None, "test#0")

@@ -25,7 +25,7 @@ from anonymize.methods.parts.masks import part_masks, union_mask
 from anonymize.methods.parts.method import PartsMethod
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsStore, read_lock
-from tests.test_falco_cli import cli
+from tests.helpers import cli
 
 TRAINABLE = (3, 4, 5)  # the tiny 32 px decoder has W+ layers 0..7
 OPTIONS = {"backend": "latent", "steps": "6", "lr": "0.05", "tau": "0.0", "trainable_layers": "3,4,5", "lambda_tokens": "0.01"}

@@ -9,7 +9,7 @@ import torch
 
 from anonymize.methods.parts.attributes import ATTRIBUTES, PROMPT, AttributeTexts, tokenize
 from anonymize.models.checkpoint import CheckpointError
-from anonymize.models.farl import load_farl_text
+from anonymize.models.legacy.farl import load_farl_text
 from anonymize.models.registry import load_farl_model, load_farl_text_model
 from tests.tiny.farl import farl_state_dict
 

@@ -13,14 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from anonymize.cli import _register_commands, app
 from anonymize.io.decode import decode_image
 from anonymize.io.metadata import metadata_beyond_icc, metadata_of
-from anonymize.pipeline import RunConfig, RunError, run
-
-PORTRAITS_WITH_ONE_FACE = ["biden_1.jpg", "obama_1.jpg", "rose_leslie_1.jpg", "kit_harington_2.jpg"]
+from anonymize.run import RunError, run, run_config
+from tests.helpers import PORTRAITS_WITH_ONE_FACE, cli
 
 
 def tree_digest(root: Path) -> dict[str, str]:
@@ -28,12 +25,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def blur_config(source: Path, out: Path, **overrides) -> RunConfig:
-    return RunConfig(source, out, **{"method": "blur", "detector": "dlib-hog", **overrides})
-
-
-def cli(*args: str):
-    _register_commands()
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+    return run_config(source, out, **{"method": "blur", "detector": "dlib-hog", **overrides})
 
 
 @pytest.fixture
@@ -161,7 +153,7 @@ def test_a_rerun_resumes_and_the_result_equals_a_clean_run(portraits, tmp_path):
 
 
 def test_a_run_killed_mid_way_loses_at_most_one_batch_and_the_rerun_completes(png_portraits, tmp_path, monkeypatch):
-    import anonymize.stages as stages
+    import anonymize.run.finish as stages
 
     out = tmp_path / "out"
     real_write = stages.write_image

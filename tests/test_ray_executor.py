@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from anonymize.pipeline import RunConfig, run
-from tests.conftest import copy_celeba_ids
-from tests.run_outputs import assert_same_run, identities
+from anonymize.run import run, run_config
+from tests.helpers import assert_same_run, copy_celeba_ids, identities
 
 ray = pytest.importorskip("ray")
 
@@ -45,7 +44,7 @@ def portraits(shared_dir: Path, tmp_path: Path) -> Path:
 
 
 def blur(source: Path, out: Path, **overrides) -> RunConfig:
-    return RunConfig(source, out, **{"method": "blur", "detector": "dlib-hog", "device": "cpu", **overrides})
+    return run_config(source, out, **{"method": "blur", "detector": "dlib-hog", "device": "cpu", **overrides})
 
 
 def test_blur_on_ray_equals_the_local_run(local_ray, portraits, tmp_path):
@@ -71,11 +70,11 @@ def test_falco_with_the_tiny_networks_on_ray_equals_the_local_run(local_ray, tin
     source.mkdir()
     for photo in sorted((shared_dir / "data" / "celeba-ids" / "0").glob("*.jpg"))[:3]:
         shutil.copy(photo, source / photo.name)
-    options = {"steps": "2", "bank_size": "20"}
-    falco = {"method": "falco", "method_options": options, "aligned": True, "device": "cpu", "margin": 0.2,
+    options = {"steps": "2", "bank_size": "20", "margin": "0.2"}
+    falco = {"method": "falco", "method_options": options, "aligned": True, "device": "cpu",
              "weights_dir": tiny_env.weights_dir}
-    run(RunConfig(source, tmp_path / "local", **falco))
-    summary = run(RunConfig(source, tmp_path / "ray", executor="ray", **falco))
+    run(run_config(source, tmp_path / "local", **falco))
+    summary = run(run_config(source, tmp_path / "ray", executor="ray", **falco))
     assert summary.faces == 3 and summary.errors == 0
     assert_same_run(tmp_path / "local", tmp_path / "ray")
 
@@ -85,8 +84,8 @@ def test_a_dataset_level_method_on_ray_uses_the_plan_the_driver_stored(local_ray
     source = copy_celeba_ids(shared_dir, tmp_path / "celeba", ("0", "1", "2"))
     ksame = {"method": "ksame", "method_options": {"k": "2"}, "aligned": True, "device": "cpu",
              "identity_from": "folder", "detector": "dlib-hog"}
-    run(RunConfig(source, tmp_path / "local", **ksame))
-    summary = run(RunConfig(source, tmp_path / "ray", executor="ray", **ksame))
+    run(run_config(source, tmp_path / "local", **ksame))
+    summary = run(run_config(source, tmp_path / "ray", executor="ray", **ksame))
     assert summary.faces == 6 and summary.errors == 0
     assert_same_run(tmp_path / "local", tmp_path / "ray")
 

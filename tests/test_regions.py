@@ -8,14 +8,15 @@ import cv2
 import numpy as np
 import pytest
 
+from anonymize.io.storage import work_storage
 from anonymize.faces.align import align_face
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.faces.paste import Region, face_cover_polygon, paste_face, region_mask
 from anonymize.io.decode import decode_image
 from anonymize.methods import create_method
 from anonymize.methods.base import MethodContext
-from anonymize.pipeline import RunConfig, run
-from tests.test_faces import five_points, textured_image
+from anonymize.run import run, run_config
+from tests.helpers import five_points, textured_image
 
 THREE_QUARTER = "multi_obama_and_biden.jpg"  # the man at the bottom right turns his head by about 60 degrees
 
@@ -29,7 +30,7 @@ def test_every_landmark_of_a_three_quarter_face_lies_in_the_changed_region(share
     source.mkdir()
     shutil.copy(shared_dir / "data" / "portraits" / THREE_QUARTER, source / THREE_QUARTER)
     out = tmp_path / "out"
-    summary = run(RunConfig(source, out, method="mask", detector="dlib-hog", device="cpu", weights_dir=tiny_weights.weights_dir))
+    summary = run(run_config(source, out, method="mask", detector="dlib-hog", device="cpu", weights_dir=tiny_weights.weights_dir))
     assert summary.faces == 3 and summary.errors == 0
     original = decode_image(source / THREE_QUARTER).rgb
     changed = np.any(decode_image(out / THREE_QUARTER).rgb != original, axis=2)
@@ -79,7 +80,7 @@ def test_crop_region_is_the_whole_aligned_square_feathered_at_its_edges():
 
 
 def test_generative_methods_paste_the_whole_square_and_classical_ones_the_face_ellipse(tiny_weights, tmp_path):
-    context = MethodContext(tiny_weights.store(), output_dir=tmp_path)
+    context = MethodContext(tiny_weights.store(), work=work_storage(tmp_path))
     assert create_method("falco", context, {"steps": "0"}).default_region == "crop"
     assert {create_method(name, context, {}).default_region for name in ("blur", "pixelate", "mask")} == {"ellipse"}
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from anonymize.audit import AuditConfig, run_audit
-from anonymize.pipeline import RunConfig, run
+from anonymize.run import run, run_config
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CELEBA = SHARED / "data" / "celeba-ids"
@@ -55,7 +55,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for photo in sorted((CELEBA / identity).glob("*.jpg"))[:2]:
             shutil.copy(photo, originals / identity / photo.name)
     released = root / "released"
-    run(RunConfig(originals, released, method="blur", aligned=True, device="cpu", weights_dir=root / "weights"))
+    run(run_config(originals, released, method="blur", aligned=True, device="cpu", weights_dir=root / "weights"))
     leaked = sorted((originals / "1").glob("*.jpg"))[0]
     shutil.copy(leaked, released / "1" / leaked.name)
     result = run_audit(AuditConfig(originals, released, detector="dlib-hog", weights_dir=root / "weights",

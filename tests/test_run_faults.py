@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from anonymize.cli import _register_commands, app, main
 from anonymize.io.decode import decode_image
 from anonymize.io.manifest import read_rows
-from anonymize.pipeline import RunConfig, RunError, run
+from anonymize.run import RunError, run, run_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,11 +44,11 @@ def crops(folder: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> P
 
 
 def blur(source: Path, out: Path, **overrides) -> RunConfig:
-    return RunConfig(source, out, **{"method": "blur", "aligned": True, "device": "cpu", **overrides})
+    return run_config(source, out, **{"method": "blur", "aligned": True, "device": "cpu", **overrides})
 
 
 def no_face(source: Path, out: Path, **overrides) -> RunConfig:
-    return RunConfig(source, out, **{"method": "blur", "detector": "dlib-hog", "device": "cpu", **overrides})
+    return run_config(source, out, **{"method": "blur", "detector": "dlib-hog", "device": "cpu", **overrides})
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
@@ -98,7 +98,7 @@ def test_a_name_that_fits_the_file_system_fits_with_the_temporary_suffix(tmp_pat
 
 @pytest.mark.parametrize("config", [no_face, blur], ids=["no-face copy", "anonymized"])
 def test_an_output_that_cannot_be_written_is_that_image_s_error_row_and_the_run_goes_on(tmp_path, monkeypatch, config):
-    import anonymize.stages as stages
+    import anonymize.run.finish as stages
 
     source = crops(tmp_path / "in", ["a.png", "b.png", "c.png"], size=(64, 64))
     real_write = stages.write_image
@@ -153,7 +153,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_the_first_ima
 def test_an_output_folder_that_refuses_writes_stops_the_run_before_any_image_is_processed(tmp_path, monkeypatch):
     """Read-only or full at the start: one RunError, and not a single image decoded."""
     import anonymize.io.outdir as outdir
-    import anonymize.stages as stages
+    import anonymize.run.prepare as stages
 
     source = crops(tmp_path / "in", ["a.png", "b.png"])
 
@@ -189,7 +189,7 @@ def test_every_cli_error_is_one_line_without_a_traceback(tmp_path, capsys):
 
 
 def test_an_unexpected_exception_is_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
-    import anonymize.pipeline as pipeline
+    import anonymize.run.pipeline as pipeline
 
     source = crops(tmp_path / "in", ["a.png"])
 
@@ -255,7 +255,7 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path):
 
 
 def test_the_output_folder_is_marked_before_the_first_output_is_written(tmp_path, monkeypatch):
-    import anonymize.stages as stages
+    import anonymize.run.finish as stages
 
     source = crops(tmp_path / "in", ["a.png"])
     out = tmp_path / "out"

@@ -12,13 +12,8 @@ import torch
 
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.images import CanonicalImages
-from anonymize.models.stylegan2 import (
-    StyleGAN2Config,
-    StyleGAN2Generator,
-    infer_config,
-    load_stylegan2,
-    stylegan2_from_state_dict,
-)
+from anonymize.models.legacy.stylegan2 import infer_config, load_stylegan2, stylegan2_from_state_dict
+from anonymize.models.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 from tests.tiny.stylegan2 import (
     TINY_RESOLUTION,
     TINY_W_DIM,

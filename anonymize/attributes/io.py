@@ -18,15 +18,16 @@ import pyarrow.parquet as pq
 
 from anonymize.attributes.sources import create_source
 from anonymize.attributes.table import AttributeTable
+from anonymize.errors import AnonymizeError
 from anonymize.io.write import atomic_write_bytes
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 FACE_COLUMNS = ("key", "source_path", "face_index", "source", "heuristic")
 SOURCE_KEY, HEURISTIC_KEY = "anonymize.attributes.source", "anonymize.attributes.heuristic"
 
 
-class AttributeFileError(ValueError):
+class AttributeFileError(AnonymizeError, ValueError):
     """An attribute table file that cannot be read (one line, naming the file and the cause)."""
 
 

@@ -26,7 +26,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
-from anonymize.methods.base import FaceCrop
+from anonymize.errors import AnonymizeError
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 NAME_COLUMNS = ("image_id", "file", "filename", "image", "path", "source_path", "key")
@@ -35,7 +36,7 @@ _FALSE = {"-1", "0", "-1.0", "0.0", "false", "no"}
 _UNKNOWN = {"", "nan", "none", "null", "na"}
 
 
-class LabelsError(ValueError):
+class LabelsError(AnonymizeError, ValueError):
     """A labels file that cannot be read or does not cover the faces (one line, naming the file)."""
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.faces.landmarks import LandmarkFinder, inter_ocular
 from anonymize.weights import WeightsStore
 

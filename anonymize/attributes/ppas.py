@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from anonymize.attributes.privacy import UNKNOWN, distinct_l, equivalence_classes, joint_t_closeness, t_closeness
+from anonymize.errors import AnonymizeError
 
 
-class SelectionError(ValueError):
+class SelectionError(AnonymizeError, ValueError):
     """A privacy requirement that cannot be met as asked (the message says why)."""
 
 

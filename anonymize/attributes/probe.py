@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
-from anonymize.methods.base import FaceCrop
+from anonymize.errors import AnonymizeError
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 DEFAULT_HEADS_NAME = "attribute_heads.npz"
@@ -29,7 +30,7 @@ FARL_ARTEFACT = "farl_ep64"
 FEATURE_BATCH = 32
 
 
-class ProbeError(ValueError):
+class ProbeError(AnonymizeError, ValueError):
     """Heads that cannot be fitted, read or used (one line, naming the file)."""
 
 

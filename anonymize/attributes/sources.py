@@ -14,7 +14,8 @@ from typing import Protocol
 import numpy as np
 
 from anonymize.attributes.table import AttributeTable
-from anonymize.methods.base import FaceCrop
+from anonymize.errors import AnonymizeError
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 # name -> "module:Class"; each module is one source.
@@ -36,7 +37,7 @@ class AttributeSource(Protocol):
         ...
 
 
-class UnknownSource(ValueError):
+class UnknownSource(AnonymizeError, ValueError):
     """An attribute source name that is not registered."""
 
 

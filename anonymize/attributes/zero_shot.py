@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.models.farl import FaRLTextEncoder, encode_prompt_pairs
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsStore

@@ -26,15 +26,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from anonymize.attributes.measure import attribute_agreement, measure_table, unique_vector_share
 from anonymize.attributes.sources import AttributeSource, create_source
 from anonymize.attributes.table import AttributeTable
+from anonymize.audit.summary import AttributeFigures, Preservation, ReleaseMeasures
 from anonymize.faces.align import align_face, align_single_face, warp_to_crop, whole_image_as_face
-from anonymize.methods.base import FaceCrop
+from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
 
 ATTRIBUTE_CROP = 256  # the aligned crop size the attribute sources see (as `anonymize attributes` uses)
@@ -113,30 +113,29 @@ def concatenate(tables: Sequence[AttributeTable]) -> AttributeTable:
 
 
 def attribute_figures(original: AttributeTable, output: AttributeTable, quasi_identifiers: Sequence[str],
-                      sensitive: Sequence[str], k: int = DEFAULT_K) -> dict[str, Any]:
+                      sensitive: Sequence[str], k: int = DEFAULT_K) -> AttributeFigures:
     """The summary's ``attributes`` entry (see the module doc); the release's figures come from ``output``."""
     estimated = [name for column, name in enumerate(output.names) if not np.isnan(output.probabilities[:, column]).all()]
     missing = [name for name in (*quasi_identifiers, *sensitive) if name not in estimated]
-    figures: dict[str, Any] = {
-        "available": True, "source": output.source, "heuristic": output.heuristic, "faces": len(output.keys),
-        "estimated": estimated, "requested_k": k,
-    }
+    release = originals = None
+    release_reason = None
     if missing:  # the source says nothing about them: k / l / t over unknowns would be meaningless
-        figures["release"] = figures["originals"] = None
-        figures["release_reason"] = f"the {output.source} source does not estimate {', '.join(missing)}"
+        release_reason = f"the {output.source} source does not estimate {', '.join(missing)}"
     else:
-        figures["release"] = measure_table(output, quasi_identifiers, sensitive, k).as_dict()
-        figures["originals"] = measure_table(original, quasi_identifiers, sensitive, k).as_dict()
+        release = ReleaseMeasures.from_json(measure_table(output, quasi_identifiers, sensitive, k).as_dict())
+        originals = ReleaseMeasures.from_json(measure_table(original, quasi_identifiers, sensitive, k).as_dict())
     preservation = attribute_agreement(original.select(estimated), output.select(estimated))
     measured = [value for value in preservation.values() if value is not None]
-    figures["preservation"] = {"per_attribute": preservation, "mean": float(np.mean(measured)) if measured else None}
-    figures["unique_share"] = unique_vector_share(output, estimated)
-    figures["unique_share_originals"] = unique_vector_share(original, estimated)
-    return figures
+    return AttributeFigures(
+        available=True, source=output.source, heuristic=output.heuristic, faces=len(output.keys), estimated=estimated,
+        requested_k=k, release=release, originals=originals, release_reason=release_reason,
+        preservation=Preservation(preservation, float(np.mean(measured)) if measured else None),
+        unique_share=unique_vector_share(output, estimated), unique_share_originals=unique_vector_share(original, estimated),
+    )
 
 
 def open_collector(source: str, weights: WeightsStore, device: str,
-                   options: Mapping[str, str] | None = None) -> AttributeCollector | dict[str, Any]:
+                   options: Mapping[str, str] | None = None) -> AttributeCollector | AttributeFigures:
     """The collector of the named source (``auto``: see :data:`AUTO_SOURCES`), or the summary entry saying why it cannot run."""
     candidates = AUTO_SOURCES if source == "auto" and not options else (source,)
     reasons = []
@@ -145,8 +144,4 @@ def open_collector(source: str, weights: WeightsStore, device: str,
             return AttributeCollector(create_source(candidate, weights, device, options))
         except Exception as exc:  # noqa: BLE001 - a missing source or its weights must not stop the audit
             reasons.append(f"attribute source {candidate}: {' '.join(str(exc).split())}")
-    return unavailable("; ".join(reasons))
-
-
-def unavailable(reason: str) -> dict[str, Any]:
-    return {"available": False, "reason": reason}
+    return AttributeFigures.unavailable("; ".join(reasons))

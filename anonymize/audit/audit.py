@@ -4,7 +4,8 @@
 field has a default meant for a release gate:
 
 * pairing through ``<anonymized>/manifest.parquet`` when present, else by relative path;
-* detector ``"auto"``: the strongest detection available, always stronger than the run's: the
+* detector ``"auto"`` (:func:`anonymize.faces.choose.choose_audit_detector`): the strongest detection
+  available, always stronger than the run's: the
   ensemble of every detector whose weights are here (RetinaFace, MTCNN, dlib HOG) at their
   recall-first thresholds (the manifest says which detector the run used); faces the run recorded
   are audited too. A face only one member found, and no other member finds again on a close-up,
@@ -16,8 +17,8 @@ field has a default meant for a release gate:
   folder, there are at least two such folders and one holds two images or more (CelebA-style
   ``<identity>/<photo>``), so rank-1 counts another photo of the same person as re-identified and
   the recognizer's same- vs different-person separation is checked;
-* thresholds (:class:`Thresholds`): at most 5 % of faces verified as their original (dlib distance
-  < 0.6), no missed face, no metadata leak; rank-1 rate and detection rate are reported but not
+* thresholds (:class:`~anonymize.audit.summary.Thresholds`): at most 5 % of faces verified as their
+  original (dlib distance < 0.6), no missed face, no metadata leak; rank-1 rate and detection rate are reported but not
   gated unless asked; an output that cannot be audited always fails;
 * files: ``audit.parquet`` and ``audit-summary.json`` in ``report_dir`` when given, else in
   ``<anonymized>-audit/`` beside the anonymized folder; the HTML report only with ``report_dir``.
@@ -26,14 +27,16 @@ field has a default meant for a release gate:
 * the papers' instruments and protocols (:mod:`anonymize.audit.instruments`, :mod:`anonymize.audit.protocols`):
   detection rates per detector (dlib HOG, MTCNN, RetinaFace) on the outputs, TPR at FAR, rank and
   parrot re-identification with dlib and, when their weights are here, FaceNet; SSIM/PSNR/LPIPS inside
-  the face boxes; FID and the FaRL proxy. ``summary["figures"]`` lists each with its instrument,
+  the face boxes; FID and the FaRL proxy. ``summary.figures`` lists each with its instrument,
   threshold and protocol (:mod:`anonymize.audit.figures`).
 * attribute privacy (AnonymousNet, :mod:`anonymize.audit.attributes`): attributes estimated
   (``attribute_source``, default ``auto``: estimators+landmarks, else landmarks) on the same aligned crop of every original and
   output face; k / l / t of the release over ``quasi_identifiers`` / ``sensitive`` from the output
   estimates, preservation per attribute and the share of unique attribute vectors, in
-  ``summary["attributes"]``.
+  ``summary.attributes``.
 
+The audit's types are in :mod:`anonymize.audit.config`, the summary's records in
+:mod:`anonymize.audit.summary`; this module only runs the steps, then builds the summary once.
 The HTML report shows crops of original faces: keep it with the originals, never publish it.
 """
 
@@ -41,7 +44,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,100 +52,34 @@ import cv2
 import numpy as np
 
 from anonymize import __version__
-from anonymize.audit.attributes import (
-    DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE, DEFAULT_SOURCE, AttributeCollector, attribute_figures, matching_crops,
-    open_collector, unavailable,
-)
+from anonymize.audit.attributes import AttributeCollector, attribute_figures, matching_crops, open_collector
+from anonymize.audit.config import AuditConfig, AuditPlan, AuditProgress, AuditResult, Gathered
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
 from anonymize.audit.human import human_goal_figures, look_alike_figures, resolve_goal
-from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.identities import read_identities
-from anonymize.audit.instruments import OUTPUT_DETECTORS, Recogniser, Unavailable, open_lpips, open_output_detectors, open_recognisers
-from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
+from anonymize.audit.instruments import AuditInstruments, Unavailable, open_lpips, open_output_detectors, open_recognisers
+from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.leaks import inspect_metadata
-from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, is_unchanged, region_change
+from anonymize.audit.missed import is_unchanged, region_change
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
-from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
+from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
+from anonymize.audit.report import REPORT_NAME, write_report
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, default_audit_dir, write_rows, write_summary
-from anonymize.audit.summary import Thresholds, crossed_thresholds, face_figures, image_figures, rank1_sentence
-from anonymize.faces.detect import DETECTORS, Detector, DetectorSettings, create_detector
-from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, sha256_file
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE
+from anonymize.audit.summary import (
+    AttributeFigures, AuditSummary, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
+)
+from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures
+from anonymize.faces.choose import AuditDetector, choose_audit_detector
+from anonymize.faces.detect import DetectorSettings, create_detector
+from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
+from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
+from anonymize.models.device import resolve_device
 from anonymize.weights import WeightsError, WeightsStore
 
-AUTO = "auto"
-RETINAFACE_ARTEFACT = "retinaface_mobilenet0.25"
-AUDIT_ENSEMBLE = ("retinaface", "mtcnn", "dlib-hog")  # every fast detector, strongest first
-MEMBER_ARTEFACTS = {"retinaface": (RETINAFACE_ARTEFACT,), "mtcnn": ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"),
-                    "dlib-hog": ("dlib_shape_predictor_68",)}
 MAX_PAIRWISE_FACES = 2000  # the "before" distances use at most this many original faces (pairs grow quadratically)
-
-
-class AuditProgress:
-    """What the audit reports as it goes; the CLI draws it, tests ignore it."""
-
-    def start(self, total: int) -> None: ...
-
-    def advance(self) -> None: ...
-
-    def message(self, text: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class AuditConfig:
-    """What to audit and how; only the two folders are required (defaults: see the module doc)."""
-
-    original_dir: Path
-    anonymized_dir: Path
-    manifest_path: Path | None = None  # None: <anonymized>/manifest.parquet when present, else pair by relative path
-    report_dir: Path | None = None  # HTML report (and, by default, the audit files) go here
-    parquet_path: Path | None = None  # None: <report_dir or <anonymized>-audit>/audit.parquet
-    summary_path: Path | None = None  # None: audit-summary.json beside the Parquet
-    write_files: bool = True
-    detector: str = AUTO  # auto (the strongest ensemble) | retinaface | mtcnn | dlib-hog | dlib-cnn | ensemble
-    det_threshold: float | None = None  # None: the detector's default
-    weights_dir: Path | None = None  # None: $ANONYMIZE_HOME or ~/.cache/anonymize
-    trust_unverified: bool = False  # accept weight files that do not match weights.lock
-    device: str = AUTO  # for RetinaFace and Inception; dlib runs on the CPU
-    aligned: bool | None = None  # None: as the run's manifest says
-    identity_from_folders: bool | None = None  # None: when the original tree looks like <identity>/<photo>
-    distance_threshold: float = SAME_PERSON_DISTANCE
-    unchanged_threshold: float = UNCHANGED_MEAN_ABS_DIFF
-    fid: bool = True  # computed only when the inception_fid weights are present and verified
-    farl_proxy: bool = True  # FaRL-feature Fréchet proxy, only when the farl_ep64 weights are present
-    lpips: bool = True  # LPIPS of face crops, only when lpips and its weights are present
-    identities_file: Path | None = None  # "<original path>,<identity>" lines; overrides identity folders
-    recognizer_backend: str = "torch"  # dlib recogniser: torch (batched, CPU or CUDA) | dlib
-    output_detectors: tuple[str, ...] = OUTPUT_DETECTORS  # per-detector detection rates on the outputs
-    thresholds: Thresholds = field(default_factory=Thresholds)
-    worst_cases: int = 8  # faces shown per section of the report
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    # auto: as the run's manifest records (FALCO and the filters: machine; camouflage: human), else machine.
-    # "human" audits any folder for that goal, e.g. one that was never anonymized (see anonymize.audit.human).
-    privacy_goal: str = AUTO
-    study_pairs: int | None = None  # blind human study kit beside the report; None: 20 for the human goal, else none
-    study_seed: int = 0
-    # Attribute privacy (AnonymousNet, anonymize.audit.attributes): k / l / t of the release from
-    # attributes re-estimated on the outputs; None: not measured.
-    attribute_source: str | None = DEFAULT_SOURCE
-    quasi_identifiers: tuple[str, ...] = DEFAULT_QUASI_IDENTIFIERS
-    sensitive: tuple[str, ...] = DEFAULT_SENSITIVE
-    attribute_k: int = DEFAULT_K  # the release's share of faces in classes smaller than this is reported
-
-
-@dataclass
-class AuditResult:
-    rows: list[dict[str, Any]]  # one per audited face, or per image without one (see results.ROW_SCHEMA)
-    summary: dict[str, Any]
-    passed: bool
-    crossed: list[str]  # one sentence per crossed threshold
-    parquet_path: Path | None = None
-    summary_path: Path | None = None
-    report_path: Path | None = None
-    before_distances: dict[str, list[float]] = field(default_factory=dict)  # for the report's histogram
 
 
 # ---- set-up -------------------------------------------------------------------------------------
@@ -169,49 +105,6 @@ def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
     return parquet, summary, report
 
 
-@dataclass(frozen=True)
-class AuditDetector:
-    name: str  # a detector name, "ensemble" for several
-    members: tuple[str, ...]  # the ensemble's members (empty for a single detector)
-    recall_first: bool
-    reason: str
-
-
-def _available(weights: WeightsStore, name: str) -> bool:
-    try:
-        return all(weights.status(artefact) == "present" for artefact in MEMBER_ARTEFACTS[name])
-    except WeightsError:
-        return False
-
-
-def choose_detector(requested: str, weights: WeightsStore, run_detector: object) -> AuditDetector:
-    """``auto``: the ensemble of every available fast detector at recall-first thresholds, and why."""
-    if requested != AUTO:
-        if requested not in DETECTORS:
-            raise AuditError(f"unknown detector {requested!r}: choose auto or one of {', '.join(DETECTORS)}")
-        return AuditDetector(requested, (), False, "chosen by the user")
-    members = tuple(name for name in AUDIT_ENSEMBLE if _available(weights, name))
-    described = "+".join(members) + " at recall-first thresholds"
-    if not isinstance(run_detector, str):
-        comparison = "the run's detector is unknown"
-    elif len(members) > len(run_detector.split("+")) or run_detector.split("(")[0] in members:
-        comparison = f"stronger than the run's {run_detector} (more detectors, lower thresholds)"
-    else:
-        comparison = f"the run used {run_detector}: not stronger (install the RetinaFace and MTCNN weights)"
-    if len(members) < 2:
-        return AuditDetector(members[0] if members else "dlib-hog", (), True, f"{described}; {comparison}; "
-                             "only one detector available, so no face can be confirmed by a second one")
-    return AuditDetector("ensemble", members, True, f"ensemble of {described}; {comparison}")
-
-
-def resolve_device(device: str) -> str:
-    if device != AUTO:
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | None:
     """Source path -> top-level folder, when the dataset is organised by identity (see module doc)."""
     if mode is False:
@@ -226,28 +119,28 @@ def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | N
     return folders
 
 
+def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, choice: AuditDetector) -> AuditInstruments:
+    """Every model the audit measures with; a required one that cannot load stops the audit with one line."""
+    try:
+        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
+        detector = create_detector(choice.name, weights, settings, **({"members": choice.members} if choice.members else {}))
+        recognisers, unavailable = open_recognisers(weights, device, config.recognizer_backend, config.distance_threshold)
+        output_detectors, missing_detectors = open_output_detectors(weights, device)
+    except WeightsError as exc:
+        raise AuditError(str(exc)) from None
+    output_detectors = {name: found for name, found in output_detectors.items() if name in config.output_detectors}
+    unavailable += [item for item in missing_detectors if item.name in config.output_detectors]
+    fid = open_fid_features(weights, device) if config.fid else FidResult(None, "not requested")
+    farl = open_farl_features(weights, device) if config.farl_proxy else FidResult(None, "not requested")
+    lpips = open_lpips(weights, device) if config.lpips else Unavailable("lpips", "LPIPS", "not requested")
+    if isinstance(lpips, Unavailable):
+        unavailable.append(lpips)
+    attributes = open_collector(config.attribute_source, weights, device) if config.attribute_source is not None else None
+    return AuditInstruments(detector, recognisers, output_detectors, fid, farl, None if isinstance(lpips, Unavailable) else lpips,
+                            attributes, unavailable)
+
+
 # ---- one image ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _Context:
-    config: AuditConfig
-    detector: Detector
-    recognisers: list[Recogniser]  # dlib first
-    aligned: bool
-    labels: dict[str, str] | None
-    fid: FidFeatures | None
-    farl: FidFeatures | None = None
-    output_detectors: dict[str, Detector] = field(default_factory=dict)
-    lpips: Any = None  # LpipsDistance or None
-    descriptors: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = field(default_factory=dict)  # name -> (originals, outputs)
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    gallery: list[np.ndarray] = field(default_factory=list)  # original face descriptors
-    probes: list[np.ndarray] = field(default_factory=list)  # anonymized face descriptors, same order
-    face_rows: list[int] = field(default_factory=list)  # row index of each gallery face
-    first_faces: list[int] = field(default_factory=list)  # gallery index of each labelled image's first face
-    attributes: AttributeCollector | None = None
-    attributes_failed: str | None = None  # why the attribute figures are missing, once estimation failed
 
 
 def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
@@ -258,50 +151,51 @@ def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _audit_pair(pair: ImagePair, context: _Context) -> None:
-    config = context.config
+def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered) -> None:
+    config, rows = plan.config, gathered.rows
     try:
         output = decode_image(pair.output_path, config.max_pixels, display_name=pair.output_rel)
     except ImageDecodeError as exc:
-        context.rows.append(_image_row(pair, error=f"unreadable output: {exc}"))
+        rows.append(_image_row(pair, error=f"unreadable output: {exc}"))
         return
     finding = inspect_metadata(pair.output_path)
     common = {"metadata_leak": list(finding.kinds), "metadata_detail": finding.detail}
     if pair.source_path is None:
-        context.rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
+        rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
         return
     try:
         original = decode_image(pair.source_path, config.max_pixels, display_name=pair.source_rel)
     except ImageDecodeError as exc:
-        context.rows.append(_image_row(pair, **common, error=f"unreadable original: {exc}"))
+        rows.append(_image_row(pair, **common, error=f"unreadable original: {exc}"))
         return
-    common["identity"] = context.labels.get(pair.source_rel) if context.labels else None
+    common["identity"] = plan.labels.get(pair.source_rel) if plan.labels else None
     common["identical_to_source"] = _same_bytes(pair.source_path, pair.output_path)
     output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
+    detector = instruments.detector
     try:
-        faces = source_faces(original.rgb, context.detector, pair.manifest_boxes, context.aligned)
-        faces = confirm_faces(original.rgb, faces, context.detector)
-        found = context.detector.detect(output_rgb)
+        faces = source_faces(original.rgb, detector, pair.manifest_boxes, plan.aligned)
+        faces = confirm_faces(original.rgb, faces, detector)
+        found = detector.detect(output_rgb)
         boxes = [face.box for face in faces]
-        described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in context.recognisers}
+        described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in instruments.recognisers}
         before, after = described["dlib"]
-        still_found = {name: match_boxes(boxes, [face.box for face in detector.detect(output_rgb)])
-                       for name, detector in context.output_detectors.items()}
+        still_found = {name: match_boxes(boxes, [face.box for face in output_detector.detect(output_rgb)])
+                       for name, output_detector in instruments.output_detectors.items()}
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
-        context.rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
+        rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
         return
     mask = outside_faces_mask(original.rgb.shape, [*boxes, *pair.manifest_boxes])
     similarity = ssim_map(original.rgb, output_rgb)
     common["psnr_outside_db"] = psnr(original.rgb, output_rgb, mask)
     common["ssim_outside"] = ssim(original.rgb, output_rgb, mask, similarity)
-    for collector in (context.fid, context.farl):
-        if collector is not None:
+    for collector in (instruments.fid, instruments.farl):
+        if isinstance(collector, FidFeatures):
             collector.add(original.rgb, output_rgb)
     if not faces:
-        context.rows.append(_image_row(pair, **common))
+        rows.append(_image_row(pair, **common))
         return
     matches = match_boxes(boxes, [face.box for face in found])
-    lpips_values = _lpips_of_faces(context, original.rgb, output_rgb, boxes)
+    lpips_values = _lpips_of_faces(instruments.lpips, original.rgb, output_rgb, boxes)
     for index, (face, overlap, descriptor_before, descriptor_after) in enumerate(zip(faces, matches, before, after)):
         box_mask = face_box_mask(original.rgb.shape, face.box)
         per_face = {
@@ -314,43 +208,28 @@ def _audit_pair(pair: ImagePair, context: _Context) -> None:
             if name != "dlib":
                 per_face[f"{name.replace('-', '_')}_distance"] = float(np.linalg.norm(originals[index] - outputs[index]))
             if not face.possible:
-                gathered = context.descriptors.setdefault(name, ([], []))
-                gathered[0].append(originals[index])
-                gathered[1].append(outputs[index])
-        _add_face(context, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb,
+                descriptors = gathered.descriptors.setdefault(name, ([], []))
+                descriptors[0].append(originals[index])
+                descriptors[1].append(outputs[index])
+        _add_face(plan, gathered, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb,
                   {**common, **per_face})
         if not face.possible:
-            _collect_attributes(context, original.rgb, output_rgb, face, f"{pair.source_rel}#{index}")
+            _collect_attributes(plan, instruments, gathered, original.rgb, output_rgb, face, f"{pair.source_rel}#{index}")
 
 
-def _collect_attributes(context: _Context, original: np.ndarray, output: np.ndarray, face: SourceFace, key: str) -> None:
-    if context.attributes is None:
+def _collect_attributes(plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered, original: np.ndarray,
+                        output: np.ndarray, face: SourceFace, key: str) -> None:
+    collector = instruments.attributes
+    if not isinstance(collector, AttributeCollector) or gathered.attributes_failed is not None:
         return
     try:
-        context.attributes.add(*matching_crops(original, output, face.box, face.landmarks, context.aligned, key))
+        collector.add(*matching_crops(original, output, face.box, face.landmarks, plan.aligned, key))
     except Exception as exc:  # noqa: BLE001 - attribute figures are one section: their failure stops only them
-        context.attributes_failed = f"attribute estimation failed ({type(exc).__name__}: {' '.join(str(exc).split())})"
-        context.attributes = None
+        gathered.attributes_failed = f"attribute estimation failed ({type(exc).__name__}: {' '.join(str(exc).split())})"
 
 
-def _attribute_summary(config: AuditConfig, context: _Context, opened: object) -> dict[str, Any]:
-    if config.attribute_source is None:
-        return unavailable("not requested")
-    if isinstance(opened, dict):
-        return opened
-    if context.attributes_failed is not None:
-        return unavailable(context.attributes_failed)
-    try:
-        tables = context.attributes.tables() if context.attributes is not None else None
-        if tables is None:
-            return unavailable("no face was audited")
-        return attribute_figures(*tables, config.quasi_identifiers, config.sensitive, config.attribute_k)
-    except Exception as exc:  # noqa: BLE001
-        return unavailable(f"attribute figures failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
-
-
-def _lpips_of_faces(context: _Context, original: np.ndarray, output: np.ndarray, boxes: list) -> list[float]:
-    if context.lpips is None:
+def _lpips_of_faces(lpips: Any, original: np.ndarray, output: np.ndarray, boxes: list) -> list[float]:
+    if lpips is None:
         return []
     height, width = original.shape[:2]
     crops = []
@@ -358,23 +237,23 @@ def _lpips_of_faces(context: _Context, original: np.ndarray, output: np.ndarray,
         top, left = int(max(0, y0)), int(max(0, x0))
         bottom, right = max(int(min(height, y1)), top + 1), max(int(min(width, x1)), left + 1)
         crops.append((original[top:bottom, left:right], output[top:bottom, left:right]))
-    return context.lpips.distances([a for a, _ in crops], [b for _, b in crops])
+    return lpips.distances([a for a, _ in crops], [b for _, b in crops])
 
 
-def _add_face(context: _Context, pair: ImagePair, index: int, face: SourceFace, overlap: float | None,
+def _add_face(plan: AuditPlan, gathered: Gathered, pair: ImagePair, index: int, face: SourceFace, overlap: float | None,
               descriptor_before: np.ndarray, descriptor_after: np.ndarray, original: np.ndarray, output: np.ndarray,
               common: dict[str, Any]) -> None:
-    config = context.config
+    config = plan.config
     change = region_change(original, output, face.box)
     distance = float(np.linalg.norm(descriptor_before - descriptor_after))
     if not face.possible:  # a possible face stays out of re-identification
         if index == 0 and common.get("identity") is not None:
-            context.first_faces.append(len(context.gallery))
-        context.face_rows.append(len(context.rows))
-        context.gallery.append(descriptor_before)
-        context.probes.append(descriptor_after)
+            gathered.first_faces.append(len(gathered.gallery))
+        gathered.face_rows.append(len(gathered.rows))
+        gathered.gallery.append(descriptor_before)
+        gathered.probes.append(descriptor_after)
     values = {**common, "identity": common.get("identity") if index == 0 else None}
-    context.rows.append(_image_row(
+    gathered.rows.append(_image_row(
         pair, **values,
         face_index=index,
         box=[float(v) for v in face.box],
@@ -409,15 +288,16 @@ def _same_size(output: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, bo
 # ---- across the dataset ---------------------------------------------------------------------------
 
 
-def _fill_identification(context: _Context) -> float | None:
+def _fill_identification(plan: AuditPlan, gathered: Gathered) -> float | None:
     """Rank-1 columns of every face row; returns the chance hit rate."""
-    if not context.gallery:
+    if not gathered.gallery:
         return None
-    gallery_labels = [context.rows[row].get("identity") for row in context.face_rows] if context.labels else None
-    result = identify(np.stack(context.probes), np.stack(context.gallery), list(range(len(context.gallery))), gallery_labels)
-    for probe, row_index in enumerate(context.face_rows):
-        nearest_row = context.rows[context.face_rows[int(result.nearest[probe])]]
-        row = context.rows[row_index]
+    rows = gathered.rows
+    gallery_labels = [rows[row].get("identity") for row in gathered.face_rows] if plan.labels else None
+    result = identify(np.stack(gathered.probes), np.stack(gathered.gallery), list(range(len(gathered.gallery))), gallery_labels)
+    for probe, row_index in enumerate(gathered.face_rows):
+        nearest_row = rows[gathered.face_rows[int(result.nearest[probe])]]
+        row = rows[row_index]
         row["nearest_original"] = f"{nearest_row['source_path']}#{nearest_row['face_index']}"
         row["nearest_distance"] = float(result.nearest_distance[probe])
         row["rank1_hit"] = bool(result.hits[probe])
@@ -431,66 +311,81 @@ def _subsample(indices: list[int], limit: int) -> list[int]:
     return [indices[i] for i in sorted(chosen)]
 
 
-def _before_distances(context: _Context, separation: IdentitySeparation | None) -> dict[str, list[float]]:
+def _before_distances(gathered: Gathered, separation: IdentitySeparation | None) -> dict[str, list[float]]:
     """Distances between originals, the scale the anonymized distances are read against."""
     if separation is not None:
         return {"same person": separation.same_distances, "different people": separation.different_distances}
-    chosen = _subsample(list(range(len(context.gallery))), MAX_PAIRWISE_FACES)
+    chosen = _subsample(list(range(len(gathered.gallery))), MAX_PAIRWISE_FACES)
     if len(chosen) < 2:
         return {}
-    distances = pairwise_distances(np.stack([context.gallery[i] for i in chosen]), np.stack([context.gallery[i] for i in chosen]))
+    faces = np.stack([gathered.gallery[i] for i in chosen])
+    distances = pairwise_distances(faces, faces)
     return {"between originals": [float(v) for v in distances[np.triu_indices(len(chosen), 1)]]}
 
 
-def _separation(context: _Context, threshold: float) -> IdentitySeparation | None:
-    if not context.labels:
+def _separation(plan: AuditPlan, gathered: Gathered) -> IdentitySeparation | None:
+    if not plan.labels:
         return None
-    chosen = _subsample(context.first_faces, MAX_PAIRWISE_FACES)
-    labels = [context.rows[context.face_rows[i]]["identity"] for i in chosen]
+    chosen = _subsample(gathered.first_faces, MAX_PAIRWISE_FACES)
+    labels = [gathered.rows[gathered.face_rows[i]]["identity"] for i in chosen]
     if len(chosen) < 2:
         return None
-    return identity_separation(np.stack([context.gallery[i] for i in chosen]), labels, threshold)
+    return identity_separation(np.stack([gathered.gallery[i] for i in chosen]), labels, plan.config.distance_threshold)
 
 
-def _confirmed_face_rows(context: _Context) -> list[dict[str, Any]]:
-    return [context.rows[index] for index in context.face_rows]
-
-
-def _recogniser_figures(context: _Context) -> dict[str, Any]:
+def _recogniser_figures(plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered) -> dict[str, RecogniserFigures]:
     """Every protocol of :mod:`anonymize.audit.protocols`, for each available recogniser."""
-    figures: dict[str, Any] = {}
-    rows = _confirmed_face_rows(context)
-    labelled = list(context.first_faces)  # gallery indices of labelled images' first faces
-    labels_of_gallery = [row.get("identity") for row in rows] if context.labels else None
-    for recogniser in context.recognisers:
-        originals, outputs = context.descriptors.get(recogniser.name, ([], []))
-        entry: dict[str, Any] = {"instrument": recogniser.instrument, "threshold": recogniser.threshold, "faces": len(originals)}
+    figures: dict[str, RecogniserFigures] = {}
+    rows = gathered.confirmed_face_rows()
+    labelled = list(gathered.first_faces)  # gallery indices of labelled images' first faces
+    labels_of_gallery = [row.get("identity") for row in rows] if plan.labels else None
+    for recogniser in instruments.recognisers:
+        originals, outputs = gathered.descriptors.get(recogniser.name, ([], []))
         if not originals:
-            figures[recogniser.name] = entry
+            figures[recogniser.name] = RecogniserFigures(recogniser.instrument, recogniser.threshold, 0)
             continue
         gallery, probes = np.stack(originals), np.stack(outputs)
         genuine = np.linalg.norm(gallery - probes, axis=1)
-        entry["verification_rate"] = float((genuine < recogniser.threshold).mean())
         ranks = true_identity_ranks(probes, gallery, list(range(len(gallery))), labels_of_gallery)
-        entry["rank1_rate"] = float((ranks == 1).mean())
-        entry["mean_rank"] = float(ranks.mean())
-        entry["gallery"] = len(gallery)
-        if context.labels and len(labelled) >= 2:
+        pairs = tprs = parrot = None
+        if plan.labels and len(labelled) >= 2:
             labels = [rows[i]["identity"] for i in labelled]
             impostor = different_person_distances(gallery[labelled], labels)
-            entry["different_person_pairs"] = int(len(impostor))
-            entry["tpr_at_far"] = {f"{far:g}": vars(tpr_at_far(genuine, impostor, far)) for far in FARS}
+            pairs = int(len(impostor))
+            tprs = {f"{far:g}": tpr_at_far(genuine, impostor, far) for far in FARS}
             parrot = parrot_identification(probes[labelled], labels)
-            entry["parrot"] = vars(parrot)
-        figures[recogniser.name] = entry
+        figures[recogniser.name] = RecogniserFigures(
+            recogniser.instrument, recogniser.threshold, len(originals),
+            verification_rate=float((genuine < recogniser.threshold).mean()), rank1_rate=float((ranks == 1).mean()),
+            mean_rank=float(ranks.mean()), gallery=len(gallery), different_person_pairs=pairs, tpr_at_far=tprs, parrot=parrot)
     return figures
 
 
-def _detection_by_detector(context: _Context) -> dict[str, Any]:
-    rows = _confirmed_face_rows(context)
-    return {name: {"detected": sum(name in (row["detected_by"] or []) for row in rows), "faces": len(rows),
-                   "rate": (sum(name in (row["detected_by"] or []) for row in rows) / len(rows)) if rows else None}
-            for name in context.output_detectors}
+def _detection_by_detector(instruments: AuditInstruments, gathered: Gathered) -> dict[str, DetectorDetection]:
+    rows = gathered.confirmed_face_rows()
+    detected = {name: sum(name in (row["detected_by"] or []) for row in rows) for name in instruments.output_detectors}
+    return {name: DetectorDetection(count, len(rows), count / len(rows) if rows else None) for name, count in detected.items()}
+
+
+def _attribute_figures(config: AuditConfig, instruments: AuditInstruments, gathered: Gathered) -> AttributeFigures:
+    if config.attribute_source is None:
+        return AttributeFigures.unavailable("not requested")
+    opened = instruments.attributes
+    if isinstance(opened, AttributeFigures):
+        return opened
+    if gathered.attributes_failed is not None:
+        return AttributeFigures.unavailable(gathered.attributes_failed)
+    try:
+        tables = opened.tables() if opened is not None else None
+        if tables is None:
+            return AttributeFigures.unavailable("no face was audited")
+        return attribute_figures(*tables, config.quasi_identifiers, config.sensitive, config.attribute_k)
+    except Exception as exc:  # noqa: BLE001
+        return AttributeFigures.unavailable(f"attribute figures failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
+
+
+def _fid_result(instrument: FidFeatures | FidResult) -> FidResult:
+    return instrument.result() if isinstance(instrument, FidFeatures) else instrument
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -512,124 +407,125 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     device = resolve_device(config.device)
     run_aligned = bool(pairing.run_arguments.get("aligned", False))
     run_detector = None if run_aligned else pairing.run_detector  # an aligned run detects nothing
-    choice = choose_detector(config.detector, weights, run_detector)
-    detector_name, detector_reason = choice.name, choice.reason
-    aligned = run_aligned if config.aligned is None else config.aligned
     try:
-        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
-        detector = create_detector(detector_name, weights, settings, **({"members": choice.members} if choice.members else {}))
-        detector_name = detector.name
-        recognisers, unavailable = open_recognisers(weights, device, config.recognizer_backend, config.distance_threshold)
-        output_detectors, missing_detectors = open_output_detectors(weights, device)
-    except WeightsError as exc:
+        choice = choose_audit_detector(config.detector, weights, run_detector)
+    except ValueError as exc:
         raise AuditError(str(exc)) from None
-    output_detectors = {name: found for name, found in output_detectors.items() if name in config.output_detectors}
-    unavailable += [item for item in missing_detectors if item.name in config.output_detectors]
-    fid = open_fid_features(weights, device) if config.fid else FidResult(None, "not requested")
-    farl = open_farl_features(weights, device) if config.farl_proxy else FidResult(None, "not requested")
-    lpips = open_lpips(weights, device) if config.lpips else Unavailable("lpips", "LPIPS", "not requested")
-    if isinstance(lpips, Unavailable):
-        unavailable.append(lpips)
+    instruments = _open_instruments(config, weights, device, choice)
     sources = [pair.source_rel for pair in pairing.pairs if pair.source_rel]
     if config.identities_file is not None:
         labels: dict[str, str] | None = read_identities(Path(config.identities_file), sources)
     else:
         labels = identity_labels(sources, config.identity_from_folders)
-    context = _Context(config, detector, recognisers, aligned, labels, fid if isinstance(fid, FidFeatures) else None,
-                       farl if isinstance(farl, FidFeatures) else None, output_detectors,
-                       None if isinstance(lpips, Unavailable) else lpips)
-    opened = open_collector(config.attribute_source, weights, device) if config.attribute_source is not None else None
-    context.attributes = opened if isinstance(opened, AttributeCollector) else None
+    plan = AuditPlan(config, run_aligned if config.aligned is None else config.aligned, labels)
 
+    gathered = Gathered()
     progress.start(len(pairing.pairs))
     for pair in pairing.pairs:
-        _audit_pair(pair, context)
+        _audit_pair(pair, plan, instruments, gathered)
         progress.advance()
-        if context.rows and context.rows[-1]["error"] and context.rows[-1]["output_path"] == pair.output_rel:
-            progress.message(f"not audited: {pair.output_rel}: {context.rows[-1]['error']}")
+        last = gathered.rows[-1] if gathered.rows else None
+        if last is not None and last["error"] and last["output_path"] == pair.output_rel:
+            progress.message(f"not audited: {pair.output_rel}: {last['error']}")
 
-    chance = _fill_identification(context)
-    separation = _separation(context, config.distance_threshold)
-    fid_result = context.fid.result() if context.fid is not None else fid
-    farl_result = context.farl.result() if context.farl is not None else farl
-    summary = _summary(config, pairing, context, detector_name, detector_reason, aligned, chance, separation, fid_result)
-    summary["quality"]["farl_frechet_proxy"] = farl_result.value
-    summary["quality"]["farl_frechet_proxy_status"] = farl_result.status
-    summary["recognisers"] = _recogniser_figures(context)
-    judges, judge_reason = choose_judges([recogniser.name for recogniser in recognisers], pairing.loss_recognisers)
-    summary["judges"] = judge_figures(summary["recognisers"], judges, goal, judge_reason, pairing.loss_recognisers)
-    judge = summary["judges"]["worst"] or (judges[0] if judges else None)
-    summary["privacy_goal"], summary["privacy_goal_source"] = goal, goal_source
-    summary["recogniser_roles"] = {"white_box": list(pairing.loss_recognisers), "judges": judges, "judge": judge,
-                                   "judge_reason": judge_reason}
-    if goal == "human":
-        summary["human_goal"] = human_goal_figures(summary["recognisers"], _confirmed_face_rows(context), judge, judge_reason,
-                                                   pairing.loss_recognisers, config.thresholds.max_face_psnr_db,
-                                                   config.thresholds.max_face_ssim)
-    summary["look_alike"] = look_alike_figures(_confirmed_face_rows(context), config.thresholds.max_face_psnr_db,
-                                               config.thresholds.max_face_ssim)
-    summary["instruments_unavailable"] = {item.name: {"instrument": item.instrument, "status": item.status} for item in unavailable}
-    summary["detection_by_detector"] = _detection_by_detector(context)
-    summary["attributes"] = _attribute_summary(config, context, opened)
-    summary["figures"] = paper_figures(summary)
-    crossed = crossed_thresholds(summary, config.thresholds)
-    summary["passed"], summary["crossed"] = not crossed, crossed
-    result = AuditResult(context.rows, summary, not crossed, crossed, before_distances=_before_distances(context, separation))
-    if config.write_files:
+    chance = _fill_identification(plan, gathered)
+    separation = _separation(plan, gathered)
+    written = config.write_files
+    report_path = report_dir / REPORT_NAME if written and report_dir is not None else None
+    summary = _summary(plan, pairing, instruments, gathered, choice, (goal, goal_source), chance, separation,
+                       parquet_path if written else None, report_path)
+    result = AuditResult(gathered.rows, summary, parquet_path if written else None, summary_path if written else None, report_path,
+                         _before_distances(gathered, separation))
+    if written:
         _write(result, config, parquet_path, summary_path, report_dir)
     return result
 
 
-def _summary(config: AuditConfig, pairing: Pairing, context: _Context, detector: str, detector_reason: str,
-             aligned: bool, chance: float | None, separation: IdentitySeparation | None, fid: FidResult) -> dict[str, Any]:
-    faces, images = face_figures(context.rows), image_figures(context.rows)
-    faces["reid"]["rank1_chance"] = chance
-    faces["reid"]["rank1_meaning"] = rank1_sentence(faces["reid"]["rank1_rate"], chance, faces["faces"], bool(context.labels))
-    images["quality"]["fid"] = fid.value
-    images["quality"]["fid_status"] = fid.status
+def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, gathered: Gathered, choice: AuditDetector,
+             goal: tuple[str, str], chance: float | None, separation: IdentitySeparation | None,
+             parquet_path: Path | None, report_path: Path | None) -> AuditSummary:
+    """Every figure computed first, then the summary built once (``goal``: the privacy goal and where it comes from)."""
+    config, thresholds = plan.config, plan.config.thresholds
+    privacy_goal, goal_source = goal
+    faces = face_figures(gathered.rows, chance, bool(plan.labels))
+    images = image_figures(gathered.rows, _fid_result(instruments.fid), _fid_result(instruments.farl))
+    detector, detector_reason = instruments.detector.name, choice.reason
     warnings = []
     if separation is not None and not separation.separated:
         warnings.append("the recognizer does not separate the identities of these originals well: re-identification figures are unreliable")
     if "not stronger" in detector_reason or "only one detector" in detector_reason:
         warnings.append(f"detector {detector}: {detector_reason}")
-    return {
-        "anonymize_version": __version__,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "original_dir": str(Path(config.original_dir).resolve()),
-        "anonymized_dir": str(Path(config.anonymized_dir).resolve()),
-        "manifest_path": str(pairing.manifest_path) if pairing.manifest_path else None,
-        "pairing": "manifest" if pairing.manifest_path else "relative path",
-        "run": {  # what made the anonymized folder, from its manifest (for `anonymize audit compare`)
-            "method": pairing.run_arguments.get("method"),
-            "options": pairing.run_arguments.get("method_options") or {},
-            "region": pairing.run_arguments.get("region"),
-        },
-        "detector": detector,
-        "detector_reason": detector_reason,
-        "aligned": aligned,
-        "identity_labels": "folders" if context.labels else None,
-        "distance_threshold": config.distance_threshold,
-        "unchanged_threshold": config.unchanged_threshold,
-        "thresholds": asdict(config.thresholds),
-        "not_released": len(pairing.not_released),
-        "missing_outputs": pairing.missing_outputs[:200],
-        **images,
-        **faces,
-        "identity_check": {"available": True, **separation.as_dict()} if separation is not None else {
-            "available": False,
-            "reason": "the originals are not grouped in identity folders" if not context.labels else "too few labelled faces",
-        },
-        "warnings": warnings,
-    }
+    recognisers = _recogniser_figures(plan, instruments, gathered)
+    judge_names, judge_reason = choose_judges([recogniser.name for recogniser in instruments.recognisers], pairing.loss_recognisers)
+    judges = judge_figures(recognisers, judge_names, privacy_goal, judge_reason, pairing.loss_recognisers)
+    judge = judges.worst or (judge_names[0] if judge_names else None)
+    confirmed = gathered.confirmed_face_rows()
+    human_goal = human_goal_figures(recognisers, confirmed, judge, judge_reason, pairing.loss_recognisers,
+                                    thresholds.max_face_psnr_db, thresholds.max_face_ssim) if privacy_goal == "human" else None
+    look_alike = look_alike_figures(confirmed, thresholds.max_face_psnr_db, thresholds.max_face_ssim)
+    unavailable = {item.name: UnavailableInstrument(item.instrument, item.status) for item in instruments.unavailable}
+    detection_by_detector = _detection_by_detector(instruments, gathered)
+    attributes = _attribute_figures(config, instruments, gathered)
+    crossed = crossed_thresholds(thresholds, faces, images, privacy_goal, judges, human_goal, look_alike)
+    return AuditSummary(
+        anonymize_version=__version__,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        original_dir=str(Path(config.original_dir).resolve()),
+        anonymized_dir=str(Path(config.anonymized_dir).resolve()),
+        manifest_path=str(pairing.manifest_path) if pairing.manifest_path else None,
+        pairing="manifest" if pairing.manifest_path else "relative path",
+        run=RunOrigin(  # what made the anonymized folder, from its manifest (for `anonymize audit compare`)
+            method=pairing.run_arguments.get("method"),  # type: ignore[arg-type]
+            options=pairing.run_arguments.get("method_options") or {},  # type: ignore[arg-type]
+            region=pairing.run_arguments.get("region"),
+        ),
+        detector=detector,
+        detector_reason=detector_reason,
+        aligned=plan.aligned,
+        identity_labels="folders" if plan.labels else None,
+        distance_threshold=config.distance_threshold,
+        unchanged_threshold=config.unchanged_threshold,
+        thresholds=thresholds,
+        not_released=len(pairing.not_released),
+        missing_outputs=pairing.missing_outputs[:200],
+        outputs=images.outputs,
+        metadata=images.metadata,
+        identical_copies=images.identical_copies,
+        size_mismatches=images.size_mismatches,
+        quality=images.quality,
+        unaudited=images.unaudited,
+        faces=faces.faces,
+        detection=faces.detection,
+        reid=faces.reid,
+        face_quality=faces.face_quality,
+        missed_faces=faces.missed_faces,
+        possible_faces=faces.possible_faces,
+        identity_check=identity_check(separation, bool(plan.labels)),
+        warnings=warnings,
+        recognisers=recognisers,
+        judges=judges,
+        privacy_goal=privacy_goal,
+        privacy_goal_source=goal_source,
+        recogniser_roles=RecogniserRoles(list(pairing.loss_recognisers), judge_names, judge, judge_reason),
+        human_goal=human_goal,
+        look_alike=look_alike,
+        instruments_unavailable=unavailable,
+        detection_by_detector=detection_by_detector,
+        attributes=attributes,
+        figures=paper_figures(detection_by_detector=detection_by_detector, instruments_unavailable=unavailable,
+                              recognisers=recognisers, face_quality=faces.face_quality, quality=images.quality,
+                              attributes=attributes),
+        passed=not crossed,
+        crossed=crossed,
+        parquet_path=str(parquet_path) if parquet_path is not None else None,
+        report_path=str(report_path) if report_path is not None else None,
+    )
 
 
 def _write(result: AuditResult, config: AuditConfig, parquet_path: Path, summary_path: Path, report_dir: Path | None) -> None:
-    metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(result.summary, default=str)}
-    result.parquet_path = write_rows(parquet_path, result.rows, metadata)
-    result.summary["parquet_path"] = str(parquet_path)
+    """The Parquet (its metadata holds the summary, without the files' paths), the report, then the summary JSON."""
+    metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(result.summary.to_json(files=False), default=str)}
+    write_rows(parquet_path, result.rows, metadata)
     if report_dir is not None:
-        from anonymize.audit.report import write_report
-
-        result.report_path = write_report(result, config, report_dir)
-        result.summary["report_path"] = str(result.report_path)
-    result.summary_path = write_summary(summary_path, result.summary)
+        write_report(result, config, report_dir)
+    write_summary(summary_path, result.summary.to_json())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anonymize.errors import AnonymizeError
 from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.walk import image_files
 from anonymize.metrics.verification import Threshold, threshold_at_far  # noqa: F401 - part of this module's interface
@@ -26,7 +27,7 @@ RECOGNIZERS = ("dlib", "arcface", "faceres", "mobileface")
 RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the calibration record
 
 
-class CalibrationError(ValueError):
+class CalibrationError(AnonymizeError, ValueError):
     """The face set cannot be calibrated on (missing folder, too few identities, unreadable image)."""
 
 

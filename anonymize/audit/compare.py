@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import html
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from anonymize.audit.format import format_value
 from anonymize.audit.pairing import AuditError
 from anonymize.audit.results import AUDIT_SUMMARY_NAME, default_audit_dir
+from anonymize.audit.summary import PaperFigure, RunOrigin
 from anonymize.io.write import atomic_write_bytes
 
 # The columns printed by default: the ones the papers' tables hold (the HTML report shows every figure).
@@ -39,7 +41,12 @@ COMPARE_REPORT_NAME = "compare.html"
 class ComparedRun:
     label: str  # method and options
     summary_path: Path
-    figures: dict[str, dict[str, Any]]  # key -> figure
+    figures: dict[str, PaperFigure]  # key -> figure
+
+    def value(self, key: str) -> float | None:
+        """The figure's value in this run (None: not measured, or no such column)."""
+        figure = self.figures.get(key)
+        return figure.value if figure is not None else None
 
 
 @dataclass
@@ -47,10 +54,10 @@ class Comparison:
     runs: list[ComparedRun]
     columns: list[tuple[str, str]]  # (key, label), in the figures' order
 
-    def figure(self, key: str) -> dict[str, Any] | None:
+    def figure(self, key: str) -> PaperFigure | None:
         """The first measured instance of a column's figure (for its legend), else any."""
         found = [run.figures[key] for run in self.runs if key in run.figures]
-        measured = [figure for figure in found if figure["value"] is not None]
+        measured = [figure for figure in found if figure.value is not None]
         return (measured or found or [None])[0]
 
 
@@ -68,54 +75,36 @@ def find_summary(path: Path) -> Path:
                      "run `anonymize audit ORIGINAL_DIR RUN_DIR` first")
 
 
-def run_label(summary: Mapping[str, Any], fallback: str) -> str:
-    run = summary.get("run") or {}
-    method = run.get("method")
-    if not method:
+def run_label(run: RunOrigin, fallback: str) -> str:
+    """The method and its options (``blur (sigma=0.12)``), or ``fallback`` when the run did not record them."""
+    if not run.method:
         return fallback
-    options = ", ".join(f"{key}={value}" for key, value in sorted((run.get("options") or {}).items()))
-    return f"{method} ({options})" if options else str(method)
+    options = ", ".join(f"{key}={value}" for key, value in sorted(run.options.items()))
+    return f"{run.method} ({options})" if options else str(run.method)
 
 
 def load_comparison(paths: Sequence[Path]) -> Comparison:
+    """Each audit's run and figures, read through the summary's records (an older summary may hold only these)."""
     runs, columns = [], {}
     for path in paths:
         summary_path = find_summary(path)
         try:
-            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+            data = json.loads(summary_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise AuditError(f"{summary_path}: not a readable audit summary ({exc})") from None
-        figures = summary.get("figures")
-        if not isinstance(figures, list):
+        written = data.get("figures")
+        if not isinstance(written, list):
             raise AuditError(f"{summary_path}: written by an older anonymize (no 'figures'); audit the run again")
+        figures = [PaperFigure.from_json(item) for item in written]
         for figure in figures:
-            columns.setdefault(figure["key"], figure["label"])
-        runs.append(ComparedRun(run_label(summary, Path(path).name), summary_path, {figure["key"]: figure for figure in figures}))
+            columns.setdefault(figure.key, figure.label)
+        run = RunOrigin.from_json(data.get("run") or {})
+        runs.append(ComparedRun(run_label(run, Path(path).name), summary_path, {figure.key: figure for figure in figures}))
     labels = [run.label for run in runs]
     for run in runs:  # two runs of one method with the same options: tell them apart by folder
         if labels.count(run.label) > 1:
             run.label = f"{run.label} [{Path(run.summary_path).parent.name}]"
     return Comparison(runs, list(columns.items()))
-
-
-def format_value(figure: Mapping[str, Any] | None) -> str:
-    if figure is None:
-        return "n/a"
-    value = figure["value"]
-    if value is None:
-        return "unavailable" if str(figure.get("status", "")).startswith("unavailable") else "n/a"
-    kind = figure.get("kind", "rate")
-    if kind == "rate":
-        return f"{value:.1%}"
-    if kind == "db":
-        return f"{value:.1f}"
-    if kind == "rank":
-        return f"{value:.2f}"
-    if kind == "distance":
-        return f"{value:.2f}"
-    if kind == "count":
-        return f"{value:.0f}"
-    return f"{value:.3f}"
 
 
 def selected_columns(comparison: Comparison, every: bool) -> list[tuple[str, str]]:
@@ -131,16 +120,19 @@ def legend(comparison: Comparison, columns: Sequence[tuple[str, str]]) -> list[t
     for key, label in columns:
         figure = comparison.figure(key)
         if figure is not None:
-            lines.append((label, f"{figure['instrument']}; threshold: {figure['threshold']}; protocol: {figure['protocol']}"))
+            lines.append((label, f"{figure.instrument}; threshold: {figure.threshold}; protocol: {figure.protocol}"))
     return lines
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:
+    columns = []
+    for key, label in comparison.columns:
+        figure = comparison.figure(key)
+        columns.append({"key": key, "label": label, **{name: getattr(figure, name) if figure is not None else None
+                                                       for name in ("instrument", "threshold", "protocol")}})
     return {"runs": [{"label": run.label, "summary": str(run.summary_path),
-                      "figures": {key: figure["value"] for key, figure in run.figures.items()}} for run in comparison.runs],
-            "columns": [{"key": key, "label": label, **{name: (comparison.figure(key) or {}).get(name)
-                                                          for name in ("instrument", "threshold", "protocol")}}
-                        for key, label in comparison.columns]}
+                      "figures": {key: figure.value for key, figure in run.figures.items()}} for run in comparison.runs],
+            "columns": columns}
 
 
 # ---- the HTML view --------------------------------------------------------------------------------
@@ -148,11 +140,12 @@ def comparison_json(comparison: Comparison) -> dict[str, Any]:
 
 def privacy_utility_svg(comparison: Comparison, x_key: str = PLOT_X, y_key: str = PLOT_Y, width: int = 520, height: int = 360) -> str:
     """A scatter of re-identification (y) against utility (x), one labelled point per run; empty when not measured."""
-    points = [(run.label, run.figures.get(x_key, {}).get("value"), run.figures.get(y_key, {}).get("value")) for run in comparison.runs]
-    points = [(label, float(x), float(y)) for label, x, y in points if x is not None and y is not None]
+    values = [(run.label, run.value(x_key), run.value(y_key)) for run in comparison.runs]
+    points = [(label, float(x), float(y)) for label, x, y in values if x is not None and y is not None]
     if not points:
         return ""
-    x_figure, y_figure = comparison.figure(x_key) or {}, comparison.figure(y_key) or {}
+    x_figure, y_figure = comparison.figure(x_key), comparison.figure(y_key)
+    x_label, y_label = x_figure.label if x_figure else x_key, y_figure.label if y_figure else y_key
     left, right, top, bottom = 60, 20, 20, 50
     x_values, y_values = [x for _, x, _ in points], [y for _, _, y in points]
     x_low, x_high = min(0.0, min(x_values)), max(1.0, max(x_values))
@@ -174,9 +167,9 @@ def privacy_utility_svg(comparison: Comparison, x_key: str = PLOT_X, y_key: str 
         parts.append(f'<text x="{to_x(x_tick):.1f}" y="{height - bottom + 16}" font-size="11" text-anchor="middle">{x_tick:.2f}</text>')
         parts.append(f'<text x="{left - 6}" y="{to_y(y_tick) + 4:.1f}" font-size="11" text-anchor="end">{y_tick:.0%}</text>')
     parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" font-size="12" text-anchor="middle">'
-                 f'{html.escape(x_figure.get("label", x_key))} (utility: higher is better)</text>')
+                 f'{html.escape(x_label)} (utility: higher is better)</text>')
     parts.append(f'<text x="14" y="{(top + height - bottom) / 2}" font-size="12" text-anchor="middle" '
-                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(y_figure.get("label", y_key))} '
+                 f'transform="rotate(-90 14 {(top + height - bottom) / 2})">{html.escape(y_label)} '
                  f'(privacy: lower is better)</text>')
     for label, x, y in points:
         parts.append(f'<circle cx="{to_x(x):.1f}" cy="{to_y(y):.1f}" r="5" fill="#c0392b"><title>{html.escape(label)}: '
@@ -186,12 +179,16 @@ def privacy_utility_svg(comparison: Comparison, x_key: str = PLOT_X, y_key: str 
     return "".join(parts)
 
 
+def _status(figure: PaperFigure | None) -> str:
+    return figure.status if figure is not None else ""
+
+
 def comparison_html(comparison: Comparison) -> str:
     columns = comparison.columns
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
     body = []
     for run in comparison.runs:
-        cells = "".join(f'<td title="{html.escape(str((run.figures.get(key) or {}).get("status", "")))}">'
+        cells = "".join(f'<td title="{html.escape(_status(run.figures.get(key)))}">'
                         f"{html.escape(format_value(run.figures.get(key)))}</td>" for key, _ in columns)
         body.append(f"<tr><th>{html.escape(run.label)}</th>{cells}</tr>")
     notes = "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>" for label, text in legend(comparison, columns))

@@ -113,7 +113,7 @@ def open_fid_features(weights: WeightsStore, device: str) -> FidFeatures | FidRe
         path = weights.require(FID_ARTEFACT)
     except WeightsError as exc:
         return FidResult(None, f"unavailable (Inception weights not usable: {exc})")
-    from anonymize.models.inception import load_fid_inception
+    from anonymize.models.legacy.inception import load_fid_inception
 
     try:
         return FidFeatures(load_fid_inception(path, device), device)
@@ -130,7 +130,7 @@ def open_farl_features(weights: WeightsStore, device: str) -> FidFeatures | FidR
         path = weights.require(FARL_ARTEFACT)
     except WeightsError as exc:
         return FidResult(None, f"unavailable (FaRL weights not usable: {exc})")
-    from anonymize.models.farl import load_farl
+    from anonymize.models.legacy.farl import load_farl
 
     try:
         model = load_farl(path).to(device).eval()

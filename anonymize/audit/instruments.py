@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from anonymize.audit.attributes import AttributeCollector
+from anonymize.audit.fid import FidFeatures, FidResult
+from anonymize.audit.summary import AttributeFigures
 from anonymize.faces.detect import DEFAULT_THRESHOLDS, Detector, DetectorSettings, create_detector
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
 from anonymize.models.checkpoint import CheckpointError
@@ -51,6 +55,20 @@ class Unavailable:
     @property
     def status(self) -> str:
         return f"unavailable ({self.reason})"
+
+
+@dataclass(frozen=True)
+class AuditInstruments:
+    """The models one audit measures with, opened once before the first image; each absent one says why."""
+
+    detector: Detector  # finds the faces in the originals
+    recognisers: list[Recogniser]  # dlib first
+    output_detectors: dict[str, Detector]  # look for faces in the outputs, at their default thresholds
+    fid: FidFeatures | FidResult  # the Inception feature collector, or why there is no FID
+    farl: FidFeatures | FidResult  # likewise for the FaRL proxy
+    lpips: Any  # an LpipsDistance, or None
+    attributes: AttributeCollector | AttributeFigures | None  # the collector, or why it cannot run; None: not requested
+    unavailable: list[Unavailable]  # instruments without weights, with the reason
 
 
 def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:

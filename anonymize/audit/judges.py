@@ -10,7 +10,8 @@ lowest share still matched. The sentence that fails a release names the judge th
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+
+from anonymize.audit.summary import JudgeFigures, Judges, RecogniserFigures
 
 INSTALL_JUDGES = "install the independent recognisers: `anonymize weights fetch human_models`"
 
@@ -26,34 +27,35 @@ def choose_judges(available: Sequence[str], in_loss: Sequence[str]) -> tuple[lis
     return judges, "the method's loss holds no recogniser the run recorded"
 
 
-def judge_figures(recognisers: Mapping[str, Mapping[str, Any]], judges: Sequence[str], goal: str,
-                  reason: str, in_loss: Sequence[str]) -> dict[str, Any]:
+def judge_figures(recognisers: Mapping[str, RecogniserFigures], judges: Sequence[str], goal: str,
+                  reason: str, in_loss: Sequence[str]) -> Judges:
     """Each judge's verification rate and the worst one for ``goal`` (machine: highest; human: lowest)."""
-    per_judge: dict[str, dict[str, Any]] = {}
+    per_judge: dict[str, JudgeFigures] = {}
     for name in judges:
-        entry = recognisers.get(name, {})
-        rate, faces = entry.get("verification_rate"), int(entry.get("faces", 0))
-        per_judge[name] = {"verification_rate": rate, "faces": faces,
-                           "matched": None if rate is None else int(round(rate * faces)),
-                           "threshold": entry.get("threshold"), "instrument": entry.get("instrument")}
-    measured = [name for name in judges if per_judge[name]["verification_rate"] is not None]
+        entry = recognisers.get(name)
+        rate = entry.verification_rate if entry is not None else None
+        faces = int(entry.faces) if entry is not None else 0
+        per_judge[name] = JudgeFigures(rate, faces, None if rate is None else int(round(rate * faces)),
+                                       entry.threshold if entry is not None else None,
+                                       entry.instrument if entry is not None else None)
+    rates = {name: figures.verification_rate for name, figures in per_judge.items() if figures.verification_rate is not None}
     pick = min if goal == "human" else max
-    worst = pick(measured, key=lambda name: per_judge[name]["verification_rate"]) if measured else None
-    return {"names": list(judges), "reason": reason, "white_box": list(in_loss), "per_judge": per_judge, "worst": worst}
+    worst = pick(rates, key=lambda name: rates[name]) if rates else None
+    return Judges(list(judges), reason, list(in_loss), per_judge, worst)
 
 
-def crossed_reidentification(judges: Mapping[str, Any], max_rate: float) -> list[str]:
+def crossed_reidentification(judges: Judges, max_rate: float) -> list[str]:
     """The machine goal's identity gate over every judge; one sentence naming the worst one."""
-    if not judges["names"]:
-        return [f"no independent judge: {judges['reason']}; {INSTALL_JUDGES}"]
-    worst = judges["worst"]
+    if not judges.names:
+        return [f"no independent judge: {judges.reason}; {INSTALL_JUDGES}"]
+    worst = judges.worst
     if worst is None:
         return []  # no face was compared: nothing re-identified
-    figures = judges["per_judge"][worst]
-    if figures["verification_rate"] <= max_rate:
+    figures = judges.per_judge[worst]
+    if figures.verification_rate is None or figures.verification_rate <= max_rate:
         return []
-    others = ", ".join(f"{name} {item['verification_rate']:.1%}" for name, item in judges["per_judge"].items()
-                       if name != worst and item["verification_rate"] is not None)
-    return [f"re-identification rate {figures['verification_rate']:.1%} > max {max_rate:.1%} by judge {worst} "
-            f"({figures['matched']} of {figures['faces']} faces still match their original"
+    others = ", ".join(f"{name} {item.verification_rate:.1%}" for name, item in judges.per_judge.items()
+                       if name != worst and item.verification_rate is not None)
+    return [f"re-identification rate {figures.verification_rate:.1%} > max {max_rate:.1%} by judge {worst} "
+            f"({figures.matched} of {figures.faces} faces still match their original"
             + (f"; other judges: {others}" if others else "") + ")"]

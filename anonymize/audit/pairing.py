@@ -13,13 +13,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from anonymize.errors import AnonymizeError
 from anonymize.io.manifest import MANIFEST_NAME, STATUS_DONE, read_manifest
 from anonymize.io.walk import walk_images
 
 Box = tuple[float, float, float, float]
 
 
-class AuditError(Exception):
+class AuditError(AnonymizeError):
     """An audit that cannot start (missing folders, unreadable manifest, unsafe paths): one line."""
 
 

@@ -18,22 +18,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from anonymize.audit.reid import pairwise_distances
+from anonymize.audit.summary import ParrotResult, TprAtFar  # the protocols' results, as the summary records them
 
 FARS = (0.001, 0.01, 0.1)
-
-
-@dataclass(frozen=True)
-class TprAtFar:
-    far: float
-    threshold: float | None  # None: no different-person pair
-    tpr: float | None
-    realised_far: float | None  # share of different-person pairs under the threshold
-    resolved: bool  # at least 1 / FAR different-person pairs, so the FAR is actually reachable
 
 
 def different_person_distances(descriptors: np.ndarray, labels: Sequence[str]) -> np.ndarray:
@@ -72,14 +63,6 @@ def true_identity_ranks(probes: np.ndarray, gallery: np.ndarray, own: Sequence[i
         nearest_same = distances[probe, same].min()
         ranks.append(1 + int((distances[probe, ~same] < nearest_same).sum()))
     return np.asarray(ranks, int)
-
-
-@dataclass(frozen=True)
-class ParrotResult:
-    probes: int  # anonymized faces with at least one other anonymized face of the same person
-    rank1_rate: float | None
-    mean_rank: float | None
-    chance: float | None
 
 
 def parrot_identification(anonymized: np.ndarray, labels: Sequence[str]) -> ParrotResult:

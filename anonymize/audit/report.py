@@ -21,12 +21,14 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from anonymize.audit.format import face_count, format_value, judge_rates, number, percent
 from anonymize.audit.study import ANSWER_KEY, STUDY_PAGE, study_pairs, write_study
+from anonymize.audit.summary import AuditSummary
 from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.write import atomic_write_bytes
 
 if TYPE_CHECKING:
-    from anonymize.audit.audit import AuditConfig, AuditResult
+    from anonymize.audit.config import AuditConfig, AuditResult
 
 REPORT_NAME = "index.html"
 THUMBS_DIR = "audit-thumbs"
@@ -68,23 +70,11 @@ th { background: #eef0f3; }
 """
 
 
-# ---- formatting ---------------------------------------------------------------------------------
+# ---- HTML pieces (the figures' text comes from anonymize.audit.format) ------------------------------
 
 
 def _e(value: object) -> str:
     return html.escape(str(value))
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _number(value: float | None, digits: int = 2, unit: str = "") -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}{unit}"
-
-
-def _faces(count: int) -> str:
-    return f"{count} face" if count == 1 else f"{count} faces"
 
 
 def _card(label: str, value: str, note: str = "", state: str = "") -> str:
@@ -249,81 +239,79 @@ def _case(row: Mapping[str, Any], images: tuple[str, str] | None, whole: str | N
         pictures += f'<figure><img class="whole" src="{_e(whole)}" alt="whole photo"><figcaption>whole original, face boxed</figcaption></figure>'
     found = f' &middot; found by {_e(row["confirmed_by"] or "one detector only")}' if row.get("face_status") else ""
     return (f'<div class="case"><div class="pair">{pictures}</div><div class="caption">{"".join(tags)}'
-            f'<b>{_e(row["source_path"])}</b> face {row["face_index"]} &middot; distance {_number(row["identity_distance"], 3)}'
-            f' &middot; region change {_number(row["region_change"], 1)}{found}</div></div>')
+            f'<b>{_e(row["source_path"])}</b> face {row["face_index"]} &middot; distance {number(row["identity_distance"], 3)}'
+            f' &middot; region change {number(row["region_change"], 1)}{found}</div></div>')
 
 
 # ---- the page -----------------------------------------------------------------------------------
 
 
-def _verdict(summary: Mapping[str, Any]) -> str:
-    if summary["passed"]:
+def _verdict(summary: AuditSummary) -> str:
+    if summary.passed:
         return '<div class="verdict pass"><strong>PASS</strong> &mdash; no threshold crossed.</div>'
-    items = "".join(f"<li>{_e(text)}</li>" for text in summary["crossed"])
+    items = "".join(f"<li>{_e(text)}</li>" for text in summary.crossed)
     return f'<div class="verdict fail"><strong>FAIL</strong> &mdash; thresholds crossed:<ul>{items}</ul></div>'
 
 
-def _cards(summary: Mapping[str, Any]) -> str:
-    thresholds, reid, quality = summary["thresholds"], summary["reid"], summary["quality"]
-    verification = reid["verification_rate"]
-    verified_note = f"{_faces(reid['reidentified'])} closer than {summary['distance_threshold']:g} to their original (dlib)"
-    judges = summary.get("judges")
-    if judges is not None and judges.get("worst"):
-        worst = judges["per_judge"][judges["worst"]]
-        verification = worst["verification_rate"]
-        others = ", ".join(f"{name} {_percent(item['verification_rate'])}" for name, item in judges["per_judge"].items())
-        verified_note = f"{_faces(worst['matched'])} still match their original for judge {judges['worst']} (worst of: {others})"
-    detection = summary["detection"]["rate"]
-    missed, leaks, unaudited = summary["missed_faces"]["count"], summary["metadata"]["leaks"], summary["unaudited"]["count"]
-    rank1_limit = thresholds["max_rank1_rate"]
+def _cards(summary: AuditSummary) -> str:
+    thresholds, reid, quality = summary.thresholds, summary.reid, summary.quality
+    verification = reid.verification_rate
+    verified_note = f"{face_count(reid.reidentified)} closer than {summary.distance_threshold:g} to their original (dlib)"
+    judges = summary.judges
+    if judges.worst:
+        worst = judges.per_judge[judges.worst]
+        verification = worst.verification_rate
+        verified_note = (f"{face_count(worst.matched)} still match their original for judge {judges.worst} "  # type: ignore[arg-type]
+                         f"(worst of: {judge_rates(judges)})")
+    detection = summary.detection.rate
+    missed, leaks, unaudited = summary.missed_faces.count, summary.metadata.leaks, summary.unaudited.count
+    rank1_limit = thresholds.max_rank1_rate
     cards = [
-        _card("Faces audited", str(summary["faces"]), f"in {summary['outputs']} released images"),
-        _card("Re-identified (verification)", _percent(verification),
-              f"{verified_note}; max {thresholds['max_reid_rate']:.1%}",
-              "bad" if verification is not None and verification > thresholds["max_reid_rate"] else "good"),
-        _card("Rank-1 identification", _percent(reid["rank1_rate"]),
-              f"{_faces(reid['rank1_hits'])}; chance level {_percent(reid['rank1_chance'])}"
+        _card("Faces audited", str(summary.faces), f"in {summary.outputs} released images"),
+        _card("Re-identified (verification)", percent(verification),
+              f"{verified_note}; max {thresholds.max_reid_rate:.1%}",
+              "bad" if verification is not None and verification > thresholds.max_reid_rate else "good"),
+        _card("Rank-1 identification", percent(reid.rank1_rate),
+              f"{face_count(reid.rank1_hits)}; chance level {percent(reid.rank1_chance)}"
               + (f"; max {rank1_limit:.1%}" if rank1_limit is not None else ""),
-              "bad" if rank1_limit is not None and (reid["rank1_rate"] or 0) > rank1_limit else ""),
-        _card("Still detected in output", _percent(detection),
-              f"{_faces(summary['detection']['detected'])}, detector {summary['detector']}; min {thresholds['min_detection_rate']:.0%}",
-              "bad" if detection is not None and detection < thresholds["min_detection_rate"] else ""),
-        _card("Missed faces", str(missed), f"region left unchanged; max {thresholds['max_missed_faces']}",
-              "bad" if missed > thresholds["max_missed_faces"] else "good"),
-        _card("Possible faces", str(summary.get("possible_faces", {}).get("count", 0)),
-              f"one detector only, not confirmed; {summary.get('possible_faces', {}).get('unchanged', 0)} left unchanged"),
-        _card("Metadata leaks", str(leaks), f"files with metadata beyond ICC; max {thresholds['max_metadata_leaks']}",
-              "bad" if leaks > thresholds["max_metadata_leaks"] else "good"),
+              "bad" if rank1_limit is not None and (reid.rank1_rate or 0) > rank1_limit else ""),
+        _card("Still detected in output", percent(detection),
+              f"{face_count(summary.detection.detected)}, detector {summary.detector}; min {thresholds.min_detection_rate:.0%}",
+              "bad" if detection is not None and detection < thresholds.min_detection_rate else ""),
+        _card("Missed faces", str(missed), f"region left unchanged; max {thresholds.max_missed_faces}",
+              "bad" if missed > thresholds.max_missed_faces else "good"),
+        _card("Possible faces", str(summary.possible_faces.count),
+              f"one detector only, not confirmed; {summary.possible_faces.unchanged} left unchanged"),
+        _card("Metadata leaks", str(leaks), f"files with metadata beyond ICC; max {thresholds.max_metadata_leaks}",
+              "bad" if leaks > thresholds.max_metadata_leaks else "good"),
         _card("Not audited", str(unaudited), "unreadable or without original", "bad" if unaudited else "good"),
-        _card("PSNR outside faces", _number(quality["psnr_outside_db"], 1, " dB"), f"mean over {quality['images_measured']} images"),
-        _card("SSIM outside faces", _number(quality["ssim_outside"], 4), "1.0 = background untouched"),
-        _card("FID", _number(quality["fid"], 2), quality["fid_status"] if quality["fid"] is not None else "unavailable"),
+        _card("PSNR outside faces", number(quality.psnr_outside_db, 1, " dB"), f"mean over {quality.images_measured} images"),
+        _card("SSIM outside faces", number(quality.ssim_outside, 4), "1.0 = background untouched"),
+        _card("FID", number(quality.fid, 2), quality.fid_status if quality.fid is not None else "unavailable"),
     ]
     return '<div class="cards">' + "".join(cards) + "</div>"
 
 
-def _identity_check(summary: Mapping[str, Any]) -> str:
-    check = summary["identity_check"]
-    if check.get("available") is False:
-        return f'<p class="muted">Not available: {_e(check["reason"])}.</p>'
-    verdict = "separates" if check["separated"] else "does NOT separate"
+def _identity_check(summary: AuditSummary) -> str:
+    check = summary.identity_check
+    if not check.available:
+        return f'<p class="muted">Not available: {_e(check.reason)}.</p>'
+    verdict = "separates" if check.separated else "does NOT separate"
     rows = [
-        ("identities / faces", f"{check['identities']} / {check['faces']}"),
-        ("same-person pairs: mean distance", f"{check['mean_same']:.3f} ({check['same_pairs']} pairs)"),
-        ("different-person pairs: mean distance", f"{check['mean_different']:.3f} ({check['different_pairs']} pairs)"),
-        ("ROC AUC (different farther than same)", f"{check['roc_auc']:.3f}"),
-        (f"same-person pairs below {check['threshold']:g}", _percent(check["same_below_threshold"])),
-        (f"different-person pairs at or above {check['threshold']:g}", _percent(check["different_above_threshold"])),
+        ("identities / faces", f"{check.identities} / {check.faces}"),
+        ("same-person pairs: mean distance", f"{check.mean_same:.3f} ({check.same_pairs} pairs)"),
+        ("different-person pairs: mean distance", f"{check.mean_different:.3f} ({check.different_pairs} pairs)"),
+        ("ROC AUC (different farther than same)", f"{check.roc_auc:.3f}"),
+        (f"same-person pairs below {check.threshold:g}", percent(check.same_below_threshold)),
+        (f"different-person pairs at or above {check.threshold:g}", percent(check.different_above_threshold)),
     ]
     table = "".join(f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in rows)
     return f'<p>The recognizer <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
 
 
-def _paper_rows(summary: Mapping[str, Any]) -> list[tuple[object, ...]]:
-    from anonymize.audit.compare import format_value
-
-    return [(figure["label"], format_value(figure) if figure["value"] is not None else figure["status"], figure["instrument"],
-             figure["threshold"], figure["protocol"]) for figure in summary.get("figures", [])]
+def _paper_rows(summary: AuditSummary) -> list[tuple[object, ...]]:
+    return [(figure.label, format_value(figure) if figure.value is not None else figure.status, figure.instrument,
+             figure.threshold, figure.protocol) for figure in summary.figures]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
@@ -334,56 +322,58 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _attribute_privacy(summary: Mapping[str, Any]) -> str:
+def _attribute_privacy(summary: AuditSummary) -> str:
     """k / l / t of the release (output estimates) beside the originals', preservation and unique vectors."""
-    figures = summary.get("attributes") or {"available": False, "reason": "not measured"}
-    if not figures.get("available"):
-        return f'<p class="muted">Not measured: {_e(figures.get("reason", ""))}.</p>'
-    heuristic = " (rule-of-thumb estimates, never a ground truth)" if figures["heuristic"] else ""
-    head = (f'<p class="muted">Attributes estimated by the {_e(figures["source"])} source{_e(heuristic)} on the same aligned crop '
-            f'of {figures["faces"]} original and output faces; the release\'s figures come from the outputs.</p>')
-    release, originals = figures.get("release"), figures.get("originals")
-    if release is None:
-        table = f'<p class="muted">No k / l / t: {_e(figures.get("release_reason", ""))}.</p>'
+    figures = summary.attributes
+    if not figures.available:
+        return f'<p class="muted">Not measured: {_e(figures.reason if figures.reason is not None else "")}.</p>'
+    heuristic = " (rule-of-thumb estimates, never a ground truth)" if figures.heuristic else ""
+    head = (f'<p class="muted">Attributes estimated by the {_e(figures.source)} source{_e(heuristic)} on the same aligned crop '
+            f'of {figures.faces} original and output faces; the release\'s figures come from the outputs.</p>')
+    release, originals = figures.release, figures.originals
+    if release is None or originals is None:
+        table = f'<p class="muted">No k / l / t: {_e(figures.release_reason if figures.release_reason is not None else "")}.</p>'
     else:
         rows: list[tuple[object, ...]] = [
-            ("quasi-identifiers", ", ".join(release["quasi_identifiers"]), ""),
-            ("sensitive", ", ".join(release["sensitive"]) or "none", ""),
-            ("k (smallest class)", release["k"], originals["k"]),
-            ("classes", release["classes"], originals["classes"]),
-            (f"faces in classes smaller than {release['requested_k']}", _percent(release["share_below_k"]), _percent(originals["share_below_k"])),
-            ("distinct-l", release["distinct_l"], originals["distinct_l"]),
-            ("entropy-l", _number(release["entropy_l"]), _number(originals["entropy_l"])),
+            ("quasi-identifiers", ", ".join(release.quasi_identifiers), ""),
+            ("sensitive", ", ".join(release.sensitive) or "none", ""),
+            ("k (smallest class)", release.k, originals.k),
+            ("classes", release.classes, originals.classes),
+            (f"faces in classes smaller than {release.requested_k}", percent(release.share_below_k), percent(originals.share_below_k)),
+            ("distinct-l", release.distinct_l, originals.distinct_l),
+            ("entropy-l", number(release.entropy_l), number(originals.entropy_l)),
         ]
-        rows += [(f"t ({name})", _number(value, 3), _number(originals["t"].get(name), 3)) for name, value in release["t"].items()]
+        rows += [(f"t ({name})", number(value, 3), number(originals.t.get(name), 3)) for name, value in release.t.items()]
         table = _table(("figure", "release", "originals"), rows, "")
-    preservation = figures["preservation"]
-    kept = [(name, _percent(value)) for name, value in preservation["per_attribute"].items()]
-    return (head + table + f'<p>Faces whose whole attribute vector is unique: {_percent(figures["unique_share"])} of the release '
-            f'({_percent(figures["unique_share_originals"])} of the originals). Attributes preserved (original and output agree): '
-            f'{_percent(preservation["mean"])} on average.</p>' + _table(("attribute", "agreement"), kept, "No attribute estimated."))
+    preservation = figures.preservation
+    per_attribute = preservation.per_attribute if preservation is not None else {}
+    kept = [(name, percent(value)) for name, value in per_attribute.items()]
+    return (head + table + f'<p>Faces whose whole attribute vector is unique: {percent(figures.unique_share)} of the release '
+            f'({percent(figures.unique_share_originals)} of the originals). Attributes preserved (original and output agree): '
+            f'{percent(preservation.mean if preservation is not None else None)} on average.</p>'
+            + _table(("attribute", "agreement"), kept, "No attribute estimated."))
 
 
-def _human_goal(summary: Mapping[str, Any]) -> str:
+def _human_goal(summary: AuditSummary) -> str:
     """The human goal's figures: machine matching reported as the utility it is, and the visual change."""
-    roles = summary.get("recogniser_roles", {})
-    white_box = ", ".join(roles.get("white_box") or []) or "none recorded by the run"
-    head = (f'<p>Privacy goal: <b>{_e(summary.get("privacy_goal"))}</b> ({_e(summary.get("privacy_goal_source"))}). '
-            f'Recognisers in the method&#39;s loss (white-box): {_e(white_box)}; judge: <b>{_e(roles.get("judge"))}</b> '
-            f'({_e(roles.get("judge_reason"))}).</p>')
-    human = summary.get("human_goal")
+    roles = summary.recogniser_roles
+    white_box = ", ".join(roles.white_box) or "none recorded by the run"
+    head = (f'<p>Privacy goal: <b>{_e(summary.privacy_goal)}</b> ({_e(summary.privacy_goal_source)}). '
+            f'Recognisers in the method&#39;s loss (white-box): {_e(white_box)}; judge: <b>{_e(roles.judge)}</b> '
+            f'({_e(roles.judge_reason)}).</p>')
+    human = summary.human_goal
     if human is None:
         return head
-    change = human["visual_change"]
-    tar = "; ".join(f"FAR {far}: {_percent(item['tar'])}" + ("" if item["resolved"] else " (too few pairs to resolve)")
-                    for far, item in human["tar_at_far"].items())
+    change = human.visual_change
+    tar = "; ".join(f"FAR {far}: {percent(item.tar)}" + ("" if item.resolved else " (too few pairs to resolve)")
+                    for far, item in human.tar_at_far.items())
     rows = [
-        ("match rate (original, output) pairs", f"{_percent(human['match_rate'])} ({human['matched']} of {human['faces']})",
-         f"{human['judge_instrument']}, distance < {human['judge_threshold']}"),
-        ("TAR at FAR (threshold on different-person pairs of the originals)", human["tar_note"] or tar, human["judge"]),
-        ("rank-1 against a gallery of the originals", _percent(human["rank1_rate"]), f"mean rank {_number(human['mean_rank'])}"),
-        ("face-box PSNR / SSIM to the original", f"{_number(change['psnr_face_db'], 1, ' dB')} / {_number(change['ssim_face'], 3)}",
-         f"ceiling {change['max_psnr_db']:g} dB / {change['max_ssim']:g}: {change['too_similar']} face(s) above it"),
+        ("match rate (original, output) pairs", f"{percent(human.match_rate)} ({human.matched} of {human.faces})",
+         f"{human.judge_instrument}, distance < {human.judge_threshold}"),
+        ("TAR at FAR (threshold on different-person pairs of the originals)", human.tar_note or tar, human.judge),
+        ("rank-1 against a gallery of the originals", percent(human.rank1_rate), f"mean rank {number(human.mean_rank)}"),
+        ("face-box PSNR / SSIM to the original", f"{number(change.psnr_face_db, 1, ' dB')} / {number(change.ssim_face, 3)}",
+         f"ceiling {change.max_psnr_db:g} dB / {change.max_ssim:g}: {change.too_similar} face(s) above it"),
     ]
     return head + ('<p class="muted">These outputs are meant to stay linkable by machines: a high match rate is the '
                    'utility here, not a leak. A face that stays above the PSNR or SSIM ceiling still shows viewers '
@@ -418,33 +408,33 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 
     series = {f"before: {name}": values for name, values in result.before_distances.items()}
     series["after: anonymized vs its own original"] = [row["identity_distance"] for row in faces if row["identity_distance"] is not None]
-    warnings = "".join(f'<div class="warning">{_e(text)}</div>' for text in summary.get("warnings", []))
-    leaks = [(path, detail) for path, detail in summary["metadata"]["files"].items()]
-    unaudited = list(summary["unaudited"]["files"].items())
+    warnings = "".join(f'<div class="warning">{_e(text)}</div>' for text in summary.warnings)
+    leaks = list(summary.metadata.files.items())
+    unaudited = list(summary.unaudited.files.items())
     settings = [
-        ("original folder", summary["original_dir"]), ("anonymized folder", summary["anonymized_dir"]),
-        ("pairing", f"{summary['pairing']} {summary['manifest_path'] or ''}".strip()),
-        ("detector", f"{summary['detector']} ({summary['detector_reason']})"), ("aligned input", summary["aligned"]),
-        ("identity labels", summary["identity_labels"] or "none"), ("not released (no output)", summary["not_released"]),
-        ("anonymize version", summary["anonymize_version"]), ("created", summary["created_at"]),
+        ("original folder", summary.original_dir), ("anonymized folder", summary.anonymized_dir),
+        ("pairing", f"{summary.pairing} {summary.manifest_path or ''}".strip()),
+        ("detector", f"{summary.detector} ({summary.detector_reason})"), ("aligned input", summary.aligned),
+        ("identity labels", summary.identity_labels or "none"), ("not released (no output)", summary.not_released),
+        ("anonymize version", summary.anonymize_version), ("created", summary.created_at),
     ]
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Anonymization audit</title><style>{_STYLE}</style></head>
 <body><main>
 <h1>Anonymization audit</h1>
-<p class="muted">{_e(summary['anonymized_dir'])} against {_e(summary['original_dir'])} &middot; {_e(summary['created_at'])}</p>
+<p class="muted">{_e(summary.anonymized_dir)} against {_e(summary.original_dir)} &middot; {_e(summary.created_at)}</p>
 <div class="warning">This report shows crops of the <b>original</b> faces. Keep it with the originals; never publish it with the anonymized data.</div>
 {_verdict(summary)}{warnings}
 <h2>Summary</h2>{_cards(summary)}
 <h2>Privacy goal and recognisers</h2>{_human_goal(summary)}
 <h2>Human study kit</h2>{_study_section(study, study == 0)}
 <h2>Identity distances</h2>
-<div class="chart">{histogram_svg(series, summary['distance_threshold'])}</div>
+<div class="chart">{histogram_svg(series, summary.distance_threshold)}</div>
 <p class="muted">Before: distances between original faces, the scale on which the recognizer tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
 <h2>Identity check of the recognizer</h2>{_identity_check(summary)}
 <h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
-<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary["reid"].get("rank1_meaning", ""))}</p>
+<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary.reid.rank1_meaning)}</p>
 <h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.", whole=True)}
 <h2>Possible faces</h2><p class="muted">Found by one detector only and not confirmed by another on a close-up: perhaps a face, perhaps a pattern. Not counted in re-identification or in the missed-face gate; check them by eye.</p>
 {cases(possible, "None: every face was confirmed by two detectors.", whole=True)}
@@ -465,7 +455,7 @@ def write_report(result: AuditResult, config: AuditConfig, report_dir: Path) -> 
     shutil.rmtree(thumbs, ignore_errors=True)  # our own folder: stale crops of an earlier audit must not linger
     thumbs.mkdir(parents=True, exist_ok=True)
     thumbnails = _Thumbnails(config, thumbs)
-    wanted = config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if result.summary.get("privacy_goal") == "human" else 0)
+    wanted = config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if result.summary.privacy_goal == "human" else 0)
     pairs = study_pairs(result.rows, wanted, config.study_seed) if wanted else []
     if len(pairs) >= 2:
         write_study(report_dir, pairs, thumbnails.face_jpeg)

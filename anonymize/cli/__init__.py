@@ -1,20 +1,21 @@
 """The ``anonymize`` command line: one Typer app, each sub-command in its own module.
 
 Every way a command can fail reaches the user as one line ``error: ...`` on stderr (and, with
-``--json``, as ``{"error": ..., "exit_code": ...}`` on stdout): usage mistakes, environment
-problems (disk full, read-only folder, no permission) and, as a last resort, bugs. Set
-``ANONYMIZE_DEBUG=1`` to see the traceback of an unexpected error.
+``--json``, as ``{"error": ..., "exit_code": ...}`` on stdout): usage mistakes, the project's own
+errors (every :class:`~anonymize.errors.AnonymizeError` a command lets through, exit code 2, as the
+commands' own ``fail`` gives), environment problems (disk full, read-only folder, no permission) and,
+as a last resort, bugs. Set ``ANONYMIZE_DEBUG=1`` to see the traceback of an unexpected error.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
 
 import typer
 
-from anonymize import __version__
+from anonymize.cli.app import app
+from anonymize.errors import AnonymizeError
 
 try:  # Typer >= 0.16 vendors Click; older releases depend on it
     from typer._click import exceptions as click_exceptions
@@ -24,29 +25,7 @@ except ImportError:  # pragma: no cover
 EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 1
 DEBUG_ENV = "ANONYMIZE_DEBUG"
-
-app = typer.Typer(
-    name="anonymize",
-    help="Anonymize every face of an image dataset and write a shareable copy with a Parquet manifest.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"anonymize {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Optional[bool] = typer.Option(None, "--version", callback=_print_version, is_eager=True,
-                                           help="Print the version and exit."),
-) -> None:
-    """Anonymize every face of an image dataset and write a shareable copy with a Parquet manifest."""
-
+__all__ = ["app", "main"]
 
 def _register_commands() -> None:
     """Import the command modules; each attaches its commands to ``app``."""
@@ -55,7 +34,7 @@ def _register_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns (and exits with) the exit code. Never shows a traceback unless asked."""
-    from anonymize.cli.console import report_error
+    from anonymize.cli.console import EXIT_USAGE, report_error
 
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
@@ -72,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         code = report_error(" ".join(exc.format_message().split()), exc.exit_code, as_json)
     except (typer.Abort, KeyboardInterrupt):
         code = report_error("interrupted", EXIT_INTERRUPTED, as_json)
+    except AnonymizeError as exc:  # the project's own errors: their one line, whichever command raised them
+        code = report_error(" ".join(str(exc).split()), EXIT_USAGE, as_json)
     except OSError as exc:
         if os.environ.get(DEBUG_ENV):
             raise

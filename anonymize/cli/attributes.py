@@ -18,16 +18,17 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from anonymize.attributes.collect import FaceCollector
+from anonymize.run.collect import FaceCollector
 from anonymize.attributes.io import concat_attribute_tables, write_attribute_table
-from anonymize.attributes.sources import SOURCES, UnknownSource, create_source
+from anonymize.attributes.sources import SOURCES, create_source
 from anonymize.attributes.table import AttributeTable
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.console import DefaultCommandGroup, Device, console, fail, progress_bar, stdout
 from anonymize.cli.run import parse_options  # -p KEY=VALUE, parsed as `run` parses it
+from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
-from anonymize.methods.base import FaceCrop
-from anonymize.weights import WeightsError, WeightsStore
+from anonymize.faces.types import FaceCrop
+from anonymize.weights import WeightsStore
 
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
 
@@ -58,11 +59,9 @@ def _check_output(input_dir: Path, out: Path, as_json: bool) -> None:
 
 def _collector(input_dir: Path, weights: WeightsStore, detector: str, aligned: bool, device: str,
                as_json: bool) -> FaceCollector:
-    from anonymize.pipeline import RunError
-
     try:
         return FaceCollector(input_dir, weights, detector, aligned, device)
-    except (RunError, WeightsError, ValueError) as exc:
+    except (AnonymizeError, ValueError) as exc:  # RunError (bad folder), WeightsError, a bad option
         fail(str(exc), as_json=as_json)
 
 
@@ -86,7 +85,6 @@ def _summary(table: AttributeTable, collector: FaceCollector, out: Path) -> dict
 
 
 def _device(device: Device, as_json: bool) -> str:
-    from anonymize.errors import AnonymizeError
     from anonymize.models.device import resolve_device
 
     try:
@@ -119,12 +117,12 @@ def estimate_command(
     try:  # the source first: a bad labels file or missing heads fail before any face is searched
         weights = WeightsStore(weights_dir)
         attribute_source = create_source(source, weights, device_name, options)
-    except (UnknownSource, WeightsError, ValueError) as exc:
+    except (AnonymizeError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
     collector = _collector(input_dir, weights, detector.value, aligned, device_name, as_json)
     try:
         tables = [attribute_source.estimate(batch) for batch in _batches(collector, as_json)]
-    except (ValueError, WeightsError) as exc:
+    except (AnonymizeError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
     table = concat_attribute_tables(tables, attribute_source.name, attribute_source.heuristic)
     write_attribute_table(out, table)
@@ -183,7 +181,7 @@ def fit_command(
             fail(f"{labels}: no face under {input_dir} has a label (rows are matched by relative path or file name)", as_json=as_json)
         heads = fit_heads(np.concatenate(features), AttributeTable(tuple(keys), table.names, np.concatenate(values), "labels"),
                           weights.sha256(FARL_ARTEFACT) or "", c)
-    except (ValueError, WeightsError) as exc:
+    except (AnonymizeError, ValueError) as exc:
         fail(str(exc), as_json=as_json)
     save_heads(target, heads)
     summary = {"heads": str(target), "faces": len(keys), "attributes": {name: {"positives": int(p), "labelled": int(n)}

@@ -17,10 +17,12 @@ from rich.table import Table
 
 from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult, Thresholds, run_audit
 from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE
+from anonymize.audit.compare import comparison_json, legend, load_comparison, selected_columns, write_comparison_report
+from anonymize.audit.format import attribute_line, format_value, judge_rates, number, percent, significant
 from anonymize.audit.human import PRIVACY_GOALS
-from anonymize.audit.compare import load_comparison, legend, selected_columns, format_value, comparison_json, write_comparison_report
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.console import DefaultCommandGroup, Device, fail, progress_bar, stdout
+from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import DETECTORS
 from anonymize.weights import WeightsError
 
@@ -70,88 +72,62 @@ class RichAuditProgress(AuditProgress):
             self.bar.console.print(text, soft_wrap=True)
 
 
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _number(value: float | None, unit: str) -> str:
-    return "n/a" if value is None else f"{value:.3g}{unit}"
-
-
-def _attribute_line(figures: dict) -> str:
-    """k / l / t of the release, preservation and unique vectors, in one line."""
-    if not figures.get("available"):
-        return f"not measured ({figures.get('reason', 'no attribute source')})"
-    release = figures.get("release")
-    head = f"{figures['source']}{' (heuristic)' if figures['heuristic'] else ''}: "
-    if release is None:
-        head += f"no k/l/t ({figures.get('release_reason')}); "
-    else:
-        t = ", ".join(f"{name} {'n/a' if value is None else f'{value:.3f}'}" for name, value in release["t"].items())
-        head += (f"k {release['k']} over {', '.join(release['quasi_identifiers'])}, distinct-l {release['distinct_l']}, "
-                 f"t {t or 'n/a'}; ")
-    return head + (f"unique vectors {_percent(figures['unique_share'])}; attributes preserved "
-                   f"{_percent(figures['preservation']['mean'])}")
-
-
 def print_audit_summary(result: AuditResult) -> None:
+    """The summary as a table, the rank-1 sentence, warnings, the verdict and the files written."""
     summary = result.summary
-    reid, quality = summary["reid"], summary["quality"]
+    reid, quality = summary.reid, summary.quality
     table = Table(title="anonymize audit", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    table.add_row("released images", str(summary["outputs"]))
-    table.add_row("faces audited", str(summary["faces"]))
-    table.add_row("detector", f"{summary['detector']} ({summary['detector_reason']})")
-    roles = summary.get("recogniser_roles", {})
-    table.add_row("privacy goal", f"{summary.get('privacy_goal')} ({summary.get('privacy_goal_source')})")
-    table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.get('white_box') or []) or 'none recorded'}; "
-                                 f"judges: {', '.join(roles.get('judges') or []) or 'none'}")
-    judges = summary.get("judges")
-    if judges is not None and summary.get("privacy_goal") != "human":
-        per_judge = ", ".join(f"{name} {_percent(item['verification_rate'])}" for name, item in judges["per_judge"].items())
-        worst = judges["worst"]
-        gated = (f"{_percent(judges['per_judge'][worst]['verification_rate'])} by {worst} "
-                 f"({judges['per_judge'][worst]['matched']} of {judges['per_judge'][worst]['faces']} faces)") if worst else "n/a"
-        table.add_row("re-identified (gated: worst judge)", f"{gated}; per judge: {per_judge or 'none'}")
-    human = summary.get("human_goal")
+    table.add_row("released images", str(summary.outputs))
+    table.add_row("faces audited", str(summary.faces))
+    table.add_row("detector", f"{summary.detector} ({summary.detector_reason})")
+    roles = summary.recogniser_roles
+    table.add_row("privacy goal", f"{summary.privacy_goal} ({summary.privacy_goal_source})")
+    table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.white_box) or 'none recorded'}; "
+                                 f"judges: {', '.join(roles.judges) or 'none'}")
+    judges = summary.judges
+    if summary.privacy_goal != "human":
+        worst = judges.per_judge[judges.worst] if judges.worst else None
+        gated = (f"{percent(worst.verification_rate)} by {judges.worst} ({worst.matched} of {worst.faces} faces)"
+                 if worst is not None else "n/a")
+        table.add_row("re-identified (gated: worst judge)", f"{gated}; per judge: {judge_rates(judges) or 'none'}")
+    human = summary.human_goal
     if human is not None:
-        change = human["visual_change"]
-        tar = " / ".join(_percent(item["tar"]) for item in human["tar_at_far"].values())
-        table.add_row("machine match rate (utility)", f"{_percent(human['match_rate'])} ({human['matched']} of {human['faces']} faces, {human['judge']})")
-        table.add_row("TAR at FAR 0.01 / 0.1", tar + (f" ({human['tar_note']})" if human["tar_note"] else ""))
-        table.add_row("rank-1 among originals", _percent(human["rank1_rate"]))
-        table.add_row("visual change (face box)", f"PSNR {_number(change['psnr_face_db'], ' dB')}, SSIM {_number(change['ssim_face'], '')}; "
-                                                  f"{change['too_similar']} face(s) above the ceiling")
-    table.add_row("rank-1 identification", f"{_percent(reid['rank1_rate'])} (chance {_percent(reid['rank1_chance'])})")
-    table.add_row("still detected in output", _percent(summary["detection"]["rate"]))
-    by_detector = summary.get("detection_by_detector", {})
-    if by_detector:
-        table.add_row("... per detector (default thresholds)", ", ".join(f"{name} {_percent(item['rate'])}" for name, item in by_detector.items()))
-    for name, entry in summary.get("recognisers", {}).items():
-        tprs = entry.get("tpr_at_far", {})
-        if tprs:
-            table.add_row(f"{name}: TPR at FAR 0.001 / 0.01 / 0.1", " / ".join(_percent(tpr["tpr"]) for tpr in tprs.values())
-                          + f" (mean rank {entry['mean_rank']:.2f})")
-    table.add_row("missed faces", str(summary["missed_faces"]["count"]))
-    possible = summary.get("possible_faces", {})
-    if possible.get("count"):
-        table.add_row("possible faces", f"{possible['count']} (one detector only, not confirmed; {possible['unchanged']} left unchanged; "
+        change = human.visual_change
+        tar = " / ".join(percent(item.tar) for item in human.tar_at_far.values())
+        table.add_row("machine match rate (utility)", f"{percent(human.match_rate)} ({human.matched} of {human.faces} faces, {human.judge})")
+        table.add_row("TAR at FAR 0.01 / 0.1", tar + (f" ({human.tar_note})" if human.tar_note else ""))
+        table.add_row("rank-1 among originals", percent(human.rank1_rate))
+        table.add_row("visual change (face box)", f"PSNR {significant(change.psnr_face_db, ' dB')}, SSIM {significant(change.ssim_face, '')}; "
+                                                  f"{change.too_similar} face(s) above the ceiling")
+    table.add_row("rank-1 identification", f"{percent(reid.rank1_rate)} (chance {percent(reid.rank1_chance)})")
+    table.add_row("still detected in output", percent(summary.detection.rate))
+    if summary.detection_by_detector:
+        table.add_row("... per detector (default thresholds)",
+                      ", ".join(f"{name} {percent(item.rate)}" for name, item in summary.detection_by_detector.items()))
+    for name, entry in summary.recognisers.items():
+        if entry.tpr_at_far:
+            table.add_row(f"{name}: TPR at FAR 0.001 / 0.01 / 0.1", " / ".join(percent(tpr.tpr) for tpr in entry.tpr_at_far.values())
+                          + f" (mean rank {entry.mean_rank:.2f})")
+    table.add_row("missed faces", str(summary.missed_faces.count))
+    possible = summary.possible_faces
+    if possible.count:
+        table.add_row("possible faces", f"{possible.count} (one detector only, not confirmed; {possible.unchanged} left unchanged; "
                                         "not counted above)")
-    table.add_row("attribute privacy", _attribute_line(summary.get("attributes") or {}))
-    table.add_row("metadata leaks", str(summary["metadata"]["leaks"]))
-    table.add_row("not audited", str(summary["unaudited"]["count"]))
-    psnr, ssim = quality["psnr_outside_db"], quality["ssim_outside"]
-    table.add_row("PSNR / SSIM outside faces", f"{'n/a' if psnr is None else f'{psnr:.1f} dB'} / {'n/a' if ssim is None else f'{ssim:.4f}'}")
-    table.add_row("FID", f"{quality['fid']:.2f}" if quality["fid"] is not None else quality["fid_status"])
-    check = summary["identity_check"]
-    if check.get("available"):
-        table.add_row("identity check", f"same {check['mean_same']:.3f} vs different {check['mean_different']:.3f}, "
-                                        f"ROC AUC {check['roc_auc']:.3f}")
+    table.add_row("attribute privacy", attribute_line(summary.attributes))
+    table.add_row("metadata leaks", str(summary.metadata.leaks))
+    table.add_row("not audited", str(summary.unaudited.count))
+    table.add_row("PSNR / SSIM outside faces", f"{number(quality.psnr_outside_db, 1, ' dB')} / {number(quality.ssim_outside, 4)}")
+    table.add_row("FID", number(quality.fid, 2) if quality.fid is not None else quality.fid_status)
+    check = summary.identity_check
+    if check.available:
+        table.add_row("identity check", f"same {check.mean_same:.3f} vs different {check.mean_different:.3f}, "
+                                        f"ROC AUC {check.roc_auc:.3f}")
     stdout.print(table)
-    if reid.get("rank1_meaning"):
-        stdout.print(f"rank-1: {reid['rank1_meaning']}", soft_wrap=True)
-    for warning in summary["warnings"]:
+    if reid.rank1_meaning:
+        stdout.print(f"rank-1: {reid.rank1_meaning}", soft_wrap=True)
+    for warning in summary.warnings:
         stdout.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
     if result.passed:
         stdout.print("[bold green]PASS[/]: no threshold crossed")
@@ -242,10 +218,10 @@ def audit_command(
     try:
         with RichAuditProgress(quiet or as_json) as progress:
             result = run_audit(config, progress)
-    except (AuditError, WeightsError) as exc:
+    except (AnonymizeError, WeightsError) as exc:  # AuditError, and DeviceError for --device cuda without CUDA
         fail(str(exc))
     if as_json:
-        stdout.print_json(json.dumps(result.summary, default=str))
+        stdout.print_json(json.dumps(result.summary.to_json(), default=str))
     elif not quiet:
         print_audit_summary(result)
     if fail_on_leak and not result.passed:

@@ -1,4 +1,4 @@
-"""``anonymize bank build``: render FALCO's fake bank ahead of a run (``run`` builds what it lacks otherwise)."""
+"""``anonymize bank build``: render the latent methods' fake bank ahead of a run (``run`` builds what it lacks otherwise)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 
 # Kept free of torch imports so that `anonymize --help` and the other commands start quickly; the
-# choices below mirror anonymize.models.registry.GENERATORS and falco.bank.DEFAULT_PSI.
+# choices below mirror anonymize.models.registry.GENERATORS and anonymize.methods.latent.bank.DEFAULT_PSI.
 DEFAULT_PSI = 0.7
 
 bank_app = typer.Typer(help="Build FALCO's cached bank of fake faces (W codes + FaRL features).", no_args_is_help=True)
@@ -39,8 +39,8 @@ def build(
     as_json: Annotated[bool, typer.Option("--json", help="Print the bank's key and path as JSON on stdout.")] = False,
 ) -> None:
     """Render SIZE fakes and store their codes and features under <weights dir>/banks/ (reused if already there)."""
-    from anonymize.methods.falco.bank import BankKey, bank_dir, default_build_batch_size, load_or_build_bank
-    from anonymize.methods.falco.method import require_all
+    from anonymize.methods.latent.bank import BankKey, bank_dir, default_build_batch_size, load_or_build_bank
+    from anonymize.methods.latent.stack import require_all
     from anonymize.models.checkpoint import CheckpointError
     from anonymize.models.registry import artefact_of, generator_artefact, load_farl_model, load_generator
     from anonymize.errors import AnonymizeError

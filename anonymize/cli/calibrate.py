@@ -12,8 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.console import Device, console, fail, progress_bar, stdout
+from anonymize.errors import AnonymizeError
 
 
 class Recognizer(str, Enum):
@@ -35,12 +36,8 @@ def calibrate_command(
     record: Annotated[bool, typer.Option(help="faceres / mobileface: store the threshold in the weights folder, where the audit reads it.")] = True,
 ) -> None:
     """Score every same- and different-identity pair of FACES_DIR and print the cosine threshold at --far and its angle."""
-    from anonymize.audit.calibrate import RECORDED, CalibrationError, calibrate, embed_folders, identity_folders, recognizer_embedder, write_record
-    from anonymize.models.checkpoint import CheckpointError
-    from anonymize.models.tfjs import GraphModelError
-    from anonymize.errors import AnonymizeError
+    from anonymize.audit.calibrate import RECORDED, calibrate, embed_folders, identity_folders, recognizer_embedder, write_record
     from anonymize.models.device import resolve_device
-    from anonymize.weights import WeightsError
 
     try:
         folders = identity_folders(faces_dir, max_per_identity)
@@ -50,7 +47,7 @@ def calibrate_command(
             embeddings, labels = embed_folders(folders, embed, lambda: bar.advance(task, 1))
         result = calibrate(embeddings, labels, far, recognizer.value)
         recorded = write_record(result, faces_dir, weights_dir) if record and recognizer.value in RECORDED else None
-    except (CalibrationError, AnonymizeError, WeightsError, CheckpointError, GraphModelError, ValueError) as exc:
+    except (AnonymizeError, ValueError) as exc:  # ValueError: audit's CalibrationError among others
         fail(str(exc), as_json=as_json)
     except OSError as exc:
         fail(f"cannot store the calibration record: {exc}", as_json=as_json)

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.console import fail, stdout
 from anonymize.io.manifest import MANIFEST_NAME, read_manifest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -14,15 +15,15 @@ from rich.text import Text
 
 from anonymize.adversarial import AdversarialError, split_adversarial_options
 from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.io.store import StoreError, location, uses_store
 from anonymize.methods import METHODS, MethodError, method_class
-from anonymize.pipeline import Progress as PipelineProgress
-from anonymize.pipeline import RunConfig, RunError, RunSummary, default_output_dir, run
+from anonymize.run import Progress as PipelineProgress
+from anonymize.run import RunConfig, RunError, RunSummary, default_output_dir, run, run_config
 from anonymize.weights import WeightsError
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
@@ -123,26 +124,22 @@ def parse_options(pairs: list[str], as_json: bool = False) -> dict[str, str]:
     return options
 
 
-def _with_falco_flags(method: str, options: dict[str, str], unique_pairs: bool, save_latents: bool,
-                      as_json: bool = False) -> dict[str, str]:
-    """--unique-pairs and --save-latents are FALCO options with their own flags."""
-    for flag, enabled, key in (("--unique-pairs", unique_pairs, "unique_pairs"), ("--save-latents", save_latents, "save_latents")):
-        if enabled:
-            if method != "falco":
-                fail(f"{flag} only applies to --method falco (got --method {method})", as_json=as_json)
-            options[key] = "true"
-    return options
+def _options_of(method: str) -> set[str]:
+    return {f.name for f in fields(method_class(method).Params)}
 
 
-# Method flags -> the methods that use them; giving one to another method is an error, not a silent no-op.
-METHOD_FLAGS: dict[str, tuple[str, ...]] = {"--margin": ("falco",)}
-
-
-def _check_method_flags(method: str, given: dict[str, bool], as_json: bool) -> None:
-    for flag, used in given.items():
-        users = METHOD_FLAGS[flag]
-        if used and method not in users:
+def _with_option_flags(method: str, options: dict[str, str], flags: dict[str, tuple[str, str | None]],
+                       as_json: bool = False) -> dict[str, str]:
+    """Flags that are sugar for a method option (--margin: -p margin=, --save-latents: -p save_latents=true):
+    only a method with that option takes one; anything else is an error, never a silent no-op."""
+    for flag, (key, value) in flags.items():
+        if value is None:
+            continue
+        if key not in _options_of(method):
+            users = [name for name in METHODS if key in _options_of(name)]
             fail(f"{flag} only applies to --method {' or '.join(users)} (got --method {method})", as_json=as_json)
+        options[key] = value
+    return options
 
 
 def _print_summary(summary: RunSummary) -> None:
@@ -169,7 +166,7 @@ def run_command(
     input_dir: str = typer.Argument(..., help="Folder of images (searched recursively): a path, or a URI (s3://, gs://, file://)."),
     out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
     method: MethodName = typer.Option("falco", help="Anonymization method."),
-    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="FALCO identity margin m: target cosine to the original (default 0)."),
+    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Identity margin m (falco, attributes): target cosine to the original (default 0); sugar for -p margin=."),
     option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1; any method: -p adversarial=fgsm|pgd|uap (-p adv_eps=4/255 -p adv_steps=10) perturbs the output against dlib's recogniser."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
@@ -208,7 +205,6 @@ def run_command(
     """Detect, align and anonymize every face under INPUT_DIR; write a mirrored tree and a Parquet manifest."""
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
-    _check_method_flags(method.value, {"--margin": margin is not None}, as_json)
     if identity_from is not None and not method_class(method.value).dataset_level:
         fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
     try:
@@ -223,13 +219,16 @@ def run_command(
         method_options, adversarial = split_adversarial_options(parse_options(option, as_json), method.value)
     except AdversarialError as exc:
         fail(str(exc), as_json=as_json)
-    config = RunConfig(
-        input_dir=source,
-        output_dir=target,
+    method_options = _with_option_flags(method.value, method_options, {
+        "--margin": ("margin", repr(margin) if margin is not None else None),
+        "--unique-pairs": ("unique_pairs", "true" if unique_pairs else None),
+        "--save-latents": ("save_latents", "true" if save_latents else None)}, as_json)
+    config = run_config(
+        source,
+        target,
         method=method.value,
-        method_options=_with_falco_flags(method.value, method_options, unique_pairs, save_latents, as_json),
+        method_options=method_options,
         adversarial=adversarial,
-        margin=margin if margin is not None else 0.0,
         detector=detector.value,
         weights_dir=weights_dir,
         aligned=aligned or aligned_ffhq,
@@ -272,7 +271,7 @@ def run_command(
     report = summary.as_dict()
     audit_result = _audit(config, as_json) if audit and not dry_run else None
     if audit_result is not None:
-        report["audit"] = {**audit_result.summary, "passed": audit_result.passed, "crossed": audit_result.crossed}
+        report["audit"] = audit_result.summary.to_json()  # it holds passed and crossed
     if as_json:
         stdout.print_json(json.dumps(report, default=str))
     elif not quiet:
@@ -287,8 +286,8 @@ def run_command(
 
 def _audit(config: RunConfig, as_json: bool = False) -> AuditResult:
     """The audit with its defaults (independent detector, files in <out>-audit/) on what this run wrote."""
-    audit_config = AuditConfig(original_dir=config.input_dir, anonymized_dir=config.output_dir,
-                               manifest_path=config.manifest_path, weights_dir=config.weights_dir)
+    audit_config = AuditConfig(original_dir=config.inputs.input_dir, anonymized_dir=config.output.output_dir,
+                               manifest_path=config.output.manifest_path, weights_dir=config.execution.weights_dir)
     try:
         return run_audit(audit_config)
     except (AuditError, WeightsError) as exc:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from anonymize.cli import app
+from anonymize.cli.app import app
 from anonymize.weights import Check, FetchError, WeightsError, WeightsStore, read_lock
 
 EXIT_ERROR = 2

@@ -26,8 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
+from anonymize.models.registry import contract_of
+
+CHIP_SIZE = contract_of("dlib_resnet").size
+CHIP_PADDING = contract_of("dlib_resnet").padding
 
 # dlib's 5-point mean face, as fractions of an unpadded chip (get_face_chip_details).
 MEAN_FACE_5 = np.array([

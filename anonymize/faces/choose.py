@@ -7,6 +7,10 @@
    HOG detector (the other packaged one) on the 43 labelled faces of the group photos: 43/43 vs
    42/43 at their default thresholds, both without a false positive (README, Detection);
 4. else dlib-hog (face_recognition_models), when facenet-pytorch is not installed.
+
+The audit chooses differently (:func:`choose_audit_detector`): not the best single detector but the
+strongest detection this machine has, the ensemble of every fast detector whose weights are here at
+recall-first thresholds, so it is always stronger than what the run used.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from anonymize.faces.detect import AUTO, CHOICES
+from anonymize.faces.detect import AUTO, CHOICES, DETECTORS
 from anonymize.faces.mtcnn import ARTEFACTS as MTCNN_ARTEFACTS
 from anonymize.faces.retinaface import ARTEFACT as RETINAFACE_ARTEFACT
 from anonymize.weights import WeightsError, WeightsStore
@@ -23,6 +27,8 @@ from anonymize.weights.records import ProgressCallback
 OFFLINE_ENV = "ANONYMIZE_OFFLINE"
 FALLBACKS = ("mtcnn", "dlib-hog")  # packaged weights, best recall first
 PACKAGED_ARTEFACTS = {"mtcnn": tuple(MTCNN_ARTEFACTS.values()), "dlib-hog": ("dlib_shape_predictor_68",)}
+AUDIT_ENSEMBLE = ("retinaface", "mtcnn", "dlib-hog")  # every fast detector, strongest first
+ENSEMBLE_ARTEFACTS = {"retinaface": (RETINAFACE_ARTEFACT,), **PACKAGED_ARTEFACTS}
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,39 @@ def choose_detector(requested: str, weights: WeightsStore, progress: ProgressCal
                                   f" (run `anonymize weights fetch {RETINAFACE_ARTEFACT}` for RetinaFace)")
     raise WeightsError(f"no face detector available: {why_not}, and neither facenet-pytorch (MTCNN) nor "
                        f"face_recognition_models (dlib) is installed; run `anonymize weights fetch {RETINAFACE_ARTEFACT}`")
+
+
+@dataclass(frozen=True)
+class AuditDetector:
+    """The audit's detector: one named detector, or an ensemble, and why."""
+
+    name: str  # a detector name, "ensemble" for several
+    members: tuple[str, ...]  # the ensemble's members (empty for a single detector)
+    recall_first: bool
+    reason: str
+
+
+def choose_audit_detector(requested: str, weights: WeightsStore, run_detector: object) -> AuditDetector:
+    """``auto``: the ensemble of every available fast detector at recall-first thresholds, and why (compared with
+    ``run_detector``, the detector the run recorded, or None); any other known name is used as it is.
+
+    Raises ValueError for an unknown name (the audit turns it into its one-line error)."""
+    if requested != AUTO:
+        if requested not in DETECTORS:
+            raise ValueError(f"unknown detector {requested!r}: choose auto or one of {', '.join(DETECTORS)}")
+        return AuditDetector(requested, (), False, "chosen by the user")
+    members = tuple(name for name in AUDIT_ENSEMBLE if all(_present(weights, artefact) for artefact in ENSEMBLE_ARTEFACTS[name]))
+    described = "+".join(members) + " at recall-first thresholds"
+    if not isinstance(run_detector, str):
+        comparison = "the run's detector is unknown"
+    elif len(members) > len(run_detector.split("+")) or run_detector.split("(")[0] in members:
+        comparison = f"stronger than the run's {run_detector} (more detectors, lower thresholds)"
+    else:
+        comparison = f"the run used {run_detector}: not stronger (install the RetinaFace and MTCNN weights)"
+    if len(members) < 2:
+        return AuditDetector(members[0] if members else "dlib-hog", (), True, f"{described}; {comparison}; "
+                             "only one detector available, so no face can be confirmed by a second one")
+    return AuditDetector("ensemble", members, True, f"ensemble of {described}; {comparison}")
 
 
 def _present(weights: WeightsStore, artefact: str) -> bool:

@@ -12,6 +12,16 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class FaceCrop:
+    """One aligned face, as every method and attribute source sees it: the crop, its landmarks in crop
+    pixels (None for --aligned input without a detector) and a stable id."""
+
+    image: np.ndarray  # S x S x 3 uint8
+    landmarks: np.ndarray | None
+    key: str  # "<relative path>#<face index>": seeds, saved latents and attribute tables are keyed by it
+
+
+@dataclass(frozen=True)
 class Face:
     """One detected face in image pixel coordinates.
 

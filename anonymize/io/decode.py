@@ -37,6 +37,7 @@ from PIL import (
     WebPImagePlugin,
 )
 
+from anonymize.errors import AnonymizeError
 from anonymize.io.walk import sniff_format_of_bytes
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) by default
@@ -68,7 +69,7 @@ _OTHER_FORMATS: tuple[tuple[int, bytes, str], ...] = (
 )
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(AnonymizeError):
     """A file that cannot be decoded into a complete image; ``str(e)`` is ``"<name>: <cause>"`` on one line."""
 
     def __init__(self, name: str, cause: str) -> None:

@@ -39,83 +39,42 @@ STATUS_ERROR = "error"  # the image (or folder) could not be processed; see the 
 STATUS_SKIPPED = "skipped"  # met by the walk and deliberately not processed; the note says why
 FINISHED_STATUSES = (STATUS_DONE, STATUS_NO_FACE)
 
-# Metric columns that methods fill (null where a method has nothing to say).
-METRIC_COLUMNS: dict[str, pa.DataType] = {
-    "identity_distance_dlib": pa.float32(),  # dlib 128-d distance, original face vs anonymized face
-    "id_cos_before": pa.float32(),  # ArcFace cosine of the starting image (inversion of the paired fake) to the original
-    "id_cos_after": pa.float32(),  # ArcFace cosine of the anonymized face to the original
-    "id_margin_gap": pa.float32(),  # |cos - m| at the end
-    "attr_loss_start": pa.float32(),
-    "attr_loss_end": pa.float32(),
-    "fake_index": pa.int64(),
-    "pairing_similarity": pa.float32(),
-    "steps": pa.int32(),
-    "seed": pa.int64(),
-    "latent_path": pa.string(),
-    "cfa_target_angle": pa.float32(),  # CFA: degrees from the original identity e to the target z*
-    "cfa_achieved_angle": pa.float32(),  # CFA: degrees from e to the written face's ArcFace identity
-    "cfa_target_cos": pa.float32(),  # CFA: cosine of the written face's identity to z*
-    "cfa_angle_error": pa.float32(),  # CFA: achieved - target angle, degrees
-    "cfa_variant": pa.int32(),  # CFA: which direction (new identity) the written face took
-    "cfa_leak_cos": pa.float32(),  # CFA: highest cosine of z* to another person's face (leakage screen)
-    "cfa_leak_tries": pa.int32(),  # CFA: directions drawn until one passed the screen
-    "cfa_leak_cos_after": pa.float32(),  # CFA: the same for the written face's identity
-    "cfa_person": pa.int64(),  # CFA: person (cluster or folder) the face was counted as
-    "cfa_renders": pa.string(),  # CFA: JSON list of the further renders (sweep angles, variants) and their figures
-    "camo_reference_index": pa.int64(),  # camouflage: the reference whose appearance the face took (bank or folder index)
-    "camo_reference_kind": pa.string(),  # camouflage: "bank" (a fake) or "folder:<path>" (a real reference image)
-    "camo_id_cos": pa.float32(),  # camouflage: ArcFace cosine of the written face to its source
-    "camo_psnr_db": pa.float32(),  # camouflage: PSNR of the written face to its source (generator resolution)
-    "camo_output_kept": pa.int32(),  # camouflage: which of the K outputs (references) was kept, 0-based
-    "camo_passed": pa.bool_(),  # camouflage: the kept output reached tau (ArcFace cosine to its source)
-    "parts_backend": pa.string(),  # parts: "latent" (W+ edit) or "warp" (landmark warps + pixel PGD)
-    "parts_chosen": pa.string(),  # parts: the edited parts, comma-separated, least identity-relevant first
-    "parts_k": pa.int32(),  # parts: how many parts were edited
-    "parts_relevance": pa.string(),  # parts: JSON part -> mean relevance (exact head decomposition of the recogniser)
-    "parts_id_cos": pa.float32(),  # parts: ArcFace cosine of the output to the original (ArcFace runs)
-    "parts_id_distance_dlib": pa.float32(),  # parts: dlib (PyTorch) distance of the output to the original (dlib runs)
-    "parts_selected_by": pa.string(),  # parts: the recogniser(s) whose threshold chose k ("arcface", "dlib", "+dlib")
-    "parts_passed": pa.bool_(),  # parts: the chosen output passed that threshold (False: none did, k = smallest)
-    "ksame_group": pa.int64(),  # k-Same: the face's group (every member gets the same face)
-    "ksame_group_size": pa.int32(),  # k-Same: members in that group (k to 2k-1)
-    "ksame_space": pa.string(),  # k-Same: pixel, eigen or latent
-    "attr_edit_targets": pa.string(),  # attributes: JSON attribute -> target probability (set, or flip's side)
-    "attr_edit_start": pa.string(),  # attributes: JSON attribute -> the original face's zero-shot probability
-    "attr_edit_achieved": pa.string(),  # attributes: JSON attribute -> the written face's zero-shot probability
-    "attr_edit_keep_drift": pa.float32(),  # attributes: mean |change| of the non-target attributes' probabilities
-    "attr_edit_identity": pa.string(),  # attributes: the identity loss ("falco", "cfa", "none")
-    "adv_kind": pa.string(),  # -p adversarial=: fgsm, pgd or uap (stage IV, on the final image)
-    "adv_eps": pa.float32(),  # its L-inf bound, image units (4/255: 4 grey levels)
-    "adv_distance_before": pa.float32(),  # dlib (PyTorch) distance to the original face before the perturbation
-    "adv_distance_after": pa.float32(),  # the same after it (before the JPEG encoding of the write)
-    "adv_ensemble": pa.string(),  # the recognisers the perturbation was computed against (the others judge it)
-    "adv_ssim": pa.float32(),  # SSIM of the perturbed vs unperturbed final image inside the face box
-    "adv_psnr_db": pa.float32(),  # PSNR of the perturbed vs unperturbed final image inside the face box
-}
-
-SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("source_path", pa.string()),
-        ("source_path_bytes", pa.binary()),
-        ("output_path", pa.string()),
-        ("source_sha256", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("face_index", pa.int32()),
-        ("box", pa.list_(pa.float32(), 4)),
-        ("det_score", pa.float32()),
-        ("landmarks", pa.list_(pa.float32())),
-        ("method", pa.string()),
-        ("method_params", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("seconds", pa.float64()),
-        *METRIC_COLUMNS.items(),
-        ("extra_metrics", pa.string()),
-        ("note", pa.string()),  # why a file was skipped, or a conversion the output could not avoid
-    ]
+# The columns of every manifest; a run adds the metric columns its method and finishing steps declare
+# (anonymize.methods.base.Method.metric_columns, anonymize.steps), between these and the last two.
+CORE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("run_id", pa.string()),
+    ("source_path", pa.string()),
+    ("source_path_bytes", pa.binary()),
+    ("output_path", pa.string()),
+    ("source_sha256", pa.string()),
+    ("width", pa.int32()),
+    ("height", pa.int32()),
+    ("face_index", pa.int32()),
+    ("box", pa.list_(pa.float32(), 4)),
+    ("det_score", pa.float32()),
+    ("landmarks", pa.list_(pa.float32())),
+    ("method", pa.string()),
+    ("method_params", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("seconds", pa.float64()),
 )
+TRAILING_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("extra_metrics", pa.string()),  # metrics no column was declared for, as JSON
+    ("note", pa.string()),  # why a file was skipped, or a conversion the output could not avoid
+)
+CORE_SCHEMA = pa.schema([*CORE_COLUMNS, *TRAILING_COLUMNS])
+
+
+def manifest_schema(metric_columns: Mapping[str, pa.DataType] | None = None) -> pa.Schema:
+    """The core columns with ``metric_columns`` (name -> Arrow type) between them and the trailing two."""
+    core = {name for name, _ in (*CORE_COLUMNS, *TRAILING_COLUMNS)}
+    clashes = sorted(core & set(metric_columns or {}))
+    if clashes:
+        raise ValueError(f"metric columns {', '.join(clashes)} clash with the manifest's own columns")
+    return pa.schema([*CORE_COLUMNS, *(metric_columns or {}).items(), *TRAILING_COLUMNS])
+
+
 _TEXT_COLUMNS = ("source_path", "output_path", "error", "note")
 
 
@@ -132,11 +91,11 @@ def readable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Fill every schema column; metrics outside the fixed columns go to ``extra_metrics`` as JSON."""
-    known = set(SCHEMA.names)
+def normalise_row(row: Mapping[str, Any], schema: pa.Schema = CORE_SCHEMA) -> dict[str, Any]:
+    """Fill every schema column; metrics outside its columns go to ``extra_metrics`` as JSON."""
+    known = set(schema.names)
     extra = {key: value for key, value in row.items() if key not in known}
-    out = {name: row.get(name) for name in SCHEMA.names}
+    out = {name: row.get(name) for name in schema.names}
     if out["source_path"] is not None and out["source_path_bytes"] is None:
         out["source_path_bytes"] = os.fsencode(out["source_path"])
     for name in _TEXT_COLUMNS:
@@ -147,12 +106,13 @@ def normalise_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def rows_to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, str] | None = None) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in SCHEMA.names}
+def rows_to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, str] | None = None,
+                  schema: pa.Schema = CORE_SCHEMA) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
     for row in rows:
-        for name, value in normalise_row(row).items():
+        for name, value in normalise_row(row, schema).items():
             columns[name].append(value)
-    table = pa.Table.from_pydict(columns, schema=SCHEMA)
+    table = pa.Table.from_pydict(columns, schema=schema)
     if metadata:
         table = table.replace_schema_metadata({key.encode(): value.encode() for key, value in metadata.items()})
     return table
@@ -173,6 +133,7 @@ class ManifestWriter:
     metadata: dict[str, str]
     manifest_path: Path | None = None
     tag: str = ""  # tells apart the parts of writers of one run in several processes (Ray shards)
+    schema: pa.Schema = CORE_SCHEMA  # the run's: core columns and its method's and steps' metric columns
     _sequence: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -186,11 +147,15 @@ class ManifestWriter:
         self._sequence += 1
         tag = f"-{self.tag}" if self.tag else ""
         path = self.parts_dir / f"{self._stamp:020d}-{self.run_id}{tag}-{self._sequence:06d}.parquet"
-        atomic_write_bytes(path, _parquet_bytes(rows_to_table(rows, self.metadata)), root=self.out_dir)
+        atomic_write_bytes(path, _parquet_bytes(rows_to_table(rows, self.metadata, self.schema)), root=self.out_dir)
+
+    def shard(self, tag: str) -> ManifestWriter:
+        """A writer of the same run for another process (its own part names)."""
+        return ManifestWriter(self.out_dir, self.run_id, self.metadata, self.manifest_path, tag=tag, schema=self.schema)
 
     def finalise(self) -> Path:
         """Merge the manifest of earlier runs with this run's parts into ``manifest.parquet``."""
-        return consolidate(self.out_dir, self.manifest_path, self.metadata)
+        return consolidate(self.out_dir, self.manifest_path, self.metadata, self.schema)
 
 
 def _part_paths(out_dir: Path) -> list[Path]:
@@ -203,7 +168,8 @@ def _part_paths(out_dir: Path) -> list[Path]:
     return sorted(path for path in parts_dir.glob("*.parquet") if not path.name.startswith("."))
 
 
-def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] | None = None) -> Path:
+def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] | None = None,
+                schema: pa.Schema | None = None) -> Path:
     """Merge ``manifest_path`` and every part into ``manifest_path``, then drop the parts.
 
     Idempotent at every step: until the new manifest is renamed into place the old one and all the
@@ -211,9 +177,11 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
     """
     parts = _part_paths(out_dir)
     rows: list[dict[str, Any]] = []
+    schemas: list[pa.Schema] = []
     if manifest_path.is_file():
         table, old_metadata = read_manifest(manifest_path)
         rows = table.to_pylist()
+        schemas.append(table.schema)
         metadata = metadata if metadata is not None else old_metadata
     unreachable: list[Path] = []
     for part in parts:
@@ -225,11 +193,14 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
         except (pa.ArrowInvalid, OSError):
             continue  # a part cut short by a crash holds nothing we can trust
         rows.extend(table.to_pylist())
+        schemas.append(table.schema)
         if metadata is None:
             metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
     rows = merge_rows(rows)
     inside = out_dir == manifest_path.parent or out_dir in manifest_path.parents
-    atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata)), root=out_dir if inside else None)
+    if schema is None:  # merging what a killed run left: every column any of its files had
+        schema = _union(schemas)
+    atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata, schema)), root=out_dir if inside else None)
     for part in parts:
         if part not in unreachable:
             part.unlink(missing_ok=True)
@@ -239,6 +210,17 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
         except OSError:
             pass
     return manifest_path
+
+
+def _union(schemas: list[pa.Schema]) -> pa.Schema:
+    """The columns of ``schemas`` in a manifest's order (core, metrics as first met, trailing)."""
+    core = {name for name, _ in (*CORE_COLUMNS, *TRAILING_COLUMNS)}
+    metrics: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for column in schema:
+            if column.name not in core:
+                metrics.setdefault(column.name, column.type)
+    return manifest_schema(metrics)
 
 
 def row_identity(row: Mapping[str, Any]) -> tuple[bytes, int]:

@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from anonymize.errors import AnonymizeError
 from anonymize.io.store import StorePath
 from anonymize.io.write import TEMPORARY_NAME, atomic_write_bytes, open_folder_in, write_in_folder
 
@@ -51,7 +52,7 @@ LOCK_STALE_SECONDS = 120.0  # ... and belongs to a dead run once this much older
 LOCK_SETTLE_SECONDS = 0.5  # after writing it, read it back this much later: a run that wrote at the same moment wins
 
 
-class OutputFolderBusy(Exception):
+class OutputFolderBusy(AnonymizeError):
     """Another live run holds the output folder; the message says which process."""
 
 

@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlsplit
 import pyarrow as pa
 from pyarrow import fs as pafs
 
+from anonymize.errors import AnonymizeError
+
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 OBJECT_STORES = frozenset({"s3", "gcs"})  # pyarrow type names of the stores whose PUT is atomic per object
 # gs:// without its own ?retry_limit_seconds= retries for minutes when no credential can be found; a
@@ -35,7 +37,7 @@ OBJECT_STORES = frozenset({"s3", "gcs"})  # pyarrow type names of the stores who
 GCS_RETRY_LIMIT_SECONDS = 5
 
 
-class StoreError(OSError):
+class StoreError(AnonymizeError, OSError):
     """The store failed: ``filename`` is the URI, ``strerror`` the cause (one line)."""
 
     def __init__(self, where: object, cause: str) -> None:

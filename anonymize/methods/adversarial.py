@@ -12,7 +12,7 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method
 class AdversarialMethod(Method):
     name = "adversarial"
     default_region = "crop"  # the identity crop: pasting it back changes no pixel but the resampling's
-    loss_recognisers = ("dlib",)  # the perturbation is computed against dlib's ResNet (white-box for it)
+    finishing_steps = ("adversarial",)  # PGD on the final image unless -p adversarial= says otherwise
 
     def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:
         return [AnonymizedFace(face.image.copy()) for face in faces]

@@ -17,24 +17,19 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pyarrow as pa
 
+from anonymize.errors import AnonymizeError
+from anonymize.faces.types import FaceCrop
+from anonymize.io.storage import Plan, Storage
 from anonymize.weights import WeightsStore
 
 MetricValue = float | int | str | None
 IdentityFrom = Literal["cluster", "folder"]
 
 
-class MethodError(Exception):
+class MethodError(AnonymizeError):
     """A method that cannot run as configured (bad option, missing weights): the run stops before writing."""
-
-
-@dataclass(frozen=True)
-class FaceCrop:
-    """One aligned face: the crop, its landmarks in crop pixels (None for --aligned input) and a stable id."""
-
-    image: np.ndarray  # S x S x 3 uint8
-    landmarks: np.ndarray | None
-    key: str  # "<relative path>#<face index>": seeds and saved latents are named after it
 
 
 @dataclass
@@ -53,12 +48,11 @@ class MethodContext:
     weights: WeightsStore
     device: str = "cpu"
     seed: int = 0
-    margin: float = 0.0
     batch_size: int | None = None  # None: the method chooses
     aligned_input: bool = False
-    output_dir: Path | None = None  # for side outputs such as saved latents; None in dry runs
+    work: Storage | None = None  # the run's work folder, for side outputs such as saved latents; None in dry runs
     expected_faces: int | None = None  # a size hint before detection (e.g. for FALCO's fake bank)
-    plan_dir: Path | None = None  # where a dataset-level method keeps its plan (in the output); None in dry runs
+    plan: Storage | None = None  # where a dataset-level method keeps its plan (in the output); None in dry runs
     identity_from: IdentityFrom = "cluster"  # how faces are grouped into people (see anonymize.methods.persons)
 
 
@@ -77,7 +71,7 @@ class Method(ABC):
     # A dataset-level method (k-Same, CFA's leakage screen and per-person targets) must see every face
     # before it writes one: the pipeline first shows all faces to survey(), then calls plan() once,
     # then runs as usual. A copy of the method that did not plan (a Ray actor, a resumed run) reads
-    # the plan from ``context.plan_dir`` before its first anonymize().
+    # the plan from ``context.plan`` before its first anonymize().
     dataset_level: ClassVar[bool] = False
     # Whom the output must fool: "machine" (face recognition must not match it to its original: every
     # method so far) or "human" (a viewer must not recognise it while recognisers still match it, e.g.
@@ -85,6 +79,12 @@ class Method(ABC):
     privacy_goal: ClassVar[str] = "machine"
     # Recognisers inside the method's loss (white-box for it): the audit names them and judges with another.
     loss_recognisers: ClassVar[tuple[str, ...]] = ()
+    # The manifest columns the method fills (name -> Arrow type); the run's schema is assembled from them.
+    metric_columns: ClassVar[dict[str, pa.DataType]] = {}
+    # Whether anonymize() runs torch: a local run then leaves it every core instead of sharing them out.
+    uses_torch: ClassVar[bool] = True
+    # Finishing steps (anonymize.steps) the method is made of besides its crops, e.g. the adversarial step.
+    finishing_steps: ClassVar[tuple[str, ...]] = ()
 
     @dataclass(frozen=True)
     class Params:
@@ -96,7 +96,7 @@ class Method(ABC):
 
     def describe(self) -> dict[str, Any]:
         """Everything that determines the output, for the manifest's method-parameters column."""
-        return {**dataclasses.asdict(self.params), "margin": self.context.margin, "seed": self.context.seed}
+        return {**dataclasses.asdict(self.params), "seed": self.context.seed}
 
     def weights_used(self) -> dict[str, str]:
         """Artefact name -> sha256 of every weight file the method loaded."""
@@ -110,12 +110,16 @@ class Method(ABC):
         raise NotImplementedError(f"method {self.name!r} is not dataset-level")
 
     def plan(self) -> dict[str, MetricValue]:
-        """Between the passes: decide from every face surveyed and store the plan in ``context.plan_dir``.
+        """Between the passes: decide from every face surveyed and store the plan in ``context.plan``.
 
         Faces already in a plan stored by an earlier run keep their place in it (a resumed run must
         not change what was written); returns a few figures for the run's log (groups, clusters).
         """
         raise NotImplementedError(f"method {self.name!r} is not dataset-level")
+
+    def stored_plan(self) -> Plan | None:
+        """The plan an earlier survey stored for this run (None: none, or a dry run)."""
+        return self.context.plan.read_plan() if self.context.plan is not None else None
 
     @abstractmethod
     def anonymize(self, faces: Sequence[FaceCrop]) -> list[AnonymizedFace]:

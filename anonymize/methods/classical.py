@@ -18,6 +18,7 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method
 
 class BlurMethod(Method):
     name = "blur"
+    uses_torch = False
 
     @dataclass(frozen=True)
     class Params:
@@ -61,6 +62,7 @@ def gaussian_blur(image: np.ndarray, sigma: float, passes: int = 1) -> np.ndarra
 
 class PixelateMethod(Method):
     name = "pixelate"
+    uses_torch = False
 
     @dataclass(frozen=True)
     class Params:
@@ -81,6 +83,7 @@ class PixelateMethod(Method):
 
 class MaskMethod(Method):
     name = "mask"
+    uses_torch = False
 
     @dataclass(frozen=True)
     class Params:

@@ -21,7 +21,8 @@ import torch
 
 from anonymize.faces.crops import five_points, similarity_matrix, square_matrix, warp_crop
 from anonymize.faces.landmarks import BoxLandmarks
-from anonymize.models.human import ARCFACE_TEMPLATE, RECOGNISERS, RecogniserConfig, load_human_model
+from anonymize.models.human import RECOGNISERS, RecogniserConfig, load_human_model
+from anonymize.models.registry import ARCFACE_TEMPLATE
 from anonymize.weights import WeightsStore
 
 Boxes = Sequence[Sequence[float]]

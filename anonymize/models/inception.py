@@ -1,39 +1,37 @@
 """The Inception-v3 variant that FID is defined with (TensorFlow's 2015-12-05 graph), in plain PyTorch.
 
 FID compares the 2048-d pool features of this exact network; torchvision's Inception-v3 has other
-weights and a few different pooling choices, so its numbers are not FID. The published port
-(pytorch-fid, ``pt_inception-2015-12-05-6726825d.pth``, artefact ``inception_fid``) is a bare state
-dict laid out like torchvision's ``Inception3`` without the auxiliary head and with 1008 classes:
+weights and a few different pooling choices, so its numbers are not FID. The modules are laid out like
+torchvision's ``Inception3`` without the auxiliary head and with 1008 classes, as the published port
+(pytorch-fid, read by :mod:`anonymize.models.legacy.inception`) names them:
 
 * stem ``Conv2d_1a_3x3``, ``Conv2d_2a_3x3``, ``Conv2d_2b_3x3``, ``Conv2d_3b_1x1``, ``Conv2d_4a_3x3``;
-  each is a bias-free ``conv`` followed by ``bn`` (BatchNorm, eps 1e-3, with running statistics and
-  ``num_batches_tracked``), then ReLU;
-* blocks ``Mixed_5b/5c/5d`` (A), ``Mixed_6a`` (B), ``Mixed_6b..6e`` (C), ``Mixed_7a`` (D),
-  ``Mixed_7b/7c`` (E), their branches named ``branch1x1``, ``branch5x5_1`` ... as in torchvision;
-* ``fc`` (2048 -> 1008), unused for FID but part of the file, so it is loaded strictly.
+  each is a bias-free ``conv`` followed by ``bn`` (BatchNorm, eps 1e-3), then ReLU;
+* blocks ``Mixed_5b/5c/5d`` (A, 35 x 35), ``Mixed_6a`` (B, to 17 x 17), ``Mixed_6b..6e`` (C),
+  ``Mixed_7a`` (D, to 8 x 8), ``Mixed_7b/7c`` (E), their branches named ``branch1x1``, ``branch5x5_1``
+  ... as in torchvision;
+* ``fc`` (2048 -> 1008), unused for FID but part of the file.
 
 The TensorFlow graph differs from torchvision in three places, reproduced here: the average pool of
 the A, C and first E blocks ignores the zero padding in its mean, and the second E block
 (``Mixed_7c``) pools its last branch with a max pool instead of an average.
 
-Input: the images are resized to 299 x 299 with bilinear interpolation (not area averaging, so the
-numbers match the reference implementation) and fed in [-1, 1], which is what
-:class:`CanonicalImages` already holds. Output: the 2048-d global average of the last block.
+Input (the ``inception_fid`` contract of :mod:`anonymize.models.registry`): the images are resized to
+299 x 299 with bilinear interpolation (not area averaging, so the numbers match the reference
+implementation) and fed in [-1, 1], which is what :class:`CanonicalImages` already holds.
+Output: [N, 2048], the global average of the last block's [N, 2048, 8, 8] map.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict
 from anonymize.models.images import CanonicalImages
+from anonymize.models.registry import contract_of
 
-INPUT_SIZE = 299
+INPUT_SIZE = contract_of("inception_fid").size
 FEATURE_DIM = 2048
 CLASSES = 1008  # the TensorFlow graph's 1000 ImageNet classes plus 8 unused outputs
 
@@ -208,22 +206,3 @@ class FidInceptionV3(nn.Module):
                       self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
             x = block(x)
         return x.mean(dim=(2, 3))
-
-
-def _with_batchnorm_counters(state: Mapping[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
-    """Files saved before PyTorch 0.4.1 lack BatchNorm's step counter; it plays no part in evaluation."""
-    filled = dict(state)
-    for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in filled:
-            filled[key] = torch.zeros_like(value)
-    return filled
-
-
-def load_fid_inception(path: Path | str, device: torch.device | str = "cpu") -> FidInceptionV3:
-    """Build the network from the pytorch-fid state dict at ``path`` (strictly: every key and shape must match)."""
-    state = load_checkpoint(path)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
-    model = FidInceptionV3()
-    load_state_dict_strict(model, _with_batchnorm_counters(state, model), str(path))
-    return model.to(device)

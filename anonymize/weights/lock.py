@@ -17,13 +17,15 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from anonymize.errors import AnonymizeError
+
 LOCK_ENV = "ANONYMIZE_WEIGHTS_LOCK"
 DOWNLOAD = "download"
 PACKAGE_PREFIX = "package:"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class WeightsError(Exception):
+class WeightsError(AnonymizeError):
     """A weight file that cannot be used; the message is one line saying what to do."""
 
 

@@ -2,7 +2,7 @@
 
 InterFaceGAN (Shen et al.) finds that a binary attribute is separated in W by a hyperplane; its unit
 normal ``n`` is the edit direction (``w + s n`` adds the attribute for s > 0). The boundary of each
-attribute is fitted here on the fake bank (:mod:`anonymize.methods.falco.bank`): its W codes, labelled
+attribute is fitted here on the fake bank (:mod:`anonymize.methods.latent.bank`): its W codes, labelled
 by the zero-shot source on the FaRL CLS features the bank already stores (no rendering again). As in
 InterFaceGAN, only the clearest examples are used: the ``fraction`` (2%) of fakes with the highest
 score are positives, the same number with the lowest negatives, and a linear SVM (or logistic

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from anonymize.attributes.ppas import (
@@ -48,6 +49,7 @@ from anonymize.attributes.ppas import (
 from anonymize.attributes.privacy import equivalence_classes
 from anonymize.attributes.table import CELEBA_ATTRIBUTES
 from anonymize.attributes.zero_shot import ZeroShotPrompts, parse_attribute_names
+from anonymize.methods.latent.columns import ID_COS_AFTER, OPTIMISATION
 from anonymize.methods.attributes_edit.boundaries import (
     CLASSIFIERS,
     DEFAULT_FRACTION,
@@ -60,12 +62,12 @@ from anonymize.methods.attributes_edit.objective import IDENTITY_MODES, Attribut
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.cfa.objective import CfaWeights
 from anonymize.methods.cfa.sphere import direction_seed, random_direction, target_on_sphere
-from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
-from anonymize.methods.falco.optimize import LoopResult, OptimSettings, optimise_codes, real_targets
-from anonymize.methods.plan_store import read_plan, write_plan
+from anonymize.methods.latent.bank import FakeBank
+from anonymize.methods.latent.optimize import LoopResult, optimise_codes, real_targets
+from anonymize.methods.latent.params import LatentParams
+from anonymize.methods.latent.stack import open_latent_stack
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import artefact_of, generator_artefact, load_farl_text_model
+from anonymize.models.registry import load_farl_text_model
 
 SELECTIONS = ("", "k", "literal")  # stage II over the dataset: none, k-member recoding, Algorithm 1
 
@@ -117,12 +119,21 @@ class EditResult:
 
 class AttributeEditMethod(Method):
     name = "attributes"
+    metric_columns = {
+        "attr_edit_targets": pa.string(),  # JSON attribute -> target probability (set, or flip's side)
+        "attr_edit_start": pa.string(),  # JSON attribute -> the original face's zero-shot probability
+        "attr_edit_achieved": pa.string(),  # JSON attribute -> the written face's zero-shot probability
+        "attr_edit_keep_drift": pa.float32(),  # mean |change| of the non-target attributes' probabilities
+        "attr_edit_identity": pa.string(),  # the identity loss ("falco", "cfa", "none")
+        **ID_COS_AFTER,
+        **OPTIMISATION,
+    }
     crop_size = 256
     replaces_aligned_image = True
     default_region = "crop"
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(LatentParams):
         set: str = ""  # explicit targets, e.g. "Eyeglasses:1,Smiling:0"
         flip: str = ""  # attributes to turn to the other side of the face's estimate, e.g. "Male,Young"
         randomize: str = ""  # attributes whose target is the face's side after randomised response, e.g. "Male,Young"
@@ -134,24 +145,19 @@ class AttributeEditMethod(Method):
         l: int = 0  # select=k: distinct-l on the sensitive attributes (0: not required)
         t: float = 0.0  # select=k: t-closeness on the sensitive attributes (0: not required); select=literal: Algorithm 1's t
         identity: str = "falco"  # identity loss: "falco" (|cos - m|), "cfa" (new identity at `angle`), "none"
+        margin: float = 0.0  # identity=falco: m, the target ArcFace cosine to the original (--margin)
         direction_files: str = ""  # user directions instead of bank boundaries, e.g. "Smiling:smile.pt"
         condition: str = DEFAULT_CONDITIONS  # boundaries made orthogonal to these attributes' (and the other targets')
         strength: float = 3.0  # the linear step: strength * (target - current probability) along the unit normal
         fraction: float = DEFAULT_FRACTION  # top/bottom share of the bank each boundary is fitted on
         classifier: str = "svm"  # "svm" (linear SVM) or "logreg"
-        steps: int = 20
-        lr: float = 0.01
-        lr_gamma: float = 0.8
         lambda_target: float = 1.0
         lambda_keep: float = 1.0
         lambda_tokens: float = 0.01
         lambda_id: float = 10.0
         angle: float = 70.0  # identity=cfa: degrees from the original identity to the new one
+        steps: int = 20  # (a shared option, with this method's default)
         trainable_layers: tuple[int, ...] = (2, 3, 4, 5, 6, 7)  # W+ layers optimised after the linear edit
-        bank_size: int = 0  # 0: the fake bank's default size (FALCO's, so one bank serves both)
-        psi: float = DEFAULT_PSI
-        bf16: bool = False
-        generator: str = "genforce"
 
         def validate(self) -> None:
             targets, flips = parse_set(self.set), parse_attribute_names(self.flip, "flip") if self.flip.strip() else ()
@@ -179,13 +185,15 @@ class AttributeEditMethod(Method):
                 raise ValueError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
             if not 0 < self.fraction <= 0.5:
                 raise ValueError(f"fraction must be in (0, 0.5], got {self.fraction}")
-            if self.steps < 0 or self.lr <= 0 or not 0 < self.lr_gamma <= 1:
-                raise ValueError("steps must be >= 0, lr > 0 and lr_gamma in (0, 1]")
             if min(self.lambda_target, self.lambda_keep, self.lambda_tokens, self.lambda_id) < 0:
                 raise ValueError("the lambdas must be >= 0")
             if not 0 < self.angle <= 180:
                 raise ValueError(f"angle must be in (0, 180] degrees, got {self.angle}")
-            check_latent_options(self)
+            if not 0 <= self.margin <= 1:
+                raise ValueError(f"margin={self.margin:g}: expected 0 <= m <= 1")
+            if self.margin and self.identity != "falco":
+                raise ValueError(f"margin is the target of identity=falco (got identity={self.identity})")
+            super().validate()
 
         def selected(self) -> tuple[str, ...]:
             """The quasi-identifiers stage II chooses (``select``), checked; () without ``select``."""
@@ -218,8 +226,8 @@ class AttributeEditMethod(Method):
         self.chosen: dict[str, np.ndarray] | None = None  # face key -> the qi values stage II chose (the plan)
         self.files = parse_direction_files(params.direction_files)
         self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
-        stack = open_latent_stack(context, params, self.name, "attribute edits (FALCO's weights)",
-                                  {"trainable_layers": params.trainable_layers})
+        stack = self.stack = open_latent_stack(context, params, self.name, "attribute edits (FALCO's weights)",
+                                               {"trainable_layers": params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         generator = self.models.networks.generator
         try:
@@ -230,9 +238,7 @@ class AttributeEditMethod(Method):
         self.prompts = ZeroShotPrompts.build(load_farl_text_model(context.weights, self.device), CELEBA_ATTRIBUTES)
         self.weights = EditWeights(params.lambda_target, params.lambda_keep, params.lambda_tokens, params.lambda_id,
                                    CfaWeights(lambda_ang=params.lambda_id, lambda_attr=0.0))
-        self.settings = OptimSettings(params.steps, params.lr, params.lr_gamma, bf16=params.bf16)
-        self.bank_key = BankKey(self.sha256[generator_artefact(params.generator)], self.sha256[artefact_of("farl")],
-                                context.seed, params.bank_size or default_bank_size(), params.psi)
+        self.bank_key = stack.bank_key
         self.directions: dict[str, np.ndarray] | None = None  # name -> [num_ws, w_dim], on the first batch
         self.bank: FakeBank | None = None
 
@@ -245,7 +251,7 @@ class AttributeEditMethod(Method):
         return dict(self.sha256)
 
     def default_batch_size(self) -> int:
-        return optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
+        return self.stack.batch_size()
 
     # -- the directions --------------------------------------------------------------------------------
     def ensure_directions(self) -> dict[str, np.ndarray]:
@@ -273,8 +279,7 @@ class AttributeEditMethod(Method):
         """Unit normals [len(names), w_dim] fitted on the bank's W codes and zero-shot labels (cached)."""
         networks = self.models.networks
         if self.bank is None:
-            self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key, networks.generator,
-                                              networks.farl, default_build_batch_size(self.device))
+            self.bank = self.stack.load_bank()
         prompts = ZeroShotPrompts(tuple(names), torch.stack([self.prompts.embeddings[CELEBA_ATTRIBUTES.index(n)] for n in names]),
                                   self.prompts.logit_scale)
         with torch.no_grad():
@@ -324,7 +329,7 @@ class AttributeEditMethod(Method):
 
     def plan(self) -> dict[str, Any]:
         """Stage II on every face (stored faces and new ones), keeping what a stored plan chose."""
-        stored = read_plan(self.context.plan_dir)
+        stored = self.stored_plan()
         keys = [str(key) for key in stored[0]["keys"]] if stored else []
         probabilities = [row for row in stored[0]["probabilities"]] if stored else []
         chosen = {key: row for key, row in zip(keys, stored[0]["chosen"])} if stored else {}
@@ -344,10 +349,10 @@ class AttributeEditMethod(Method):
         for row, key in enumerate(keys):
             chosen.setdefault(key, selection.codes[row])  # a face already written keeps its values
         self.chosen = chosen
-        if self.context.plan_dir is not None:
-            write_plan(self.context.plan_dir, {"keys": np.asarray(keys), "probabilities": everything.astype(np.float32),
+        if self.context.plan is not None:
+            self.context.plan.write_plan({"keys": np.asarray(keys), "probabilities": everything.astype(np.float32),
                                                "chosen": np.stack([chosen[key] for key in keys]).astype(np.int8)},
-                       {"select": self.params.select, "qi": list(self.selected)}, self.context.output_dir)
+                       {"select": self.params.select, "qi": list(self.selected)})
         released = np.stack([chosen[key] for key in keys])
         return {"faces": len(keys), "values changed": int((released != codes).sum()),
                 "smallest class": int(equivalence_classes(released).sizes.min())}
@@ -366,7 +371,7 @@ class AttributeEditMethod(Method):
     def chosen_values(self, keys: Sequence[str]) -> np.ndarray:
         """[B, len(qi)] the values stage II chose for these faces (read from the stored plan by a copy that did not plan)."""
         if self.chosen is None:
-            stored = read_plan(self.context.plan_dir)
+            stored = self.stored_plan()
             self.chosen = {str(key): row for key, row in zip(stored[0]["keys"], stored[0]["chosen"])} if stored else {}
         missing = [key for key in keys if key not in self.chosen]
         if missing:
@@ -390,7 +395,7 @@ class AttributeEditMethod(Method):
             initial = initial + step[:, None, None] * torch.from_numpy(directions[name]).to(self.device)
         identity = self.identity_targets(faces, originals.identity, inversion)
         loss = AttributeEditLoss(networks, self.prompts, goals, is_target, start, originals.tokens, identity, self.weights)
-        result = optimise_codes(initial, self.params.trainable_layers, networks.generator, loss, self.settings)
+        result = optimise_codes(initial, self.params.trainable_layers, networks.generator, loss, self.params)
         with torch.no_grad():
             id_cos = torch.nn.functional.cosine_similarity(networks.arcface(result.images).float(), originals.identity, dim=1)
         return EditResult(inversion, initial, result, start, goals, is_target, id_cos)
@@ -422,7 +427,7 @@ class AttributeEditMethod(Method):
     def identity_targets(self, faces: Sequence[FaceCrop], anchors: torch.Tensor, inversion: torch.Tensor) -> IdentityTargets:
         mode = self.params.identity
         if mode != "cfa":
-            return IdentityTargets(mode, anchors, self.context.margin)
+            return IdentityTargets(mode, anchors, self.params.margin)
         rows = anchors.cpu().double().numpy()
         new = [target_on_sphere(e, random_direction(e, direction_seed(self.context.seed, face.key, 0, 0)), self.params.angle)
                for e, face in zip(rows, faces)]

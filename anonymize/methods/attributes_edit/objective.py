@@ -23,7 +23,7 @@ from torch import Tensor
 
 from anonymize.attributes.zero_shot import ZeroShotPrompts
 from anonymize.methods.cfa.objective import CfaWeights, identity_terms
-from anonymize.methods.falco.optimize import LossNetworks, attribute_loss, autocast_for
+from anonymize.methods.latent.optimize import LossNetworks, attribute_loss, autocast_for
 from anonymize.models.images import CanonicalImages
 
 IDENTITY_MODES = ("falco", "cfa", "none")

@@ -5,12 +5,13 @@ to the original: the threat model of FALCO turned around (``privacy_goal = "huma
 outputs stay linkable by machines on purpose; the audit judges them for that goal.
 
 Li et al. train an encoder-decoder that takes the identity code of a source face and the appearance
-code of a target face. This is the training-free equivalent on FALCO's machinery, per face:
+code of a target face. This is the training-free equivalent on the shared W+ toolkit
+(:mod:`anonymize.methods.latent`), per face:
 
 1. the source's e4e inversion gives the coarse W+ layers (``source_layers``, 0-2: pose, contour);
-2. a reference (:mod:`.references`: a fake of FALCO's bank by default, or ``reference=DIR``) gives
+2. a reference (:mod:`.references`: a fake of the bank by default, or ``reference=DIR``) gives
    every other layer;
-3. the shared W+ loop (:func:`anonymize.methods.falco.optimize.optimise_codes`) optimises
+3. the shared W+ loop (:func:`anonymize.methods.latent.optimize.optimise_codes`) optimises
    ``trainable_layers`` (3-7) under :class:`.objective.CamouflageLoss`: ArcFace and IR-SE50's feature
    map hold the source's identity, FaRL's pooled tokens pull toward the reference's appearance, and a
    hinged PSNR term pushes the pixels away from the source.
@@ -29,22 +30,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+import pyarrow as pa
 import torch
 
+from anonymize.methods.latent.columns import ID_COS_AFTER, ID_COS_BEFORE, OPTIMISATION
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.camouflage.objective import CamouflageLoss, CamouflageWeights, SourceTargets, appearance_of, source_targets
 from anonymize.methods.camouflage.references import SELECTIONS, ReferenceSet
-from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
-from anonymize.methods.falco.optimize import mix_codes, optimise_codes
+from anonymize.methods.latent.optimize import mix_codes, optimise_codes
+from anonymize.methods.latent.params import LatentParams
+from anonymize.methods.latent.references import embed_folder
+from anonymize.methods.latent.stack import open_latent_stack
 from anonymize.methods.persons import person_ids, stable_person_ids
-from anonymize.methods.plan_store import read_plan, write_plan
-from anonymize.io.decode import ImageDecodeError, decode_image
-from anonymize.io.walk import image_files
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import artefact_of, generator_artefact
 
 CONSISTENCIES = ("face", "person")
 PLAN_FORMAT = 1
@@ -52,6 +51,17 @@ PLAN_FORMAT = 1
 
 class CamouflageMethod(Method):
     name = "camouflage"
+    metric_columns = {
+        **ID_COS_BEFORE,
+        **ID_COS_AFTER,
+        **OPTIMISATION,
+        "camo_reference_index": pa.int64(),  # the reference whose appearance the face took (bank or folder index)
+        "camo_reference_kind": pa.string(),  # "bank" (a fake) or "folder:<path>" (a real reference image)
+        "camo_id_cos": pa.float32(),  # ArcFace cosine of the written face to its source
+        "camo_psnr_db": pa.float32(),  # PSNR of the written face to its source (generator resolution)
+        "camo_output_kept": pa.int32(),  # which of the K outputs (references) was kept, 0-based
+        "camo_passed": pa.bool_(),  # the kept output reached tau (ArcFace cosine to its source)
+    }
     crop_size = 256
     replaces_aligned_image = True
     default_region = "crop"
@@ -60,7 +70,7 @@ class CamouflageMethod(Method):
     loss_recognisers = ("arcface-ir-se50",)  # ArcFace and its IR-SE50 trunk's feature map
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(LatentParams):
         reference: str = ""  # a folder of aligned real faces; "" = fakes of the bank (no real appearance moved)
         select: str = "random"  # random | nearest | farthest | fixed (see .references)
         reference_index: int = 0  # select=fixed: the reference every face takes
@@ -69,20 +79,12 @@ class CamouflageMethod(Method):
         consistency: str = "face"  # "person": one reference per person (dataset-level)
         cluster_distance: float = 0.6  # ArcFace cosine distance within which faces are one person
         source_layers: tuple[int, ...] = (0, 1, 2)  # W+ layers taken from the source (pose, contour)
-        trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)  # W+ layers optimised (start: the reference's)
-        steps: int = 50
-        lr: float = 0.01
-        lr_gamma: float = 0.8
         lambda_id: float = 10.0
         id_margin: float = 0.8
         lambda_feat: float = 1.0
         lambda_app: float = 1.0
         lambda_pix: float = 0.1
         psnr_ceiling: float = 20.0
-        bank_size: int = 0  # 0: the fake bank's default size (as FALCO's, so one bank serves both)
-        psi: float = DEFAULT_PSI
-        bf16: bool = False
-        generator: str = "genforce"
 
         def validate(self) -> None:
             if self.select not in SELECTIONS:
@@ -95,14 +97,12 @@ class CamouflageMethod(Method):
                 raise ValueError("consistency=person gives every photo of a person one reference: outputs must be 1")
             if self.reference_index < 0 or not -1 <= self.tau <= 1:
                 raise ValueError("reference_index must be >= 0 and tau a cosine in [-1, 1]")
-            if self.steps < 0 or self.lr <= 0 or not 0 < self.lr_gamma <= 1:
-                raise ValueError("steps must be >= 0, lr > 0 and lr_gamma in (0, 1]")
             if min(self.lambda_id, self.lambda_feat, self.lambda_app, self.lambda_pix) < 0:
                 raise ValueError("the lambdas must be >= 0")
             layers = self.source_layers
             if len(set(layers)) != len(layers) or (layers and min(layers) < 0):
                 raise ValueError(f"source_layers must be distinct non-negative W+ layer indices, got {layers}")
-            check_latent_options(self)
+            super().validate()
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
@@ -110,13 +110,13 @@ class CamouflageMethod(Method):
         self.reference_dir = Path(self.params.reference).expanduser() if self.params.reference else None
         if self.reference_dir is not None and not self.reference_dir.is_dir():
             raise MethodError(f"method 'camouflage': reference {self.reference_dir}: not a folder")
-        stack = open_latent_stack(context, self.params, self.name, "camouflage",
-                                  {"source_layers": self.params.source_layers, "trainable_layers": self.params.trainable_layers})
+        stack = self.stack = open_latent_stack(context, self.params, self.name, "camouflage",
+                                               {"source_layers": self.params.source_layers,
+                                                "trainable_layers": self.params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         p = self.params
         self.weights = CamouflageWeights(p.lambda_id, p.id_margin, p.lambda_feat, p.lambda_app, p.lambda_pix, p.psnr_ceiling)
-        self.bank_key = BankKey(self.sha256[generator_artefact(p.generator)], self.sha256[artefact_of("farl")],
-                                context.seed, p.bank_size or default_bank_size(), p.psi)
+        self.bank_key = stack.bank_key
         self.references: ReferenceSet | None = None
         self.surveyed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> (ArcFace embedding, FaRL CLS)
         self.plan_state: dict[str, np.ndarray] | None = None
@@ -133,7 +133,7 @@ class CamouflageMethod(Method):
         return dict(self.sha256)
 
     def default_batch_size(self) -> int:
-        per_face = optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
+        per_face = self.stack.batch_size()
         return max(1, per_face // self.params.outputs)  # each face runs K optimisations side by side
 
     # -- the references --------------------------------------------------------------------------------
@@ -148,30 +148,25 @@ class CamouflageMethod(Method):
         return self.references
 
     def _bank_references(self) -> ReferenceSet:
-        networks = self.models.networks
-        bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key, networks.generator, networks.farl,
-                                     default_build_batch_size(self.device))
+        bank = self.stack.load_bank()
         return ReferenceSet("bank", bank.ws, bank.features, ["bank"] * len(bank.ws), use_gpu=self.device.type == "cuda")
 
-    @torch.no_grad()
     def _folder_references(self) -> ReferenceSet:
         assert self.reference_dir is not None
-        files = image_files(self.reference_dir)  # their order is the reference index
-        if not files:
+        models = self.models
+
+        def embed(real: CanonicalImages) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+            """A real reference's e4e inversion, FaRL CLS feature and appearance target."""
+            return (models.encoder(real).float().cpu().numpy()[0], models.networks.farl(real).cls.float().cpu().numpy()[0],
+                    appearance_of(real, models.networks)[0])
+
+        embedded = embed_folder(self.reference_dir, self.crop_size, self.device, embed, self.name, "reference")  # index order
+        if not embedded:
             raise MethodError(f"method 'camouflage': reference folder {self.reference_dir} holds no image")
-        ws, features, appearance = [], [], {}
-        for index, path in enumerate(files):
-            try:
-                rgb = decode_image(path).rgb
-            except ImageDecodeError as exc:
-                raise MethodError(f"method 'camouflage': reference image {path}: cannot be read ({exc.cause})") from None
-            crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
-            real = CanonicalImages.from_uint8(crop[None], self.device)
-            ws.append(self.models.encoder(real).float().cpu().numpy()[0])
-            features.append(self.models.networks.farl(real).cls.float().cpu().numpy()[0])
-            appearance[index] = appearance_of(real, self.models.networks)[0]
-        labels = [f"folder:{path.relative_to(self.reference_dir).as_posix()}" for path in files]
-        return ReferenceSet("folder", np.stack(ws), np.stack(features), labels, appearance, use_gpu=self.device.type == "cuda")
+        ws, features, appearance = zip(*(embedding for _, embedding in embedded))
+        labels = [f"folder:{path.relative_to(self.reference_dir).as_posix()}" for path, _ in embedded]
+        return ReferenceSet("folder", np.stack(ws), np.stack(features), labels, dict(enumerate(appearance)),
+                            use_gpu=self.device.type == "cuda")
 
     @torch.no_grad()
     def _appearance(self, indices: Sequence[int]) -> torch.Tensor:
@@ -205,7 +200,7 @@ class CamouflageMethod(Method):
 
     def plan(self) -> dict[str, Any]:
         """People and one reference per person; faces of a stored plan keep both (they may be written)."""
-        stored = read_plan(self.context.plan_dir)
+        stored = self.stored_plan()
         old = stored[0] if stored and stored[1] == self.plan_info() else None
         old_keys = [str(key) for key in old["keys"]] if old is not None else []
         new_keys = [key for key in self.surveyed if key not in set(old_keys)]
@@ -233,8 +228,8 @@ class CamouflageMethod(Method):
             choice = grown
         state = {"keys": np.asarray(keys, dtype=str), "embeddings": embeddings.astype(np.float64),
                  "persons": persons.astype(np.int64), "choice": choice.astype(np.int64)}
-        if self.context.plan_dir is not None:
-            write_plan(self.context.plan_dir, state, self.plan_info(), self.context.output_dir)
+        if self.context.plan is not None:
+            self.context.plan.write_plan(state, self.plan_info())
         self._set_plan(state)
         return {"people": int(len(set(persons.tolist()))), "references": int(len(set(choice.tolist())))}
 
@@ -245,9 +240,9 @@ class CamouflageMethod(Method):
     def _planned(self, faces: Sequence[FaceCrop]) -> tuple[np.ndarray, np.ndarray]:
         """(reference [B, 1], person [B]) of each face from the plan (read from the output when not made here)."""
         if self.plan_state is None:
-            stored = read_plan(self.context.plan_dir)
+            stored = self.stored_plan()
             if stored is None or stored[1] != self.plan_info():
-                raise MethodError(f"method 'camouflage': no plan for these options in {self.context.plan_dir} (the survey pass makes it)")
+                raise MethodError(f"method 'camouflage': no plan for these options in {self.context.plan} (the survey pass makes it)")
             self._set_plan(stored[0])
         missing = [face.key for face in faces if face.key not in self.plan_rows]
         if missing:

@@ -1,4 +1,4 @@
-"""Camouflage's per-face objective for the shared W+ loop (:func:`anonymize.methods.falco.optimize.optimise_codes`).
+"""Camouflage's per-face objective for the shared W+ loop (:func:`anonymize.methods.latent.optimize.optimise_codes`).
 
 FALCO's loss with its targets reversed: identity stays with the source, appearance goes to the
 reference. For a generated face G(w) of source x and reference r, the loss of face i is
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anonymize.methods.falco.optimize import LossNetworks, autocast_for
+from anonymize.methods.latent.optimize import LossNetworks, autocast_for
 from anonymize.models.images import CanonicalImages
 
 POOLED_BANDS = (4, 1)  # rows x columns of FaRL's token grid after adaptive max pooling

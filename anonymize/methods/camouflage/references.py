@@ -1,8 +1,8 @@
-"""Where a camouflaged face's appearance comes from: a fake of FALCO's bank, or a folder of real faces.
+"""Where a camouflaged face's appearance comes from: a fake of the bank, or a folder of real faces.
 
 The default is the fake bank, so no real person's appearance is moved onto another; ``reference=DIR``
-takes aligned real faces instead (each image one reference, resized to the method's crop size, as
-CFA's gallery). A reference brings its W+ code (the bank's W on every layer, or the e4e inversion of
+takes aligned real faces instead (each image one reference, read as CFA's gallery is:
+:mod:`anonymize.methods.latent.references`). A reference brings its W+ code (the bank's W on every layer, or the e4e inversion of
 the real face), its FaRL CLS feature (for choosing it) and its appearance target (pooled FaRL tokens
 of the rendered fake, or of the real image itself).
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from anonymize.methods.falco.pairing import FakePairer
+from anonymize.methods.latent.pairing import FakePairer
 
 SELECTIONS = ("random", "nearest", "farthest", "fixed")
 def face_seed(seed: int, key: str) -> int:

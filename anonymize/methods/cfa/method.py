@@ -3,8 +3,8 @@
 CFA-Net (Ma et al.) trains an encoder whose identity code lives on a recogniser's unit sphere and
 anonymizes by moving that code to a new unit vector at an angle from the original (their Eq. 10).
 Its sphere is a recogniser's embedding sphere, so here ArcFace's is used directly and the encoder is
-replaced by FALCO's machinery (e4e inversion, W+ optimisation of the middle layers under FaRL's
-attribute loss):
+replaced by the shared W+ toolkit (:mod:`anonymize.methods.latent`: e4e inversion, W+ optimisation of
+the middle layers under FaRL's attribute loss):
 
 1. survey (pass 1): the unit ArcFace embedding of every face of the run (and its FaRL CLS feature
    when directions come from the fake bank);
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import cv2
 import numpy as np
+import pyarrow as pa
 import torch
 
 from anonymize.io.write import render_relpath
+from anonymize.methods.latent.columns import ID_COS_AFTER, OPTIMISATION, PAIRED_FAKE
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.cfa.leakage import NOBODY, LeakageIndex
 from anonymize.methods.cfa.objective import CfaLoss, CfaWeights
@@ -45,16 +46,14 @@ from anonymize.methods.cfa.sphere import (
     random_direction,
     target_on_sphere,
 )
-from anonymize.methods.falco.bank import DEFAULT_PSI, BankKey, FakeBank, bank_dir, default_bank_size, default_build_batch_size, load_or_build_bank
-from anonymize.methods.falco.method import check_latent_options, open_latent_stack, optimisation_batch_size
-from anonymize.methods.falco.optimize import optimise_codes, real_targets
-from anonymize.methods.falco.pairing import FakePairer
+from anonymize.methods.latent.bank import FakeBank
+from anonymize.methods.latent.optimize import optimise_codes, real_targets
+from anonymize.methods.latent.pairing import FakePairer
+from anonymize.methods.latent.params import LatentParams
+from anonymize.methods.latent.references import embed_folder
+from anonymize.methods.latent.stack import open_latent_stack
 from anonymize.methods.persons import person_ids, stable_person_ids
-from anonymize.methods.plan_store import read_plan, write_plan
-from anonymize.io.decode import ImageDecodeError, decode_image
-from anonymize.io.walk import image_files
 from anonymize.models.images import CanonicalImages
-from anonymize.models.registry import artefact_of, generator_artefact
 
 DIRECTIONS = ("bank", "random")
 CONSISTENCIES = ("face", "person")
@@ -105,6 +104,21 @@ class CfaPlan:
 
 class CfaMethod(Method):
     name = "cfa"
+    metric_columns = {
+        **ID_COS_AFTER,
+        "fake_index": PAIRED_FAKE["fake_index"],
+        **OPTIMISATION,
+        "cfa_target_angle": pa.float32(),  # degrees from the original identity e to the target z*
+        "cfa_achieved_angle": pa.float32(),  # degrees from e to the written face's ArcFace identity
+        "cfa_target_cos": pa.float32(),  # cosine of the written face's identity to z*
+        "cfa_angle_error": pa.float32(),  # achieved - target angle, degrees
+        "cfa_variant": pa.int32(),  # which direction (new identity) the written face took
+        "cfa_leak_cos": pa.float32(),  # highest cosine of z* to another person's face (leakage screen)
+        "cfa_leak_tries": pa.int32(),  # directions drawn until one passed the screen
+        "cfa_leak_cos_after": pa.float32(),  # the same for the written face's identity
+        "cfa_person": pa.int64(),  # person (cluster or folder) the face was counted as
+        "cfa_renders": pa.string(),  # JSON list of the further renders (sweep angles, variants) and their figures
+    }
     crop_size = 256
     replaces_aligned_image = True
     default_region = "crop"
@@ -112,7 +126,7 @@ class CfaMethod(Method):
     dataset_level = True
 
     @dataclass(frozen=True)
-    class Params:
+    class Params(LatentParams):
         angle: float = 70.0  # degrees between the original identity and the new one
         angles: str = ""  # a sweep, e.g. "40,55,70,85" (replaces angle); each warm-starts from the previous
         variants: int = 1  # new identities per face at each angle (different directions)
@@ -122,18 +136,10 @@ class CfaMethod(Method):
         tau_leak: float = 0.3  # a target with cosine above this to another person's face is redrawn
         max_tries: int = 10  # directions drawn per variant before the least leaky one is kept
         gallery: str = ""  # a folder of aligned faces of other people, added to the leakage index
-        steps: int = 50
-        lr: float = 0.01
-        lr_gamma: float = 0.8
         lambda_tgt: float = 10.0
         lambda_ang: float = 10.0
         lambda_attr: float = 0.1
         lambda_lat: float = 0.001
-        trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)
-        bank_size: int = 0  # 0: the fake bank's default size (as FALCO's, so one bank serves both)
-        psi: float = DEFAULT_PSI
-        bf16: bool = False
-        generator: str = "genforce"
 
         def angle_list(self) -> tuple[float, ...]:
             if not self.angles.strip():
@@ -157,24 +163,24 @@ class CfaMethod(Method):
                 raise ValueError(f"consistency must be one of {', '.join(CONSISTENCIES)}, got {self.consistency!r}")
             if not -1 <= self.tau_leak <= 1:
                 raise ValueError(f"tau_leak is a cosine in [-1, 1], got {self.tau_leak}")
-            if self.max_tries < 1 or self.steps < 0 or self.lr <= 0 or not 0 < self.lr_gamma <= 1:
-                raise ValueError("max_tries must be >= 1, steps >= 0, lr > 0 and lr_gamma in (0, 1]")
+            if self.max_tries < 1:
+                raise ValueError(f"max_tries must be >= 1, got {self.max_tries}")
             if min(self.lambda_tgt, self.lambda_ang, self.lambda_attr, self.lambda_lat) < 0:
                 raise ValueError("the lambdas must be >= 0")
-            check_latent_options(self)
+            super().validate()
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
         self.gallery = Path(self.params.gallery).expanduser() if self.params.gallery else None
         if self.gallery is not None and not self.gallery.is_dir():
             raise MethodError(f"method 'cfa': gallery {self.gallery}: not a folder")
-        stack = open_latent_stack(context, self.params, self.name, "CFA", {"trainable_layers": self.params.trainable_layers})
+        stack = self.stack = open_latent_stack(context, self.params, self.name, "CFA",
+                                               {"trainable_layers": self.params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         self.angles = self.params.angle_list()
         self.renders = [Render(variant, angle) for variant in range(self.params.variants) for angle in self.angles]
         self.weights = CfaWeights(self.params.lambda_tgt, self.params.lambda_ang, self.params.lambda_attr, self.params.lambda_lat)
-        self.bank_key = BankKey(self.sha256[generator_artefact(self.params.generator)], self.sha256[artefact_of("farl")],
-                                context.seed, self.params.bank_size or default_bank_size(), self.params.psi)
+        self.bank_key = stack.bank_key
         self.bank: FakeBank | None = None
         self.surveyed: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # key -> (ArcFace unit embedding, FaRL CLS)
         self.state: CfaPlan | None = None
@@ -192,7 +198,7 @@ class CfaMethod(Method):
         return dict(self.sha256)
 
     def default_batch_size(self) -> int:
-        return optimisation_batch_size(self.device, self.models.networks.generator.resolution, self.params.bf16)
+        return self.stack.batch_size()
 
     # -- pass 1 ----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -219,7 +225,7 @@ class CfaMethod(Method):
         Faces of a stored plan keep their person, unit, anchor and directions (they may already be
         written); a new face that clusters with a stored face joins that face's person (and, with
         ``consistency=person``, its unit and new identity)."""
-        stored = read_plan(self.context.plan_dir)
+        stored = self.stored_plan()
         old = CfaPlan.from_arrays(stored[0]) if stored and stored[1] == self.plan_info() else None
         new_keys = [key for key in self.surveyed if old is None or key not in old.row]
         keys = (old.keys if old else []) + new_keys
@@ -228,8 +234,8 @@ class CfaMethod(Method):
         embeddings = np.concatenate([old.embeddings, new_embeddings]) if old else new_embeddings
         persons = self._persons(keys, embeddings, old)
         state = self._extend(old, keys, embeddings, persons)
-        if self.context.plan_dir is not None:
-            write_plan(self.context.plan_dir, state.arrays(), self.plan_info(), self.context.output_dir)
+        if self.context.plan is not None:
+            self.context.plan.write_plan(state.arrays(), self.plan_info())
         self.state = state
         accepted = state.leak.max(axis=2) <= self.params.tau_leak
         return {"people": int(len(set(state.persons.tolist()))), "targets": int(len(state.anchors)),
@@ -328,9 +334,7 @@ class CfaMethod(Method):
     # -- the fake bank (direction=bank) ----------------------------------------------------------------
     def ensure_bank(self) -> FakeBank:
         if self.bank is None:
-            networks = self.models.networks
-            self.bank, _ = load_or_build_bank(bank_dir(self.context.weights.root), self.bank_key, networks.generator,
-                                              networks.farl, default_build_batch_size(self.device))
+            self.bank = self.stack.load_bank()
             self.pairer = FakePairer(self.bank.features, use_gpu=self.device.type == "cuda")
             self.fake_identities: dict[int, np.ndarray] = {}
         return self.bank
@@ -352,22 +356,16 @@ class CfaMethod(Method):
             self.fake_identities[fake] = self.models.networks.arcface(image).float().cpu().numpy()[0].astype(np.float64)
         return self.fake_identities[fake]
 
-    @torch.no_grad()
     def _gallery_embeddings(self) -> np.ndarray:
         """ArcFace embeddings of the gallery's images (each taken as an aligned face crop), once per instance."""
         if self.gallery is None:
             return np.zeros((0, 1))
         if self.gallery_embeddings is not None:
             return self.gallery_embeddings
-        embeddings = []
-        for path in image_files(self.gallery):
-            try:
-                rgb = decode_image(path).rgb
-            except ImageDecodeError as exc:
-                raise MethodError(f"method 'cfa': gallery image {path}: cannot be read ({exc.cause})") from None
-            crop = cv2.resize(rgb, (self.crop_size, self.crop_size), interpolation=cv2.INTER_AREA)
-            real = CanonicalImages.from_uint8(crop[None], self.device)
-            embeddings.append(self.models.networks.arcface(real).float().cpu().numpy()[0])
+        arcface = self.models.networks.arcface
+        embedded = embed_folder(self.gallery, self.crop_size, self.device,
+                                lambda real: arcface(real).float().cpu().numpy()[0], self.name, "gallery")
+        embeddings = [embedding for _, embedding in embedded]
         self.gallery_embeddings = np.stack(embeddings).astype(np.float64) if embeddings else np.zeros((0, 1))
         return self.gallery_embeddings
 
@@ -380,9 +378,9 @@ class CfaMethod(Method):
 
     def _load_plan(self) -> CfaPlan:
         if self.state is None:
-            stored = read_plan(self.context.plan_dir)
+            stored = self.stored_plan()
             if stored is None or stored[1] != self.plan_info():
-                raise MethodError(f"method 'cfa': no plan for these options in {self.context.plan_dir} (the survey pass makes it)")
+                raise MethodError(f"method 'cfa': no plan for these options in {self.context.plan} (the survey pass makes it)")
             self.state = CfaPlan.from_arrays(stored[0])
             self.leakage = self._leakage_index(self.state.embeddings, self.state.persons)
         return self.state

@@ -1,4 +1,4 @@
-"""CFA's per-face objective for the shared W+ loop (:func:`anonymize.methods.falco.optimize.optimise_codes`).
+"""CFA's per-face objective for the shared W+ loop (:func:`anonymize.methods.latent.optimize.optimise_codes`).
 
 For a generated face G(w) with ArcFace identity a (unit length), the loss of face i is
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from anonymize.methods.falco.optimize import LossNetworks, attribute_loss, embed_faces
+from anonymize.methods.latent.optimize import LossNetworks, attribute_loss, embed_faces
 from anonymize.models.images import CanonicalImages
 
 

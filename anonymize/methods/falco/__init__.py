@@ -1,4 +1,4 @@
-"""FALCO: fake bank, FaRL pairing, e4e inversion and batched W+ optimisation (see :mod:`.method`)."""
+"""FALCO: nearest fake, e4e inversion and FALCO's loss on the shared W+ toolkit (:mod:`anonymize.methods.latent`)."""
 
 from anonymize.methods.falco.method import FalcoMethod
 

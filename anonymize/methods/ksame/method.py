@@ -14,7 +14,6 @@ that ``--overwrite`` regroups everything.
 
 from __future__ import annotations
 
-import io
 import tempfile
 import threading
 import uuid
@@ -24,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-from anonymize.io.write import atomic_write_bytes
 from anonymize.methods.base import AnonymizedFace, FaceCrop, MetricValue, Method, MethodContext, MethodError
 from anonymize.methods.ksame.embedders import EMBEDDERS, Embedder
 from anonymize.methods.ksame.grouping import k_same_groups
 from anonymize.methods.ksame.spaces import SPACES, LatentSpace, Spool, eigen_faces, pixel_faces, write_rows
 from anonymize.methods.persons import person_ids
-from anonymize.methods.plan_store import read_plan, real_plan_folder, write_plan
 from anonymize.models.registry import artefact_of
 
 FACES_PREFIX = "group-faces-"
@@ -70,6 +68,11 @@ def _empty_plan() -> StoredPlan:
 
 class KSameMethod(Method):
     name = "ksame"
+    metric_columns = {
+        "ksame_group": pa.int64(),  # the face's group (every member gets the same face)
+        "ksame_group_size": pa.int32(),  # members in that group (k to 2k-1)
+        "ksame_space": pa.string(),  # pixel, eigen or latent
+    }
     dataset_level = True
     # The paper replaces the whole normalised face image; pasting only the face ellipse would keep each
     # photo's own hair, ears and jaw line, which re-identify (README: audit rank-1 0.313 vs 0.187 on celeba-ids).
@@ -142,14 +145,13 @@ class KSameMethod(Method):
         self._stored = self._read_stored() or _empty_plan()
         # faces with a group keep it; a face left without one was never written, so it may join new faces
         self._stored_index = {key: i for key, i in self._stored.index().items() if self._stored.groups[i] >= 0}
-        plan_dir = self.context.plan_dir
-        if not isinstance(plan_dir, Path):  # a dry run, or an output in an object store: spool to a local temporary folder
+        storage = self.context.plan
+        folder = storage.local_folder() if storage is not None else None
+        if folder is None:  # a dry run, or an output in an object store: spool to a local temporary folder
             self._spool_dir = tempfile.TemporaryDirectory(prefix="anonymize-ksame-")
             folder = Path(self._spool_dir.name)
         else:
-            folder = real_plan_folder(plan_dir, self.context.output_dir)
-            for stale in plan_dir.glob(f"{SPOOL_PREFIX}*"):  # from a run that was killed while surveying
-                stale.unlink(missing_ok=True)
+            storage.remove_matching(SPOOL_PREFIX)  # from a run that was killed while surveying
         self._spool = Spool(folder / f"{SPOOL_PREFIX}{uuid.uuid4().hex[:8]}.raw",
                             np.float32 if self._latent is not None else np.uint8)
 
@@ -217,43 +219,32 @@ class KSameMethod(Method):
     def _store(self, plan: StoredPlan, new_faces: Any) -> StoredPlan:
         """Write the group faces (earlier ones first) and then the plan that names their file; drop the old file."""
         new_count = len(plan.sizes) - (len(plan.faces) if len(plan.faces) else 0)
-        plan_dir = self.context.plan_dir
-        if plan_dir is None:  # a dry run: the plan lives in memory only
+        storage = self.context.plan
+        if storage is None:  # a dry run: the plan lives in memory only
             faces = [*plan.faces, *new_faces]
             plan.faces = np.stack(faces) if faces else plan.faces
             return plan
         name = f"{FACES_PREFIX}{uuid.uuid4().hex[:8]}.npy"
         earlier = plan.faces if len(plan.faces) else None
-        if isinstance(plan_dir, Path):
-            write_rows(real_plan_folder(plan_dir, self.context.output_dir) / name, new_faces, new_count, earlier)
-        else:  # an object store: written locally, then put as one object
-            with tempfile.TemporaryDirectory(prefix="anonymize-ksame-") as scratch:
-                write_rows(Path(scratch) / name, new_faces, new_count, earlier)
-                atomic_write_bytes(plan_dir / name, (Path(scratch) / name).read_bytes())
+        storage.write_with(name, lambda path: write_rows(path, new_faces, new_count, earlier))
         arrays = {"keys": plan.keys, "groups": plan.groups, "reasons": plan.reasons, "sizes": plan.sizes}
         info = {"k": self.params.k, "space": self.params.space, "embedder": self.params.embedder,
                 "identity_from": self.context.identity_from, "faces_file": name}
-        write_plan(plan_dir, arrays, info, self.context.output_dir)
-        if isinstance(plan_dir, Path):  # the replaced plan's faces, and any left by a run killed while planning
-            for other in plan_dir.glob(f"{FACES_PREFIX}*"):
-                if other.name != name:
-                    other.unlink(missing_ok=True)
-        elif plan.faces_file and plan.faces_file != name:
-            (plan_dir / plan.faces_file).unlink(missing_ok=True)
+        storage.write_plan(arrays, info)
+        storage.remove_matching(FACES_PREFIX, keep=name)  # the replaced plan's faces, and any left by a killed run
         return self._read_stored() or plan
 
     def _read_stored(self) -> StoredPlan | None:
-        stored = read_plan(self.context.plan_dir)
+        stored = self.stored_plan()
         if stored is None:
             return None
         arrays, info = stored
-        assert self.context.plan_dir is not None
+        assert self.context.plan is not None
         if (info.get("k"), info.get("space")) != (self.params.k, self.params.space):
-            raise MethodError(f"{self.context.plan_dir}: the stored k-Same plan has k={info.get('k')} space={info.get('space')}, "
+            raise MethodError(f"{self.context.plan}: the stored k-Same plan has k={info.get('k')} space={info.get('space')}, "
                               f"not k={self.params.k} space={self.params.space}; pass --overwrite to plan again")
         try:
-            path = self.context.plan_dir / str(info["faces_file"])
-            faces = np.load(path, mmap_mode="r") if isinstance(path, Path) else np.load(io.BytesIO(path.read_bytes()))
+            faces = self.context.plan.load_array(str(info["faces_file"]))
         except (OSError, ValueError, KeyError):
             return None  # a plan whose faces are gone is no plan: everything not written is planned again
         return StoredPlan(arrays["keys"], arrays["groups"], arrays["reasons"], arrays["sizes"], faces, str(info["faces_file"]))
@@ -267,7 +258,7 @@ class KSameMethod(Method):
             if self._plan is None:  # a copy that did not plan (a Ray actor, a resumed run with nothing new)
                 stored = self._read_stored()
                 if stored is None:
-                    raise MethodError(f"method 'ksame': no k-Same plan in {self.context.plan_dir}")
+                    raise MethodError(f"method 'ksame': no k-Same plan in {self.context.plan}")
                 self._use(stored)
         plan = self._plan
         assert plan is not None

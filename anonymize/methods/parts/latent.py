@@ -2,7 +2,7 @@
 
 The candidates of one face (one per set of parts) start from the same e4e inversion ``w0`` and only
 the layers in ``trainable_layers`` (3-8 by default, the middle resolutions that carry facial shape)
-move, through the shared loop :func:`anonymize.methods.falco.optimize.optimise_codes`. Every term of
+move, through the shared loop :func:`anonymize.methods.latent.optimize.optimise_codes`. Every term of
 the loss is computed on the composite
 
     c = m * G(w) + (1 - m) * x
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anonymize.methods.base import MethodError
-from anonymize.methods.falco.optimize import LoopResult, optimise_codes
+from anonymize.methods.latent.optimize import LoopResult, optimise_codes
 from anonymize.methods.parts.attributes import AttributeTexts
 from anonymize.methods.parts.identity import ArcFaceIdentity, Reference
 from anonymize.models.e4e import E4EEncoder

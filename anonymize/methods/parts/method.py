@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import torch
 
+from anonymize.methods.latent.columns import OPTIMISATION
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.parts.identity import ArcFaceIdentity, DlibIdentity, IdentityModel, Reference
 from anonymize.faces.landmarks import LandmarkFinder, shape_predictor
@@ -52,6 +54,17 @@ class Candidate:
 
 class PartsMethod(Method):
     name = "parts"
+    metric_columns = {
+        "parts_backend": pa.string(),  # "latent" (W+ edit) or "warp" (landmark warps + pixel PGD)
+        "parts_chosen": pa.string(),  # the edited parts, comma-separated, least identity-relevant first
+        "parts_k": pa.int32(),  # how many parts were edited
+        "parts_relevance": pa.string(),  # JSON part -> mean relevance (exact head decomposition of the recogniser)
+        "parts_id_cos": pa.float32(),  # ArcFace cosine of the output to the original (ArcFace runs)
+        "parts_id_distance_dlib": pa.float32(),  # dlib (PyTorch) distance of the output to the original (dlib runs)
+        "parts_selected_by": pa.string(),  # the recogniser(s) whose threshold chose k ("arcface", "dlib", "+dlib")
+        "parts_passed": pa.bool_(),  # the chosen output passed that threshold (False: none did, k = smallest)
+        "seed": OPTIMISATION["seed"],
+    }
     crop_size = 256
     privacy_goal: ClassVar[str] = "human"
     loss_recognisers: tuple[str, ...] = ("arcface-ir-se50",)  # per run: see __init__

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from anonymize.errors import AnonymizeError
 
-class GraphModelError(Exception):
+
+class GraphModelError(AnonymizeError):
     """A TensorFlow.js graph model that cannot be read or run (one line: file, node or offset, cause)."""
 
 

@@ -1,17 +1,19 @@
-"""FALCO's fake bank: StyleGAN2 faces from random z, kept as W codes plus FaRL CLS features.
+"""The fake bank: StyleGAN2 faces from random z, kept as W codes plus FaRL CLS features.
 
-Every real face is paired with its nearest fake in FaRL space, so the bank has to exist before
-the first face is optimised. Rendering tens of thousands of 1024 px faces takes a while, so a bank
-is built once, in batches, and stored under ``<weights dir>/banks/``; later runs (and
-``anonymize bank build``) find it by its key. Only what FALCO reuses is stored: the W code of each
-fake (the paired fake's layers seed the optimisation) and its L2-normalised CLS feature (the
-pairing); the images are never written.
+FALCO pairs every real face with its nearest fake in FaRL space (:mod:`.pairing`), CFA points new
+identities at fakes, camouflage borrows their appearance and the attribute edits fit InterFaceGAN
+boundaries on their codes, so one bank serves every latent method. Rendering tens of thousands of
+1024 px faces takes a while, so a bank is built once, in batches, and stored under
+``<weights dir>/banks/``; later runs (and ``anonymize bank build``) find it by its key. Only what
+the methods reuse is stored: the W code of each fake and its L2-normalised CLS feature; the images
+are never written.
 
 The key is the generator file's sha256, the FaRL file's sha256 (the features depend on it as much
 as on the generator), the seed, the truncation psi and the size. z is drawn in chunks of
 ``Z_CHUNK`` rows, each chunk from its own seed derived from (seed, chunk index), so the first N
 fakes are the same whatever the bank's size: a cached bank of N' >= N fakes serves a request for N
-by taking its first N rows.
+by taking its first N rows. (The chunk seeds hash the text ``falco-bank``, the bank's first user:
+changing it would change every cached bank.)
 
 Files are ``.npz`` written atomically (never half a bank under the final name) and read with
 ``allow_pickle=False``. A file that does not match its key or cannot be read is ignored and rebuilt.

@@ -2,23 +2,25 @@
 
 Attribute tables are joined to a run's manifest by face key (``"<relative path>#<face index>"``),
 so the keys must come from the same walk, the same detector choice and the same alignment: this
-module builds the run's own :class:`~anonymize.stages.Stages` (a dry run: nothing is written) and
-keeps only its prepare stage, run on the local executor's worker pool in walk order. Faces come in
-batches, so a CelebA-sized folder never holds every crop in memory at once.
+module runs the run's own :class:`~anonymize.run.prepare.Preparer` on the local executor's worker
+pool in walk order (nothing is written). Faces come in batches formed by the run's batching rule,
+so a CelebA-sized folder never holds every crop in memory at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from anonymize.executors.local import available_cores, prepared_in_order, worker_pool
+from anonymize.errors import RunError
 from anonymize.faces.choose import choose_detector
 from anonymize.io.walk import ImageFile, walk_tree
-from anonymize.methods import FaceCrop
-from anonymize.pipeline import RunConfig, RunError
-from anonymize.stages import RunFacts, Stages
+from anonymize.faces.types import FaceCrop
+from anonymize.run.batching import BatchRule
+from anonymize.run.config import DEFAULT_MAX_PIXELS, Detection
+from anonymize.run.local import available_cores, prepare_window, prepared_in_order, worker_pool
+from anonymize.run.prepare import Prepared, Preparer, ResumePolicy
 from anonymize.weights import WeightsStore
 
 CROP_SIZE = 256  # the aligned crop every attribute source sees (the size most methods ask for)
@@ -51,14 +53,10 @@ class FaceCollector:
 
     def __post_init__(self) -> None:
         self.files = image_files(self.input_dir)
-        # The run's output folder is never written in a dry run without resume; the input stands in for it.
-        config = RunConfig(input_dir=self.input_dir, output_dir=self.input_dir, detector=self.detector,
-                           weights_dir=self.weights.root, aligned=self.aligned, resume=False, dry_run=True, device=self.device)
-        if not self.aligned:  # --detector auto resolved once, as the run resolves it
-            config = replace(config, detector=choose_detector(self.detector, self.weights).name)
-        self.detector_used = "aligned input" if self.aligned else config.detector
-        self.stages = Stages(RunFacts(config, run_id="attributes", method_params="{}", device=self.device,
-                                      crop_size=CROP_SIZE, replaces_aligned_image=False))
+        detector = self.detector if self.aligned else choose_detector(self.detector, self.weights).name  # as the run resolves it
+        self.detector_used = "aligned input" if self.aligned else detector
+        self.preparer = Preparer(Detection(detector, aligned=self.aligned), ResumePolicy(False, self.input_dir), CROP_SIZE,
+                                 DEFAULT_MAX_PIXELS, self.weights.root, self.device)
 
     def batches(self, faces_per_batch: int = FACES_PER_BATCH,
                 advance: Callable[[int], None] | None = None) -> Iterator[list[FaceCrop]]:
@@ -66,25 +64,26 @@ class FaceCollector:
         ``advance`` hears each image's face count."""
         workers = available_cores() if self.workers is None else self.workers
         pool = worker_pool(workers)
-        batch: list[FaceCrop] = []
         try:
-            for prepared in prepared_in_order(pool, self.stages, self.files, {}, max(8, 4 * workers)):
-                self.images += 1
-                if prepared.error is not None:
-                    self.errors.append(prepared.error)
-                elif not prepared.faces:
-                    self.without_face.append(str(prepared.file.relpath))
-                else:
-                    batch.extend(prepared.crops())
-                if advance is not None:
-                    advance(len(prepared.faces))
-                if len(batch) >= faces_per_batch:
+            prepared = prepared_in_order(pool, self.preparer, self.files, {}, prepare_window(workers))
+            for images in BatchRule(faces_per_batch, images=None).group(map(self._seen, prepared), len):
+                batch = [crop for crops in images for crop in crops]
+                if batch:
                     yield batch
-                    batch = []
-            if batch:
-                yield batch
+                for crops in images:
+                    if advance is not None:
+                        advance(len(crops))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def _seen(self, prepared: Prepared) -> list[FaceCrop]:
+        """Count one image (no face, or an error naming it) -> its crops."""
+        self.images += 1
+        if prepared.error is not None:
+            self.errors.append(prepared.error)
+        elif not prepared.faces:
+            self.without_face.append(str(prepared.file.relpath))
+        return prepared.crops() if prepared.error is None else []
 
 
 def collect_faces(input_dir: Path, weights: WeightsStore, detector: str = "auto", aligned: bool = False,

@@ -18,12 +18,12 @@ from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
-from anonymize.executors.base import Record, StageTimes
 from anonymize.io.walk import ImageFile
-from anonymize.methods.classical import BlurMethod, MaskMethod, PixelateMethod
-from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, Prepared, Stages
+from anonymize.run.batching import BatchRule
+from anonymize.run.finish import Finished
+from anonymize.run.prepare import Prepared, Preparer, PreviousRows
+from anonymize.run.stages import Record, Stages, StageTimes
 
-CLASSICAL_METHODS = (BlurMethod, PixelateMethod, MaskMethod)  # they never call torch
 FINISHING_BATCHES = 2  # batches being pasted and written while the method works on the next one
 
 
@@ -51,7 +51,7 @@ class _Inline:
 
 
 @contextmanager
-def _torch_threads_per_worker(workers: int, stages: Stages) -> Iterator[None]:
+def torch_threads_per_worker(workers: int, method_needs_every_core: bool) -> Iterator[None]:
     """Split the cores between the workers: each worker's torch calls (detection on the CPU) use
     cores / workers threads instead of all of them, so the pool does not oversubscribe the CPU
     (measured on 2 cores: 10.9 instead of 9.2 images/s). Not when the method itself runs torch on
@@ -59,8 +59,7 @@ def _torch_threads_per_worker(workers: int, stages: Stages) -> Iterator[None]:
     import torch
 
     before = torch.get_num_threads()
-    method_on_cpu_torch = stages.facts.device == "cpu" and not isinstance(stages.method(), CLASSICAL_METHODS)
-    if workers > 1 and not method_on_cpu_torch:
+    if workers > 1 and not method_needs_every_core:
         torch.set_num_threads(max(1, available_cores() // workers))
     try:
         yield
@@ -68,15 +67,20 @@ def _torch_threads_per_worker(workers: int, stages: Stages) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
-              faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
-    """Prepare -> anonymize (batched by faces) -> finish -> record, over ``files`` in walk order."""
-    with _torch_threads_per_worker(workers, stages):
-        _run_local(stages, files, previous, faces_per_batch, workers, record, times)
+def method_needs_every_core(stages: Stages) -> bool:
+    """The method runs torch on the CPU (FALCO with --device cpu): the workers leave it every core."""
+    return stages.device == "cpu" and stages.method().uses_torch
 
 
-def prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
-                       previous: dict[str, list[dict[str, Any]]], window: int) -> Iterator[Prepared]:
+def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, PreviousRows],
+              rule: BatchRule, workers: int, record: Record, times: StageTimes) -> None:
+    """Prepare -> anonymize (batched by ``rule``) -> finish -> record, over ``files`` in walk order."""
+    with torch_threads_per_worker(workers, method_needs_every_core(stages)):
+        _run_local(stages, files, previous, rule, workers, record, times)
+
+
+def prepared_in_order(pool: Any, preparer: Preparer, files: Iterable[ImageFile],
+                      previous: dict[str, PreviousRows], window: int) -> Iterator[Prepared]:
     """Prepare ``files`` on the pool, at most ``window`` ahead, and yield them in walk order.
 
     Closing the generator (the consumer stops early) cancels what was not started.
@@ -89,7 +93,7 @@ def prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
             file = next(pending, None)
             if file is None:
                 return
-            queue.append(pool.submit(stages.prepare, file, previous.get(str(file.relpath))))
+            queue.append(pool.submit(preparer.prepare, file, previous.get(str(file.relpath))))
 
     try:
         top_up()
@@ -102,44 +106,18 @@ def prepared_in_order(pool: Any, stages: Stages, files: Iterable[ImageFile],
             future.cancel()
 
 
+def prepare_window(workers: int) -> int:
+    """Images prepared ahead of the method: enough to keep it fed, few enough to keep memory flat."""
+    return max(8, 4 * workers)
+
+
 def worker_pool(workers: int) -> Any:
     """Threads for prepare and finish; with one worker or none, calls run inline (the serial path)."""
     return ThreadPoolExecutor(workers, thread_name_prefix="anonymize") if workers > 1 else _Inline()
 
 
-def run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
-               faces_per_batch: int, workers: int, advance: Callable[[int], None]) -> int:
-    """Pass 1 of a dataset-level method: show the faces of every image not finished earlier to
-    ``method.survey``, in walk order and in batches; images are dropped once surveyed (flat memory).
-    Images that fail here are left to pass 2, which records their error. Returns the faces surveyed."""
-    with _torch_threads_per_worker(workers, stages):
-        return _run_survey(stages, files, previous, faces_per_batch, workers, advance)
-
-
-def _run_survey(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
-                faces_per_batch: int, workers: int, advance: Callable[[int], None]) -> int:
-    method = stages.method()
-    pool = worker_pool(workers)
-    surveyed = 0
-    batch: list[Any] = []
-    try:
-        for item in prepared_in_order(pool, stages, files, previous, max(8, 4 * workers)):
-            if item.needs_method:
-                batch.extend(item.crops())
-            advance(len(item.faces))
-            if len(batch) >= faces_per_batch:
-                method.survey(batch)
-                surveyed, batch = surveyed + len(batch), []
-        if batch:
-            method.survey(batch)
-            surveyed += len(batch)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-    return surveyed
-
-
-def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, list[dict[str, Any]]],
-               faces_per_batch: int, workers: int, record: Record, times: StageTimes) -> None:
+def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, PreviousRows],
+               rule: BatchRule, workers: int, record: Record, times: StageTimes) -> None:
     pool = worker_pool(workers)
     in_flight = FINISHING_BATCHES if workers > 1 else 0  # serial: each batch is recorded before the next starts
     finishing: deque[list[Future]] = deque()
@@ -172,21 +150,13 @@ def _run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, l
         times.images += len(batch)
         finishing.append(futures)
 
-    prepared = prepared_in_order(pool, stages, files, previous, max(8, 4 * workers))
+    prepared = prepared_in_order(pool, stages.preparer, files, previous, prepare_window(workers))
     try:
-        batch: list[Prepared] = []
-        faces = 0
-        for item in prepared:
-            batch.append(item)
-            faces += len(item.faces) if item.needs_method else 0
-            if faces >= faces_per_batch or len(batch) >= MAX_IMAGES_PER_BATCH:
-                anonymize_and_finish(batch)
-                batch, faces = [], 0
-                stop = drain(in_flight)
-                if stop:
-                    break
-        if batch and not stop:
+        for batch in rule.group(prepared, lambda item: len(item.method_crops())):
             anonymize_and_finish(batch)
+            stop = drain(in_flight)
+            if stop:
+                break
         drain(0)
     finally:
         prepared.close()

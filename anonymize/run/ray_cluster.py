@@ -27,11 +27,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anonymize.errors import RunError
-from anonymize.executors.base import Record, StageTimes
 from anonymize.io.manifest import ManifestWriter
 from anonymize.io.walk import ImageFile
-from anonymize.methods import FaceCrop
-from anonymize.stages import MAX_IMAGES_PER_BATCH, Finished, MethodOutcome, Prepared, RunFacts, Stages
+from anonymize.faces.types import FaceCrop
+from anonymize.run.batching import BatchRule
+from anonymize.run.config import Execution
+from anonymize.run.finish import Finished, MethodOutcome
+from anonymize.run.method_calls import MethodCaller
+from anonymize.run.prepare import Prepared
+from anonymize.run.stages import Record, Stages, StageTimes
 
 INSTALL_HINT = "--executor ray needs Ray, which is not installed: pip install 'anonymize[ray]'"
 RETRIES = 3  # attempts Ray makes again for a task (or actor) whose worker or node died
@@ -78,7 +82,7 @@ def finish_shard(stages: Stages, items: list[Prepared], writer: ManifestWriter |
     if writer is not None:
         rows = [row for item in finished for row in item.rows]
         # A fresh tag per attempt: a retried shard never overwrites a part, the merge keeps each row once.
-        ManifestWriter(writer.out_dir, writer.run_id, writer.metadata, writer.manifest_path, tag=uuid.uuid4().hex[:12]).append(rows)
+        writer.shard(uuid.uuid4().hex[:12]).append(rows)
     times = {"prepare": sum(item.seconds for item in items), "finish": sum(item.seconds for item in finished),
              "anonymize": method_total}
     for item in finished:
@@ -89,24 +93,25 @@ def finish_shard(stages: Stages, items: list[Prepared], writer: ManifestWriter |
 class MethodActor:
     """Holds the method's models once (on its GPU when it has one) and anonymizes batches of crops."""
 
-    def __init__(self, facts: RunFacts, cpu_threads: int) -> None:
+    def __init__(self, caller: MethodCaller, deterministic: bool, cpu_threads: int) -> None:
         import torch
 
-        device = "cuda" if facts.device != "cpu" and torch.cuda.is_available() else "cpu"
+        build = caller.build_settings
+        device = "cuda" if build.device != "cpu" and torch.cuda.is_available() else "cpu"
         if device == "cpu":  # Ray gives a zero-CPU actor one thread; compute as a local run would (same sums)
             torch.set_num_threads(cpu_threads)
-        if facts.config.deterministic:  # --deterministic holds in every process that runs the method
+        if deterministic:  # --deterministic holds in every process that runs the method
             from anonymize.models.determinism import use_deterministic_algorithms
 
             use_deterministic_algorithms()
-        self.stages = Stages(replace(facts, device=device))
+        self.caller = MethodCaller(replace(build, device=device), caller.dry_run)
 
     def anonymize(self, images: list[tuple[int, int, int]], *shard_crops: list[FaceCrop]
                   ) -> tuple[list[MethodOutcome], float, int]:
         """``images[k]``: (shard argument, first crop, number of faces) of the batch's k-th image."""
         started = time.perf_counter()
         crops = [shard_crops[shard][first:first + count] for shard, first, count in images]
-        outcomes = self.stages.anonymize_crops(crops)
+        outcomes = self.caller.anonymize(crops)
         return outcomes, time.perf_counter() - started, sum(count for _, _, count in images)
 
 
@@ -133,14 +138,14 @@ def connect(address: str | None) -> bool:
     return True
 
 
-def run_on_ray(stages: Stages, files: Sequence[ImageFile], previous: dict[str, list[dict[str, Any]]], faces_per_batch: int,
-               record: Record, times: StageTimes, writer: ManifestWriter | None, address: str | None = None) -> None:
+def run_on_ray(stages: Stages, files: Sequence[ImageFile], previous: dict[str, list[dict[str, Any]]], rule: BatchRule,
+               record: Record, times: StageTimes, writer: ManifestWriter | None, execution: Execution) -> None:
     """Prepare -> anonymize -> finish every shard on the cluster; ``record`` counts what each shard finished."""
     import ray
 
-    started_here = connect(address)
+    started_here = connect(execution.ray_address)
     try:
-        _run(ray, stages, files, previous, record, times, writer, faces_per_batch)
+        _run(ray, stages, files, previous, record, times, writer, rule, execution)
     finally:
         if started_here:
             ray.shutdown()
@@ -165,17 +170,16 @@ class _Batch:
 
 
 def _run(ray: Any, stages: Stages, files: Sequence[ImageFile], previous: dict[str, list[dict[str, Any]]],
-         record: Record, times: StageTimes, writer: ManifestWriter | None, faces_per_batch: int) -> None:
-    facts = stages.facts
+         record: Record, times: StageTimes, writer: ManifestWriter | None, rule: BatchRule, execution: Execution) -> None:
     env = _worker_env()
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if facts.config.device != "cpu" else 0
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if execution.device != "cpu" else 0
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     prepare = ray.remote(prepare_shard).options(num_cpus=1, num_returns=3, max_retries=RETRIES, **env)
     finish = ray.remote(finish_shard).options(num_cpus=1, max_retries=RETRIES, **env)
     # On CPU the method shares the cores with the tasks (num_cpus=0), as it does in a local run.
     actor_class = ray.remote(MethodActor).options(num_gpus=1 if gpus else 0, num_cpus=0, max_restarts=RETRIES,
                                                   max_task_retries=RETRIES, **env)
-    actors = [actor_class.remote(facts, _torch_threads()) for _ in range(max(1, gpus))]
+    actors = [actor_class.remote(stages.caller, execution.deterministic, _torch_threads()) for _ in range(max(1, gpus))]
     queued = [0] * len(actors)  # faces dealt to each actor and not yet finished
 
     size = max(1, min(IMAGES_PER_SHARD, len(files) // (4 * cpus) or 1))
@@ -232,7 +236,7 @@ def _run(ray: Any, stages: Stages, files: Sequence[ImageFile], previous: dict[st
                 first_crop += count
             batch.faces += count
             batch.size += 1
-            if batch.faces >= faces_per_batch or batch.size >= MAX_IMAGES_PER_BATCH:
+            if rule.full(batch.faces, batch.size):
                 close_batch()
         if batch.number in shard.batches:
             waiting.append(number)  # its last batch is still open

@@ -1,22 +1,12 @@
-"""FALCO's latent optimisation, many faces at once.
+"""The W+ optimisation every latent method shares: Adam on some layers of a batch of StyleGAN2 codes.
 
-Each face starts from a mixed W+ code: the layers in ``trainable_layers`` (3-7 by default, the
-middle resolutions that carry identity) come from its paired fake, every other layer from the e4e
-inversion of the real face. Only the trainable layers change; the others are never written to,
-so they stay bitwise equal to the inversion. The loss of face i is
-
-    lambda_id * |cos(ArcFace(G(w_i)), ArcFace(x_i)) - m|  +  lambda_attr * sum_t mean_c |F_tc(G(w_i)) - F_tc(x_i)|
-
-where F_tc is channel c of token t of FaRL's last transformer block (before ``ln_post``), for all
-197 tokens at ViT-B/16 (CLS + 196 patches): the L1 distance is averaged over channels and summed
-over tokens, exactly as the reference's ``AttrLoss`` (one ``nn.L1Loss`` per token, added up), so
-``lambda_attr = 0.1`` weighs it as the paper's and the reference's 0.1 does. Both images go through
-the same networks and the same preprocessing (:class:`CanonicalImages`).
-
-The reference averages both terms over the faces of its batch (its ID loss adds the per-face terms
-at HEAD and divides by the batch size; before commit ad08224 the loop overwrote instead of adding),
-and runs at batch 1. Here the per-face losses are summed instead, so each face's gradient is the one
-it would get alone; Adam is invariant to that constant factor (up to its epsilon).
+A method brings its starting codes (an e4e inversion, a mix with a fake of the bank, an edit), the
+layers that move (``trainable_layers``; the others are never written to, so they stay bitwise equal
+to the start), a per-face objective (:class:`FaceLoss`: FALCO's, CFA's, camouflage's, ...) and a
+:class:`Schedule` (steps, learning rate, decay, precision); :func:`optimise_codes` knows nothing else
+about the method. The building blocks several objectives use live here too: the real faces'
+ArcFace identities and FaRL tokens (:func:`real_targets`), FALCO's token L1 (:func:`attribute_loss`),
+the mixed starting code (:func:`mix_codes`).
 
 Batching: the per-face losses are summed, and no network mixes faces (frozen BatchNorm, per-sample
 modulated convolutions, per-image attention), so the gradient reaching face i's code is exactly the
@@ -24,23 +14,23 @@ gradient of its own loss; Adam works elementwise, so each face follows the traje
 follow alone, up to floating-point differences between batched and single kernels. Adam runs with
 ``lr`` and multiplies it by ``lr_gamma`` at 75% and 90% of the steps, as FALCO's MultiStepLR does.
 
-Mixed precision (``bf16``, CUDA only): the three networks run under bf16 autocast for both the
-generated and the real side during the optimisation; embeddings and tokens are cast to float32
-before the loss, and the codes and Adam state stay float32. The final image, the one written out,
-is rendered from the final codes in float32, as are the final metrics. Its effect on the loss is not measured yet (no GPU was available
-when this was written): ``python -m benchmarks.falco --device cuda`` prints, for each batch size, the
-mean loss at the start and after the timed steps with and without bf16 from the same codes.
+Mixed precision (``bf16``, CUDA only): the networks run under bf16 autocast for both the generated
+and the real side during the optimisation; embeddings and tokens are cast to float32 before the
+loss, and the codes and Adam state stay float32. The final image, the one written out, is rendered
+from the final codes in float32, as are the final metrics. Its effect on the loss is not measured
+yet (no GPU was available when this was written): ``python -m benchmarks.falco --device cuda``
+prints, for each batch size, the mean loss at the start and after the timed steps with and without
+bf16 from the same codes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from anonymize.models.arcface import ArcFace
@@ -52,18 +42,9 @@ LR_MILESTONES = (0.75, 0.9)
 
 
 @dataclass(frozen=True)
-class OptimSettings:
-    steps: int = 50
-    lr: float = 0.01
-    lr_gamma: float = 0.8
-    lambda_id: float = 10.0
-    lambda_attr: float = 0.1
-    margin: float = 0.0
-    bf16: bool = False
-
-
-@dataclass(frozen=True)
 class LossNetworks:
+    """The generator and the two networks the objectives look through (ArcFace for identity, FaRL for the rest)."""
+
     generator: StyleGAN2Generator
     arcface: ArcFace
     farl: FaRLEncoder
@@ -77,18 +58,7 @@ class Targets:
     tokens: Tensor
 
 
-@dataclass
-class OptimResult:
-    ws: Tensor  # [B, num_ws, w_dim] final codes
-    images: CanonicalImages  # G(final codes), at the generator's resolution
-    id_cos_start: Tensor  # [B] ArcFace cosine to the original, initial mixed code
-    id_cos_end: Tensor  # [B] same, final code
-    attr_start: Tensor  # [B] attribute loss, initial mixed code
-    attr_end: Tensor  # [B]
-    loss_history: Tensor  # [steps + 1, B] per-face total loss before each step and at the end
-
-
-def autocast_for(device: torch.device, bf16: bool):
+def autocast_for(device: torch.device, bf16: bool) -> AbstractContextManager:
     """bf16 autocast on CUDA when asked; a no-op otherwise."""
     if bf16 and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -97,6 +67,7 @@ def autocast_for(device: torch.device, bf16: bool):
 
 @torch.no_grad()
 def real_targets(real: CanonicalImages, networks: LossNetworks, bf16: bool = False) -> Targets:
+    """ArcFace identities and FaRL tokens of the real crops: what keeping (or leaving) them is measured against."""
     with autocast_for(real.tensor.device, bf16):
         identity = networks.arcface(real)
         tokens = networks.farl(real).tokens
@@ -128,22 +99,15 @@ def embed_faces(images: CanonicalImages, networks: LossNetworks, bf16: bool) -> 
     return identity.float(), tokens.float()
 
 
-def face_losses(images: CanonicalImages, targets: Targets, networks: LossNetworks,
-                settings: OptimSettings) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-face (total loss, identity cosine, attribute loss), each [B], float32."""
-    identity, tokens = embed_faces(images, networks, settings.bf16)
-    cosine = F.cosine_similarity(identity, targets.identity, dim=1)
-    attribute = attribute_loss(tokens, targets.tokens)
-    total = settings.lambda_id * (cosine - settings.margin).abs() + settings.lambda_attr * attribute
-    return total, cosine, attribute
-
-
 def attribute_loss(tokens: Tensor, target_tokens: Tensor) -> Tensor:
-    """Per-face FALCO attribute loss from [B, T, C] tokens: mean L1 over channels, summed over tokens."""
+    """Per-face FALCO attribute loss from [B, T, C] tokens: mean L1 over channels, summed over tokens.
+
+    The term that keeps pose, expression and background in FALCO, CFA and the attribute edits."""
     return (tokens - target_tokens).abs().mean(dim=2).sum(dim=1)
 
 
 def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool) -> CanonicalImages:
+    """G(ws) with constant noise (so a code always gives the same face), returned in float32."""
     with autocast_for(ws.device, bf16):
         images = generator(ws, noise_mode="const")
     return CanonicalImages(images.tensor.float())
@@ -213,24 +177,3 @@ def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generato
     if start is None:  # zero steps: the start is the end
         start = end
     return LoopResult(final_ws, images, start, end, torch.stack(history))
-
-
-@dataclass(frozen=True)
-class FalcoLoss:
-    """FALCO's objective (:func:`face_losses`) as a :class:`FaceLoss`."""
-
-    targets: Targets
-    networks: LossNetworks
-    settings: OptimSettings
-
-    def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
-        total, cosine, attribute = face_losses(images, self.targets, self.networks, replace(self.settings, bf16=bf16))
-        return total, {"id_cos": cosine, "attr": attribute}
-
-
-def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], targets: Targets,
-                     networks: LossNetworks, settings: OptimSettings) -> OptimResult:
-    """Run FALCO's optimisation on a batch of codes [B, num_ws, w_dim]; see the module docstring."""
-    result = optimise_codes(initial_ws, trainable_layers, networks.generator, FalcoLoss(targets, networks, settings), settings)
-    return OptimResult(result.ws, result.images, result.start["id_cos"], result.end["id_cos"],
-                       result.start["attr"], result.end["attr"], result.loss_history)

@@ -1,0 +1,1 @@
+"""Checks of the code base itself (run by the test suite; ``python -m anonymize.devtools.layers``)."""

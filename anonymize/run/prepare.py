@@ -1,0 +1,155 @@
+"""The prepare stage (CPU): hash, resume check, decode, detect, align one image -> :class:`Prepared`.
+
+It reads the run's :class:`~anonymize.run.config.Detection` and the few other settings it
+uses; the detector is built lazily once per thread (detectors keep per-call state), and never
+travels with the preparer to another process (each builds its own).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
+from anonymize.faces.detect import Detector, DetectorSettings, create_detector
+from anonymize.faces.types import Face
+from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image
+from anonymize.io.manifest import FINISHED_STATUSES, readable
+from anonymize.io.store import Location
+from anonymize.io.walk import ImageFile
+from anonymize.io.write import is_regular_file_in, output_path_for
+from anonymize.faces.types import FaceCrop
+from anonymize.run.config import Detection
+from anonymize.weights import WeightsStore
+
+PreviousRows = list[dict[str, Any]]  # an image's rows from earlier runs into the same folder
+
+
+@dataclass
+class Prepared:
+    """One image after prepare: resumed, failed, without face, or with faces waiting for the method."""
+
+    file: ImageFile
+    sha256: str | None = None
+    image: DecodedImage | None = None
+    faces: list[Face] = field(default_factory=list)
+    aligned: list[AlignedFace] = field(default_factory=list)
+    seconds: float = 0.0  # time spent on this image so far (hash, decode, detect, align)
+    error: str | None = None
+    resumed: bool = False
+
+    @property
+    def needs_method(self) -> bool:
+        return self.error is None and not self.resumed and bool(self.faces)
+
+    def crops(self) -> list[FaceCrop]:
+        return [FaceCrop(aligned.crop, aligned.landmarks, f"{self.file.relpath}#{index}")
+                for index, aligned in enumerate(self.aligned)]
+
+    def method_crops(self) -> list[FaceCrop]:
+        """The crops the method must see (none when the image is resumed, failed or has no face)."""
+        return self.crops() if self.needs_method else []
+
+
+@dataclass(frozen=True)
+class ResumePolicy:
+    """Which images an earlier run finished: same source hash, every output still in place."""
+
+    resume: bool
+    output_dir: Location
+
+    def already_done(self, digest: str, rows: PreviousRows | None) -> bool:
+        if not self.resume or not rows:
+            return False
+        if any(row["status"] not in FINISHED_STATUSES or row["source_sha256"] != digest for row in rows):
+            return False
+        out = self.output_dir
+        outputs = {row["output_path"] for row in rows if row["output_path"]}
+        return all(is_regular_file_in(out, output_path_for(out, PurePosixPath(output))) for output in outputs)
+
+
+class Preparer:
+    """Hash, decode, detect and align; safe to call from any thread (one detector per thread)."""
+
+    def __init__(self, detection: Detection, resume: ResumePolicy, crop_size: int, max_pixels: int,
+                 weights_dir: Path | None, device: str, detector: Detector | None = None) -> None:
+        self.detection = detection
+        self.resume = resume
+        self.crop_size = crop_size
+        self.max_pixels = max_pixels
+        self.weights_dir = weights_dir
+        self.device = device
+        self._given = detector  # the driver's own detector, used by the main thread
+        self._local = threading.local()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        del state["_local"]
+        state["_given"] = None  # models never travel: each process builds its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
+
+    def detector(self) -> Detector | None:
+        """This thread's detector (the driver's own on the main thread)."""
+        if self._given is not None and threading.current_thread() is threading.main_thread():
+            return self._given
+        if not hasattr(self._local, "detector"):
+            self._local.detector = build_detector(self.detection, WeightsStore(self.weights_dir), self.device)
+        return self._local.detector
+
+    def prepare(self, file: ImageFile, previous: PreviousRows | None = None) -> Prepared:
+        """One image; ``previous``: its rows from earlier runs (resume)."""
+        started = time.perf_counter()
+        shown = readable(str(file.relpath))
+        try:
+            data = file.path.read_bytes()  # read once: hashed and decoded from the same bytes (local or URI)
+        except OSError as exc:
+            return Prepared(file, error=f"{shown}: cannot read ({exc.strerror or exc})", seconds=time.perf_counter() - started)
+        digest = hashlib.sha256(data).hexdigest()
+        if self.resume.already_done(digest, previous):
+            return Prepared(file, digest, resumed=True)
+        try:
+            image = decode_image(data, self.max_pixels, display_name=shown)
+            detector = self.detector()
+            if self.detection.aligned:
+                face, single = align_aligned_input(image.rgb, detector, self.crop_size, self.detection.framing)
+                faces, aligned = [face], [single]
+            else:
+                faces = detector.detect(image.rgb)  # type: ignore[union-attr]
+                aligned = [align_face(image.rgb, face.landmarks, self.crop_size) for face in faces]
+        except ImageDecodeError as exc:
+            return Prepared(file, digest, error=str(exc), seconds=time.perf_counter() - started)
+        except Exception as exc:  # noqa: BLE001 - any failure of one image must not stop the run
+            return Prepared(file, digest, error=f"{shown}: detection failed ({type(exc).__name__}: {exc})",
+                            seconds=time.perf_counter() - started)
+        return Prepared(file, digest, image, faces, aligned, time.perf_counter() - started)
+
+
+def build_detector(detection: Detection, weights: WeightsStore, device: str) -> Detector | None:
+    """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
+    if detection.aligned:
+        if detection.framing == "ffhq":
+            return None
+        return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
+    settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first)
+    return create_detector(detection.detector, weights, settings)
+
+
+def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSettings) -> Detector | None:
+    """For --aligned input: the run's detector finds the landmarks of the one face (auto and ensemble:
+    RetinaFace, never downloaded here); if it cannot be built (missing weights), dlib's HOG (weights in
+    an installed package); else None (CelebA template)."""
+    first = "retinaface" if name in ("auto", "ensemble") else name
+    for candidate in dict.fromkeys([first, "dlib-hog"]):
+        try:
+            return create_detector(candidate, weights, settings)
+        except Exception:  # noqa: BLE001 - landmarks are optional here: the template stands in
+            continue
+    return None
