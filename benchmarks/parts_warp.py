@@ -32,7 +32,7 @@ from anonymize.methods.base import MethodContext
 from anonymize.faces.landmarks import LandmarkFinder
 from anonymize.methods.parts.masks import PARTS
 from anonymize.methods.parts.method import PartsMethod
-from anonymize.metrics.identity import DlibRecognizer, distance
+from anonymize.metrics.identity import DlibRecogniser, distance
 from anonymize.weights import WeightsStore
 
 CELEBA = Path(__file__).resolve().parents[2] / "shared" / "data" / "celeba-ids"
@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     store = WeightsStore()
-    finder, judge = LandmarkFinder(store), DlibRecognizer(store, backend="dlib")
+    finder, judge = LandmarkFinder(store), DlibRecogniser(store, backend="dlib")
     faces = []  # (identity, crop, box, region, descriptor)
     for folder in sorted(CELEBA.iterdir()):
         for photo in sorted(folder.glob("*.jpg"))[:args.per_id]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import dlib_recognizer, estimators, falco, graph_models, models, pipeline
+from benchmarks import dlib_recogniser, estimators, falco, graph_models, models, pipeline
 from benchmarks.models import print_table
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    sections = ["pipeline", "models", "falco", "dlib_recognizer", "graph_models", "estimators"]
+    sections = ["pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
@@ -46,10 +46,10 @@ def main() -> None:
         rows = [row for device in devices for row in module.run(device)]
         results[name] = rows
         print_table(f"{name}: {', '.join(results['devices'].values())}", rows)
-    if "dlib_recognizer" in args.only:
-        rows = [row for device in devices for row in dlib_recognizer.run(device, args.shared)]
-        results["dlib_recognizer"] = rows
-        print_table("dlib face recognizer: binding vs PyTorch module, network alone and as the identity metric", rows)
+    if "dlib_recogniser" in args.only:
+        rows = [row for device in devices for row in dlib_recogniser.run(device, args.shared)]
+        results["dlib_recogniser"] = rows
+        print_table("dlib face recogniser: binding vs PyTorch module, network alone and as the identity metric", rows)
     if "graph_models" in args.only:
         rows = [row for device in devices for row in graph_models.run(device, args.weights_dir)]
         results["graph_models"] = rows

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from anonymize.weights import Artifact, WeightsStore, read_lock
 from tests.tiny.facenet import FACENET_CLASSES, write_random_alexnet_features, write_random_facenet, write_random_fid_inception
@@ -188,6 +189,16 @@ def five_points(eye_left, eye_right, mouth_left, mouth_right) -> np.ndarray:
 
 def textured_image(height: int = 400, width: int = 500, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def crops(folder: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Path:
+    """Random-noise images (no face) named ``names`` under ``folder``; the same pixels for the same names."""
+    rng = np.random.default_rng(len(names))
+    for name in names:
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    return folder
 
 
 # -- the command line and its runs ---------------------------------------------------------------------

@@ -22,7 +22,7 @@ from anonymize.cli import app
 from anonymize.faces.chips import extract_face_chips, face_chip_location
 from anonymize.io.manifest import read_manifest
 from anonymize.io.storage import plan_storage
-from anonymize.metrics.identity import DlibRecognizer
+from anonymize.metrics.identity import DlibRecogniser
 
 EYES_AND_NOSE = np.array([(140.0, 90.0), (122.0, 91.0), (78.0, 90.0), (96.0, 91.0), (110.0, 125.0)])  # dlib's 5 points
 
@@ -95,7 +95,7 @@ def test_the_attack_reads_only_a_box_around_the_crops(scale):
 def test_a_crop_cut_by_the_attack_equals_dlibs_own_chip(five_identities, tiny_weights):
     """The differentiable crop under dlib's chip matrix is dlib's chip (same sampling grid)."""
     photo = np.asarray(Image.open(sorted(five_identities.iterdir())[0]).convert("RGB"))
-    location = face_chip_location(DlibRecognizer(tiny_weights.store()).landmarks(photo, [(20.0, 40.0, 158.0, 190.0)])[0])
+    location = face_chip_location(DlibRecogniser(tiny_weights.store()).landmarks(photo, [(20.0, 40.0, 158.0, 190.0)])[0])
     ours = sample_crops(torch.from_numpy(photo.copy()).permute(2, 0, 1).float(), [chip_matrix(location)], 150)
     assert float((ours - extract_face_chips(photo, [location])).abs().max()) < 0.01
 

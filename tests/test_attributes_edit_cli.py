@@ -64,3 +64,17 @@ def test_stage_two_then_stage_three_from_the_cli_gives_every_class_of_quasi_iden
         classes[pattern] = classes.get(pattern, 0) + 1
     assert min(classes.values()) >= 2
     assert (out / ".anonymize" / "plan" / "attributes" / "plan.npz").is_file()
+
+
+def test_margin_reaches_the_attribute_edit_s_identity_loss(tiny_env, two_photos, tmp_path):
+    """--margin used to be refused for --method attributes while the method read a margin that was always 0:
+    it is now the method's own option, recorded with its parameters and checked against its identity loss."""
+    out = tmp_path / "out"
+    result = cli("run", two_photos, "--out", out, "--aligned", "--method", "attributes", "--device", "cpu", "--json",
+                 "--margin", "0.4", "-p", "set=Eyeglasses:1", "-p", "steps=1", "-p", "bank_size=24")
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert {json.loads(row["method_params"])["margin"] for row in rows} == {0.4}
+    refused = cli("run", two_photos, "--out", tmp_path / "other", "--aligned", "--method", "attributes", "--device", "cpu",
+                  "--margin", "0.4", "-p", "set=Eyeglasses:1", "-p", "identity=cfa")
+    assert refused.exit_code != 0 and "margin is the target of identity=falco" in " ".join(refused.output.split())

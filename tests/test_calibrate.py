@@ -27,7 +27,7 @@ def test_the_threshold_accepts_at_most_the_far_share_of_different_pairs():
 
 def test_the_angle_is_the_arccos_of_the_cosine_threshold():
     embeddings = np.array([[1.0, 0.0], [math.cos(0.1), math.sin(0.1)], [0.0, 1.0], [math.cos(1.4), math.sin(1.4)]])
-    result = calibrate(embeddings, [0, 0, 1, 1], far=0.0, recognizer="arcface")
+    result = calibrate(embeddings, [0, 0, 1, 1], far=0.0, recogniser="arcface")
     assert result.same_pairs == 2 and result.different_pairs == 4
     assert result.cosine.value == pytest.approx(math.cos(1.4 - 0.1))  # the closest different pair
     assert result.angle_degrees == pytest.approx(math.degrees(1.3)) and result.distance is None
@@ -43,7 +43,7 @@ def test_a_set_without_two_identities_is_refused(tmp_path):
 
 
 def test_dlib_on_celeba_identities_accepts_most_same_pairs_at_a_strict_far(shared_dir):
-    result = cli("calibrate", shared_dir / "data" / "celeba-ids", "--recognizer", "dlib", "--far", "0.001",
+    result = cli("calibrate", shared_dir / "data" / "celeba-ids", "--recogniser", "dlib", "--far", "0.001",
                  "--max-per-identity", "3", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
@@ -55,8 +55,8 @@ def test_dlib_on_celeba_identities_accepts_most_same_pairs_at_a_strict_far(share
 
 def test_arcface_calibration_runs_on_the_arcface_weights(tiny_env, shared_dir, tmp_path):
     source = copy_celeba_ids(shared_dir, tmp_path / "ids")
-    result = cli("calibrate", source, "--recognizer", "arcface", "--far", "0.25", "--device", "cpu", "--json")
+    result = cli("calibrate", source, "--recogniser", "arcface", "--far", "0.25", "--device", "cpu", "--json")
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)
-    assert found["recognizer"] == "arcface" and found["same_pairs"] == 2 and found["different_pairs"] == 4
+    assert found["recogniser"] == "arcface" and found["same_pairs"] == 2 and found["different_pairs"] == 4
     assert found["cosine"]["far"] <= 0.25 and 0 <= found["angle_degrees"] <= 180

@@ -21,7 +21,7 @@ import torch
 from anonymize.faces.chips import face_chip_location, face_chips
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import read_imglab_boxes
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer, distance
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecogniser, distance
 from anonymize.models.legacy.dlib_resnet import DlibFormatError, load_dlib_face_resnet
 
 MAX_COMPONENT_DIFFERENCE = 1e-4
@@ -118,7 +118,7 @@ def test_same_and_different_person_decisions_on_celeba_are_dlibs(faces, describe
         return distance(chosen[pairs[0]], chosen[pairs[1]]) < SAME_PERSON_DISTANCE
 
     assert np.array_equal(decisions(ours), decisions(theirs))
-    # The decisions mean something: the recognizer tells these five people apart.
+    # The decisions mean something: the recogniser tells these five people apart.
     accepted_same, accepted_different = decisions(ours)[same_person].mean(), decisions(ours)[~same_person].mean()
     print(f"\nceleba-ids at {SAME_PERSON_DISTANCE}: {accepted_same:.1%} of same-person pairs and {accepted_different:.1%} of different-person pairs accepted")
     assert accepted_same > 0.9 and accepted_different < 0.01
@@ -211,7 +211,7 @@ def test_loading_needs_neither_dlib_nor_pickle(store):
 
 
 def test_the_identity_metric_gives_the_same_numbers_with_either_backend(shared_dir, store):
-    torch_backend, dlib_backend = DlibRecognizer(store, "torch"), DlibRecognizer(store, "dlib")
+    torch_backend, dlib_backend = DlibRecogniser(store, "torch"), DlibRecogniser(store, "dlib")
     rgb = decode_image(shared_dir / "data" / "groups" / "2008_001009.jpg").rgb
     boxes = read_imglab_boxes(shared_dir / "data" / "groups" / "training.xml")["2008_001009.jpg"]
     ours, theirs = torch_backend.descriptors(rgb, boxes), dlib_backend.descriptors(rgb, boxes)

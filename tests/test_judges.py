@@ -133,7 +133,7 @@ def test_a_blurred_release_is_not_matched_by_faceres(human_weights, two_people: 
 
 def test_calibrate_stores_the_threshold_the_audit_then_judges_with(human_cli_env, two_people: Path) -> None:
     _register_commands()
-    result = CliRunner().invoke(app, ["calibrate", str(two_people), "--recognizer", "faceres", "--far", "0.1", "--json"])
+    result = CliRunner().invoke(app, ["calibrate", str(two_people), "--recogniser", "faceres", "--far", "0.1", "--json"])
     assert result.exit_code == 0, result.output
     calibration = json.loads(result.stdout)
     store = human_cli_env.store()

@@ -26,7 +26,7 @@ from anonymize.faces.types import FaceCrop
 from anonymize.methods.base import MethodContext
 from anonymize.methods.ksame.method import KSameMethod
 from anonymize.methods.ksame.spaces import eigen_faces, pixel_faces
-from anonymize.metrics.identity import DlibRecognizer
+from anonymize.metrics.identity import DlibRecogniser
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_e4e_pair
 from anonymize.run import run, run_config
@@ -86,9 +86,9 @@ def test_every_member_of_a_group_gets_the_same_face(celeba_runs):
     assert sum(row["ksame_group"] == group for row in rows) >= K and stored[group].std() > 10
 
 
-def described(recognizer: DlibRecognizer, folder: Path, relpaths: list[str], boxes: list) -> np.ndarray:
+def described(recogniser: DlibRecogniser, folder: Path, relpaths: list[str], boxes: list) -> np.ndarray:
     images = [(decode_image(folder / relpath, 10**8).rgb, [box]) for relpath, box in zip(relpaths, boxes)]
-    return np.concatenate(recognizer.descriptors_of_images(images))
+    return np.concatenate(recogniser.descriptors_of_images(images))
 
 
 def test_ksame_is_reidentified_at_most_about_1_over_k_and_defeats_the_parrot_attack_unlike_blur(celeba_runs):
@@ -98,11 +98,11 @@ def test_ksame_is_reidentified_at_most_about_1_over_k_and_defeats_the_parrot_att
     weights = WeightsStore(None)
     detector = create_detector("dlib-hog", weights)
     boxes = [source_faces(decode_image(source / relpath, 10**8).rgb, detector, [], aligned=True)[0].box for relpath in relpaths]
-    recognizer = DlibRecognizer(weights)
-    originals = described(recognizer, source, relpaths, boxes)
+    recogniser = DlibRecogniser(weights)
+    originals = described(recogniser, source, relpaths, boxes)
     figures = {}
     for method in ("ksame", "blur"):
-        outputs = described(recognizer, celeba_runs[method], relpaths, boxes)
+        outputs = described(recogniser, celeba_runs[method], relpaths, boxes)
         rank1 = identify(outputs, originals, list(range(len(relpaths))), labels)
         parrot = parrot_identification(outputs, labels)
         figures[method] = (float(rank1.hits.mean()), rank1.chance, parrot.rank1_rate, parrot.chance)

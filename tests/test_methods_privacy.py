@@ -1,4 +1,4 @@
-"""The classical methods defeat dlib's recognizer on CelebA identities (and the check itself can fail)."""
+"""The classical methods defeat dlib's recogniser on CelebA identities (and the check itself can fail)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import decode_image
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer, distance
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecogniser, distance
 from anonymize.run import run, run_config
 
 PHOTOS_PER_IDENTITY = 2
@@ -30,10 +30,10 @@ def recognise(tiny_weights):
     """How an attacker re-identifies: find the face with dlib, then describe it with dlib's ResNet."""
     store = tiny_weights.store()
     detector = create_detector("dlib-hog", store, DetectorSettings())
-    recognizer = DlibRecognizer(store)
+    recogniser = DlibRecogniser(store)
 
     def descriptors(rgb: np.ndarray) -> np.ndarray:
-        return recognizer.descriptors(rgb, [face.box for face in detector.detect(rgb)])
+        return recogniser.descriptors(rgb, [face.box for face in detector.detect(rgb)])
 
     return descriptors
 

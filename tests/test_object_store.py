@@ -259,3 +259,19 @@ def test_a_held_lock_object_is_kept_fresh_and_removed_on_release(tmp_path, monke
         lock.release()
     assert not path.exists()
     outdir.probe_lock(out)  # free again
+
+
+def test_saved_latents_go_through_the_store_like_every_other_output(tiny_env, shared_dir, tmp_path):
+    """--save-latents into a URI output: the method writes through its storage handle, never a local path."""
+    source = tmp_path / "celeba"
+    source.mkdir()
+    for photo in sorted((shared_dir / "data" / "celeba-ids" / "0").glob("*.jpg"))[:2]:
+        shutil.copy(photo, source / photo.name)
+    out = tmp_path / "out"
+    summary = run(run_config(store.location(source.as_uri()), store.location(out.as_uri()), method="falco", aligned=True,
+                             device="cpu", method_options={"steps": "1", "bank_size": "16", "save_latents": "true"}))
+    assert summary.faces == 2 and summary.errors == 0
+    rows = read_manifest(out / "manifest.parquet")[0].to_pylist()
+    for row in rows:
+        assert row["latent_path"].startswith(".anonymize/latents/")
+        assert np.load(out / row["latent_path"]).ndim == 2

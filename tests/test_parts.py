@@ -23,7 +23,7 @@ from anonymize.methods.parts.masks import PARTS, parse_parts, part_masks, union_
 from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
 from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
-from anonymize.metrics.identity import DlibRecognizer, distance, dlib_face_network
+from anonymize.metrics.identity import DlibRecogniser, distance, dlib_face_network
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_arcface_model
 from anonymize.weights import WeightsStore
@@ -164,7 +164,7 @@ def test_real_photos_keep_matching_their_originals_while_the_face_region_changes
     """The warp of all four parts, no recogniser in the loop (pgd_steps=0, fixed parts), judged by dlib's
     C++ recogniser on its own chips: dlib is held out. Then the adaptive run, PGD on dlib's PyTorch
     network: the same judge, no longer held out (the only real recogniser the test machine has)."""
-    judge = DlibRecognizer(store, backend="dlib")
+    judge = DlibRecogniser(store, backend="dlib")
     finder = LandmarkFinder(store)
     context = MethodContext(store)
     runs = {  # the adaptive run (PGD on four candidates) on one photo per person, to keep the test short

@@ -19,28 +19,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from anonymize.cli import _register_commands, app, main
+from anonymize.cli import main
 from anonymize.io.decode import decode_image
 from anonymize.io.manifest import read_rows
-from anonymize.run import RunError, run, run_config
+from anonymize.run import RunConfig, RunError, run, run_config
+from tests.helpers import cli, crops
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str):
-    _register_commands()
-    return CliRunner().invoke(app, list(args), catch_exceptions=False)
-
-
-def crops(folder: Path, names: list[str], size: tuple[int, int] = (40, 48)) -> Path:
-    rng = np.random.default_rng(len(names))
-    for name in names:
-        path = folder / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
-    return folder
 
 
 def blur(source: Path, out: Path, **overrides) -> RunConfig:

@@ -28,7 +28,7 @@ from anonymize.adversarial import transforms
 from anonymize.adversarial.members import FaceGeometry, Geometry, Member, sample_crops
 from anonymize.adversarial.settings import AdversarialSettings
 from anonymize.faces.chips import ChipLocation, face_chip_location
-from anonymize.metrics.identity import Boxes, DlibRecognizer, distance
+from anonymize.metrics.identity import Boxes, DlibRecogniser, distance
 from anonymize.metrics.quality import face_box_mask, ssim
 
 MOMENTUM = 1.0
@@ -168,7 +168,7 @@ def _member_devices(members: Sequence[Member]) -> list[torch.device]:
     for member in members:
         recogniser = member.recogniser
         network = getattr(recogniser, "network", None)
-        if isinstance(recogniser, DlibRecognizer):
+        if isinstance(recogniser, DlibRecogniser):
             devices.append(recogniser.network.channel_means.device)
         elif network is not None:
             devices.append(next((buffer.device for buffer in network.buffers()), torch.device("cpu")))
@@ -263,11 +263,11 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class Perturber:
     """The finishing step of one run: perturbs a written image and reports per face what it did."""
 
-    def __init__(self, recognizer: DlibRecognizer, attack: EnsembleAttack, settings: AdversarialSettings,
+    def __init__(self, recogniser: DlibRecogniser, attack: EnsembleAttack, settings: AdversarialSettings,
                  universal: np.ndarray | None = None, aligned: bool = False) -> None:
         if settings.kind == "uap" and universal is None:
             raise ValueError("a universal perturbation is needed for adversarial=uap")
-        self.recognizer, self.attack, self.settings, self.universal, self.aligned = recognizer, attack, settings, universal, aligned
+        self.recogniser, self.attack, self.settings, self.universal, self.aligned = recogniser, attack, settings, universal, aligned
 
     def perturb(self, original: np.ndarray, final: np.ndarray, boxes: Boxes) -> tuple[np.ndarray, list[dict[str, Any]]]:
         """(the perturbed image, one metrics dict per face: kind, eps, ensemble, dlib distance to the original
@@ -276,14 +276,14 @@ class Perturber:
             return final, []
         if self.settings.kind == "uap":
             assert self.universal is not None
-            locations = [face_chip_location(points) for points in self.recognizer.landmarks(final, boxes)]
+            locations = [face_chip_location(points) for points in self.recogniser.landmarks(final, boxes)]
             perturbed = apply_universal(final, locations, self.universal, self.settings)
         else:
             perturbed = self.attack.perturb(final, self.attack.targets(original, final, boxes, self.aligned))
         perturbed = meet_ssim_floor(final, perturbed, boxes, self.settings.ssim_floor)
-        originals = self.recognizer.descriptors(original, boxes)
-        before = distance(originals, self.recognizer.descriptors(final, boxes))
-        after = distance(originals, self.recognizer.descriptors(perturbed, boxes))
+        originals = self.recogniser.descriptors(original, boxes)
+        before = distance(originals, self.recogniser.descriptors(final, boxes))
+        after = distance(originals, self.recogniser.descriptors(perturbed, boxes))
         metrics = []
         for box, was, now in zip(boxes, before, after):
             mask = face_box_mask(final.shape, tuple(box))

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from anonymize.faces.chips import CHIP_PADDING, CHIP_SIZE
 from anonymize.faces.landmarks import box_rectangle, shape_predictor
 from anonymize.io.decode import decode_image
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, Boxes, DlibRecognizer
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, Boxes, DlibRecogniser
 from anonymize.metrics.quality import face_box_mask, psnr, ssim
 from anonymize.metrics.verification import threshold_at_far
 from anonymize.weights import WeightsError, WeightsStore
@@ -37,7 +37,7 @@ FAR = 1e-3
 Describe = Callable[[np.ndarray, Boxes], np.ndarray]
 
 
-class Landmarks68Recognizer:
+class Landmarks68Recogniser:
     """dlib's C++ recogniser on chips aligned from the 68-point landmarks fitted in each box."""
 
     def __init__(self, weights: WeightsStore) -> None:
@@ -61,9 +61,9 @@ class Judge:
 
 def open_judges(weights: WeightsStore, device: str = "cpu", aligned: bool = True) -> tuple[list[Judge], dict[str, str]]:
     """Every judge whose weights are here, and why the others are missing."""
-    dlib_net = DlibRecognizer(weights, device=device)
+    dlib_net = DlibRecogniser(weights, device=device)
     judges = [Judge("dlib", dlib_net.descriptors, SAME_PERSON_DISTANCE),
-              Judge("dlib-68", Landmarks68Recognizer(weights).descriptors, SAME_PERSON_DISTANCE)]
+              Judge("dlib-68", Landmarks68Recogniser(weights).descriptors, SAME_PERSON_DISTANCE)]
     if aligned:
         def whole_image(rgb: np.ndarray, boxes: Boxes) -> np.ndarray:
             height, width = rgb.shape[:2]

@@ -32,7 +32,7 @@ from anonymize.faces.chips import CHIP_SIZE, ChipLocation, face_chip_location
 from anonymize.faces.crops import five_points, similarity_matrix, square_matrix
 from anonymize.faces.landmarks import BoxLandmarks
 from anonymize.metrics.graph_recognisers import GraphRecogniser
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecogniser
 from anonymize.models.registry import ARCFACE_TEMPLATE
 from anonymize.weights import WeightsStore
 
@@ -83,7 +83,7 @@ class Member:
     def features(self, crops: torch.Tensor) -> torch.Tensor:
         """[N, 3, S, S] RGB crops in 0..255 -> [N, D] unit features (differentiable)."""
         if self.name == "dlib":
-            assert isinstance(self.recogniser, DlibRecognizer)
+            assert isinstance(self.recogniser, DlibRecogniser)
             raw = self.recogniser.network(crops)
             return F.normalize(raw, dim=1)
         assert isinstance(self.recogniser, GraphRecogniser)
@@ -143,7 +143,7 @@ def open_members(names: Sequence[str], weights: WeightsStore, device: str | torc
     members = []
     for name in names:
         if name == "dlib":
-            members.append(Member(name, CHIP_SIZE, DlibRecognizer(weights, device=device)))
+            members.append(Member(name, CHIP_SIZE, DlibRecogniser(weights, device=device)))
         else:
             recogniser = GraphRecogniser(weights, name, device)
             members.append(Member(name, recogniser.config.input_size, recogniser))

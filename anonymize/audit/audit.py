@@ -16,7 +16,7 @@ field has a default meant for a release gate:
 * identity labels (``identity_from_folders`` None): used when every source lies in a top-level
   folder, there are at least two such folders and one holds two images or more (CelebA-style
   ``<identity>/<photo>``), so rank-1 counts another photo of the same person as re-identified and
-  the recognizer's same- vs different-person separation is checked;
+  the recogniser's same- vs different-person separation is checked;
 * thresholds (:class:`~anonymize.audit.summary.Thresholds`): at most 5 % of faces verified as their
   original (dlib distance < 0.6), no missed face, no metadata leak; rank-1 rate and detection rate are reported but not
   gated unless asked; an output that cannot be audited always fails;
@@ -124,7 +124,7 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
     try:
         settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
         detector = create_detector(choice.name, weights, settings, **({"members": choice.members} if choice.members else {}))
-        recognisers, unavailable = open_recognisers(weights, device, config.recognizer_backend, config.distance_threshold)
+        recognisers, unavailable = open_recognisers(weights, device, config.recogniser_backend, config.distance_threshold)
         output_detectors, missing_detectors = open_output_detectors(weights, device)
     except WeightsError as exc:
         raise AuditError(str(exc)) from None
@@ -452,7 +452,7 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
     detector, detector_reason = instruments.detector.name, choice.reason
     warnings = []
     if separation is not None and not separation.separated:
-        warnings.append("the recognizer does not separate the identities of these originals well: re-identification figures are unreliable")
+        warnings.append("the recogniser does not separate the identities of these originals well: re-identification figures are unreliable")
     if "not stronger" in detector_reason or "only one detector" in detector_reason:
         warnings.append(f"detector {detector}: {detector_reason}")
     recognisers = _recogniser_figures(plan, instruments, gathered)

@@ -23,7 +23,7 @@ from anonymize.io.decode import ImageDecodeError, decode_image
 from anonymize.io.walk import image_files
 from anonymize.metrics.verification import Threshold, threshold_at_far  # noqa: F401 - part of this module's interface
 
-RECOGNIZERS = ("dlib", "arcface", "faceres", "mobileface")
+RECOGNISERS = ("dlib", "arcface", "faceres", "mobileface")
 RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the calibration record
 
 
@@ -33,7 +33,7 @@ class CalibrationError(AnonymizeError, ValueError):
 
 @dataclass(frozen=True)
 class Calibration:
-    recognizer: str
+    recogniser: str
     identities: int
     images: int
     same_pairs: int
@@ -76,12 +76,12 @@ def pair_scores(embeddings: np.ndarray, labels: Sequence[int]) -> tuple[np.ndarr
     return cosines[upper][same], cosines[upper][~same], distances[upper][same], distances[upper][~same]
 
 
-def calibrate(embeddings: np.ndarray, labels: Sequence[int], far: float, recognizer: str) -> Calibration:
+def calibrate(embeddings: np.ndarray, labels: Sequence[int], far: float, recogniser: str) -> Calibration:
     same_cos, diff_cos, same_dist, diff_dist = pair_scores(embeddings, labels)
     cosine = threshold_at_far(same_cos, diff_cos, far)
-    distance = threshold_at_far(same_dist, diff_dist, far, higher_is_same=False) if recognizer == "dlib" else None
+    distance = threshold_at_far(same_dist, diff_dist, far, higher_is_same=False) if recogniser == "dlib" else None
     angle = math.degrees(math.acos(max(-1.0, min(1.0, cosine.value))))
-    return Calibration(recognizer, len(set(labels)), len(labels), len(same_cos), len(diff_cos), far, cosine, angle, distance)
+    return Calibration(recogniser, len(set(labels)), len(labels), len(same_cos), len(diff_cos), far, cosine, angle, distance)
 
 
 def embed_folders(folders: list[tuple[str, list[Path]]], embed: Callable[[np.ndarray], np.ndarray],
@@ -101,11 +101,11 @@ def embed_folders(folders: list[tuple[str, list[Path]]], embed: Callable[[np.nda
     return np.stack(embeddings), labels
 
 
-def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Callable[[np.ndarray], np.ndarray]:
+def recogniser_embedder(name: str, weights_dir: Path | None, device: str) -> Callable[[np.ndarray], np.ndarray]:
     """A function from one face image (a face crop such as aligned CelebA) to its descriptor.
 
     Both find the face with the run's dlib HOG detector first (the centred one when there are several):
-    dlib's descriptor of a box guessed from the image frame (:meth:`DlibRecognizer.descriptor_of_aligned`)
+    dlib's descriptor of a box guessed from the image frame (:meth:`DlibRecogniser.descriptor_of_aligned`)
     separates CelebA's identities far worse (same-person pairs under 0.6: 59% against 96% with the
     detected box, and 37% of different-person pairs under 0.6 against none, on 12 photos of each of the
     5 celeba-ids identities), so the frame box is only the fallback when no face is found. ArcFace sees
@@ -115,8 +115,8 @@ def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
     from anonymize.faces.detect import DetectorSettings, create_detector
     from anonymize.weights import WeightsStore
 
-    if name not in RECOGNIZERS:
-        raise CalibrationError(f"unknown recognizer {name!r}: choose one of {', '.join(RECOGNIZERS)}")
+    if name not in RECOGNISERS:
+        raise CalibrationError(f"unknown recogniser {name!r}: choose one of {', '.join(RECOGNISERS)}")
     store = WeightsStore(weights_dir)
     detector = create_detector("dlib-hog", store, DetectorSettings(device=device))
     if name in RECORDED:
@@ -132,15 +132,15 @@ def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
 
         return describe_graph
     if name == "dlib":
-        from anonymize.metrics.identity import DlibRecognizer
+        from anonymize.metrics.identity import DlibRecogniser
 
-        recognizer = DlibRecognizer(store, device=device)
+        recogniser = DlibRecogniser(store, device=device)
 
         def describe(rgb: np.ndarray) -> np.ndarray:
             face = centred_face(detector.detect(rgb), rgb.shape)
             if face is None:
-                return recognizer.descriptor_of_aligned(rgb)
-            return recognizer.descriptors(rgb, [face.box])[0]
+                return recogniser.descriptor_of_aligned(rgb)
+            return recogniser.descriptors(rgb, [face.box])[0]
 
         return describe
     import torch
@@ -149,7 +149,7 @@ def recognizer_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
     from anonymize.models.registry import artefact_of, load_arcface_model
 
     store.require_all([artefact_of("arcface")], purpose="calibration with ArcFace",
-                      alternative="--recognizer dlib needs no download")
+                      alternative="--recogniser dlib needs no download")
     arcface = load_arcface_model(store, torch.device(device))
 
     @torch.no_grad()
@@ -170,7 +170,7 @@ def write_record(calibration: Calibration, faces_dir: Path, weights_dir: Path | 
     from anonymize.metrics.graph_recognisers import calibration_record_path
     from anonymize.weights import WeightsStore
 
-    path = calibration_record_path(WeightsStore(weights_dir), calibration.recognizer)
+    path = calibration_record_path(WeightsStore(weights_dir), calibration.recogniser)
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {**calibration.as_dict(), "faces_dir": str(Path(faces_dir).resolve()),
               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -56,7 +56,7 @@ class AuditConfig:
     farl_proxy: bool = True  # FaRL-feature Fréchet proxy, only when the farl_ep64 weights are present
     lpips: bool = True  # LPIPS of face crops, only when lpips and its weights are present
     identities_file: Path | None = None  # "<original path>,<identity>" lines; overrides identity folders
-    recognizer_backend: str = "torch"  # dlib recogniser: torch (batched, CPU or CUDA) | dlib
+    recogniser_backend: str = "torch"  # dlib recogniser: torch (batched, CPU or CUDA) | dlib
     output_detectors: tuple[str, ...] = OUTPUT_DETECTORS  # per-detector detection rates on the outputs
     thresholds: Thresholds = field(default_factory=Thresholds)
     worst_cases: int = 8  # faces shown per section of the report

@@ -65,7 +65,7 @@ def rank1_sentence(rate: float | None, chance: float | None, faces: int, identit
     head = f"{rate:.1%} of the anonymized faces were closest to {own} among all {faces} originals, against {chance:.1%} for a blind guess"
     noise = 2.0 * math.sqrt(chance * (1.0 - chance) / faces)  # two binomial standard deviations
     if rate <= chance + noise:
-        return head + ": about chance, so the recognizer cannot tell whose face an anonymized one was."
+        return head + ": about chance, so the recogniser cannot tell whose face an anonymized one was."
     return (head + ": above chance, so the anonymized images still carry identity (hair, skin, face shape, pose or "
             "background) even where no face passes the verification threshold.")
 

@@ -20,7 +20,7 @@ from anonymize.audit.attributes import AttributeCollector
 from anonymize.audit.fid import FidFeatures, FidResult
 from anonymize.audit.summary import AttributeFigures
 from anonymize.faces.detect import DEFAULT_THRESHOLDS, Detector, DetectorSettings, create_detector
-from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecognizer
+from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecogniser
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.weights import WeightsError, WeightsStore
 
@@ -92,12 +92,12 @@ def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:
 def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
                      dlib_threshold: float = SAME_PERSON_DISTANCE) -> tuple[list[Recogniser], list[Unavailable]]:
     """dlib (required) and every FaceNet whose weights are usable; the others with the reason."""
-    dlib = DlibRecognizer(weights, backend=backend, device=device if backend == "torch" else "cpu")
-    recognisers = [Recogniser("dlib", f"dlib ResNet face recognizer ({backend} backend), Euclidean distance",
+    dlib = DlibRecogniser(weights, backend=backend, device=device if backend == "torch" else "cpu")
+    recognisers = [Recogniser("dlib", f"dlib ResNet face recogniser ({backend} backend), Euclidean distance",
                               dlib_threshold, lambda original, output, boxes: tuple(dlib.descriptors_of_images(
                                   [(original, boxes), (output, boxes)])))]
     unavailable = []
-    from anonymize.models.facenet import FACENET_ARTEFACTS, FACENET_SAME_PERSON_DISTANCE, FaceNetRecognizer
+    from anonymize.models.facenet import FACENET_ARTEFACTS, FACENET_SAME_PERSON_DISTANCE, FaceNetRecogniser
 
     for name, model, dataset in FACENET_MODELS:
         artefact = FACENET_ARTEFACTS[model]
@@ -105,7 +105,7 @@ def open_recognisers(weights: WeightsStore, device: str, backend: str = "torch",
         reason = _usable(weights, [artefact])
         if reason is None:
             try:
-                recogniser = FaceNetRecognizer(weights.require(artefact), device)
+                recogniser = FaceNetRecogniser(weights.require(artefact), device)
             except CheckpointError as exc:
                 reason = str(exc)
             else:

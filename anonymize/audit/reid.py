@@ -1,4 +1,4 @@
-"""Re-identification with dlib's 128-d recognizer, and the check that it can tell people apart at all.
+"""Re-identification with dlib's 128-d recogniser, and the check that it can tell people apart at all.
 
 * Verification: an anonymized face still "matches" its own original when their descriptors are
   closer than the threshold (0.6, dlib's own).
@@ -55,7 +55,7 @@ def identify(probes: np.ndarray, gallery: np.ndarray, own: Sequence[int],
 
 @dataclass(frozen=True)
 class IdentitySeparation:
-    """How well the recognizer separates the originals' identities (one face per image)."""
+    """How well the recogniser separates the originals' identities (one face per image)."""
 
     identities: int
     faces: int
@@ -72,7 +72,7 @@ class IdentitySeparation:
 
     @property
     def separated(self) -> bool:
-        """The recognizer is fit for this data: clearly better than chance, and the threshold sits between."""
+        """The recogniser is fit for this data: clearly better than chance, and the threshold sits between."""
         return self.roc_auc >= 0.9 and self.mean_same < self.threshold <= self.mean_different
 
     def as_dict(self) -> dict[str, object]:

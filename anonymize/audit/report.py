@@ -306,7 +306,7 @@ def _identity_check(summary: AuditSummary) -> str:
         (f"different-person pairs at or above {check.threshold:g}", percent(check.different_above_threshold)),
     ]
     table = "".join(f"<tr><th>{_e(name)}</th><td>{_e(value)}</td></tr>" for name, value in rows)
-    return f'<p>The recognizer <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
+    return f'<p>The recogniser <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
 
 
 def _paper_rows(summary: AuditSummary) -> list[tuple[object, ...]]:
@@ -431,8 +431,8 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <h2>Human study kit</h2>{_study_section(study, study == 0)}
 <h2>Identity distances</h2>
 <div class="chart">{histogram_svg(series, summary.distance_threshold)}</div>
-<p class="muted">Before: distances between original faces, the scale on which the recognizer tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
-<h2>Identity check of the recognizer</h2>{_identity_check(summary)}
+<p class="muted">Before: distances between original faces, the scale on which the recogniser tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
+<h2>Identity check of the recogniser</h2>{_identity_check(summary)}
 <h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
 <h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary.reid.rank1_meaning)}</p>
 <h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.", whole=True)}

@@ -182,7 +182,7 @@ class PossibleFaces(_Record):
 
 @dataclass(frozen=True)
 class IdentityCheck(_Record):
-    """How well the recognizer separates the originals' identities; ``reason`` alone when not available."""
+    """How well the recogniser separates the originals' identities; ``reason`` alone when not available."""
 
     _OPTIONAL: ClassVar[frozenset[str]] = frozenset({
         "reason", "identities", "faces", "same_pairs", "different_pairs", "mean_same", "mean_different", "roc_auc",

@@ -124,7 +124,7 @@ def image_figures(rows: Sequence[Mapping[str, Any]], fid: FidResult, farl: FidRe
 
 
 def identity_check(separation: IdentitySeparation | None, labelled: bool) -> IdentityCheck:
-    """The recognizer's same- vs different-person separation on the originals, or why it was not checked."""
+    """The recogniser's same- vs different-person separation on the originals, or why it was not checked."""
     if separation is not None:
         return IdentityCheck(available=True, **separation.as_dict())  # type: ignore[arg-type]
     return IdentityCheck(False, "the originals are not grouped in identity folders" if not labelled else "too few labelled faces")

@@ -28,7 +28,7 @@ from anonymize.weights import WeightsError
 
 EXIT_THRESHOLD_CROSSED = 3
 
-RecognizerBackend = Enum("RecognizerBackend", {name: name for name in ("torch", "dlib")}, type=str)
+RecogniserBackend = Enum("RecogniserBackend", {name: name for name in ("torch", "dlib")}, type=str)
 AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTORS)}, type=str)
 PrivacyGoal = Enum("PrivacyGoal", {name: name for name in ("auto", *PRIVACY_GOALS)}, type=str)
 
@@ -167,7 +167,7 @@ def audit_command(
     identity_from_folders: Optional[bool] = typer.Option(None, "--identity-from-folders/--no-identity-from-folders", help="Top-level folders of ORIGINAL_DIR are identities (default: when the tree looks so)."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
     identities: Optional[Path] = typer.Option(None, "--identities", help="File of '<original path>,<identity>' lines (for TPR at FAR, rank and parrot protocols when the originals are not in identity folders)."),
-    recognizer_backend: RecognizerBackend = typer.Option("torch", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
+    recogniser_backend: RecogniserBackend = typer.Option("torch", "--recogniser-backend", "--recognizer-backend", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
     attribute_source: str = typer.Option("auto", "--attribute-source", help="Attribute source for the k / l / t and preservation figures (estimated on original and output crops): auto (estimators+landmarks when the human-models are installed, else landmarks), any `anonymize attributes` source, 'a+b' to merge, or 'none'."),
     quasi_identifiers: str = typer.Option(",".join(DEFAULT_QUASI_IDENTIFIERS), "--quasi-identifiers", help="Attributes an attacker links with, comma-separated."),
     sensitive: str = typer.Option(",".join(DEFAULT_SENSITIVE), "--sensitive", help="Attributes a class must not give away (l and t), comma-separated; empty for none."),
@@ -196,7 +196,7 @@ def audit_command(
         unchanged_threshold=unchanged_threshold,
         fid=fid,
         identities_file=identities,
-        recognizer_backend=recognizer_backend.value,
+        recogniser_backend=recogniser_backend.value,
         privacy_goal=privacy_goal.value,
         study_pairs=study_pairs,
         study_seed=study_seed,

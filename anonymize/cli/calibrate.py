@@ -17,7 +17,7 @@ from anonymize.cli.console import Device, console, fail, progress_bar, stdout
 from anonymize.errors import AnonymizeError
 
 
-class Recognizer(str, Enum):
+class Recogniser(str, Enum):
     dlib = "dlib"
     arcface = "arcface"
     faceres = "faceres"
@@ -27,7 +27,7 @@ class Recognizer(str, Enum):
 @app.command("calibrate")
 def calibrate_command(
     faces_dir: Annotated[Path, typer.Argument(help="One sub-folder of aligned face images per identity (e.g. ../shared/data/celeba-ids).")],
-    recognizer: Annotated[Recognizer, typer.Option(help="Whose threshold: dlib (installed), arcface (CFA's sphere; needs its weights), faceres or mobileface (the audit's independent judges; their threshold is stored for the audit).")] = Recognizer.dlib,
+    recogniser: Annotated[Recogniser, typer.Option("--recogniser", "--recognizer", help="Whose threshold: dlib (installed), arcface (CFA's sphere; needs its weights), faceres or mobileface (the audit's independent judges; their threshold is stored for the audit).")] = Recogniser.dlib,
     far: Annotated[float, typer.Option("--far", min=0.0, max=0.5, help="False-accept rate of different-identity pairs.")] = 1e-3,
     max_per_identity: Annotated[Optional[int], typer.Option(min=2, help="Use at most this many images per identity (sorted by name).")] = None,
     weights_dir: Annotated[Optional[Path], typer.Option("--weights-dir", envvar="ANONYMIZE_HOME", help="Weights folder (default ~/.cache/anonymize).")] = None,
@@ -36,17 +36,17 @@ def calibrate_command(
     record: Annotated[bool, typer.Option(help="faceres / mobileface: store the threshold in the weights folder, where the audit reads it.")] = True,
 ) -> None:
     """Score every same- and different-identity pair of FACES_DIR and print the cosine threshold at --far and its angle."""
-    from anonymize.audit.calibrate import RECORDED, calibrate, embed_folders, identity_folders, recognizer_embedder, write_record
+    from anonymize.audit.calibrate import RECORDED, calibrate, embed_folders, identity_folders, recogniser_embedder, write_record
     from anonymize.models.device import resolve_device
 
     try:
         folders = identity_folders(faces_dir, max_per_identity)
-        embed = recognizer_embedder(recognizer.value, weights_dir, resolve_device(device.value))
+        embed = recogniser_embedder(recogniser.value, weights_dir, resolve_device(device.value))
         with progress_bar("calibrating", quiet=as_json) as bar:
             task = bar.add_task("calibrate", total=sum(len(images) for _, images in folders))
             embeddings, labels = embed_folders(folders, embed, lambda: bar.advance(task, 1))
-        result = calibrate(embeddings, labels, far, recognizer.value)
-        recorded = write_record(result, faces_dir, weights_dir) if record and recognizer.value in RECORDED else None
+        result = calibrate(embeddings, labels, far, recogniser.value)
+        recorded = write_record(result, faces_dir, weights_dir) if record and recogniser.value in RECORDED else None
     except (AnonymizeError, ValueError) as exc:  # ValueError: audit's CalibrationError among others
         fail(str(exc), as_json=as_json)
     except OSError as exc:
@@ -54,14 +54,14 @@ def calibrate_command(
     if as_json:
         stdout.print_json(json.dumps({**result.as_dict(), "record": str(recorded) if recorded else None}))
         return
-    console.print(f"{result.recognizer}: {result.identities} identities, {result.images} images, "
+    console.print(f"{result.recogniser}: {result.identities} identities, {result.images} images, "
                   f"{result.same_pairs} same / {result.different_pairs} different pairs", soft_wrap=True)
     stdout.print(f"cosine threshold at FAR {far:g}: {result.cosine.value:.4f} (FAR reached {result.cosine.far:.4g}, "
                  f"TAR {result.cosine.tar:.1%}); angle {result.angle_degrees:.1f} degrees", soft_wrap=True)
     if result.distance is not None:
         stdout.print(f"Euclidean distance threshold at the same FAR: {result.distance.value:.4f} "
                      f"(TAR {result.distance.tar:.1%}; dlib's own rule is 0.6)", soft_wrap=True)
-    stdout.print(f"a CFA angle above {result.angle_degrees:.1f} degrees is 'another person' for {result.recognizer} at this FAR",
+    stdout.print(f"a CFA angle above {result.angle_degrees:.1f} degrees is 'another person' for {result.recogniser} at this FAR",
                  soft_wrap=True)
     if recorded is not None:
-        stdout.print(f"stored for the audit: {recorded} (the audit judges {result.recognizer} with this threshold)", soft_wrap=True)
+        stdout.print(f"stored for the audit: {recorded} (the audit judges {result.recogniser} with this threshold)", soft_wrap=True)

@@ -1,6 +1,6 @@
 """dlib's 150 x 150 face chips from 5-point landmarks, in PyTorch (differentiable w.r.t. the image).
 
-dlib's face recognizer expects the chip that ``get_face_chip_details(shape, 150, 0.25)`` and
+dlib's face recogniser expects the chip that ``get_face_chip_details(shape, 150, 0.25)`` and
 ``extract_image_chips`` cut (``dlib/image_transforms/interpolation.h``); this module reproduces both:
 
 * the chip location: the least-squares similarity from dlib's 5-point mean face (placed in a chip
@@ -193,5 +193,5 @@ def _lround(value: float) -> int:
 
 
 def face_chips(image: torch.Tensor | np.ndarray, landmarks: Sequence[np.ndarray], round_like_dlib: bool = False) -> torch.Tensor:
-    """The recognizer's input for every face of one image: [N, 3, 150, 150] chips from 5-point dlib landmarks."""
+    """The recogniser's input for every face of one image: [N, 3, 150, 150] chips from 5-point dlib landmarks."""
     return extract_face_chips(image, [face_chip_location(points) for points in landmarks], round_like_dlib)

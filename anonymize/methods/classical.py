@@ -1,7 +1,7 @@
 """Classical baselines: Gaussian blur, pixelation and a solid mask over the face crop.
 
 They work on the aligned crop like every method; the pipeline's soft face mask decides which
-pixels change. Defaults are strong enough that dlib's recognizer no longer matches a face to its
+pixels change. Defaults are strong enough that dlib's recogniser no longer matches a face to its
 original (tests/test_methods_privacy.py measures it on CelebA identities).
 """
 

@@ -1,1 +1,1 @@
-"""Measurements of faces: identity (dlib's recognizer) and image quality."""
+"""Measurements of faces: identity (dlib's recogniser) and image quality."""

@@ -1,4 +1,4 @@
-"""Identity descriptors from dlib's ResNet face recognizer (face_recognition_models).
+"""Identity descriptors from dlib's ResNet face recogniser (face_recognition_models).
 
 It is independent of every network a method optimises against (ArcFace, FaRL), so it is a fair
 judge of whether an anonymized face still looks like its original. dlib's own threshold: two
@@ -34,12 +34,12 @@ MAX_BATCH = 64  # faces per network call: bounds the memory of the torch backend
 Boxes = Sequence[Sequence[float]]
 
 
-class DlibRecognizer:
+class DlibRecogniser:
     """128-d descriptors of faces given by their boxes (landmarks re-fitted with dlib's 5-point model)."""
 
     def __init__(self, weights: WeightsStore, backend: str = "torch", device: str | torch.device = "cpu") -> None:
         if backend not in BACKENDS:
-            raise ValueError(f"unknown recognizer backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown recogniser backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.backend = backend
         self._predictor = shape_predictor(weights.require("dlib_shape_predictor_5"))
         encoder_path = weights.require("dlib_face_recognition_resnet")
@@ -124,5 +124,5 @@ def _encoder(path: Path) -> dlib.face_recognition_model_v1:
 
 @lru_cache(maxsize=4)
 def dlib_face_network(path: Path, device: str) -> DlibFaceResNet:
-    """dlib's recognizer network read from ``path`` on ``device``, loaded once per process (a model cache)."""
+    """dlib's recogniser network read from ``path`` on ``device``, loaded once per process (a model cache)."""
     return load_dlib_face_resnet(path).to(device)

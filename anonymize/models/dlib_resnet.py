@@ -3,7 +3,7 @@
 ``dlib_face_recognition_resnet_model_v1.dat`` (face_recognition_models) is a ``loss_metric`` network
 saved with dlib's ``serialize``. Through dlib's Python binding it is a black box (one CPU, no
 gradients); read by :mod:`anonymize.models.legacy.dlib_resnet`, it becomes a batched, CUDA-capable,
-differentiable recognizer whose descriptors equal dlib's. The architecture is ``anet_type`` of
+differentiable recogniser whose descriptors equal dlib's. The architecture is ``anet_type`` of
 ``examples/dnn_face_recognition_ex.cpp``: chips [B, 3, 150, 150] -> 7x7/2 conv (32) -> 3x3/2 max pool
 -> residual stages of 32, 64, 128 and 256 channels (each later one opened by a down-sampling block)
 -> global average -> fc -> descriptors [B, 128].

@@ -46,7 +46,7 @@ def face_crops(rgb: np.ndarray, boxes: Boxes, size: int = FACENET_INPUT) -> np.n
     return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
 
 
-class FaceNetRecognizer:
+class FaceNetRecogniser:
     """512-d unit embeddings of faces given by their boxes, all the faces of a call in shared batches."""
 
     def __init__(self, path: Path, device: str = "cpu") -> None:

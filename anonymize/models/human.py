@@ -3,7 +3,7 @@ graphs' loading, apart from the graph code (the way open_clip keeps pretrained c
 
 What each graph takes is its entry's contract in :mod:`anonymize.models.registry`; the recognisers'
 contracts there were measured on ../shared/data/celeba-ids (150 photos, 5 people; 2,175 same-person
-and 9,000 different-person pairs; ``anonymize calibrate --recognizer NAME``):
+and 9,000 different-person pairs; ``anonymize calibrate --recogniser NAME``):
 
 * ``faceres`` (HSE FaceRec, MobileNet trained on VGGFace2): a square crop centred on the box of the 68
   landmarks, its side ``crop_scale`` times the box's longer side, 224 px, BGR minus the Caffe/VGG means,
@@ -40,7 +40,7 @@ class RecogniserConfig:
     instrument: str  # what a reader would cite
     features: str  # graph node of the identity features
     # cosine of unit features above which two faces are one person, at FAR 1e-3 on celeba-ids (measured
-    # here); `anonymize calibrate --recognizer NAME` replaces it with the user's own record.
+    # here); `anonymize calibrate --recogniser NAME` replaces it with the user's own record.
     cosine_threshold: float = 0.5
     measured_tar: float = 0.0  # TAR at that threshold, same measurement
 

@@ -29,7 +29,6 @@ from anonymize.errors import RunError
 from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector
 from anonymize.io.manifest import STATUS_ERROR, STATUS_NO_FACE, STATUS_SKIPPED, ManifestWriter, new_run_id, readable
-from anonymize.io.store import StorePath
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method, method_class
@@ -183,8 +182,6 @@ class Pipeline:
         build = method_build(config, self.device, expected_faces=len(files))
         method = build.build()
         self._check_adversarial_weights()
-        if isinstance(config.output.output_dir, StorePath) and getattr(method.params, "save_latents", False):
-            raise RunError(f"{config.output.output_dir}: --save-latents writes local files; give a local --out to save latents")
         method_params = json.dumps(method.describe(), sort_keys=True, default=str)
         detector = self._build_detector()  # before the settings check: it compares the detector that runs
         if not (config.output.overwrite or config.output.dry_run):

@@ -95,12 +95,12 @@ class AdversarialStep(FinishingStep):
         if not hasattr(self._local, "perturber"):
             from anonymize.adversarial.attack import Perturber
             from anonymize.adversarial.plan import read_universal
-            from anonymize.metrics.identity import DlibRecognizer
+            from anonymize.metrics.identity import DlibRecogniser
             from anonymize.weights import WeightsStore
 
             universal = read_universal(self.storage, self.settings) if self.settings.kind == "uap" else None
             if self.settings.kind == "uap" and universal is None:
                 raise RuntimeError("no universal perturbation stored for this run (pass 1 did not finish)")
-            recognizer = DlibRecognizer(WeightsStore(self.weights_dir), device=self.device)
-            self._local.perturber = Perturber(recognizer, self._attack(), self.settings, universal, aligned=self.aligned)
+            recogniser = DlibRecogniser(WeightsStore(self.weights_dir), device=self.device)
+            self._local.perturber = Perturber(recogniser, self._attack(), self.settings, universal, aligned=self.aligned)
         return self._local.perturber

@@ -30,17 +30,17 @@ class IdentityMetricStep(FinishingStep):
     def apply(self, item: FinishingImage, image: np.ndarray, metrics: list[dict[str, MetricValue]]) -> np.ndarray:
         from anonymize.metrics.identity import distance
 
-        recognizer = self._recognizer()
-        before = recognizer.descriptors(item.original, item.boxes)
-        after = recognizer.descriptors(image, item.boxes)
+        recogniser = self._recogniser()
+        before = recogniser.descriptors(item.original, item.boxes)
+        after = recogniser.descriptors(image, item.boxes)
         for face_metrics, value in zip(metrics, distance(before, after)):
             face_metrics["identity_distance_dlib"] = float(value)
         return image
 
-    def _recognizer(self) -> Any:
-        if not hasattr(self._local, "recognizer"):
-            from anonymize.metrics.identity import DlibRecognizer
+    def _recogniser(self) -> Any:
+        if not hasattr(self._local, "recogniser"):
+            from anonymize.metrics.identity import DlibRecogniser
             from anonymize.weights import WeightsStore
 
-            self._local.recognizer = DlibRecognizer(WeightsStore(self.weights_dir))
-        return self._local.recognizer
+            self._local.recogniser = DlibRecogniser(WeightsStore(self.weights_dir))
+        return self._local.recogniser

@@ -21,7 +21,7 @@ EMBEDDERS = ("dlib", "arcface")
 # Two faces closer than this are one person when --identity-from cluster: dlib's own threshold
 # (Euclidean), and for ArcFace a cosine similarity of 0.4 (distance 0.6), a common verification threshold.
 SAME_PERSON = {"dlib": SAME_PERSON_DISTANCE, "arcface": 0.6}
-CROP_INSET = 0.1  # the face box inside an aligned crop (as DlibRecognizer.descriptor_of_aligned)
+CROP_INSET = 0.1  # the face box inside an aligned crop (as DlibRecogniser.descriptor_of_aligned)
 
 
 class Embedder:
@@ -33,9 +33,9 @@ class Embedder:
         self.same_person_distance = SAME_PERSON[name]
         self.device = torch.device(device)
         if name == "dlib":
-            from anonymize.metrics.identity import DlibRecognizer
+            from anonymize.metrics.identity import DlibRecogniser
 
-            self._dlib = DlibRecognizer(weights, device=self.device)
+            self._dlib = DlibRecogniser(weights, device=self.device)
         else:
             from anonymize.models.registry import load_arcface_model
 

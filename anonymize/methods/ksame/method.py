@@ -33,7 +33,7 @@ from anonymize.methods.persons import person_ids
 from anonymize.models.registry import artefact_of
 
 FACES_PREFIX = "group-faces-"
-DLIB_ARTEFACTS = ("dlib_shape_predictor_5", "dlib_face_recognition_resnet")  # what DlibRecognizer loads
+DLIB_ARTEFACTS = ("dlib_shape_predictor_5", "dlib_face_recognition_resnet")  # what DlibRecogniser loads
 SPOOL_PREFIX = "survey-"
 
 

@@ -40,7 +40,7 @@ from anonymize.models.checkpoint import CheckpointError
 from anonymize.weights import WeightsError
 
 BACKENDS = ("latent", "warp")
-RECOGNIZERS = ("dlib", "arcface")
+RECOGNISERS = ("dlib", "arcface")
 DLIB_SAME_PERSON = 0.6
 
 
@@ -73,7 +73,7 @@ class PartsMethod(Method):
     class Params:
         backend: str = "latent"  # "latent" (FALCO's weights) or "warp" (CPU fallback, dlib only)
         parts: str = ""  # fixed parts, e.g. "nose,lips"; empty: adaptive over k = 1..4
-        recognizer: str = "dlib"  # warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace
+        recogniser: str = "dlib"  # warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace
         tau: float = 0.5  # ArcFace: pass when cos >= tau
         dlib_tau: float = 0.5  # dlib: pass when distance <= dlib_tau (dlib's own same-person threshold is 0.6)
         select_with: str = ""  # "": the loss recogniser alone; "dlib": also dlib's 0.6 (dlib then not held out)
@@ -91,8 +91,8 @@ class PartsMethod(Method):
         def validate(self) -> None:
             if self.backend not in BACKENDS:
                 raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-            if self.recognizer not in RECOGNIZERS:
-                raise ValueError(f"recognizer must be one of {', '.join(RECOGNIZERS)}, got {self.recognizer!r}")
+            if self.recogniser not in RECOGNISERS:
+                raise ValueError(f"recogniser must be one of {', '.join(RECOGNISERS)}, got {self.recogniser!r}")
             if self.select_with not in ("", "dlib"):
                 raise ValueError(f"select_with must be empty or 'dlib', got {self.select_with!r}")
             parse_parts(self.parts)
@@ -129,7 +129,7 @@ class PartsMethod(Method):
 
     # -- construction ----------------------------------------------------------------------------------
     def _identity_model(self) -> IdentityModel:
-        if self.params.backend == "latent" or self.params.recognizer == "arcface":
+        if self.params.backend == "latent" or self.params.recogniser == "arcface":
             from anonymize.models.registry import artefact_of, load_arcface_model
 
             self._require_latent([artefact_of("arcface")])
@@ -150,7 +150,7 @@ class PartsMethod(Method):
             except WeightsError:
                 missing.append(name)
         if missing:
-            why = f"backend={self.params.backend}" + ("" if self.params.backend == "latent" else " with recognizer=arcface")
+            why = f"backend={self.params.backend}" + ("" if self.params.backend == "latent" else " with recogniser=arcface")
             raise MethodError(f"method 'parts': {why} needs {', '.join(missing)} (get them with `anonymize weights fetch "
                               f"{' '.join(missing)}`); without them use -p backend=warp (dlib only, runs on CPU)")
 
@@ -164,9 +164,9 @@ class PartsMethod(Method):
         return LatentEditor.load(self.context.weights, self.device, self.params)
 
     def _dlib_judge(self):
-        from anonymize.metrics.identity import DlibRecognizer
+        from anonymize.metrics.identity import DlibRecogniser
 
-        return DlibRecognizer(self.context.weights, backend="dlib")
+        return DlibRecogniser(self.context.weights, backend="dlib")
 
     # -- what the manifest records ---------------------------------------------------------------------
     def weights_used(self) -> dict[str, str]:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from anonymize.models.checkpoint import CheckpointError, load_checkpoint, load_state_dict_strict, sub_state_dict
 from anonymize.models.farl import FaRLEncoder, FaRLTextEncoder, TextConfig, VisionConfig
+
+EncoderT = TypeVar("EncoderT", bound=torch.nn.Module)
 
 VISUAL_PREFIX = "visual."
 # FaRL's masked-image-modelling head: trained alongside the encoder, never used for features.
@@ -65,7 +68,11 @@ def load_farl(path: Path) -> FaRLEncoder:
     """Build the encoder that matches the file and load it strictly, frozen, in eval mode."""
     source = str(path)
     state = visual_state_dict(load_checkpoint(path), source)
-    encoder = FaRLEncoder(infer_vision_config(state, source))
+    return _frozen(FaRLEncoder(infer_vision_config(state, source)), state, source)
+
+
+def _frozen(encoder: EncoderT, state: dict[str, torch.Tensor], source: str) -> EncoderT:
+    """``encoder`` with exactly ``state`` loaded (every key, no other), no gradients, in eval mode."""
     load_state_dict_strict(encoder, state, source)
     encoder.requires_grad_(False)
     return encoder.eval()
@@ -99,7 +106,4 @@ def load_farl_text(path: Path) -> FaRLTextEncoder:
     """FaRL's text tower from the same file as the image tower, strictly (every non-visual key), frozen."""
     source = str(path)
     state = text_state_dict(load_checkpoint(path), source)
-    encoder = FaRLTextEncoder(infer_text_config(state, source))
-    load_state_dict_strict(encoder, state, source)
-    encoder.requires_grad_(False)
-    return encoder.eval()
+    return _frozen(FaRLTextEncoder(infer_text_config(state, source)), state, source)

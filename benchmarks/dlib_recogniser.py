@@ -6,13 +6,13 @@ Two tables:
   of chips (CPU; dlib runs its own batches of 16) against :class:`DlibFaceResNet` (CPU, and CUDA when
   there is one), forward only;
 * the identity metric as the audit and ``--identity-metric`` call it
-  (:class:`anonymize.metrics.identity.DlibRecognizer`: 5-point landmarks and dlib's chips, then the
+  (:class:`anonymize.metrics.identity.DlibRecogniser`: 5-point landmarks and dlib's chips, then the
   network), one call per photo of ../shared/data/portraits and groups, with either backend.
 
 dlib's binding runs on one core, so on CPU torch is held to one thread too (``--threads`` changes
 that): the rows compare the implementations, not the thread counts. On a busy machine more torch
 threads than free cores make torch slower, not faster.
-``python -m benchmarks.dlib_recognizer [--device cpu|cuda] [--threads N]``
+``python -m benchmarks.dlib_recogniser [--device cpu|cuda] [--threads N]``
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from anonymize.io.decode import decode_image
 from anonymize.metrics.detection import read_imglab_boxes
-from anonymize.metrics.identity import DlibRecognizer
+from anonymize.metrics.identity import DlibRecogniser
 from anonymize.models.legacy.dlib_resnet import load_dlib_face_resnet
 from anonymize.weights import WeightsStore
 from benchmarks.models import print_table, timed
@@ -100,13 +100,13 @@ def metric_rows(shared: Path, device: str, weights: WeightsStore | None = None, 
     backends = [("dlib", "cpu"), ("torch", device)] if device == "cpu" else [("torch", device)]
     rows = []
     for backend, on in backends:
-        recognizer = DlibRecognizer(weights, backend, on)
-        recognizer.descriptors(*photos[0])  # warm-up
+        recogniser = DlibRecogniser(weights, backend, on)
+        recogniser.descriptors(*photos[0])  # warm-up
         seconds = float("inf")
         for _ in range(passes):
             started = time.perf_counter()
             for rgb, boxes in photos:
-                recognizer.descriptors(rgb, boxes)
+                recogniser.descriptors(rgb, boxes)
             seconds = min(seconds, time.perf_counter() - started)
         rows.append({"device": on, "threads": torch.get_num_threads() if on == "cpu" else "", "backend": backend, "photos": len(photos), "faces": faces,
                      "seconds": round(seconds, 3), "faces_per_s": round(faces / seconds, 1)})
