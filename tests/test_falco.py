@@ -18,6 +18,7 @@ from anonymize.methods.latent import bank as bank_module
 from anonymize.methods.latent.bank import BankKey, bank_dir, default_bank_size, sample_z
 from anonymize.methods.latent.optimize import lr_at, mix_codes, real_targets
 from anonymize.methods.latent.pairing import FakePairer, PairingError
+from anonymize.methods.registry import no_download_alternative
 from anonymize.models import registry
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsError
@@ -238,7 +239,7 @@ def test_missing_weights_fail_at_construction_with_the_weights_managers_message(
     store = tiny_weights.store(tmp_path / "empty-weights")
     with pytest.raises(WeightsError) as failure:
         FalcoMethod(MethodContext(store, work=work_storage(tmp_path / "out")), {"bank_size": SMALL_BANK})
-    assert store.missing_message(list(FALCO_ARTEFACTS), "FALCO", "no download needed: --method blur|pixelate|mask") == str(failure.value)
+    assert store.missing_message(list(FALCO_ARTEFACTS), "FALCO", no_download_alternative()) == str(failure.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "empty-weights" / "banks").exists()
 
 

@@ -446,6 +446,7 @@ def test_the_unverified_weights_error_names_the_command_that_has_trust_unverifie
 
 def test_missing_falco_weights_give_a_short_message_with_size_command_offline_recipe_and_alternative(setup, tmp_path):
     from anonymize.methods.latent.stack import require_all
+    from anonymize.methods.registry import no_download_alternative
 
     with pytest.raises(WeightsError) as error:
         require_all(setup.store(), ["packed_model", "other_member", "direct_model"])
@@ -455,7 +456,7 @@ def test_missing_falco_weights_give_a_short_message_with_size_command_offline_re
     assert any("anonymize weights fetch packed_model other_member direct_model" == line.strip() for line in lines)
     assert any("download (" in line and "in all" in line for line in lines)
     assert any(line.strip().startswith("offline: put pack.tar, direct/direct.bin into") for line in lines)
-    assert lines[-1].strip() == "no download needed: --method blur|pixelate|mask"
+    assert lines[-1].strip() == no_download_alternative()
 
 
 def test_the_download_size_is_the_sum_of_the_pinned_sizes(setup):

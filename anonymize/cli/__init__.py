@@ -9,12 +9,14 @@ as a last resort, bugs. Set ``ANONYMIZE_DEBUG=1`` to see the traceback of an une
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Iterable
 
 import typer
 
-from anonymize.cli.app import app
+from anonymize.cli.app import COMMANDS, app
 from anonymize.errors import AnonymizeError
 
 try:  # Typer >= 0.16 vendors Click; older releases depend on it
@@ -27,9 +29,20 @@ EXIT_INTERNAL = 1
 DEBUG_ENV = "ANONYMIZE_DEBUG"
 __all__ = ["app", "main"]
 
-def _register_commands() -> None:
-    """Import the command modules; each attaches its commands to ``app``."""
-    from anonymize.cli import run, manifest, weights, bank, audit, calibrate, attributes  # noqa: F401
+def _register_commands(names: Iterable[str] | None = None) -> None:
+    """Import the command modules of ``names`` (all when None); each attaches its commands to ``app``.
+    Importing only the one a command line names keeps ``--help`` and ``--version`` free of torch."""
+    for name in COMMANDS if names is None else names:
+        importlib.import_module(COMMANDS[name][0])
+
+
+def _named_command(args: list[str]) -> list[str] | None:
+    """The commands to register for ``args``: none for the root's own options (``--help``, ``--version``,
+    nothing), the one named, or every one (None) for an unknown word, so Click can suggest a spelling."""
+    words = [arg for arg in args if not arg.startswith("-")]
+    if not words:
+        return []
+    return [words[0]] if words[0] in COMMANDS else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
-    _register_commands()
+    _register_commands(_named_command(args))
     try:
         code = app(args=args, prog_name="anonymize", standalone_mode=False)
     except click_exceptions.NoArgsIsHelpError as exc:

@@ -14,9 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from anonymize.adversarial import AdversarialError, split_adversarial_options
-from anonymize.audit import AuditConfig, AuditError, AuditResult, run_audit
 from anonymize.cli.app import app
-from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary
 from anonymize.cli.console import Device, fail, progress_bar, stdout
 from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
@@ -163,41 +161,41 @@ def _print_summary(summary: RunSummary) -> None:
 
 @app.command("run")
 def run_command(
-    input_dir: str = typer.Argument(..., help="Folder of images (searched recursively): a path, or a URI (s3://, gs://, file://)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
-    method: MethodName = typer.Option("falco", help="Anonymization method."),
-    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Identity margin m (falco, attributes): target cosine to the original (default 0); sugar for -p margin=."),
-    option: list[str] = typer.Option([], "--option", "-p", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1; any method: -p adversarial=fgsm|pgd|uap (-p adv_eps=4/255 -p adv_steps=10) perturbs the output against dlib's recogniser."),
+    input_dir: str = typer.Argument(..., metavar="INPUT_DIR", show_default=False, help="Folder of images (searched recursively): a path, or a URI (s3://, gs://, file://)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
+    method: MethodName = typer.Option("falco", metavar="NAME", help="Anonymization method: " + ", ".join(METHODS) + " (`anonymize methods` lists what each does, its weights and options)."),
+    margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="M", help="Identity margin m (falco, attributes): target cosine to the original (default 0); sugar for -p margin=."),
+    option: list[str] = typer.Option([], "--option", "-p", metavar="KEY=VALUE", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1; any method: -p adversarial=fgsm|pgd|uap (-p adv_eps=4/255 -p adv_steps=10) perturbs the output against dlib's recogniser."),
     unique_pairs: bool = typer.Option(False, "--unique-pairs", help="FALCO: give every face of the run a different fake."),
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
-    detector: DetectorName = typer.Option("auto", help="Face detector. auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
-    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
+    detector: DetectorName = typer.Option("auto", metavar="NAME", help="Face detector: " + ", ".join(DETECTORS) + ". auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", metavar="DIR", help="Weights folder (default: ~/.cache/anonymize)."),
     aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops): no face search; cropped FFHQ-style from its landmarks (CelebA template if none) and pasted back; FFHQ-framed squares are used whole."),
     aligned_ffhq: bool = typer.Option(False, "--aligned-ffhq", help="Like --aligned, but every input is an FFHQ-framed square (FFHQ, CelebA-HQ): used whole, no landmarks."),
-    min_face: int = typer.Option(0, min=0, help="Ignore faces smaller than this many pixels."),
-    det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
+    min_face: int = typer.Option(0, min=0, metavar="PIXELS", help="Ignore faces smaller than this many pixels."),
+    det_threshold: Optional[float] = typer.Option(None, metavar="SCORE", help="Detection score threshold (default: per detector)."),
     recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds: fewer missed faces, more false positives (README, Detection)."),
     on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
     on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images an earlier run finished (same source hash)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Forget earlier runs into this output and redo everything."),
-    batch_size: str = typer.Option("auto", help="Faces per method batch, or auto."),
+    batch_size: str = typer.Option("auto", metavar="N|auto", help="Faces per method batch, or auto."),
     device: Device = typer.Option("auto", help="Where models run."),
-    seed: int = typer.Option(0, help="Seed for every random choice."),
-    limit: Optional[int] = typer.Option(None, min=1, help="Process at most N images."),
+    seed: int = typer.Option(0, metavar="N", help="Seed for every random choice."),
+    limit: Optional[int] = typer.Option(None, min=1, metavar="N", help="Process at most N images."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, report, write nothing."),
-    jpeg_quality: int = typer.Option(95, min=1, max=100, help="JPEG output quality."),
+    jpeg_quality: int = typer.Option(95, min=1, max=100, metavar="Q", help="JPEG output quality."),
     region: Optional[Region] = typer.Option(None, help="Region pasted back: ellipse (face ellipse + detected box down to the chin; default of blur, pixelate, mask), crop (the whole aligned square, feathered; default of falco) or hull (landmark outline)."),
-    region_scale: float = typer.Option(1.0, min=0.1, max=3.0, help="Scale of the face region."),
+    region_scale: float = typer.Option(1.0, min=0.1, max=3.0, metavar="S", help="Scale of the face region."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices (slower)."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
-    manifest: Optional[str] = typer.Option(None, help="Manifest path or URI (default: <out>/manifest.parquet); never inside the input folder."),
-    max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
+    manifest: Optional[str] = typer.Option(None, metavar="PATH", help="Manifest path or URI (default: <out>/manifest.parquet); never inside the input folder."),
+    max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, metavar="N", help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
     copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
     identity_from: Optional[IdentityFromName] = typer.Option(None, "--identity-from", help="Dataset-level methods (ksame, cfa): who is the same person: cluster (identity embeddings, default) or folder (one folder = one person)."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Threads that decode, detect, paste and write while the method runs (default: the cores available; 0 or 1: serial)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N", help="Threads that decode, detect, paste and write while the method runs (default: the cores available; 0 or 1: serial)."),
     executor: ExecutorName = typer.Option("local", help="local: this machine; ray: a Ray cluster (pip install 'anonymize[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--executor ray: the cluster to join, e.g. ray://head:10001 or auto (default: a Ray on this machine)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="--executor ray: the cluster to join, e.g. ray://head:10001 or auto (default: a Ray on this machine)."),
     audit: bool = typer.Option(False, "--audit", help="Audit the output against the input at the end; exit 3 when the audit fails."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
@@ -268,6 +266,8 @@ def run_command(
     except OSError as exc:  # the environment (disk full, read-only, no permission): one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}", as_json=as_json)
+    from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary  # torch: not for --help
+
     report = summary.as_dict()
     audit_result = _audit(config, as_json) if audit and not dry_run else None
     if audit_result is not None:
@@ -286,6 +286,8 @@ def run_command(
 
 def _audit(config: RunConfig, as_json: bool = False) -> AuditResult:
     """The audit with its defaults (independent detector, files in <out>-audit/) on what this run wrote."""
+    from anonymize.audit import AuditConfig, AuditError, run_audit  # torch: imported only when auditing
+
     audit_config = AuditConfig(original_dir=config.inputs.input_dir, anonymized_dir=config.output.output_dir,
                                manifest_path=config.output.manifest_path, weights_dir=config.execution.weights_dir)
     try:

@@ -11,6 +11,8 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method
 
 class AdversarialMethod(Method):
     name = "adversarial"
+    summary = "Leaves the face as it is and adds a perturbation that fools dlib's recogniser."
+    weights_needed = ("dlib_shape_predictor_5", "dlib_face_recognition_resnet")
     default_region = "crop"  # the identity crop: pasting it back changes no pixel but the resampling's
     finishing_steps = ("adversarial",)  # PGD on the final image unless -p adversarial= says otherwise
 

@@ -85,6 +85,13 @@ class Method(ABC):
     uses_torch: ClassVar[bool] = True
     # Finishing steps (anonymize.steps) the method is made of besides its crops, e.g. the adversarial step.
     finishing_steps: ClassVar[tuple[str, ...]] = ()
+    # What it does, in one line (`anonymize methods`).
+    summary: ClassVar[str] = ""
+    # The weights.lock artefacts it loads with its default options: `anonymize methods` shows whether each
+    # is present; the missing-weights message names the methods whose artefacts all ship with a package.
+    weights_needed: ClassVar[tuple[str, ...]] = ()
+    # Options under which it needs no download although its defaults do (e.g. parts: "-p backend=warp").
+    no_download_with: ClassVar[str] = ""
 
     @dataclass(frozen=True)
     class Params:

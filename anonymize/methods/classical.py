@@ -18,6 +18,8 @@ from anonymize.methods.base import AnonymizedFace, FaceCrop, Method
 
 class BlurMethod(Method):
     name = "blur"
+    summary = 'Gaussian blur of the face region.'
+    weights_needed = ()
     uses_torch = False
 
     @dataclass(frozen=True)
@@ -62,6 +64,8 @@ def gaussian_blur(image: np.ndarray, sigma: float, passes: int = 1) -> np.ndarra
 
 class PixelateMethod(Method):
     name = "pixelate"
+    summary = 'Pixelates the face region into coarse blocks.'
+    weights_needed = ()
     uses_torch = False
 
     @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class PixelateMethod(Method):
 
 class MaskMethod(Method):
     name = "mask"
+    summary = 'Covers the face region with a solid colour.'
+    weights_needed = ()
     uses_torch = False
 
     @dataclass(frozen=True)

@@ -32,3 +32,28 @@ def method_class(name: str) -> type[Method]:
 
 def create_method(name: str, context: MethodContext, options: Mapping[str, str] | None = None) -> Method:
     return method_class(name)(context, options)
+
+
+def download_free_methods() -> list[str]:
+    """The methods (with the options that make them so, e.g. ``parts -p backend=warp``) that run without
+    downloading weights: every artefact in their ``weights_needed`` ships with an installed package.
+    Read from the methods' own declarations, so a new method appears here without editing a message."""
+    from anonymize.weights import read_lock
+
+    lock = read_lock()
+    free = []
+    for name in METHODS:
+        cls = method_class(name)
+        if all(lock[artefact].source != "download" for artefact in cls.weights_needed):
+            free.append(name)
+        elif cls.no_download_with:
+            free.append(f"{name} {cls.no_download_with}")
+    return free
+
+
+def no_download_alternative() -> str:
+    """The last line of a missing-weights message: every method that needs no download."""
+    free = download_free_methods()
+    plain = [name for name in free if " " not in name]
+    with_options = [f"--method {name}" for name in free if " " in name]
+    return "no download needed: " + ", or ".join([f"--method {'|'.join(plain)}", *with_options])

@@ -12,10 +12,13 @@ import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from anonymize.errors import AnonymizeError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read: `anonymize --help` never pays for it
+    import torch
+    from torch import nn
 
 SAFE_GLOBALS: list = [argparse.Namespace]
 
@@ -29,6 +32,8 @@ def load_checkpoint(path: Path | str) -> object:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    import torch
+
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -119,6 +119,8 @@ class EditResult:
 
 class AttributeEditMethod(Method):
     name = "attributes"
+    summary = 'Edits StyleGAN2 codes toward target attributes with a new identity (AnonymousNet).'
+    weights_needed = ("e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce")
     metric_columns = {
         "attr_edit_targets": pa.string(),  # JSON attribute -> target probability (set, or flip's side)
         "attr_edit_start": pa.string(),  # JSON attribute -> the original face's zero-shot probability

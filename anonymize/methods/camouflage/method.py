@@ -51,6 +51,8 @@ PLAN_FORMAT = 1
 
 class CamouflageMethod(Method):
     name = "camouflage"
+    summary = 'Makes a face look like someone else to people while recognisers still match it.'
+    weights_needed = ("e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce")
     metric_columns = {
         **ID_COS_BEFORE,
         **ID_COS_AFTER,

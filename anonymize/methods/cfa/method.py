@@ -104,6 +104,8 @@ class CfaPlan:
 
 class CfaMethod(Method):
     name = "cfa"
+    summary = "Moves each identity to a new one at a chosen angle on ArcFace's sphere (CFA)."
+    weights_needed = ("e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce")
     metric_columns = {
         **ID_COS_AFTER,
         "fake_index": PAIRED_FAKE["fake_index"],

@@ -51,6 +51,8 @@ from anonymize.models.images import CanonicalImages
 
 class FalcoMethod(Method):
     name = "falco"
+    summary = 'Swaps each face for a fake paired by attributes, optimised away from its identity (FALCO).'
+    weights_needed = ("e4e_ffhq_encode", "arcface_ir_se50", "farl_ep64", "stylegan2_ffhq1024_genforce")
     metric_columns = {
         **ID_COS_BEFORE,
         **ID_COS_AFTER,

@@ -68,6 +68,8 @@ def _empty_plan() -> StoredPlan:
 
 class KSameMethod(Method):
     name = "ksame"
+    summary = 'Replaces each face by the average of k similar faces (k-Same, dataset-level).'
+    weights_needed = DLIB_ARTEFACTS
     metric_columns = {
         "ksame_group": pa.int64(),  # the face's group (every member gets the same face)
         "ksame_group_size": pa.int32(),  # members in that group (k to 2k-1)

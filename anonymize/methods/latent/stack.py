@@ -48,7 +48,6 @@ BYTES_PER_FACE_1024 = 2.19 * 1.3 * 2**30
 # Under bf16 autocast the saved tensors shrink to 0.69 of that (1.51 GiB; measured with CPU autocast,
 # which casts the same operations; not yet measured on a GPU).
 BF16_MEMORY_FACTOR = 0.69
-NO_DOWNLOAD_ALTERNATIVE = "no download needed: --method blur|pixelate|mask"
 
 
 @dataclass(frozen=True)
@@ -135,4 +134,6 @@ def optimisation_batch_size(device: torch.device, resolution: int, bf16: bool) -
 def require_all(store: WeightsStore, artefacts: Sequence[str], purpose: str = "FALCO") -> None:
     """Check every artefact; one WeightsError saying what is missing, how to get it, and that the classical
     methods need none (see WeightsStore.require_all)."""
-    store.require_all(artefacts, purpose=purpose, alternative=NO_DOWNLOAD_ALTERNATIVE)
+    from anonymize.methods.registry import no_download_alternative
+
+    store.require_all(artefacts, purpose=purpose, alternative=no_download_alternative())

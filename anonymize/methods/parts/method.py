@@ -54,6 +54,9 @@ class Candidate:
 
 class PartsMethod(Method):
     name = "parts"
+    summary = 'Changes chosen facial parts so people see someone else; recognisers still match.'
+    weights_needed = ("dlib_shape_predictor_68", "arcface_ir_se50", "e4e_ffhq_encode", "farl_ep64")
+    no_download_with = '-p backend=warp'
     metric_columns = {
         "parts_backend": pa.string(),  # "latent" (W+ edit) or "warp" (landmark warps + pixel PGD)
         "parts_chosen": pa.string(),  # the edited parts, comma-separated, least identity-relevant first

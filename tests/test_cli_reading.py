@@ -1,0 +1,152 @@
+"""The command line reads at 80 columns, starts without torch, and says what every method is (issue 23, part 3)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+
+from anonymize.cli import COMMANDS, _register_commands, app
+from anonymize.methods import METHODS, method_class
+from anonymize.methods.registry import download_free_methods, no_download_alternative
+from anonymize.weights import read_lock
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def anonymize_process(*args: str, columns: int = 80) -> subprocess.CompletedProcess:
+    """``python -m anonymize ARGS`` in a fresh interpreter at ``columns`` columns."""
+    env = {**os.environ, "COLUMNS": str(columns), "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "anonymize", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+
+
+def help_text(*args: str) -> str:
+    """``anonymize ARGS --help`` in-process at 80 columns (Click reads COLUMNS for its width)."""
+    from typer.testing import CliRunner
+
+    _register_commands()
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def all_command_paths() -> list[tuple[str, ...]]:
+    """Every command and sub-command, as the words that name it."""
+    import typer.main
+
+    _register_commands()
+    root = typer.main.get_command(app)
+    paths = []
+    for name, command in root.commands.items():
+        paths.append((name,))
+        paths += [(name, sub) for sub in getattr(command, "commands", {})]
+    return paths
+
+
+def test_run_help_reads_at_80_columns():
+    result = anonymize_process("run", "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "…" not in text and "<bool>" not in text
+    assert "anonymize[ray]" in text
+    words = set(text.replace(",", " ").replace(".", " ").split())
+    assert set(METHODS) <= words  # every method name whole, never split across lines
+    assert lines[0].startswith("Usage: anonymize run") and "INPUT_DIR" in lines[0]
+    assert "input_dir" not in text  # usage and text name the argument alike
+    assert len(lines) < 150
+
+
+def test_h_is_help_for_the_root_and_for_commands():
+    for args in ((), ("run",), ("methods",), ("audit",)):
+        assert anonymize_process(*args, "-h").stdout == anonymize_process(*args, "--help").stdout
+
+
+@pytest.mark.parametrize("path", all_command_paths(), ids=" ".join)
+def test_every_help_fits_80_columns_without_markup_loss(path):
+    text = help_text(*path)
+    too_long = [line for line in text.splitlines() if len(line) > 80]
+    assert not too_long and "…" not in text and "<bool>" not in text
+
+
+def test_root_help_lists_exactly_the_registered_commands():
+    import typer.main
+
+    _register_commands()
+    assert set(typer.main.get_command(app).commands) == set(COMMANDS)
+    text = anonymize_process("--help").stdout
+    assert all(f"  {name} " in text for name in COMMANDS)
+
+
+@pytest.mark.parametrize("args", [("--help",), ("--version",), ("run", "--help"), ("methods", "--help")])
+def test_help_and_version_never_import_torch(args):
+    code = ("import sys\nfrom anonymize.cli import main\n"
+            f"try:\n    main({list(args)!r})\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+            "heavy = sorted(name for name in ('torch', 'dlib', 'facenet_pytorch') if name in sys.modules)\n"
+            "assert not heavy, heavy\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_version_prints_the_version():
+    from anonymize import __version__
+
+    assert anonymize_process("--version").stdout.strip() == f"anonymize {__version__}"
+
+
+# -- anonymize methods ----------------------------------------------------------------------------------
+
+
+def test_methods_lists_every_method_with_goal_weights_and_typed_options():
+    result = anonymize_process("methods")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for name in METHODS:
+        cls = method_class(name)
+        assert f"{name}  (privacy goal: {cls.privacy_goal}" in text
+        assert cls.summary and cls.summary.split()[0] in text
+        for field in fields(cls.Params):
+            assert f"-p {field.name}=" in text
+    assert "-p sigma=0.08  (float)" in text  # blur's option, its default and type
+    assert "-p trainable_layers=3,4,5,6,7  (tuple[int, ...])" in text  # as written after -p
+
+
+def test_methods_json_gives_defaults_and_weight_presence(tmp_path):
+    result = anonymize_process("methods", "--json", "--weights-dir", str(tmp_path))
+    infos = {info["name"]: info for info in json.loads(result.stdout)}
+    assert list(infos) == list(METHODS)
+    assert {option["name"]: option["default"] for option in infos["ksame"]["options"]}["k"] == 5
+    assert set(infos["falco"]["weights"].values()) == {"missing"}  # an empty weights folder
+    assert infos["blur"]["weights"] == {}
+
+
+def test_declared_weights_exist_in_the_lock_and_match_what_the_latent_stack_loads():
+    from anonymize.methods.ksame.method import DLIB_ARTEFACTS
+    from anonymize.models.registry import artefact_of, generator_artefact
+
+    lock = read_lock()
+    latent = (artefact_of("e4e"), artefact_of("arcface"), artefact_of("farl"), generator_artefact("genforce"))
+    for name in METHODS:
+        cls = method_class(name)
+        assert set(cls.weights_needed) <= set(lock), name
+        if name in ("falco", "cfa", "camouflage", "attributes"):
+            assert set(cls.weights_needed) == set(latent), name
+    assert method_class("ksame").weights_needed == DLIB_ARTEFACTS
+
+
+def test_missing_weights_message_names_every_download_free_method():
+    free = download_free_methods()
+    assert {"blur", "pixelate", "mask", "ksame", "adversarial", "parts -p backend=warp"} <= set(free)
+    assert not {"falco", "cfa", "camouflage", "attributes", "parts"} & set(free)
+    line = no_download_alternative()
+    assert line.startswith("no download needed: --method blur|pixelate|mask|ksame|adversarial")
+    assert "--method parts -p backend=warp" in line
