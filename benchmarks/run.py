@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import dlib_recogniser, estimators, falco, graph_models, models, pipeline
+from benchmarks import dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup
 from benchmarks.models import print_table
 
 
@@ -27,12 +27,15 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    sections = ["pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators"]
+    sections = ["startup", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results: dict[str, object] = {"devices": {device: device_name(device) for device in devices}}
+    if "startup" in args.only:
+        results["startup"] = startup.run()
+        print_table("start-up: `anonymize --help`, `--version` (whole process, median of 7)", results["startup"])
     if "pipeline" in args.only:
         rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
         results["pipeline"] = rows
