@@ -150,3 +150,58 @@ def test_missing_weights_message_names_every_download_free_method():
     line = no_download_alternative()
     assert line.startswith("no download needed: --method blur|pixelate|mask|ksame|adversarial")
     assert "--method parts -p backend=warp" in line
+
+
+# -- --dry-run lists per file ---------------------------------------------------------------------------
+
+PORTRAITS = Path("/tmp/w23/shared/data/portraits")
+needs_portraits = pytest.mark.skipif(not PORTRAITS.is_dir(), reason="needs ../shared/data/portraits")
+
+
+def small_folder(tmp_path: Path) -> Path:
+    """Two real portraits and a broken JPEG."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in sorted(PORTRAITS.glob("*.jpg"))[:2]:
+        shutil.copy(photo, folder / photo.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return folder
+
+
+@needs_portraits
+def test_dry_run_lists_each_file_with_its_faces_or_error(tmp_path):
+    from tests.helpers import cli
+
+    folder = small_folder(tmp_path)
+    common = ("run", folder, "--out", tmp_path / "out", "--method", "blur", "--detector", "dlib-hog", "--dry-run", "--workers", "0")
+    report = json.loads(cli(*common, "--json").stdout)
+    files = {item["path"]: item for item in report["files"]}
+    assert set(files) == {path.name for path in folder.iterdir()}
+    assert files["broken.jpg"]["status"] == "error" and files["broken.jpg"]["error"]
+    photos = [files[name] for name in files if name != "broken.jpg"]
+    assert all(item["faces"] >= 1 and item["error"] is None for item in photos)
+    assert sum(item["faces"] for item in files.values()) == report["faces"]
+    text = cli(*common).stdout
+    for item in photos:
+        assert f"{item['path']}  {item['faces']} face" in text
+    assert "broken.jpg  error: " in text
+    assert not (tmp_path / "out").exists()
+
+
+@needs_portraits
+def test_dry_run_progress_says_detecting_not_anonymizing(tmp_path):
+    from anonymize.run import Progress, run, run_config
+
+    class Phases(Progress):
+        def __init__(self) -> None:
+            self.phases: list[str] = []
+
+        def start(self, total: int, phase: str = "anonymizing") -> None:
+            self.phases.append(phase)
+
+    folder = small_folder(tmp_path)
+    progress = Phases()
+    run(run_config(folder, tmp_path / "out", method="blur", detector="dlib-hog", dry_run=True, workers=0), progress)
+    assert progress.phases == ["detecting"]

@@ -65,6 +65,7 @@ class RichProgress(PipelineProgress):
                                 TextColumn("{task.fields[faces]} faces"), quiet=quiet)
         self.task = None
         self._download = None
+        self.files: list[dict[str, object]] = []  # per image: what --dry-run lists
 
     def __enter__(self) -> RichProgress:
         return self  # the bar appears only once the run starts: an early error stays a single line
@@ -89,6 +90,9 @@ class RichProgress(PipelineProgress):
         task = next(task for task in self.bar.tasks if task.id == self.task)
         rate = f"{task.completed / task.elapsed:.1f}" if task.elapsed else "-"
         self.bar.update(self.task, faces=self.faces, rate=rate)
+
+    def file_done(self, path: str, status: str, faces: int, error: str | None) -> None:
+        self.files.append({"path": path, "status": status, "faces": faces, "error": error})
 
     def message(self, text: str) -> None:
         if not self.quiet:
@@ -140,6 +144,13 @@ def _with_option_flags(method: str, options: dict[str, str], flags: dict[str, tu
     return options
 
 
+def print_dry_run_files(files: list[dict[str, object]]) -> None:
+    """--dry-run: one line per image, what detection found in it (or why it failed), before the counts."""
+    for item in files:
+        found = f"error: {item['error']}" if item["error"] else f"{item['faces']} face{'s' if item['faces'] != 1 else ''}"
+        stdout.print(Text.assemble((str(item["path"]), "bold"), "  ", found), soft_wrap=True, highlight=False)
+
+
 def _print_summary(summary: RunSummary) -> None:
     table = Table(title="dry run (nothing written)" if summary.dry_run else "anonymize run", show_header=False)
     table.add_column(style="bold")
@@ -183,7 +194,7 @@ def run_command(
     device: Device = typer.Option("auto", help="Where models run."),
     seed: int = typer.Option(0, metavar="N", help="Seed for every random choice."),
     limit: Optional[int] = typer.Option(None, min=1, metavar="N", help="Process at most N images."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, report, write nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, list per image the faces found (or the error), write nothing."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, metavar="Q", help="JPEG output quality."),
     region: Optional[Region] = typer.Option(None, help="Region pasted back: ellipse (face ellipse + detected box down to the chin; default of blur, pixelate, mask), crop (the whole aligned square, feathered; default of falco) or hull (landmark outline)."),
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, metavar="S", help="Scale of the face region."),
@@ -269,12 +280,16 @@ def run_command(
     from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary  # torch: not for --help
 
     report = summary.as_dict()
+    if dry_run:
+        report["files"] = progress.files
     audit_result = _audit(config, as_json) if audit and not dry_run else None
     if audit_result is not None:
         report["audit"] = audit_result.summary.to_json()  # it holds passed and crossed
     if as_json:
         stdout.print_json(json.dumps(report, default=str))
     elif not quiet:
+        if dry_run:
+            print_dry_run_files(progress.files)
         _print_summary(summary)
         if audit_result is not None:
             print_audit_summary(audit_result)

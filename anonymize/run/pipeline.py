@@ -208,7 +208,7 @@ class Pipeline:
         times = StageTimes()
         rule = BatchRule(config.method.batch_size or method.default_batch_size())
         self._first_pass(stages, steps, files, previous, rule)
-        self.progress.start(len(files))
+        self.progress.start(len(files), phase="detecting" if config.output.dry_run else "anonymizing")
         try:
             self._append(writer, [self._other_row(stages, entry, summary) for entry in others])
             if config.execution.executor == "ray":
@@ -280,6 +280,8 @@ class Pipeline:
                 summary.images += 1
                 summary.faces += item.faces
                 summary.no_face_images += item.status == STATUS_NO_FACE
+            if item.rows:
+                self.progress.file_done(item.rows[0]["source_path"], item.status, item.faces, item.error)
             self.progress.advance(item.faces)
         return stop
 

@@ -45,6 +45,9 @@ class Progress:
 
     def message(self, text: str) -> None: ...
 
+    def file_done(self, path: str, status: str, faces: int, error: str | None) -> None:
+        """One image recorded (its relative path, status, faces found, error): what --dry-run lists per file."""
+
     def warning(self, text: str) -> None: ...
 
     def note(self, text: str) -> None:
