@@ -205,3 +205,47 @@ def test_dry_run_progress_says_detecting_not_anonymizing(tmp_path):
     progress = Phases()
     run(run_config(folder, tmp_path / "out", method="blur", detector="dlib-hog", dry_run=True, workers=0), progress)
     assert progress.phases == ["detecting"]
+
+
+# -- anonymize run FILE ---------------------------------------------------------------------------------
+
+
+@needs_portraits
+def test_run_one_image_writes_it_into_the_out_folder_with_a_manifest_and_never_touches_it(tmp_path):
+    import hashlib
+    import shutil
+
+    from tests.helpers import cli, manifest_rows
+
+    photo = tmp_path / "in" / "portrait.jpg"
+    photo.parent.mkdir()
+    shutil.copy(sorted(PORTRAITS.glob("*.jpg"))[0], photo)
+    (photo.parent / "other.jpg").write_bytes(photo.read_bytes())  # beside it, not named: never processed
+    before = hashlib.sha256(photo.read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    report = json.loads(cli("run", photo, "--out", out, "--method", "blur", "--detector", "dlib-hog", "--json").stdout)
+    assert report["images"] == 1 and report["faces"] >= 1 and report["errors"] == 0
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == ["manifest.parquet", "portrait.jpg"]
+    assert [row["source_path"] for row in manifest_rows(out)][0] == "portrait.jpg"
+    assert hashlib.sha256(photo.read_bytes()).hexdigest() == before
+    assert (out / "portrait.jpg").read_bytes() != photo.read_bytes()
+    again = json.loads(cli("run", photo, "--out", out, "--method", "blur", "--detector", "dlib-hog", "--json").stdout)
+    assert again["resumed"] == 1 and again["images"] == 0  # a second run resumes, as for a folder
+
+
+@needs_portraits
+def test_run_one_image_refuses_its_own_folder_as_out_and_defaults_beside_it(tmp_path):
+    import shutil
+
+    from tests.helpers import cli
+
+    photo = tmp_path / "portrait.jpg"
+    shutil.copy(sorted(PORTRAITS.glob("*.jpg"))[0], photo)
+    before = photo.read_bytes()
+    refused = cli("run", photo, "--out", tmp_path, "--method", "blur", "--detector", "dlib-hog")
+    assert refused.exit_code == 2 and "holding the input image" in refused.output
+    assert cli("run", photo, "--out", photo, "--method", "blur").exit_code == 2
+    assert photo.read_bytes() == before
+    report = json.loads(cli("run", photo, "--method", "blur", "--detector", "dlib-hog", "--json").stdout)
+    assert report["output_dir"] == str(tmp_path / "portrait-anonymized")
+    assert (tmp_path / "portrait-anonymized" / "portrait.jpg").is_file()

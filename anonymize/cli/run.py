@@ -172,8 +172,8 @@ def _print_summary(summary: RunSummary) -> None:
 
 @app.command("run")
 def run_command(
-    input_dir: str = typer.Argument(..., metavar="INPUT_DIR", show_default=False, help="Folder of images (searched recursively): a path, or a URI (s3://, gs://, file://)."),
-    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder, a path or a URI (default: <input>-anonymized beside the input)."),
+    input_dir: str = typer.Argument(..., metavar="INPUT_DIR", show_default=False, help="Folder of images (searched recursively), a path or a URI (s3://, gs://, file://); or one image file, written as <out>/<its name>."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="DIR", help="Output folder, a path or a URI (default: <input>-anonymized beside the input; for one image, <its stem>-anonymized)."),
     method: MethodName = typer.Option("falco", metavar="NAME", help="Anonymization method: " + ", ".join(METHODS) + " (`anonymize methods` lists what each does, its weights and options)."),
     margin: Optional[float] = typer.Option(None, min=0.0, max=1.0, metavar="M", help="Identity margin m (falco, attributes): target cosine to the original (default 0); sugar for -p margin=."),
     option: list[str] = typer.Option([], "--option", "-p", metavar="KEY=VALUE", help="Method option KEY=VALUE (repeatable), e.g. -p sigma=0.1; any method: -p adversarial=fgsm|pgd|uap (-p adv_eps=4/255 -p adv_steps=10) perturbs the output against dlib's recogniser."),
@@ -211,17 +211,21 @@ def run_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
-    """Detect, align and anonymize every face under INPUT_DIR; write a mirrored tree and a Parquet manifest."""
+    """Detect, align and anonymize every face under INPUT_DIR (a folder, or one image); write a mirrored tree and a Parquet manifest."""
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
     if identity_from is not None and not method_class(method.value).dataset_level:
         fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
     try:
         source = location(input_dir)
-        target = location(out) if out is not None else default_output_dir(source)
+        one_image = isinstance(source, Path) and source.is_file()
+        target = location(out) if out is not None else (
+            source.resolve().parent / f"{source.stem}-anonymized" if one_image else default_output_dir(source))
         manifest_path = location(manifest) if manifest is not None else None
     except (StoreError, RunError) as exc:  # unknown scheme, missing bucket name, unreachable store: one line
         fail(str(exc), as_json=as_json)
+    if audit and one_image:
+        fail("--audit compares folders; for one image, run into a folder and audit it with `anonymize audit`", as_json=as_json)
     if audit and uses_store(source, target, manifest_path):
         fail("--audit reads local folders only; audit a local copy with `anonymize audit`", as_json=as_json)
     try:  # -p adversarial=fgsm|pgd|uap (adv_eps, adv_steps): the finishing step of any method, not a method option

@@ -104,6 +104,10 @@ def walk_tree(root: Path | StorePath, exclude: Path | StorePath | None = None) -
     if isinstance(exclude, StorePath):  # an output named by URI can only be in this tree if it is on this disk
         exclude = exclude.local_path()
     root = Path(os.path.abspath(root))
+    if root.is_file():  # one image named on the command line (`anonymize run photo.jpg`): itself, under its name
+        kind: EntryKind = "image" if _has_image_name(root.name) or sniff_format(root) is not None else "other"
+        yield WalkEntry(root, PurePosixPath(root.name), kind, "" if kind == "image" else "not an image")
+        return
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
     excluded = Path(os.path.realpath(exclude)) if exclude is not None else None

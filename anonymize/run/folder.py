@@ -32,6 +32,9 @@ def check_paths(input_dir: Location, output_dir: Location, manifest_path: Locati
         return
     if not input_dir.exists():
         raise RunError(f"{input_dir}: input folder does not exist")
+    if input_dir.is_file():  # one image: written as <out>/<its name>, so <out> must not be the folder holding it
+        _check_file_paths(input_dir, output_dir, manifest_path)
+        return
     if not input_dir.is_dir():
         raise RunError(f"{input_dir}: input is not a folder")
     source, target = input_dir.resolve(), output_dir.resolve()
@@ -46,6 +49,21 @@ def check_paths(input_dir: Location, output_dir: Location, manifest_path: Locati
         if manifest == source or source in manifest.parents:
             raise RunError(f"{manifest_path}: the manifest path is inside the input folder {input_dir}; choose a path outside it")
         if manifest.is_dir():
+            raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
+
+
+def _check_file_paths(image: Path, output_dir: Path, manifest_path: Path | None) -> None:
+    """:func:`check_paths` for one input image: its output (<out>/<name>) and the manifest must not be the image."""
+    source, target = image.resolve(), output_dir.resolve()
+    if target == source:
+        raise RunError(f"{output_dir}: --out must be a folder, not the input image")
+    if target == source.parent:
+        raise RunError(f"{output_dir}: the output folder is the one holding the input image {image}; its output "
+                       f"would replace it: choose another folder")
+    if manifest_path is not None:
+        if manifest_path.resolve() == source:
+            raise RunError(f"{manifest_path}: the manifest path is the input image; choose another path")
+        if manifest_path.is_dir():
             raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
 
 
