@@ -118,6 +118,13 @@ def test_methods_lists_every_method_with_goal_weights_and_typed_options():
             assert f"-p {field.name}=" in text
     assert "-p sigma=0.08  (float)" in text  # blur's option, its default and type
     assert "-p trainable_layers=3,4,5,6,7  (tuple[int, ...])" in text  # as written after -p
+    assert "-p sigma=0.08  (float): Gaussian sigma as a fraction of the crop side" in text  # its declared help
+
+
+def test_option_help_leaves_params_behaviour_alone():
+    blur, ksame = method_class("blur").Params, method_class("ksame").Params
+    assert blur().sigma == 0.08 and blur(sigma=0.2).sigma == 0.2 and ksame().k == 5
+    assert {field.name: field.metadata.get("help") for field in fields(blur)}["passes"] is None
 
 
 def test_methods_json_gives_defaults_and_weight_presence(tmp_path):

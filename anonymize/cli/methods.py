@@ -18,7 +18,7 @@ from anonymize.cli.console import stdout
 
 def method_info(name: str, weights_dir: Path | None = None) -> dict[str, Any]:
     """One method's declaration as data: summary, privacy goal, weights (present or missing on this machine),
-    the options it needs for no download, and its ``-p`` options (name, type, default)."""
+    the options it needs for no download, and its ``-p`` options (name, type, default, help where declared)."""
     from anonymize.methods import method_class
     from anonymize.weights import WeightsError, WeightsStore
 
@@ -31,7 +31,8 @@ def method_info(name: str, weights_dir: Path | None = None) -> dict[str, Any]:
         except WeightsError:  # a packaged model whose package is not installed
             weights[artefact] = "missing"
     options = [{"name": field.name, "type": str(field.type),
-                "default": None if field.default is MISSING else field.default}
+                "default": None if field.default is MISSING else field.default,
+                "help": field.metadata.get("help", "")}
                for field in fields(cls.Params)]
     return {"name": name, "summary": cls.summary, "privacy_goal": cls.privacy_goal,
             "dataset_level": cls.dataset_level, "weights": weights,
@@ -61,7 +62,8 @@ def format_method(info: dict[str, Any], width: int = 80) -> list[str]:
     lines += wrapped(f"weights: {weights}")
     lines.append("  -p options:" if info["options"] else "  -p options: none")
     for item in info["options"]:
-        lines += wrapped(f"-p {item['name']}={option_text(item['default'])}  ({item['type']})", indent="    ")
+        help_text = f": {item['help']}" if item["help"] else ""
+        lines += wrapped(f"-p {item['name']}={option_text(item['default'])}  ({item['type']}){help_text}", indent="    ")
     return lines
 
 

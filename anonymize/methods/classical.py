@@ -8,7 +8,7 @@ original (tests/test_methods_privacy.py measures it on CelebA identities).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -24,7 +24,7 @@ class BlurMethod(Method):
 
     @dataclass(frozen=True)
     class Params:
-        sigma: float = 0.08  # Gaussian sigma as a fraction of the crop side
+        sigma: float = field(default=0.08, metadata={"help": 'Gaussian sigma as a fraction of the crop side'})
         passes: int = 2
 
         def validate(self) -> None:
@@ -70,7 +70,7 @@ class PixelateMethod(Method):
 
     @dataclass(frozen=True)
     class Params:
-        blocks: int = 8  # blocks across the crop side
+        blocks: int = field(default=8, metadata={"help": 'blocks across the crop side'})
 
         def validate(self) -> None:
             if not 1 <= self.blocks <= 256:
@@ -93,7 +93,7 @@ class MaskMethod(Method):
 
     @dataclass(frozen=True)
     class Params:
-        color: str = "000000"  # hex RGB fill, or "mean" for the crop's average colour
+        color: str = field(default="000000", metadata={"help": 'hex RGB fill, or "mean" for the crop\'s average colour'})
 
         def validate(self) -> None:
             if self.color != "mean":

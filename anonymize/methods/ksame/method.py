@@ -18,7 +18,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,10 +82,10 @@ class KSameMethod(Method):
 
     @dataclass(frozen=True)
     class Params:
-        k: int = 5  # every face is replaced by the average of a group of k to 2k-1 faces of distinct people
-        space: str = "pixel"  # pixel | eigen | latent (e4e W+ codes decoded by StyleGAN2; FALCO's weights)
-        embedder: str = "dlib"  # identity embeddings that group the faces: dlib | arcface (FALCO's weights)
-        components: int = 100  # eigen: PCA components (at most the number of faces)
+        k: int = field(default=5, metadata={"help": 'every face is replaced by the average of a group of k to 2k-1 faces of distinct people'})
+        space: str = field(default="pixel", metadata={"help": "pixel | eigen | latent (e4e W+ codes decoded by StyleGAN2; FALCO's weights)"})
+        embedder: str = field(default="dlib", metadata={"help": "identity embeddings that group the faces: dlib | arcface (FALCO's weights)"})
+        components: int = field(default=100, metadata={"help": 'eigen: PCA components (at most the number of faces)'})
         # --identity-from cluster: faces closer than this are one person (0: the embedder's own, dlib 0.6 Euclidean,
         # ArcFace 0.6 cosine); larger is safer for k-Same (a group then avoids more look-alikes)
         person_distance: float = 0.0

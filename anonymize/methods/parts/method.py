@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -74,12 +74,12 @@ class PartsMethod(Method):
 
     @dataclass(frozen=True)
     class Params:
-        backend: str = "latent"  # "latent" (FALCO's weights) or "warp" (CPU fallback, dlib only)
-        parts: str = ""  # fixed parts, e.g. "nose,lips"; empty: adaptive over k = 1..4
-        recogniser: str = "dlib"  # warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace
-        tau: float = 0.5  # ArcFace: pass when cos >= tau
-        dlib_tau: float = 0.5  # dlib: pass when distance <= dlib_tau (dlib's own same-person threshold is 0.6)
-        select_with: str = ""  # "": the loss recogniser alone; "dlib": also dlib's 0.6 (dlib then not held out)
+        backend: str = field(default="latent", metadata={"help": '"latent" (FALCO\'s weights) or "warp" (CPU fallback, dlib only)'})
+        parts: str = field(default="", metadata={"help": 'fixed parts, e.g. "nose,lips"; empty: adaptive over k = 1..4'})
+        recogniser: str = field(default="dlib", metadata={"help": 'warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace'})
+        tau: float = field(default=0.5, metadata={"help": 'ArcFace: pass when cos >= tau'})
+        dlib_tau: float = field(default=0.5, metadata={"help": "dlib: pass when distance <= dlib_tau (dlib's own same-person threshold is 0.6)"})
+        select_with: str = field(default="", metadata={"help": '"": the loss recogniser alone; "dlib": also dlib\'s 0.6 (dlib then not held out)'})
         pgd_steps: int = 20
         pgd_eps: float = 8.0  # per-pixel bound, 0..255
         pgd_step: float = 1.5
