@@ -7,12 +7,15 @@ and ``--version`` stay fast (``benchmarks/startup.py`` measures them).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from anonymize import __version__
+
+if TYPE_CHECKING:  # Typer vendors Click (typer._click) from 0.16 on; the names are Click's either way
+    from click import Context, HelpFormatter
 
 # name -> (module that registers it, the one line the root --help shows); tests/test_cli_reading.py checks
 # that every registered command is here and nothing else.
@@ -32,7 +35,8 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 class RootGroup(TyperGroup):
     """The root group: its command list comes from :data:`COMMANDS`, so printing it imports no command module."""
 
-    def format_commands(self, ctx, formatter) -> None:  # type: ignore[no-untyped-def]
+    def format_commands(self, ctx: Context, formatter: HelpFormatter) -> None:
+        """The Commands section: one line per command from :data:`COMMANDS`, wrapped at word boundaries."""
         with formatter.section("Commands"):
             formatter.write_dl([(name, line) for name, (_, line) in COMMANDS.items()])
 
