@@ -36,6 +36,8 @@ def main() -> None:
     if "startup" in args.only:
         results["startup"] = startup.run()
         print_table("start-up: `anonymize --help`, `--version` (whole process, median of 7)", results["startup"])
+        results["startup_imports"] = startup.import_rows()
+        print_table("imports before the first image (whole process, median of 7)", results["startup_imports"])
     if "pipeline" in args.only:
         rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
         results["pipeline"] = rows

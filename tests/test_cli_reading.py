@@ -256,3 +256,13 @@ def test_run_one_image_refuses_its_own_folder_as_out_and_defaults_beside_it(tmp_
     report = json.loads(cli("run", photo, "--method", "blur", "--detector", "dlib-hog", "--json").stdout)
     assert report["output_dir"] == str(tmp_path / "portrait-anonymized")
     assert (tmp_path / "portrait-anonymized" / "portrait.jpg").is_file()
+
+
+def test_startup_benchmark_times_whole_processes_of_help_and_version():
+    from benchmarks import startup
+
+    assert {("--help",), ("--version",)} <= set(startup.COMMANDS)
+    seconds = startup.time_command(("--version",), runs=2)
+    assert len(seconds) == 2 and all(0 < value < 60 for value in seconds)
+    with pytest.raises(subprocess.CalledProcessError):  # a command that fails is never timed as a success
+        startup.time_command(("no-such-command",), runs=1)
