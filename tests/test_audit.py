@@ -186,13 +186,13 @@ def test_a_face_restored_from_the_original_is_reported_as_missed(workspace, port
     assert not result.passed and "1 missed face(s) left unchanged > max 0" in result.crossed
 
 
-def test_the_cli_exits_3_with_fail_on_leak_and_writes_its_files_beside_the_anonymized_folder(workspace, portraits):
+def test_the_cli_is_a_gate_that_exits_3_on_fail_and_writes_its_files_beside_the_anonymized_folder(workspace, portraits):
     copy = copy_files([portraits / "obama_1.jpg", portraits / "biden_2.jpg"], workspace / "cli-copy", portraits)
     _register_commands()
     args = ["audit", str(portraits), str(copy), "--detector", DETECTOR, "--weights-dir", str(workspace / "weights"), "--device", "cpu"]
-    failed = CliRunner().invoke(app, [*args, "--fail-on-leak", "--json"], catch_exceptions=False)
+    failed = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)  # no flag: a FAIL stops the job
     assert failed.exit_code == 3
-    summary = json.loads(failed.stdout)
+    summary = json.loads(failed.stdout)  # the whole summary, still
     assert summary["passed"] is False and summary["faces"] == 2 and summary["metadata"]["leaks"] == 1
     audit_dir = default_audit_dir(copy)
     assert audit_dir == workspace / "cli-copy-audit"
@@ -201,9 +201,31 @@ def test_the_cli_exits_3_with_fail_on_leak_and_writes_its_files_beside_the_anony
     assert json.loads((audit_dir / "audit-summary.json").read_text())["crossed"] == summary["crossed"]
     assert not (portraits / "audit.parquet").exists() and not list(copy.glob("audit*"))
 
-    lenient = CliRunner().invoke(app, [*args, "--quiet", "--max-reid-rate", "1", "--max-missed-faces", "5", "--max-metadata-leaks", "1",
-                                       "--fail-on-leak"], catch_exceptions=False)
+    printed = CliRunner().invoke(app, [*args, "--report-only"], catch_exceptions=False)  # the old behaviour, on request
+    assert printed.exit_code == 0 and "FAIL" in printed.stdout
+    # The table names the method and shows the figure the verdict gates on, with its limit.
+    words = " ".join(printed.stdout.replace("│", " ").split())  # the table wraps its cells at the terminal's width
+    assert "method audited unknown (no run manifest" in words and "(gated, max" in words and "100.0% by dlib" in words
+    old_script = CliRunner().invoke(app, [*args, "--quiet", "--fail-on-leak", "--report-only"], catch_exceptions=False)
+    assert old_script.exit_code == 3  # --fail-on-leak is still accepted (and wins)
+
+    lenient = CliRunner().invoke(app, [*args, "--quiet", "--max-reid-rate", "1", "--max-missed-faces", "5", "--max-metadata-leaks", "1"],
+                                 catch_exceptions=False)
     assert lenient.exit_code == 0
+
+    broken = CliRunner().invoke(app, ["audit", str(portraits), str(workspace / "no-such-folder"), "--json"], catch_exceptions=False)
+    assert broken.exit_code == 2
+    error = json.loads(broken.stdout)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2 and "no-such-folder" in error["error"]
+
+
+def test_the_table_names_the_run_method_and_its_options(workspace, portraits, blurred):
+    from anonymize.cli.audit import gated_row, method_audited
+
+    summary = audit(portraits, blurred, workspace, write_files=False, attribute_source=None).summary
+    assert method_audited(summary) == "blur (sigma=0.12)"
+    label, value = gated_row(summary)
+    assert label == "re-identification rate (gated, max 5%)" and value.startswith("0.0% by dlib, the worst judge (0 of 10 faces")
 
 
 def test_audit_files_are_never_written_inside_the_original_or_anonymized_folder(workspace, portraits, blurred):
