@@ -246,6 +246,17 @@ def test_the_cli_is_a_gate_that_exits_3_on_fail_and_writes_its_files_beside_the_
     assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2 and "no-such-folder" in error["error"]
 
 
+def test_readmes_first_screen_and_ci_recipe_show_the_gate():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    first_run = readme.split("## First run", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"^anonymize audit \S+ \S+.* && publish", first_run, flags=re.M)
+    assert "exits 0 on PASS, 3 on FAIL" in first_run and "--report-only" in first_run
+    recipe = readme.split("### CI recipe", 1)[1].split("\n### ", 1)[0]
+    assert "set -e" in recipe and re.search(r"^anonymize audit .*--json", recipe, flags=re.M)
+    assert re.search(r"^publish ", recipe, flags=re.M) and '{"error": "...", "exit_code": 2}' in recipe
+    assert "--fail-on-leak" not in first_run + recipe  # the gate needs no flag
+
+
 def test_the_table_names_the_run_method_and_its_options(workspace, portraits, blurred):
     from anonymize.cli.audit import gated_row, method_audited
 
