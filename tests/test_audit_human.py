@@ -100,6 +100,8 @@ def test_a_human_goal_report_shows_its_cards_in_its_own_terms(celeba, audits):
     assert card_state(page, "Rank-1 among originals")[0] == ""  # linkability is no leak here: never red
     assert "Re-identification rate" not in page and "Missed faces</div>" not in page
     assert 'tag red">re-identified' not in page and "matched by machine" in page
+    assert "Machine linkability, the utility of a human-goal release (not a leak): 100.0% of the anonymized faces" in page
+    assert "still carry identity" not in page  # the machine goal's reading of the same figure
     blurred = render_report(audits["blurred"], AuditConfig(celeba["originals"], celeba["blurred"], privacy_goal="human"), None)
     assert card_state(blurred, "Match rate (utility)")[0] == "bad"  # below the 90 % minimum
     assert card_state(blurred, "Still look like the original") == ("good", "0")

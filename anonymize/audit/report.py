@@ -466,6 +466,16 @@ def _human_goal(summary: AuditSummary) -> str:
                    'the original.</p>') + _table(("figure", "value", "how"), rows, "")
 
 
+def _rank1_text(summary: AuditSummary) -> str:
+    """The rank-1 sentence, read for the audit's goal: for the human goal, identity that machines still find is the utility."""
+    if summary.privacy_goal == "human":
+        return ("Machine linkability, the utility of a human-goal release (not a leak): " + summary.reid.rank1_meaning
+                .replace("so the recogniser cannot tell whose face an anonymized one was", "so machines can no longer link the faces")
+                .replace("so the anonymized images still carry identity (hair, skin, face shape, pose or background)",
+                         "so machines still link the faces to their originals"))
+    return summary.reid.rank1_meaning
+
+
 def _study_section(pairs: int, skipped: bool) -> str:
     if skipped:
         return '<p class="muted">No study kit: not requested (--study-pairs), or fewer than two faces.</p>'
@@ -537,7 +547,7 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <p class="muted">Before: distances between original faces, the scale on which the recogniser tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
 <h2>Identity check of the recogniser</h2>{_identity_check(summary)}
 <h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
-<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary.reid.rank1_meaning)}</p>
+<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(_rank1_text(summary))}</p>
 <h2>Missed faces</h2>{cases(missed, "No missed face: every face found in the originals was changed.", whole=True)}
 <h2>Possible faces</h2><p class="muted">Found by one detector only and not confirmed by another on a close-up: perhaps a face, perhaps a pattern. Not counted in re-identification or in the missed-face gate; check them by eye.</p>
 {cases(possible, "No possible face: every face was confirmed by two detectors.", whole=True)}
