@@ -6,8 +6,10 @@ HOG detector and small subsets, so the file runs in well under three minutes on 
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from typer.testing import CliRunner
 
 from anonymize.audit import AuditConfig, AuditError, Thresholds, default_audit_dir, run_audit
 from anonymize.audit.format import rank1_sentence
-from anonymize.audit.report import whole_with_box_jpeg
+from anonymize.audit.report import AFTER_SERIES, POSSIBLE_COLOUR, POSSIBLE_SERIES, render_report, whole_with_box_jpeg
 from anonymize.audit.summary import AuditSummary, PossibleFaces
 from anonymize.audit.faces import match_boxes
 from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
@@ -51,6 +53,28 @@ DETECTOR = "dlib-hog"
 def require_shared() -> None:
     if not (PORTRAITS.is_dir() and CELEBA.is_dir()):
         pytest.skip(f"{SHARED / 'data'} is absent: the audit tests need the real photos (portraits, celeba-ids)")
+
+
+def page_text(page: str) -> str:
+    """What a reader sees of a report: no style, no markup, entities decoded."""
+    text = re.sub(r"<style>.*?</style>", " ", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", text))
+
+
+def assert_the_report_agrees_with_itself(page: str, summary: AuditSummary) -> None:
+    """The page's histogram counts the faces the cards count, it prints no Python value, its unavailable
+    instruments are one line without --trust-unverified, and its rank-1 sentence is the summary's."""
+    text = page_text(page)
+    assert not re.search(r"\b(None|True|False)\b", text), re.search(r".{60}\b(None|True|False)\b.{20}", text)
+    assert f"{AFTER_SERIES} (n = {summary.faces})" in text
+    assert f'<div class="label">Faces audited</div><div class="value">{summary.faces}</div>' in page
+    assert "--trust-unverified" not in page
+    unavailable = re.findall(r'<p class="muted" id="unavailable">([^<]*)</p>', page)
+    assert len(unavailable) == 1 and "<td>unavailable (no " not in page
+    if summary.instruments_unavailable:
+        assert "figures unavailable, their instruments are not installed: missing" in unavailable[0]
+        assert "`anonymize weights fetch " in unavailable[0]
+    assert html.escape(summary.reid.rank1_meaning) in page
 
 
 def copy_files(sources: list[Path], destination: Path, relative_to: Path) -> Path:
@@ -144,6 +168,9 @@ def test_an_unmodified_copy_of_portraits_fails_the_gate(workspace, portraits):
     assert set(attributes.preservation.per_attribute.values()) == {1.0}
     assert attributes.release == attributes.originals and attributes.release.faces == 10
     assert attributes.unique_share == attributes.unique_share_originals
+    page = render_report(result, AuditConfig(portraits, copy), None)
+    assert_the_report_agrees_with_itself(page, summary)
+    assert "det RetinaFace" in page_text(page).split("figures unavailable")[1]  # no RetinaFace weights in this store
 
 
 def test_a_blurred_run_passes_the_reid_threshold_and_the_metadata_check(workspace, portraits, blurred):
@@ -186,13 +213,13 @@ def test_a_face_restored_from_the_original_is_reported_as_missed(workspace, port
     assert not result.passed and "1 missed face(s) left unchanged > max 0" in result.crossed
 
 
-def test_the_cli_exits_3_with_fail_on_leak_and_writes_its_files_beside_the_anonymized_folder(workspace, portraits):
+def test_the_cli_is_a_gate_that_exits_3_on_fail_and_writes_its_files_beside_the_anonymized_folder(workspace, portraits):
     copy = copy_files([portraits / "obama_1.jpg", portraits / "biden_2.jpg"], workspace / "cli-copy", portraits)
     _register_commands()
     args = ["audit", str(portraits), str(copy), "--detector", DETECTOR, "--weights-dir", str(workspace / "weights"), "--device", "cpu"]
-    failed = CliRunner().invoke(app, [*args, "--fail-on-leak", "--json"], catch_exceptions=False)
+    failed = CliRunner().invoke(app, [*args, "--json"], catch_exceptions=False)  # no flag: a FAIL stops the job
     assert failed.exit_code == 3
-    summary = json.loads(failed.stdout)
+    summary = json.loads(failed.stdout)  # the whole summary, still
     assert summary["passed"] is False and summary["faces"] == 2 and summary["metadata"]["leaks"] == 1
     audit_dir = default_audit_dir(copy)
     assert audit_dir == workspace / "cli-copy-audit"
@@ -201,9 +228,42 @@ def test_the_cli_exits_3_with_fail_on_leak_and_writes_its_files_beside_the_anony
     assert json.loads((audit_dir / "audit-summary.json").read_text())["crossed"] == summary["crossed"]
     assert not (portraits / "audit.parquet").exists() and not list(copy.glob("audit*"))
 
-    lenient = CliRunner().invoke(app, [*args, "--quiet", "--max-reid-rate", "1", "--max-missed-faces", "5", "--max-metadata-leaks", "1",
-                                       "--fail-on-leak"], catch_exceptions=False)
+    printed = CliRunner().invoke(app, [*args, "--report-only"], catch_exceptions=False)  # the old behaviour, on request
+    assert printed.exit_code == 0 and "FAIL" in printed.stdout
+    # The table names the method and shows the figure the verdict gates on, with its limit.
+    words = " ".join(printed.stdout.replace("│", " ").split())  # the table wraps its cells at the terminal's width
+    assert "method audited unknown (no run manifest" in words and "(gated, max" in words and "100.0% by dlib" in words
+    old_script = CliRunner().invoke(app, [*args, "--quiet", "--fail-on-leak", "--report-only"], catch_exceptions=False)
+    assert old_script.exit_code == 3  # --fail-on-leak is still accepted (and wins)
+
+    lenient = CliRunner().invoke(app, [*args, "--quiet", "--max-reid-rate", "1", "--max-missed-faces", "5", "--max-metadata-leaks", "1"],
+                                 catch_exceptions=False)
     assert lenient.exit_code == 0
+
+    broken = CliRunner().invoke(app, ["audit", str(portraits), str(workspace / "no-such-folder"), "--json"], catch_exceptions=False)
+    assert broken.exit_code == 2
+    error = json.loads(broken.stdout)
+    assert set(error) == {"error", "exit_code"} and error["exit_code"] == 2 and "no-such-folder" in error["error"]
+
+
+def test_readmes_first_screen_and_ci_recipe_show_the_gate():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    first_run = readme.split("## First run", 1)[1].split("\n## ", 1)[0]
+    assert re.search(r"^anonymize audit \S+ \S+.* && publish", first_run, flags=re.M)
+    assert "exits 0 on PASS, 3 on FAIL" in first_run and "--report-only" in first_run
+    recipe = readme.split("### CI recipe", 1)[1].split("\n### ", 1)[0]
+    assert "set -e" in recipe and re.search(r"^anonymize audit .*--json", recipe, flags=re.M)
+    assert re.search(r"^publish ", recipe, flags=re.M) and '{"error": "...", "exit_code": 2}' in recipe
+    assert "--fail-on-leak" not in first_run + recipe  # the gate needs no flag
+
+
+def test_the_table_names_the_run_method_and_its_options(workspace, portraits, blurred):
+    from anonymize.cli.audit import gated_row, method_audited
+
+    summary = audit(portraits, blurred, workspace, write_files=False, attribute_source=None).summary
+    assert method_audited(summary) == "blur (sigma=0.12)"
+    label, value = gated_row(summary)
+    assert label == "re-identification rate (gated, max 5%)" and value.startswith("0.0% by dlib, the worst judge (0 of 10 faces")
 
 
 def test_audit_files_are_never_written_inside_the_original_or_anonymized_folder(workspace, portraits, blurred):
@@ -295,6 +355,16 @@ def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidenti
     assert summary.possible_faces == PossibleFaces(len(possible), len(possible), [f"dogs.jpg#{row['face_index']}" for row in possible])
     page = (report / "index.html").read_text()
     assert "Possible faces" in page and page.count("whole original, face boxed") == min(len(confirmed), 8) + min(len(possible), 8)
+    assert_the_report_agrees_with_itself(page, summary)
+    # Possible faces: their own series in their own colour, and never badged "missed" (they are not gated).
+    shown = [row for row in possible if row["identity_distance"] is not None]
+    if shown:
+        assert f"{POSSIBLE_SERIES} (n = {len(shown)})" in page_text(page) and f'stroke="{POSSIBLE_COLOUR}"' in page
+    cases = re.findall(r'<div class="case">.*?</div></div>', page, flags=re.S)
+    possible_cases = [case for case in cases if "possible face</span>" in case]
+    assert len(possible_cases) == min(len(possible), 8)
+    assert all("missed</span>" not in case and "left unchanged</span>" in case for case in possible_cases)
+    assert sum("missed</span>" in case for case in cases) >= min(len(confirmed), 8)  # the missed section, at least
     assert "above chance" in summary.reid.rank1_meaning
 
 
@@ -302,8 +372,14 @@ def test_rank1_is_read_against_chance_in_a_plain_sentence():
     # 150 faces at 20 % chance: two binomial standard deviations are 2 * sqrt(0.2 * 0.8 / 150) = 6.5 points.
     above = rank1_sentence(0.327, 0.2, 150)
     assert above.startswith("32.7% of the anonymized faces") and "20.0% for a blind guess" in above and "above chance" in above
-    assert "about chance" in rank1_sentence(0.26, 0.2, 150)
+    assert "about chance (a blind guess reaches up to 26.5% on 150 faces)" in rank1_sentence(0.26, 0.2, 150)
     assert "not measured" in rank1_sentence(None, None, 0)
+    # The sentence agrees with the figures beside it: 3 of 4 faces at 50 % chance is not "cannot tell", and
+    # "even where no face passes the verification threshold" is said only when none does.
+    few = rank1_sentence(0.75, 0.5, 4, identities=True, verified=1)
+    assert "too few faces to tell rank-1 from chance" in few and "cannot tell" not in few
+    assert "even where no face passes" in rank1_sentence(0.327, 0.2, 150, verified=0)
+    assert "even where no face passes" not in rank1_sentence(0.327, 0.2, 150, verified=3)
 
 
 def test_whole_image_thumbnails_show_the_face_boxed():

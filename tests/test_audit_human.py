@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from typer.testing import CliRunner
 from anonymize.audit import AuditConfig, run_audit
 from anonymize.audit.human import resolve_goal, too_similar
 from anonymize.audit.judges import choose_judges
+from anonymize.audit.report import render_report
 from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs
 from anonymize.audit.summary import AuditSummary
 from anonymize.cli import _register_commands, app
@@ -81,6 +83,28 @@ def test_a_blurred_run_fails_the_match_gate_and_clears_the_visual_floor(audits):
     assert not result.passed
     assert [text.split(" (")[0] for text in result.crossed] == [f"match rate {human.match_rate:.1%} < min 90.0%"]
     assert "re-identification rate" not in " ".join(result.crossed)  # the machine gate does not apply
+
+
+def card_state(page: str, label: str) -> tuple[str, str]:
+    """A summary card's colour class and value, by its label."""
+    found = re.search(rf'<div class="card (\w*)"><div class="label">{re.escape(label)}</div><div class="value">([^<]*)</div>', page)
+    assert found, f"no card {label!r}"
+    return found.group(1), found.group(2)
+
+
+def test_a_human_goal_report_shows_its_cards_in_its_own_terms(celeba, audits):
+    # The copy: every face still matched (the utility, green) yet every face still looks like its original (red).
+    page = render_report(audits["copy"], AuditConfig(celeba["originals"], celeba["copy"], privacy_goal="human"), None)
+    assert card_state(page, "Match rate (utility)") == ("good", "100.0%")
+    assert card_state(page, "Still look like the original") == ("bad", "10")
+    assert card_state(page, "Rank-1 among originals")[0] == ""  # linkability is no leak here: never red
+    assert "Re-identification rate" not in page and "Missed faces</div>" not in page
+    assert 'tag red">re-identified' not in page and "matched by machine" in page
+    assert "Machine linkability, the utility of a human-goal release (not a leak): 100.0% of the anonymized faces" in page
+    assert "still carry identity" not in page  # the machine goal's reading of the same figure
+    blurred = render_report(audits["blurred"], AuditConfig(celeba["originals"], celeba["blurred"], privacy_goal="human"), None)
+    assert card_state(blurred, "Match rate (utility)")[0] == "bad"  # below the 90 % minimum
+    assert card_state(blurred, "Still look like the original") == ("good", "0")
 
 
 def test_the_cli_gates_on_the_match_rate_with_fail_on_leak(celeba):

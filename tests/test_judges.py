@@ -101,6 +101,7 @@ def test_an_adversarial_release_fails_the_audit_on_the_judges_it_never_saw(human
     _register_commands()
     result = CliRunner().invoke(app, ["audit", str(two_people), str(out), "--json", "--detector", "dlib-hog",
                                       "--report", str(tmp_path / "report")])
+    assert result.exit_code == 3  # a FAIL stops the job, with the whole summary on stdout
     summary = json.loads(result.stdout)
     roles, judges = summary["recogniser_roles"], summary["judges"]
     # the default ensemble attacks dlib and mobileface: both are white-box, faceres alone judges

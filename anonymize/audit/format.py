@@ -57,17 +57,27 @@ def judge_rates(judges: Judges) -> str:
     return ", ".join(f"{name} {percent(item.verification_rate)}" for name, item in judges.per_judge.items())
 
 
-def rank1_sentence(rate: float | None, chance: float | None, faces: int, identities: bool = False) -> str:
-    """What the rank-1 rate means, in one plain sentence."""
+def rank1_sentence(rate: float | None, chance: float | None, faces: int, identities: bool = False,
+                   verified: int | None = None) -> str:
+    """What the rank-1 rate means, in one plain sentence that agrees with the figures beside it.
+
+    "About chance" is said only with the bound a blind guess reaches on this many faces (two binomial
+    standard deviations), so a 75 % rate on four faces is not called "cannot tell"; and "even where no
+    face passes the verification threshold" only when none does (``verified``: faces verified as their original)."""
     if rate is None or chance is None or not faces:
-        return "No face was identified, so rank-1 identification was not measured."
+        return "Rank-1 identification was not measured: no face was compared."
     own = "their own original (or another photo of the same person)" if identities else "their own original"
     head = f"{rate:.1%} of the anonymized faces were closest to {own} among all {faces} originals, against {chance:.1%} for a blind guess"
     noise = 2.0 * math.sqrt(chance * (1.0 - chance) / faces)  # two binomial standard deviations
     if rate <= chance + noise:
-        return head + ": about chance, so the recogniser cannot tell whose face an anonymized one was."
-    return (head + ": above chance, so the anonymized images still carry identity (hair, skin, face shape, pose or "
-            "background) even where no face passes the verification threshold.")
+        if chance + noise >= 1.0 or noise > 0.1:
+            return (head + f": within what a blind guess reaches on {faces} faces (up to {min(chance + noise, 1.0):.1%}), "
+                    "too few faces to tell rank-1 from chance.")
+        return head + f": about chance (a blind guess reaches up to {chance + noise:.1%} on {faces} faces), so the recogniser cannot tell whose face an anonymized one was."
+    carry = ("above chance, so the anonymized images still carry identity (hair, skin, face shape, pose or background)")
+    if verified == 0:
+        return head + ": " + carry + " even where no face passes the verification threshold."
+    return head + ": " + carry + "."
 
 
 def attribute_line(figures: AttributeFigures) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import io
+import re
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,7 +39,8 @@ BOX_COLOUR = (230, 30, 30)
 CROP_MARGIN = 0.3
 HISTOGRAM_BIN = 0.05
 DEFAULT_STUDY_PAIRS = 20  # for the human goal, when --study-pairs is not given
-SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#e8590c", "#862e9c")
+SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#862e9c", "#495057")
+POSSIBLE_COLOUR = "#e8590c"  # the possible faces' series, in the colour of their tag
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0; background: #f4f5f7; color: #1f2328; }
@@ -115,7 +117,7 @@ def histogram_svg(series: Mapping[str, Sequence[float]], threshold: float, width
     parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" font-size="13" text-anchor="middle" fill="#1f2328">'
                  f'dlib identity distance (lower = more similar)</text>')
     for index, (name, share) in enumerate(shares.items()):
-        colour = SERIES_COLOURS[index % len(SERIES_COLOURS)]
+        colour = POSSIBLE_COLOUR if name == POSSIBLE_SERIES else SERIES_COLOURS[index % len(SERIES_COLOURS)]
         points = [f"{x(edges[0]):.1f},{y(0):.1f}"]
         for bin_index, value in enumerate(share):
             points += [f"{x(edges[bin_index]):.1f},{y(value):.1f}", f"{x(edges[bin_index + 1]):.1f},{y(value):.1f}"]
@@ -218,16 +220,18 @@ def _crop_jpeg(rgb: np.ndarray, box: Sequence[float]) -> bytes:
     return buffer.getvalue()
 
 
-def _case(row: Mapping[str, Any], images: tuple[str, str] | None, whole: str | None = None) -> str:
+def _case(row: Mapping[str, Any], images: tuple[str, str] | None, whole: str | None = None, human: bool = False) -> str:
+    """One face's crops and badges; for the human goal a machine match is the utility, badged grey, not red."""
     tags = []
-    if row.get("face_status") == "possible face":
+    possible = row.get("face_status") == "possible face"
+    if possible:
         tags.append('<span class="tag orange">possible face</span>')
     if row["reidentified"]:
-        tags.append('<span class="tag red">re-identified</span>')
-    if row["missed"]:
-        tags.append('<span class="tag red">missed</span>')
+        tags.append('<span class="tag grey">matched by machine</span>' if human else '<span class="tag red">re-identified</span>')
+    if row["missed"]:  # a possible face is not counted as missed (nor gated): it was only left unchanged
+        tags.append('<span class="tag grey">left unchanged</span>' if possible else '<span class="tag red">missed</span>')
     if row["rank1_hit"]:
-        tags.append('<span class="tag orange">rank-1 hit</span>')
+        tags.append(f'<span class="tag {"grey" if human else "orange"}">rank-1 hit</span>')
     if not row["detected_in_output"]:
         tags.append('<span class="tag grey">not detected in output</span>')
     if images is None:
@@ -253,41 +257,72 @@ def _verdict(summary: AuditSummary) -> str:
     return f'<div class="verdict fail"><strong>FAIL</strong> &mdash; thresholds crossed:<ul>{items}</ul></div>'
 
 
-def _cards(summary: AuditSummary) -> str:
-    thresholds, reid, quality = summary.thresholds, summary.reid, summary.quality
+def _identity_cards(summary: AuditSummary) -> list[str]:
+    """The cards of the gated identity figures, in the audit's goal's terms.
+
+    Machine goal: the worst judge's re-identification rate (red above its max) and the missed faces.
+    Human goal: the judge's match rate is the utility (red below its min, never for being high) and the
+    faces that still look like their original stand where missed faces stand."""
+    thresholds, reid = summary.thresholds, summary.reid
+    human = summary.human_goal
+    if summary.privacy_goal == "human" and human is not None:
+        change = human.visual_change
+        rate = human.match_rate
+        return [
+            _card("Match rate (utility)", percent(rate),
+                  f"{human.matched or 0} of {face_count(human.faces)} still matched to their original by "
+                  f"{human.judge or 'no judge'} (meant to stay linkable by machines); min {thresholds.min_match_rate:.0%}",
+                  "bad" if rate is None or rate < thresholds.min_match_rate else "good"),
+            _card("Rank-1 among originals", percent(human.rank1_rate),
+                  "machine linkability (utility here, not a leak)"),
+            _card("Still look like the original", str(change.too_similar),
+                  f"face box above PSNR {change.max_psnr_db:g} dB or SSIM {change.max_ssim:g}; max {thresholds.max_missed_faces}",
+                  "bad" if change.too_similar > thresholds.max_missed_faces else "good"),
+        ]
     verification = reid.verification_rate
-    verified_note = f"{face_count(reid.reidentified)} closer than {summary.distance_threshold:g} to their original (dlib)"
+    verified_note = f"{_still_match(reid.reidentified)} their original (dlib, distance under {summary.distance_threshold:g})"
     judges = summary.judges
     if judges.worst:
         worst = judges.per_judge[judges.worst]
         verification = worst.verification_rate
-        verified_note = (f"{face_count(worst.matched)} still match their original for judge {judges.worst} "  # type: ignore[arg-type]
+        verified_note = (f"{_still_match(worst.matched or 0)} their original for judge {judges.worst} "
                          f"(worst of: {judge_rates(judges)})")
-    detection = summary.detection.rate
-    missed, leaks, unaudited = summary.missed_faces.count, summary.metadata.leaks, summary.unaudited.count
     rank1_limit = thresholds.max_rank1_rate
-    cards = [
-        _card("Faces audited", str(summary.faces), f"in {summary.outputs} released images"),
-        _card("Re-identified (verification)", percent(verification),
-              f"{verified_note}; max {thresholds.max_reid_rate:.1%}",
+    missed = summary.missed_faces.count
+    return [
+        _card("Re-identification rate (gated)", percent(verification), f"{verified_note}; max {thresholds.max_reid_rate:.1%}",
               "bad" if verification is not None and verification > thresholds.max_reid_rate else "good"),
         _card("Rank-1 identification", percent(reid.rank1_rate),
               f"{face_count(reid.rank1_hits)}; chance level {percent(reid.rank1_chance)}"
               + (f"; max {rank1_limit:.1%}" if rank1_limit is not None else ""),
               "bad" if rank1_limit is not None and (reid.rank1_rate or 0) > rank1_limit else ""),
+        _card("Missed faces", str(missed), f"region left unchanged; max {thresholds.max_missed_faces}",
+              "bad" if missed > thresholds.max_missed_faces else "good"),
+    ]
+
+
+def _still_match(count: int) -> str:
+    return f"{count} face still matches" if count == 1 else f"{count} faces still match"
+
+
+def _cards(summary: AuditSummary) -> str:
+    thresholds, quality = summary.thresholds, summary.quality
+    detection = summary.detection.rate
+    leaks, unaudited = summary.metadata.leaks, summary.unaudited.count
+    cards = [
+        _card("Faces audited", str(summary.faces), f"in {summary.outputs} released images; possible faces apart"),
+        *_identity_cards(summary),
         _card("Still detected in output", percent(detection),
               f"{face_count(summary.detection.detected)}, detector {summary.detector}; min {thresholds.min_detection_rate:.0%}",
               "bad" if detection is not None and detection < thresholds.min_detection_rate else ""),
-        _card("Missed faces", str(missed), f"region left unchanged; max {thresholds.max_missed_faces}",
-              "bad" if missed > thresholds.max_missed_faces else "good"),
         _card("Possible faces", str(summary.possible_faces.count),
-              f"one detector only, not confirmed; {summary.possible_faces.unchanged} left unchanged"),
+              f"one detector only, not confirmed, not counted; {summary.possible_faces.unchanged} left unchanged"),
         _card("Metadata leaks", str(leaks), f"files with metadata beyond ICC; max {thresholds.max_metadata_leaks}",
               "bad" if leaks > thresholds.max_metadata_leaks else "good"),
         _card("Not audited", str(unaudited), "unreadable or without original", "bad" if unaudited else "good"),
         _card("PSNR outside faces", number(quality.psnr_outside_db, 1, " dB"), f"mean over {quality.images_measured} images"),
         _card("SSIM outside faces", number(quality.ssim_outside, 4), "1.0 = background untouched"),
-        _card("FID", number(quality.fid, 2), quality.fid_status if quality.fid is not None else "unavailable"),
+        _card("FID", number(quality.fid, 2), quality.fid_status if quality.fid is not None else "unavailable (see the papers' figures)"),
     ]
     return '<div class="cards">' + "".join(cards) + "</div>"
 
@@ -309,16 +344,66 @@ def _identity_check(summary: AuditSummary) -> str:
     return f'<p>The recogniser <b>{verdict}</b> the identities of the originals.</p><table id="identity-check">{table}</table>'
 
 
+_FETCH = re.compile(r"anonymize weights fetch ([^`\s]+)")
+_NO_WEIGHTS = re.compile(r"^unavailable \(no (.+?) weights")
+
+
+def instrument_statuses(summary: AuditSummary) -> set[str]:
+    """The statuses that say an instrument could not run (weights absent or unusable, a package missing),
+    as opposed to a protocol that needs what the data lacks (identity labels)."""
+    statuses = {item.status for item in summary.instruments_unavailable.values()}
+    quality = summary.quality
+    statuses |= {status for status in (quality.fid_status, quality.farl_frechet_proxy_status) if status.startswith("unavailable (")}
+    return statuses
+
+
+def unavailable_line(summary: AuditSummary) -> str:
+    """Every figure whose instrument could not run, in one sentence: which figures, what is missing and the
+    command that installs it (never --trust-unverified: a release gate measures with verified weights)."""
+    statuses = instrument_statuses(summary)
+    groups: dict[str, list[str]] = {}
+    for figure in summary.figures:
+        if figure.value is None and figure.status in statuses:
+            groups.setdefault(figure.status, []).append(figure.label)
+    if not groups:
+        return ""
+    missing, fetch = [], []
+    for status, labels in groups.items():
+        names = _FETCH.findall(status)
+        fetch += [name for name in names if name not in fetch]
+        no_weights = _NO_WEIGHTS.match(status)
+        what = (names[0] if names else no_weights.group(1)) + " weights" if names or no_weights else \
+            status.removeprefix("unavailable (").removesuffix(")").replace(" --trust-unverified", "")
+        first = labels[0].split(" ")[0] if len(labels) > 1 and all(label.split(" ")[0] == labels[0].split(" ")[0] for label in labels) \
+            else ", ".join(labels)
+        missing.append(f"{what} ({first})")
+    count = sum(len(labels) for labels in groups.values())
+    how = f"; `anonymize weights fetch {' '.join(fetch)}` installs them" if fetch else ""
+    return f"{count} figures unavailable, their instruments are not installed: missing {'; '.join(missing)}{how}."
+
+
 def _paper_rows(summary: AuditSummary) -> list[tuple[object, ...]]:
+    """The measured (or protocol-limited) figures; those whose instrument could not run are in :func:`unavailable_line`."""
+    statuses = instrument_statuses(summary)
     return [(figure.label, format_value(figure) if figure.value is not None else figure.status, figure.instrument,
-             figure.threshold, figure.protocol) for figure in summary.figures]
+             figure.threshold, figure.protocol) for figure in summary.figures
+            if figure.value is not None or figure.status not in statuses]
+
+
+def _cell(value: object) -> str:
+    """A table cell as a reader reads it: never Python's None, True or False."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], empty: str) -> str:
     if not rows:
         return f'<p class="muted">{_e(empty)}</p>'
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{_e(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_cell(cell))}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -359,7 +444,7 @@ def _human_goal(summary: AuditSummary) -> str:
     roles = summary.recogniser_roles
     white_box = ", ".join(roles.white_box) or "none recorded by the run"
     head = (f'<p>Privacy goal: <b>{_e(summary.privacy_goal)}</b> ({_e(summary.privacy_goal_source)}). '
-            f'Recognisers in the method&#39;s loss (white-box): {_e(white_box)}; judge: <b>{_e(roles.judge)}</b> '
+            f'Recognisers in the method&#39;s loss (white-box): {_e(white_box)}; judge: <b>{_e(roles.judge or "none")}</b> '
             f'({_e(roles.judge_reason)}).</p>')
     human = summary.human_goal
     if human is None:
@@ -368,9 +453,10 @@ def _human_goal(summary: AuditSummary) -> str:
     tar = "; ".join(f"FAR {far}: {percent(item.tar)}" + ("" if item.resolved else " (too few pairs to resolve)")
                     for far, item in human.tar_at_far.items())
     rows = [
-        ("match rate (original, output) pairs", f"{percent(human.match_rate)} ({human.matched} of {human.faces})",
-         f"{human.judge_instrument}, distance < {human.judge_threshold}"),
-        ("TAR at FAR (threshold on different-person pairs of the originals)", human.tar_note or tar, human.judge),
+        ("match rate (original, output) pairs", f"{percent(human.match_rate)} ({human.matched or 0} of {human.faces})",
+         f"{human.judge_instrument}, distance < {human.judge_threshold:g}" if human.judge_instrument and human.judge_threshold is not None
+         else "no judge"),
+        ("TAR at FAR (threshold on different-person pairs of the originals)", human.tar_note or tar or "n/a", human.judge or "no judge"),
         ("rank-1 against a gallery of the originals", percent(human.rank1_rate), f"mean rank {number(human.mean_rank)}"),
         ("face-box PSNR / SSIM to the original", f"{number(change.psnr_face_db, 1, ' dB')} / {number(change.ssim_face, 3)}",
          f"ceiling {change.max_psnr_db:g} dB / {change.max_ssim:g}: {change.too_similar} face(s) above it"),
@@ -380,6 +466,16 @@ def _human_goal(summary: AuditSummary) -> str:
                    'the original.</p>') + _table(("figure", "value", "how"), rows, "")
 
 
+def _rank1_text(summary: AuditSummary) -> str:
+    """The rank-1 sentence, read for the audit's goal: for the human goal, identity that machines still find is the utility."""
+    if summary.privacy_goal == "human":
+        return ("Machine linkability, the utility of a human-goal release (not a leak): " + summary.reid.rank1_meaning
+                .replace("so the recogniser cannot tell whose face an anonymized one was", "so machines can no longer link the faces")
+                .replace("so the anonymized images still carry identity (hair, skin, face shape, pose or background)",
+                         "so machines still link the faces to their originals"))
+    return summary.reid.rank1_meaning
+
+
 def _study_section(pairs: int, skipped: bool) -> str:
     if skipped:
         return '<p class="muted">No study kit: not requested (--study-pairs), or fewer than two faces.</p>'
@@ -387,6 +483,23 @@ def _study_section(pairs: int, skipped: bool) -> str:
             f'<a href="{STUDY_PAGE}">{STUDY_PAGE}</a> is what volunteers see (no answers, no file names); '
             f'<code>{ANSWER_KEY}</code> holds the answers: keep it from them, and never show them this report. '
             'The papers&#39; volunteers got 0.88 and 0.86 of anonymized pairs right against 0.98 and 0.97 of real ones.</p>')
+
+
+AFTER_SERIES = "after: anonymized vs its own original"
+POSSIBLE_SERIES = "after: possible faces (not counted)"
+
+
+def histogram_series(before: Mapping[str, Sequence[float]], faces: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """The histogram's series: the "after" one counts the faces the cards count (confirmed faces with a distance),
+    and possible faces, which no card counts, get their own series (and colour) instead of swelling it."""
+    series = {f"before: {name}": list(values) for name, values in before.items()}
+    confirmed = [row for row in faces if row.get("face_status") != "possible face"]
+    possible = [row for row in faces if row.get("face_status") == "possible face"]
+    series[AFTER_SERIES] = [row["identity_distance"] for row in confirmed if row["identity_distance"] is not None]
+    unconfirmed = [row["identity_distance"] for row in possible if row["identity_distance"] is not None]
+    if unconfirmed:
+        series[POSSIBLE_SERIES] = unconfirmed
+    return series
 
 
 def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None, study: int = 0) -> str:
@@ -403,18 +516,18 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
         if not rows:
             return f'<p class="muted">{_e(empty)}</p>'
         return '<div class="cases">' + "".join(
-            _case(row, thumbnails.pair(row) if thumbnails else None, thumbnails.whole(row) if thumbnails and whole else None)
+            _case(row, thumbnails.pair(row) if thumbnails else None, thumbnails.whole(row) if thumbnails and whole else None,
+                  summary.privacy_goal == "human")
             for row in rows) + "</div>"
 
-    series = {f"before: {name}": values for name, values in result.before_distances.items()}
-    series["after: anonymized vs its own original"] = [row["identity_distance"] for row in faces if row["identity_distance"] is not None]
+    series = histogram_series(result.before_distances, faces)
     warnings = "".join(f'<div class="warning">{_e(text)}</div>' for text in summary.warnings)
     leaks = list(summary.metadata.files.items())
     unaudited = list(summary.unaudited.files.items())
     settings = [
         ("original folder", summary.original_dir), ("anonymized folder", summary.anonymized_dir),
         ("pairing", f"{summary.pairing} {summary.manifest_path or ''}".strip()),
-        ("detector", f"{summary.detector} ({summary.detector_reason})"), ("aligned input", summary.aligned),
+        ("detector", f"{summary.detector} ({summary.detector_reason})"), ("aligned input", "yes" if summary.aligned else "no"),
         ("identity labels", summary.identity_labels or "none"), ("not released (no output)", summary.not_released),
         ("anonymize version", summary.anonymize_version), ("created", summary.created_at),
     ]
@@ -434,14 +547,15 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 <p class="muted">Before: distances between original faces, the scale on which the recogniser tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
 <h2>Identity check of the recogniser</h2>{_identity_check(summary)}
 <h2>Highest remaining similarity</h2>{cases(closest, "No face was audited.")}
-<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(summary.reid.rank1_meaning)}</p>
-<h2>Missed faces</h2>{cases(missed, "None: every face found in the originals was changed.", whole=True)}
+<h2>Rank-1 identification</h2><p id="rank1-meaning">{_e(_rank1_text(summary))}</p>
+<h2>Missed faces</h2>{cases(missed, "No missed face: every face found in the originals was changed.", whole=True)}
 <h2>Possible faces</h2><p class="muted">Found by one detector only and not confirmed by another on a close-up: perhaps a face, perhaps a pattern. Not counted in re-identification or in the missed-face gate; check them by eye.</p>
-{cases(possible, "None: every face was confirmed by two detectors.", whole=True)}
+{cases(possible, "No possible face: every face was confirmed by two detectors.", whole=True)}
 <h2>Attribute privacy (k / l / t)</h2>{_attribute_privacy(summary)}
-<h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "None: no output carries metadata beyond its ICC profile.")}
-<h2>Not audited</h2>{_table(("file", "why"), unaudited, "None: every released image was audited.")}
+<h2>Metadata leaks</h2>{_table(("file", "metadata found"), leaks, "No leak: no output carries metadata beyond its ICC profile.")}
+<h2>Not audited</h2>{_table(("file", "why"), unaudited, "Every released image was audited.")}
 <h2>Figures in the papers' units</h2><p class="muted">Each figure with the instrument, threshold and protocol it was measured with; set it beside a published number only where all three match.</p>
+<p class="muted" id="unavailable">{_e(unavailable_line(summary))}</p>
 {_table(("figure", "value", "instrument", "threshold", "protocol"), _paper_rows(summary), "No figure was measured.")}
 <h2>Settings</h2>{_table(("setting", "value"), settings, "")}
 </main></body></html>

@@ -82,7 +82,7 @@ def face_figures(rows: Sequence[Mapping[str, Any]], chance: float | None, identi
             median_distance=float(np.median(distances)) if distances else None,
             min_distance=float(min(distances)) if distances else None,
             rank1_chance=chance,
-            rank1_meaning=rank1_sentence(rank1_rate, chance, len(faces), identities),
+            rank1_meaning=rank1_sentence(rank1_rate, chance, len(faces), identities, verified),
         ),
         face_quality=FaceQuality(  # inside each face box (CFA-Net Table 3): how much of the face survived
             psnr_face_db=_mean([row.get("psnr_face_db") for row in faces]),

@@ -20,6 +20,7 @@ from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEF
 from anonymize.audit.compare import comparison_json, legend, load_comparison, selected_columns, write_comparison_report
 from anonymize.audit.format import attribute_line, format_value, judge_rates, number, percent, significant
 from anonymize.audit.human import PRIVACY_GOALS
+from anonymize.audit.summary import AuditSummary
 from anonymize.cli.app import app
 from anonymize.cli.console import DefaultCommandGroup, Device, fail, progress_bar, stdout
 from anonymize.errors import AnonymizeError
@@ -72,6 +73,33 @@ class RichAuditProgress(AuditProgress):
             self.bar.console.print(text, soft_wrap=True)
 
 
+def method_audited(summary: AuditSummary) -> str:
+    """The method that made the folder, with its options, as the run's manifest records it (a verdict is about one method)."""
+    run = summary.run
+    if run.method is None:
+        return "unknown (no run manifest: the folder was paired by relative path)"
+    options = ", ".join(f"{key}={value}" for key, value in sorted(run.options.items()))
+    return run.method + (f" ({options})" if options else "")
+
+
+def gated_row(summary: AuditSummary) -> tuple[str, str]:
+    """The identity figure the verdict gates on, with its limit: the worst judge's re-identification rate
+    (machine goal) or the judge's match rate (human goal)."""
+    limits = summary.thresholds
+    human = summary.human_goal
+    if summary.privacy_goal == "human" and human is not None:
+        return (f"match rate (gated, min {limits.min_match_rate:.0%})",
+                f"{percent(human.match_rate)} ({human.matched} of {human.faces} faces still matched by {human.judge or 'no judge'}; "
+                "the utility of a human-goal method)")
+    judges = summary.judges
+    label = f"re-identification rate (gated, max {limits.max_reid_rate:.0%})"
+    worst = judges.per_judge[judges.worst] if judges.worst else None
+    if worst is None:
+        return label, f"n/a ({judges.reason if not judges.names else 'no face compared'})"
+    return label, (f"{percent(worst.verification_rate)} by {judges.worst}, the worst judge ({worst.matched} of {worst.faces} "
+                   f"faces still match their original); per judge: {judge_rates(judges)}")
+
+
 def print_audit_summary(result: AuditResult) -> None:
     """The summary as a table, the rank-1 sentence, warnings, the verdict and the files written."""
     summary = result.summary
@@ -79,6 +107,8 @@ def print_audit_summary(result: AuditResult) -> None:
     table = Table(title="anonymize audit", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
+    table.add_row("method audited", method_audited(summary))
+    table.add_row(*gated_row(summary))
     table.add_row("released images", str(summary.outputs))
     table.add_row("faces audited", str(summary.faces))
     table.add_row("detector", f"{summary.detector} ({summary.detector_reason})")
@@ -86,17 +116,10 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("privacy goal", f"{summary.privacy_goal} ({summary.privacy_goal_source})")
     table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.white_box) or 'none recorded'}; "
                                  f"judges: {', '.join(roles.judges) or 'none'}")
-    judges = summary.judges
-    if summary.privacy_goal != "human":
-        worst = judges.per_judge[judges.worst] if judges.worst else None
-        gated = (f"{percent(worst.verification_rate)} by {judges.worst} ({worst.matched} of {worst.faces} faces)"
-                 if worst is not None else "n/a")
-        table.add_row("re-identified (gated: worst judge)", f"{gated}; per judge: {judge_rates(judges) or 'none'}")
     human = summary.human_goal
     if human is not None:
         change = human.visual_change
         tar = " / ".join(percent(item.tar) for item in human.tar_at_far.values())
-        table.add_row("machine match rate (utility)", f"{percent(human.match_rate)} ({human.matched} of {human.faces} faces, {human.judge})")
         table.add_row("TAR at FAR 0.01 / 0.1", tar + (f" ({human.tar_note})" if human.tar_note else ""))
         table.add_row("rank-1 among originals", percent(human.rank1_rate))
         table.add_row("visual change (face box)", f"PSNR {significant(change.psnr_face_db, ' dB')}, SSIM {significant(change.ssim_face, '')}; "
@@ -144,7 +167,8 @@ def audit_command(
     anon_dir: Path = typer.Argument(..., help="Folder of the anonymized images (what would be released)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources (default: <ANON_DIR>/manifest.parquet if present, else pair by relative path)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write a static HTML report (and the audit files) into this folder. It shows original faces: keep it private."),
-    fail_on_leak: bool = typer.Option(False, "--fail-on-leak", help=f"Exit with code {EXIT_THRESHOLD_CROSSED} when any threshold is crossed."),
+    report_only: bool = typer.Option(False, "--report-only", help=f"Report the verdict but exit 0 when a threshold is crossed (by default the audit exits {EXIT_THRESHOLD_CROSSED}, so a release job stops)."),
+    fail_on_leak: bool = typer.Option(False, "--fail-on-leak", help=f"Exit {EXIT_THRESHOLD_CROSSED} when a threshold is crossed: the default now, kept for old scripts (it wins over --report-only)."),
     max_reid_rate: float = typer.Option(0.05, min=0.0, max=1.0, help="Largest share of faces still matching their original."),
     max_rank1_rate: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Largest rank-1 identification rate (default: not gated)."),
     min_detection_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Smallest share of faces still detected in the output (default: not gated)."),
@@ -177,7 +201,9 @@ def audit_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
 ) -> None:
-    """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality."""
+    """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality.
+
+    Exits 3 when the verdict is FAIL (a gate: `anonymize audit ORIGINAL ANON && publish`), 2 on an error."""
     config = AuditConfig(
         original_dir=original_dir,
         anonymized_dir=anon_dir,
@@ -219,13 +245,19 @@ def audit_command(
         with RichAuditProgress(quiet or as_json) as progress:
             result = run_audit(config, progress)
     except (AnonymizeError, WeightsError) as exc:  # AuditError, and DeviceError for --device cuda without CUDA
-        fail(str(exc))
+        fail(str(exc), as_json=as_json)
     if as_json:
         stdout.print_json(json.dumps(result.summary.to_json(), default=str))
     elif not quiet:
         print_audit_summary(result)
-    if fail_on_leak and not result.passed:
-        raise typer.Exit(EXIT_THRESHOLD_CROSSED)
+    code = gate_exit_code(result.passed, report_only and not fail_on_leak)
+    if code:
+        raise typer.Exit(code)
+
+
+def gate_exit_code(passed: bool, report_only: bool = False) -> int:
+    """The audit's exit status: a FAIL stops the job that runs it (exit 3) unless it only reports (``--report-only``)."""
+    return 0 if passed or report_only else EXIT_THRESHOLD_CROSSED
 
 
 @audit_app.command("compare")
