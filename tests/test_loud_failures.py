@@ -109,3 +109,20 @@ def test_a_parts_run_prints_its_privacy_goal_in_the_summary(tiny_env, shared_dir
     shown = " ".join(result.stdout.split())
     assert shown.count("privacy goal: people. parts keeps every face matchable by face recognition") == 1
     assert "not anonymized against machines" in shown
+
+
+def test_aligned_ffhq_counts_the_faces_too(shared_dir, tiny_weights, tmp_path):
+    from PIL import Image
+
+    source = tmp_path / "squares"
+    source.mkdir()
+    for name in GROUP_PHOTOS:
+        image = Image.open(shared_dir / "data" / "groups" / name).convert("RGB")
+        side = min(image.size)
+        left = (image.size[0] - side) // 2
+        image.crop((left, 0, left + side, side)).save(source / name.replace(".jpg", ".png"))
+    out = tmp_path / "out"
+    result = cli("run", source, "--out", out, "--method", "blur", "--aligned-ffhq", "--device", "cpu",
+                 "--weights-dir", tiny_weights.weights_dir, "--json")
+    rows = [rows[0] for rows in rows_by_source(out).values()]
+    assert result.exit_code == 4 and rows and all(row["status"] == "error" and "faces found" in row["error"] for row in rows)

@@ -209,8 +209,8 @@ def run_command(
     """Detect, align and anonymize every face under INPUT_DIR; write a mirrored tree and a Parquet manifest."""
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
-    if aligned_lenient and not aligned:
-        fail("--aligned-lenient only applies with --aligned", as_json=as_json)
+    if aligned_lenient and not (aligned or aligned_ffhq):
+        fail("--aligned-lenient only applies with --aligned or --aligned-ffhq", as_json=as_json)
     if identity_from is not None and not method_class(method.value).dataset_level:
         fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
     try:

@@ -112,7 +112,7 @@ class Pipeline:
             self.progress.note(f"detector {self.detector_choice.reason}")
             self.config = with_chosen_detector(self.config, self.detector_choice.name)
         detector = build_detector(self.config.detection, self.weights, self.device)
-        if detection.aligned and detection.framing != "ffhq" and detector is None:
+        if detection.aligned and detector is None:
             self.progress.warning("--aligned: no detector could be built, so an image with more than one face cannot be "
                                   "caught; only the centre face of each image is anonymized")
         return detector

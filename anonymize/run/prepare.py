@@ -144,12 +144,13 @@ class Preparer:
         aligned the ordinary way (only --aligned-lenient uses them); and how many others there are.
         The detector runs on every image so that a group photo given as --aligned is never half anonymized."""
         height, width = rgb.shape[:2]
-        found = detector.detect(rgb) if detector is not None and self.detection.framing != "ffhq" else []
-        face = centred_face(found, rgb.shape)
+        found = detector.detect(rgb) if detector is not None else []
+        centre = centred_face(found, rgb.shape)
+        face = centre if self.detection.framing != "ffhq" else None  # an FFHQ-framed square is used whole
         single = align_single_face(rgb, None if face is None else face.landmarks, self.crop_size, self.detection.framing)
         if face is None:
-            return [Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((0, 2), np.float32))], [single], 0
-        others = [other for other in found if other is not face]
+            face = Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((0, 2), np.float32))
+        others = [other for other in found if other is not centre]
         faces = [face, *others]
         aligned = [single, *(align_face(rgb, other.landmarks, self.crop_size) for other in others)]
         return faces, aligned, len(others)
@@ -167,16 +168,14 @@ def aligned_contract_broken(shown: str, count: int, lenient: bool = False) -> st
 
 def build_detector(detection: Detection, weights: WeightsStore, device: str) -> Detector | None:
     """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
-    if detection.aligned:
-        if detection.framing == "ffhq":
-            return None
+    if detection.aligned:  # --aligned-ffhq too: its squares are used whole, but the faces are still counted
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
     settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first)
     return create_detector(detection.detector, weights, settings)
 
 
 def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSettings) -> Detector | None:
-    """For --aligned input: the run's detector finds the landmarks of the one face (auto and ensemble:
+    """For --aligned input: the run's detector finds the landmarks of the one face and counts the faces (auto and ensemble:
     RetinaFace, never downloaded here); if it cannot be built (missing weights), dlib's HOG (weights in
     an installed package); else None (CelebA template)."""
     first = "retinaface" if name in ("auto", "ensemble") else name
