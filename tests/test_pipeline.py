@@ -264,6 +264,11 @@ def test_the_manifest_reads_with_pandas_and_carries_run_metadata(png_portraits, 
     from anonymize.io.manifest import read_manifest
 
     assert "pandas" not in read_manifest(out / "manifest.parquet")[1]  # the run's metadata only
+    # a blur run records blur's options, not FALCO's margin, and has only the columns it declares
+    params = json.loads(frame.loc[frame["status"] == "done", "method_params"].iloc[0])
+    settings = json.loads(read_manifest(out / "manifest.parquet")[1]["settings"])
+    assert "margin" not in json.dumps(params) and "margin" not in settings["method_options"]
+    assert not any(column.startswith(("id_", "attr_", "fake_")) for column in frame.columns)
     metadata = pq.read_schema(out / "manifest.parquet").metadata
     assert metadata[b"seed"] == b"7"
     assert json.loads(metadata[b"arguments"])["method"] == "blur"
