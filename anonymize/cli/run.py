@@ -96,7 +96,7 @@ class RichProgress(PipelineProgress):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.bar.console.print(Text.assemble(("skipped:", "yellow"), " ", text), soft_wrap=True)
+            self.bar.console.print(Text.assemble(("error row:", "yellow"), " ", text), soft_wrap=True)
 
     def warning(self, text: str) -> None:
         self.bar.console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
