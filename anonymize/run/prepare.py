@@ -138,8 +138,7 @@ class Preparer:
                             seconds=time.perf_counter() - started)
         return Prepared(file, digest, image, faces, aligned, time.perf_counter() - started)
 
-
-    def _aligned_faces(self, rgb: Any, detector: Detector | None) -> tuple[list[Face], list[AlignedFace], int]:
+    def _aligned_faces(self, rgb: np.ndarray, detector: Detector | None) -> tuple[list[Face], list[AlignedFace], int]:
         """--aligned: the centred face cropped as aligned input, then any other face the detector found,
         aligned the ordinary way (only --aligned-lenient uses them); and how many others there are.
         The detector runs on every image so that a group photo given as --aligned is never half anonymized."""
