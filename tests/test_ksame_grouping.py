@@ -36,12 +36,24 @@ def test_leftovers_of_one_person_join_an_earlier_group_without_them_or_stay_unpl
     # (at most 2k-1 = 3 members): the first joins {0, 1}, the second finds none
     grouping = k_same_groups(line(0, 1, 2, 3), persons=[0, 1, 2, 2], k=2)
     assert grouping.groups == [[0, 1, 2]]
-    assert list(grouping.unplaced) == [3] and "fewer than k=2" in grouping.unplaced[3]
+    assert list(grouping.unplaced) == [3]
+    assert "this person has 2 faces but the faces make only 1 k-Same group of k=2" in grouping.unplaced[3]
+
+
+def test_an_unplaced_cause_is_worded_the_same_for_every_face_it_applies_to():
+    # the run prints a repeated cause once with its count: the words must not name the face
+    persons = [0, 1, 2, 3, 4, 4, 4, 4]  # E has four photos and the faces make two groups: two of E's fit nowhere
+    grouping = k_same_groups(line(0, 1, 2, 3, 10, 11, 12, 13), persons=persons, k=2)
+    causes = set(grouping.unplaced.values())
+    assert sorted(grouping.unplaced) == [6, 7] and len(causes) == 1
+    assert "this person has 4 faces but the faces make only 2 k-Same groups" in causes.pop()
+    assert all(len({persons[face] for face in group}) == len(group) for group in grouping.groups)
 
 
 def test_fewer_people_than_k_leaves_every_face_unplaced():
     grouping = k_same_groups(line(0, 1, 2), persons=[0, 0, 1], k=3)
     assert grouping.groups == [] and sorted(grouping.unplaced) == [0, 1, 2]
+    assert "show 2 people, fewer than k=3" in grouping.unplaced[0]
 
 
 @pytest.mark.parametrize("k", [2, 3, 5])

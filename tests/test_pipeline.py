@@ -122,8 +122,8 @@ def test_bad_files_become_error_rows_and_every_good_image_is_done(shared_dir, tm
     expected = write_bad_inputs(source, good[0])
     out = tmp_path / "out"
     result = cli("run", str(source), "--out", str(out), "--method", "blur", "--detector", "dlib-hog", "--json")
-    assert result.exit_code == 0
     summary = json.loads(result.stdout)
+    assert result.exit_code == 4 and summary["exit_code"] == 4  # CI reads exit codes: error rows are not a clean run
     assert summary["errors"] == len(expected) and summary["images"] == len(good)
     rows = {row["source_path"]: row for row in pq.read_table(out / "manifest.parquet").to_pylist()}
     for name, cause in expected.items():
@@ -133,6 +133,12 @@ def test_bad_files_become_error_rows_and_every_good_image_is_done(shared_dir, tm
         assert not (out / name).exists()
     for path in good:
         assert rows[path.name]["status"] == "done" and (out / path.name).is_file()
+    # --allow-errors accepts them (the rerun resumes the good images and meets the same bad files)
+    again = cli("run", str(source), "--out", str(out), "--method", "blur", "--detector", "dlib-hog", "--json", "--allow-errors")
+    assert again.exit_code == 0 and json.loads(again.stdout)["errors"] == len(expected)
+    clean = cli("run", str(good[0].parent), "--out", str(tmp_path / "clean"), "--method", "blur", "--detector", "dlib-hog",
+                "--limit", "1", "--json")
+    assert clean.exit_code == 0 and json.loads(clean.stdout)["exit_code"] == 0
 
 
 def test_a_rerun_resumes_and_the_result_equals_a_clean_run(portraits, tmp_path):
@@ -244,9 +250,25 @@ def test_the_manifest_command_summarises_a_run(png_portraits, tmp_path):
 def test_the_manifest_reads_with_pandas_and_carries_run_metadata(png_portraits, tmp_path):
     pandas = pytest.importorskip("pandas")
     out = tmp_path / "out"
+    (png_portraits / "labels.txt").write_text("a side file: its row has no face index")
     run(blur_config(png_portraits, out, seed=7))
     frame = pandas.read_parquet(out / "manifest.parquet")
-    assert len(frame) >= len(PORTRAITS_WITH_ONE_FACE)
+    assert len(frame) >= len(PORTRAITS_WITH_ONE_FACE) + 1
+    # face_index stays an integer with nulls (pandas' nullable Int32), not float64 with NaN; so do width and height
+    for column in ("face_index", "width", "height"):
+        assert pandas.api.types.is_integer_dtype(frame[column]), frame[column].dtype
+    assert str(frame["face_index"].dtype) == "Int32"
+    skipped = frame[frame["status"] == "skipped"]
+    assert len(skipped) == 1 and skipped["face_index"].isna().all()
+    assert set(frame.loc[frame["status"] == "done", "face_index"].tolist()) == {0}
+    from anonymize.io.manifest import read_manifest
+
+    assert "pandas" not in read_manifest(out / "manifest.parquet")[1]  # the run's metadata only
+    # a blur run records blur's options, not FALCO's margin, and has only the columns it declares
+    params = json.loads(frame.loc[frame["status"] == "done", "method_params"].iloc[0])
+    settings = json.loads(read_manifest(out / "manifest.parquet")[1]["settings"])
+    assert "margin" not in json.dumps(params) and "margin" not in settings["method_options"]
+    assert not any(column.startswith(("id_", "attr_", "fake_")) for column in frame.columns)
     metadata = pq.read_schema(out / "manifest.parquet").metadata
     assert metadata[b"seed"] == b"7"
     assert json.loads(metadata[b"arguments"])["method"] == "blur"

@@ -24,6 +24,8 @@ from anonymize.run import Progress as PipelineProgress
 from anonymize.run import RunConfig, RunError, RunSummary, default_output_dir, run, run_config
 from anonymize.weights import WeightsError
 
+EXIT_ERROR_ROWS = 4  # the run finished, but some images are error rows (not written, faces not anonymized)
+
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
 
@@ -96,7 +98,7 @@ class RichProgress(PipelineProgress):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.bar.console.print(Text.assemble(("skipped:", "yellow"), " ", text), soft_wrap=True)
+            self.bar.console.print(Text.assemble(("error row:", "yellow"), " ", text), soft_wrap=True)
 
     def warning(self, text: str) -> None:
         self.bar.console.print(Text.assemble(("warning:", "yellow"), " ", text), soft_wrap=True)
@@ -181,13 +183,15 @@ def run_command(
     save_latents: bool = typer.Option(False, "--save-latents", help="FALCO: save each face's final W+ code under <out>/.anonymize/latents/."),
     detector: DetectorName = typer.Option("auto", metavar="NAME", help="Face detector: " + ", ".join(DETECTORS) + ". auto: RetinaFace (its 1.8 MB weights fetched on first use), else MTCNN from the installed facenet-pytorch; ensemble: RetinaFace + MTCNN, for recall first."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", metavar="DIR", help="Weights folder (default: ~/.cache/anonymize)."),
-    aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops): no face search; cropped FFHQ-style from its landmarks (CelebA template if none) and pasted back; FFHQ-framed squares are used whole."),
+    aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops): cropped FFHQ-style from its landmarks (CelebA template if none) and pasted back; FFHQ-framed squares are used whole. A fast detector still counts the faces: more than one is an error row (see --aligned-lenient)."),
+    aligned_lenient: bool = typer.Option(False, "--aligned-lenient", help="With --aligned: an image with more than one face is written with a warning, its other faces anonymized the ordinary way (default: an error row)."),
     aligned_ffhq: bool = typer.Option(False, "--aligned-ffhq", help="Like --aligned, but every input is an FFHQ-framed square (FFHQ, CelebA-HQ): used whole, no landmarks."),
     min_face: int = typer.Option(0, min=0, metavar="PIXELS", help="Ignore faces smaller than this many pixels."),
     det_threshold: Optional[float] = typer.Option(None, metavar="SCORE", help="Detection score threshold (default: per detector)."),
     recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds: fewer missed faces, more false positives (README, Detection)."),
     on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
     on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
+    allow_errors: bool = typer.Option(False, "--allow-errors", help=f"Exit 0 even when images became error rows (default: exit {EXIT_ERROR_ROWS})."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip images an earlier run finished (same source hash)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Forget earlier runs into this output and redo everything."),
     batch_size: str = typer.Option("auto", metavar="N|auto", help="Faces per method batch, or auto."),
@@ -214,6 +218,8 @@ def run_command(
     """Detect, align and anonymize every face under INPUT_DIR (a folder, or one image); write a mirrored tree and a Parquet manifest."""
     if batch_size != "auto" and not (batch_size.isdigit() and int(batch_size) > 0):
         fail(f"--batch-size {batch_size!r}: expected a positive integer or auto", as_json=as_json)
+    if aligned_lenient and not (aligned or aligned_ffhq):
+        fail("--aligned-lenient only applies with --aligned or --aligned-ffhq", as_json=as_json)
     if identity_from is not None and not method_class(method.value).dataset_level:
         fail(f"--identity-from only applies to dataset-level methods (got --method {method.value})", as_json=as_json)
     try:
@@ -246,6 +252,7 @@ def run_command(
         weights_dir=weights_dir,
         aligned=aligned or aligned_ffhq,
         aligned_framing="ffhq" if aligned_ffhq else "auto",
+        aligned_lenient=aligned_lenient,
         min_face=min_face,
         det_threshold=det_threshold,
         recall_first=recall_first,
@@ -286,9 +293,13 @@ def run_command(
     report = summary.as_dict()
     if dry_run:
         report["files"] = progress.files
+    code = _exit_code(summary, on_error.value, allow_errors)
     audit_result = _audit(config, as_json) if audit and not dry_run else None
     if audit_result is not None:
         report["audit"] = audit_result.summary.to_json()  # it holds passed and crossed
+        if not audit_result.passed and code != 1:
+            code = EXIT_THRESHOLD_CROSSED
+    report["exit_code"] = code
     if as_json:
         stdout.print_json(json.dumps(report, default=str))
     elif not quiet:
@@ -297,10 +308,17 @@ def run_command(
         _print_summary(summary)
         if audit_result is not None:
             print_audit_summary(audit_result)
-    if on_error == OnError.fail and summary.errors:
-        raise typer.Exit(1)
-    if audit_result is not None and not audit_result.passed:
-        raise typer.Exit(EXIT_THRESHOLD_CROSSED)
+    if code:
+        raise typer.Exit(code)
+
+
+def _exit_code(summary: RunSummary, on_error: str, allow_errors: bool) -> int:
+    """CI jobs read exit codes, not tables: error rows are non-zero unless --allow-errors; 0 is a clean run."""
+    if summary.clean:
+        return 0
+    if on_error == "fail":
+        return 1
+    return 0 if allow_errors else EXIT_ERROR_ROWS
 
 
 def _audit(config: RunConfig, as_json: bool = False) -> AuditResult:

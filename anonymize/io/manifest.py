@@ -113,9 +113,27 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], metadata: Mapping[str, str]
         for name, value in normalise_row(row, schema).items():
             columns[name].append(value)
     table = pa.Table.from_pydict(columns, schema=schema)
-    if metadata:
-        table = table.replace_schema_metadata({key.encode(): value.encode() for key, value in metadata.items()})
-    return table
+    stored = {key: value for key, value in (metadata or {}).items() if key != PANDAS_METADATA_KEY}
+    stored[PANDAS_METADATA_KEY] = pandas_metadata(schema)  # integer columns stay integers in pandas
+    return table.replace_schema_metadata({key.encode(): value.encode() for key, value in stored.items()})
+
+
+PANDAS_METADATA_KEY = "pandas"
+_NULLABLE_INTEGERS = {pa.int8(): "Int8", pa.int16(): "Int16", pa.int32(): "Int32", pa.int64(): "Int64"}
+
+
+def pandas_metadata(schema: pa.Schema) -> str:
+    """pandas' own schema note mapping every integer column to a nullable Int dtype.
+
+    Integer columns have nulls (``face_index`` of a no-face or error row, ``width`` of an unreadable
+    file); without this note ``pd.read_parquet`` turns them into float64 (``face_index`` 0.0, 1.0, NaN).
+    Only those columns are listed; pyarrow reads the rest as usual and ignores the note itself.
+    """
+    columns = [{"name": field.name, "field_name": field.name, "pandas_type": str(field.type),
+                "numpy_type": _NULLABLE_INTEGERS[field.type], "metadata": None}
+               for field in schema if field.type in _NULLABLE_INTEGERS]
+    return json.dumps({"index_columns": [], "column_indexes": [], "columns": columns,
+                       "creator": {"library": "anonymize"}}, sort_keys=True)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -195,7 +213,8 @@ def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] 
         rows.extend(table.to_pylist())
         schemas.append(table.schema)
         if metadata is None:
-            metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+            metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()
+                        if key.decode() != PANDAS_METADATA_KEY}
     rows = merge_rows(rows)
     inside = out_dir == manifest_path.parent or out_dir in manifest_path.parents
     if schema is None:  # merging what a killed run left: every column any of its files had
@@ -268,8 +287,10 @@ def _read_table(path: Path | StorePath) -> pa.Table:
 
 
 def read_manifest(path: Path) -> tuple[pa.Table, dict[str, str]]:
+    """The table and the run's metadata (pandas' own note, derived from the schema, left out)."""
     table = _read_table(path)
-    metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()}
+    metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()
+                if key.decode() != PANDAS_METADATA_KEY}
     return table, metadata
 
 

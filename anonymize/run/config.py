@@ -40,7 +40,8 @@ class Detection:
     """How faces are found and framed; ``detector`` is resolved once (auto -> the one chosen) by the pipeline."""
 
     detector: str = "auto"
-    aligned: bool = False  # one centred face per image (CelebA, FFHQ crops): no face search
+    aligned: bool = False  # one centred face per image (CelebA, FFHQ crops); a detector still counts the faces
+    aligned_lenient: bool = False  # --aligned and more than one face: warn and anonymize the others (default: error row)
     framing: Framing = "auto"  # ffhq: every input is an FFHQ-framed square, used whole
     min_face: int = 0
     threshold: float | None = None
@@ -129,6 +130,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "weights_dir": ("execution", "weights_dir"),
     "aligned": ("detection", "aligned"),
     "aligned_framing": ("detection", "framing"),
+    "aligned_lenient": ("detection", "aligned_lenient"),
     "min_face": ("detection", "min_face"),
     "det_threshold": ("detection", "threshold"),
     "recall_first": ("detection", "recall_first"),

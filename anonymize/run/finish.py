@@ -36,6 +36,7 @@ class Finished:
     faces: int = 0
     error: str | None = None
     seconds: float = 0.0  # time spent in finish
+    warning: str | None = None  # written, but the run must say something about it (--aligned-lenient)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class PasteBack:
         result = item.image.rgb  # type: ignore[union-attr]
         for face, aligned, crop in zip(item.faces, item.aligned, crops):
             if aligned.whole_image and self.replaces_aligned_image:
-                return replace_whole(result, crop)
+                result = replace_whole(result, crop)  # then any other face (--aligned-lenient) on top
+                continue
             box = face.box if len(face.landmarks) else None  # no box to cover when nothing was detected
             result = paste_face(result, crop, aligned, self.region, box)
         return result
@@ -110,7 +112,7 @@ class Finisher:
             return self._error(item, outcome, item.seconds + method_seconds)
         if self.output.dry_run or outcome is None:
             rows = self._face_rows(item, None, [{} for _ in item.faces], item.seconds / len(item.faces))
-            return Finished(rows, STATUS_DONE, faces=len(item.faces))
+            return Finished(rows, STATUS_DONE, faces=len(item.faces), warning=item.warning)
         try:
             metrics = [dict(face.metrics) for face in outcome]
             image = self.paste_back.paste(item, [face.crop for face in outcome])
@@ -125,7 +127,7 @@ class Finisher:
         finish_seconds = time.perf_counter() - started
         seconds = item.seconds + method_seconds + finish_seconds
         rows = self._face_rows(item, output, metrics, seconds / len(item.faces))
-        return Finished(rows, STATUS_DONE, faces=len(item.faces), seconds=finish_seconds)
+        return Finished(rows, STATUS_DONE, faces=len(item.faces), seconds=finish_seconds, warning=item.warning)
 
     def _finish_without_face(self, item: Prepared, started: float) -> Finished:
         shown = readable(str(item.file.relpath))

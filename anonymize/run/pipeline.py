@@ -90,6 +90,7 @@ class Pipeline:
             "method": config.method.name,
             "method_options": json.loads(json.dumps(options, sort_keys=True, default=str)),
             "aligned": detection.aligned,
+            "aligned_lenient": detection.aligned_lenient,
             # the detector that runs (--detector auto resolved), so a resume never mixes two detectors' outputs
             "detector": None if detection.aligned else detection.detector,
             "det_threshold": detection.threshold,
@@ -110,7 +111,11 @@ class Pipeline:
             self.detector_choice = choose_detector(detection.detector, self.weights, self.progress.download)
             self.progress.note(f"detector {self.detector_choice.reason}")
             self.config = with_chosen_detector(self.config, self.detector_choice.name)
-        return build_detector(self.config.detection, self.weights, self.device)
+        detector = build_detector(self.config.detection, self.weights, self.device)
+        if detection.aligned and detector is None:
+            self.progress.warning("--aligned: no detector could be built, so an image with more than one face cannot be "
+                                  "caught; only the centre face of each image is anonymized")
+        return detector
 
     def _check_adversarial_weights(self) -> None:
         """The adversarial step's recognisers must be here before anything is written (one line if not)."""
@@ -128,8 +133,10 @@ class Pipeline:
                 kept = ",".join(member for member in settings.ensemble if member != name) or "dlib"
                 raise RunError(f"-p adv_ensemble={','.join(settings.ensemble)}: {exc}; or attack without it: -p adv_ensemble={kept}") from None
 
-    def privacy_note(self, method: Method) -> str | None:
-        """One line for the run summary when the output is not anonymized for everyone (its privacy goal)."""
+    @staticmethod
+    def privacy_note(method: Method | type[Method]) -> str | None:
+        """One line for the run summary when the output is not anonymized for everyone (its privacy goal),
+        so nobody ships a people-recognisable output as anonymized; read from the class's declarations."""
         if method.privacy_goal == "human":
             return (f"privacy goal: people. {method.name} keeps every face matchable by face recognition "
                     "(by design): not anonymized against machines")
@@ -229,6 +236,8 @@ class Pipeline:
                     ) from None
         summary.seconds = round(time.perf_counter() - started, 3)
         summary.stages = times.as_dict(summary.seconds)
+        for line in summary.repeated_causes():
+            self.progress.warning(line)
         return summary
 
     def _first_pass(self, stages: Stages, steps: list[FinishingStep], files: list[ImageFile],
@@ -273,10 +282,14 @@ class Pipeline:
             if item.status == "resumed":
                 summary.resumed += 1
             elif item.status == STATUS_ERROR:
-                summary.count_error(item.error or "")
-                self.progress.message(item.error or "")
+                source = readable(str(item.rows[0]["source_path"])) if item.rows else None
+                if summary.count_error(item.error or "", source):  # a repeated cause: counted, printed once at the end
+                    self.progress.message(item.error or "")
                 stop = stop or self.config.output.on_error == "fail"
             else:
+                if item.warning:
+                    summary.warnings += 1
+                    self.progress.warning(item.warning)
                 summary.images += 1
                 summary.faces += item.faces
                 summary.no_face_images += item.status == STATUS_NO_FACE

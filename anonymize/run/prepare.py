@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from anonymize.faces.align import AlignedFace, align_aligned_input, align_face
+import numpy as np
+
+from anonymize.faces.align import AlignedFace, align_face, align_single_face, centred_face
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image
@@ -41,6 +43,7 @@ class Prepared:
     seconds: float = 0.0  # time spent on this image so far (hash, decode, detect, align)
     error: str | None = None
     resumed: bool = False
+    warning: str | None = None  # printed by the run, the image still written (--aligned-lenient's extra faces)
 
     @property
     def needs_method(self) -> bool:
@@ -119,8 +122,12 @@ class Preparer:
             image = decode_image(data, self.max_pixels, display_name=shown)
             detector = self.detector()
             if self.detection.aligned:
-                face, single = align_aligned_input(image.rgb, detector, self.crop_size, self.detection.framing)
-                faces, aligned = [face], [single]
+                faces, aligned, extra = self._aligned_faces(image.rgb, detector)
+                if extra and not self.detection.aligned_lenient:
+                    return Prepared(file, digest, image, error=aligned_contract_broken(shown, extra + 1),
+                                    seconds=time.perf_counter() - started)
+                warning = aligned_contract_broken(shown, extra + 1, lenient=True) if extra else None
+                return Prepared(file, digest, image, faces, aligned, time.perf_counter() - started, warning=warning)
             else:
                 faces = detector.detect(image.rgb)  # type: ignore[union-attr]
                 aligned = [align_face(image.rgb, face.landmarks, self.crop_size) for face in faces]
@@ -131,19 +138,43 @@ class Preparer:
                             seconds=time.perf_counter() - started)
         return Prepared(file, digest, image, faces, aligned, time.perf_counter() - started)
 
+    def _aligned_faces(self, rgb: np.ndarray, detector: Detector | None) -> tuple[list[Face], list[AlignedFace], int]:
+        """--aligned: the centred face cropped as aligned input, then any other face the detector found,
+        aligned the ordinary way (only --aligned-lenient uses them); and how many others there are.
+        The detector runs on every image so that a group photo given as --aligned is never half anonymized."""
+        height, width = rgb.shape[:2]
+        found = detector.detect(rgb) if detector is not None else []
+        centre = centred_face(found, rgb.shape)
+        face = centre if self.detection.framing != "ffhq" else None  # an FFHQ-framed square is used whole
+        single = align_single_face(rgb, None if face is None else face.landmarks, self.crop_size, self.detection.framing)
+        if face is None:
+            face = Face((0.0, 0.0, float(width), float(height)), 1.0, np.zeros((0, 2), np.float32))
+        others = [other for other in found if other is not centre]
+        faces = [face, *others]
+        aligned = [single, *(align_face(rgb, other.landmarks, self.crop_size) for other in others)]
+        return faces, aligned, len(others)
+
+
+def aligned_contract_broken(shown: str, count: int, lenient: bool = False) -> str:
+    """The one line for an --aligned image in which the detector found more than one face."""
+    if lenient:
+        return (f"{shown}: {count} faces found, but --aligned means one centred face per image; "
+                f"the {count - 1} other {'face was' if count == 2 else 'faces were'} anonymized the ordinary way "
+                f"(--aligned-lenient)")
+    return (f"{shown}: {count} faces found, but --aligned means one centred face per image, so only the centre one "
+            f"would be anonymized; run without --aligned, or with --aligned-lenient to anonymize the others the ordinary way")
+
 
 def build_detector(detection: Detection, weights: WeightsStore, device: str) -> Detector | None:
     """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
-    if detection.aligned:
-        if detection.framing == "ffhq":
-            return None
+    if detection.aligned:  # --aligned-ffhq too: its squares are used whole, but the faces are still counted
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
     settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first)
     return create_detector(detection.detector, weights, settings)
 
 
 def _landmark_detector(name: str, weights: WeightsStore, settings: DetectorSettings) -> Detector | None:
-    """For --aligned input: the run's detector finds the landmarks of the one face (auto and ensemble:
+    """For --aligned input: the run's detector finds the landmarks of the one face and counts the faces (auto and ensemble:
     RetinaFace, never downloaded here); if it cannot be built (missing weights), dlib's HOG (weights in
     an installed package); else None (CelebA template)."""
     first = "retinaface" if name in ("auto", "ensemble") else name

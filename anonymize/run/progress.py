@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,15 +26,38 @@ class RunSummary:
     error_messages: list[str] = field(default_factory=list)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per image in each stage, method busy share
     privacy_note: str | None = None  # what the output does not protect against, when a person or a machine still recognises it
+    error_causes: dict[str, int] = field(default_factory=dict)  # an error's cause (file name left out) -> images
+    warnings: int = 0  # images written with a warning (--aligned-lenient's extra faces)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def count_error(self, message: str) -> None:
-        """One more error; the first :data:`KEPT_ERROR_MESSAGES` messages are kept."""
+    def count_error(self, message: str, source: str | None = None) -> bool:
+        """One more error; the first :data:`KEPT_ERROR_MESSAGES` messages are kept. True when its cause is
+        new, so a cause shared by many images (k-Same's ungrouped faces) is printed once, then counted."""
         self.errors += 1
         if len(self.error_messages) < KEPT_ERROR_MESSAGES:
             self.error_messages.append(message)
+        cause = error_cause(message, source)
+        self.error_causes[cause] = self.error_causes.get(cause, 0) + 1
+        return self.error_causes[cause] == 1
+
+    @property
+    def clean(self) -> bool:
+        """No error row (an image not written: its faces not anonymized): the only run that exits 0
+        without --allow-errors."""
+        return self.errors == 0
+
+    def repeated_causes(self) -> list[str]:
+        """One line per cause that more than one image had, with its count."""
+        return [f"{count} images: {cause}" for cause, count in self.error_causes.items() if count > 1]
+
+
+def error_cause(message: str, source: str | None = None) -> str:
+    """An error message without the file it names (``<source>: ``) and its face number: what images share."""
+    if source and message.startswith(f"{source}: "):
+        message = message[len(source) + 2:]
+    return re.sub(r"face #\d+", "face #N", message)
 
 
 class Progress:

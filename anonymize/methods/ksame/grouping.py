@@ -8,7 +8,8 @@ What this adds, because the guarantee is about people and not photos: a group ne
 faces of one person. The probe's neighbours are taken nearest first, skipping people already in
 the group. Faces that cannot be grouped so (the faces left show fewer than k people) join the
 nearest earlier group that lacks their person and has fewer than 2k-1 members; a face that fits
-nowhere stays unplaced, with the reason.
+nowhere (fewer than k people in all, or its person has more faces than there are groups) stays
+unplaced, with the reason: the run gives it an error row and exits non-zero, never a weaker group.
 
 Nearest means Euclidean distance between identity embeddings (faiss, exact search); ArcFace
 embeddings are L2-normalised by the caller, which makes it the cosine order.
@@ -82,17 +83,26 @@ def _merge_leftovers(leftovers: list[int], groups: list[list[int]], vectors: np.
     unplaced: dict[int, str] = {}
     if not leftovers:
         return unplaced
-    people_left = len({int(persons[i]) for i in leftovers})
+    people = len({int(p) for p in persons.tolist()})
     for face in leftovers:
         person = int(persons[face])
         open_groups = [g for g in range(len(groups))
                        if len(groups[g]) < 2 * k - 1 and person not in {int(persons[m]) for m in groups[g]}]
         if not open_groups:
-            unplaced[face] = (f"the faces left after grouping show {people_left} "
-                              f"{'person' if people_left == 1 else 'people'}, fewer than k={k}, and no group "
-                              f"without this person has room (groups hold at most {2 * k - 1})")
+            unplaced[face] = _why_unplaced(person, persons, people, len(groups), k)
             continue
         centres = np.stack([vectors[groups[g]].mean(axis=0) for g in open_groups])
         nearest = open_groups[int(np.argmin(((centres - vectors[face]) ** 2).sum(axis=1)))]
         groups[nearest].append(face)
     return unplaced
+
+
+def _why_unplaced(person: int, persons: np.ndarray, people: int, groups: int, k: int) -> str:
+    """One cause, worded the same for every face it applies to (the run prints a repeated cause once)."""
+    if not groups:
+        return (f"the faces grouped show {people} {'person' if people == 1 else 'people'}, fewer than k={k}, so no "
+                f"group of k distinct people exists (lower -p k, or add photos of other people)")
+    photos = int((persons == person).sum())
+    return (f"this person has {photos} faces but the faces make only {groups} k-Same "
+            f"{'group' if groups == 1 else 'groups'} of k={k} and a group never holds one person twice "
+            f"(lower -p k, or add photos of other people)")

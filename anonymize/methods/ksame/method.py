@@ -9,7 +9,8 @@ grouped (:mod:`.grouping`: k to 2k-1 faces of distinct people), each group's fac
 Resume: faces in the stored plan keep their group and its face, written or not. Faces new since
 then are grouped only among themselves (a group some of whose members are written never changes);
 when they cannot make a group of k distinct people, their images get an error row saying so and
-that ``--overwrite`` regroups everything.
+that ``--overwrite`` regroups everything. A face is never put in a weaker group (two photos of one
+person, fewer than k people): it gets an error row, and the run exits non-zero (``anonymize run``).
 """
 
 from __future__ import annotations
@@ -207,7 +208,7 @@ class KSameMethod(Method):
 
     def _unplaced_reason(self, why: str, resumed: bool) -> str:
         if not resumed:
-            return f"{why}; so this face is in no k-Same group of k={self.params.k}"
+            return f"no k-Same group: {why}"
         return (f"{why}, among the faces new since the stored plan (groups already written never change, so new faces "
                 f"are grouped only among themselves); rerun with --overwrite to regroup every face")
 
