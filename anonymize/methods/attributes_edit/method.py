@@ -29,7 +29,7 @@ import json
 import math
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -136,29 +136,29 @@ class AttributeEditMethod(Method):
 
     @dataclass(frozen=True)
     class Params(LatentParams):
-        set: str = ""  # explicit targets, e.g. "Eyeglasses:1,Smiling:0"
-        flip: str = ""  # attributes to turn to the other side of the face's estimate, e.g. "Male,Young"
-        randomize: str = ""  # attributes whose target is the face's side after randomised response, e.g. "Male,Young"
-        epsilon: float = 1.0  # randomize: the face's side kept with probability e^eps / (1 + e^eps)
-        select: str = ""  # stage II over the dataset: "k" (k-member recoding) or "literal" (Algorithm 1); "" none
-        qi: str = ""  # select: the quasi-identifier attributes whose values stage II chooses, e.g. "Male,Eyeglasses"
-        sensitive: str = ""  # select=k: attributes that must stay l-diverse / t-close in every class
-        k: int = 5  # select=k: the smallest class over the quasi-identifiers
-        l: int = 0  # select=k: distinct-l on the sensitive attributes (0: not required)
-        t: float = 0.0  # select=k: t-closeness on the sensitive attributes (0: not required); select=literal: Algorithm 1's t
-        identity: str = "falco"  # identity loss: "falco" (|cos - m|), "cfa" (new identity at `angle`), "none"
-        margin: float = 0.0  # identity=falco: m, the target ArcFace cosine to the original (--margin)
-        direction_files: str = ""  # user directions instead of bank boundaries, e.g. "Smiling:smile.pt"
-        condition: str = DEFAULT_CONDITIONS  # boundaries made orthogonal to these attributes' (and the other targets')
-        strength: float = 3.0  # the linear step: strength * (target - current probability) along the unit normal
-        fraction: float = DEFAULT_FRACTION  # top/bottom share of the bank each boundary is fitted on
-        classifier: str = "svm"  # "svm" (linear SVM) or "logreg"
+        set: str = field(default="", metadata={"help": "explicit targets, e.g. \"Eyeglasses:1,Smiling:0\""})
+        flip: str = field(default="", metadata={"help": "attributes to turn to the other side of the face's estimate, e.g. \"Male,Young\""})
+        randomize: str = field(default="", metadata={"help": "attributes whose target is the face's side after randomised response, e.g. \"Male,Young\""})
+        epsilon: float = field(default=1.0, metadata={"help": "randomize: the face's side kept with probability e^eps / (1 + e^eps)"})
+        select: str = field(default="", metadata={"help": "stage II over the dataset: \"k\" (k-member recoding) or \"literal\" (Algorithm 1); \"\" none"})
+        qi: str = field(default="", metadata={"help": "select: the quasi-identifier attributes whose values stage II chooses, e.g. \"Male,Eyeglasses\""})
+        sensitive: str = field(default="", metadata={"help": "select=k: attributes that must stay l-diverse / t-close in every class"})
+        k: int = field(default=5, metadata={"help": "select=k: the smallest class over the quasi-identifiers"})
+        l: int = field(default=0, metadata={"help": "select=k: distinct-l on the sensitive attributes (0: not required)"})
+        t: float = field(default=0.0, metadata={"help": "select=k: t-closeness on the sensitive attributes (0: not required); select=literal: Algorithm 1's t"})
+        identity: str = field(default="falco", metadata={"help": "identity loss: \"falco\" (|cos - m|), \"cfa\" (new identity at `angle`), \"none\""})
+        margin: float = field(default=0.0, metadata={"help": "identity=falco: m, the target ArcFace cosine to the original (--margin)"})
+        direction_files: str = field(default="", metadata={"help": "user directions instead of bank boundaries, e.g. \"Smiling:smile.pt\""})
+        condition: str = field(default=DEFAULT_CONDITIONS, metadata={"help": "boundaries made orthogonal to these attributes' (and the other targets')"})
+        strength: float = field(default=3.0, metadata={"help": "the linear step: strength * (target - current probability) along the unit normal"})
+        fraction: float = field(default=DEFAULT_FRACTION, metadata={"help": "top/bottom share of the bank each boundary is fitted on"})
+        classifier: str = field(default="svm", metadata={"help": "\"svm\" (linear SVM) or \"logreg\""})
         lambda_target: float = 1.0
         lambda_keep: float = 1.0
         lambda_tokens: float = 0.01
         lambda_id: float = 10.0
-        angle: float = 70.0  # identity=cfa: degrees from the original identity to the new one
-        steps: int = 20  # (a shared option, with this method's default)
+        angle: float = field(default=70.0, metadata={"help": "identity=cfa: degrees from the original identity to the new one"})
+        steps: int = field(default=20, metadata={"help": "(a shared option, with this method's default)"})
         trainable_layers: tuple[int, ...] = (2, 3, 4, 5, 6, 7)  # W+ layers optimised after the linear edit
 
         def validate(self) -> None:

@@ -26,7 +26,7 @@ folders, :mod:`anonymize.methods.persons`) and every photo of a person takes the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,13 @@ class CamouflageMethod(Method):
 
     @dataclass(frozen=True)
     class Params(LatentParams):
-        reference: str = ""  # a folder of aligned real faces; "" = fakes of the bank (no real appearance moved)
-        select: str = "random"  # random | nearest | farthest | fixed (see .references)
-        reference_index: int = 0  # select=fixed: the reference every face takes
-        outputs: int = 1  # K references per face; the best that reaches tau is kept
-        tau: float = 0.5  # ArcFace cosine to the source a kept output should reach
-        consistency: str = "face"  # "person": one reference per person (dataset-level)
-        cluster_distance: float = 0.6  # ArcFace cosine distance within which faces are one person
+        reference: str = field(default="", metadata={"help": "a folder of aligned real faces; \"\" = fakes of the bank (no real appearance moved)"})
+        select: str = field(default="random", metadata={"help": "random | nearest | farthest | fixed (see .references)"})
+        reference_index: int = field(default=0, metadata={"help": "select=fixed: the reference every face takes"})
+        outputs: int = field(default=1, metadata={"help": "K references per face; the best that reaches tau is kept"})
+        tau: float = field(default=0.5, metadata={"help": "ArcFace cosine to the source a kept output should reach"})
+        consistency: str = field(default="face", metadata={"help": "\"person\": one reference per person (dataset-level)"})
+        cluster_distance: float = field(default=0.6, metadata={"help": "ArcFace cosine distance within which faces are one person"})
         source_layers: tuple[int, ...] = (0, 1, 2)  # W+ layers taken from the source (pose, contour)
         lambda_id: float = 10.0
         id_margin: float = 0.8

@@ -129,15 +129,15 @@ class CfaMethod(Method):
 
     @dataclass(frozen=True)
     class Params(LatentParams):
-        angle: float = 70.0  # degrees between the original identity and the new one
-        angles: str = ""  # a sweep, e.g. "40,55,70,85" (replaces angle); each warm-starts from the previous
-        variants: int = 1  # new identities per face at each angle (different directions)
-        direction: str = "bank"  # "bank": toward a paired fake's identity; "random": uniform
-        consistency: str = "face"  # "person": every photo of a person becomes the same new person
-        cluster_distance: float = 0.6  # ArcFace cosine distance within which faces are one person (clusters)
-        tau_leak: float = 0.3  # a target with cosine above this to another person's face is redrawn
-        max_tries: int = 10  # directions drawn per variant before the least leaky one is kept
-        gallery: str = ""  # a folder of aligned faces of other people, added to the leakage index
+        angle: float = field(default=70.0, metadata={"help": "degrees between the original identity and the new one"})
+        angles: str = field(default="", metadata={"help": "a sweep, e.g. \"40,55,70,85\" (replaces angle); each warm-starts from the previous"})
+        variants: int = field(default=1, metadata={"help": "new identities per face at each angle (different directions)"})
+        direction: str = field(default="bank", metadata={"help": "\"bank\": toward a paired fake's identity; \"random\": uniform"})
+        consistency: str = field(default="face", metadata={"help": "\"person\": every photo of a person becomes the same new person"})
+        cluster_distance: float = field(default=0.6, metadata={"help": "ArcFace cosine distance within which faces are one person (clusters)"})
+        tau_leak: float = field(default=0.3, metadata={"help": "a target with cosine above this to another person's face is redrawn"})
+        max_tries: int = field(default=10, metadata={"help": "directions drawn per variant before the least leaky one is kept"})
+        gallery: str = field(default="", metadata={"help": "a folder of aligned faces of other people, added to the leakage index"})
         lambda_tgt: float = 10.0
         lambda_ang: float = 10.0
         lambda_attr: float = 0.1

@@ -30,7 +30,7 @@ The manifest's ``seed`` column records the run seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,11 +70,11 @@ class FalcoMethod(Method):
 
     @dataclass(frozen=True)
     class Params(LatentParams):
-        lambda_id: float = 10.0
-        lambda_attr: float = 0.1
-        margin: float = 0.0  # m: the target ArcFace cosine of the output to the original (--margin)
-        unique_pairs: bool = False  # every face of the run gets a different fake
-        save_latents: bool = False  # write each final W+ code under <out>/.anonymize/latents/
+        lambda_id: float = field(default=10.0, metadata={"help": "weight of the identity term |cos - m|"})
+        lambda_attr: float = field(default=0.1, metadata={"help": "weight of the attribute term (FaRL tokens L1)"})
+        margin: float = field(default=0.0, metadata={"help": "m: the target ArcFace cosine of the output to the original (--margin)"})
+        unique_pairs: bool = field(default=False, metadata={"help": "every face of the run gets a different fake"})
+        save_latents: bool = field(default=False, metadata={"help": "write each final W+ code under <out>/.anonymize/latents/"})
 
         def validate(self) -> None:
             if self.lambda_id < 0 or self.lambda_attr < 0:

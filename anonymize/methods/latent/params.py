@@ -10,7 +10,7 @@ nothing recorded, as the manifest writes the parameters with sorted keys) and ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from anonymize.methods.latent.bank import DEFAULT_PSI
 from anonymize.models.registry import GENERATORS
@@ -21,14 +21,15 @@ class LatentParams:
     """The loop's schedule (it is an :class:`~anonymize.methods.latent.optimize.Schedule`), the layers it
     moves, the fake bank's size and truncation, and which StyleGAN2 file to load."""
 
-    steps: int = 50
-    lr: float = 0.01
-    lr_gamma: float = 0.8  # learning-rate factor at 75% and 90% of the steps
-    trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7)  # W+ layers optimised (the middle resolutions)
-    bank_size: int = 0  # 0: the bank's DEFAULT_BANK_SIZE (10000), whatever the run's size, so one bank serves every method
-    psi: float = DEFAULT_PSI  # truncation of the fake bank's W codes
-    bf16: bool = False  # bf16 autocast for the networks (CUDA only)
-    generator: str = "genforce"  # "genforce" (FALCO's file) or "e4e" (the decoder inside e4e's file)
+    steps: int = field(default=50, metadata={"help": "optimisation steps per face (Adam)"})
+    lr: float = field(default=0.01, metadata={"help": "Adam learning rate"})
+    lr_gamma: float = field(default=0.8, metadata={"help": "learning-rate factor at 75% and 90% of the steps"})
+    trainable_layers: tuple[int, ...] = field(default=(3, 4, 5, 6, 7),
+                                              metadata={"help": "W+ layers optimised (the middle resolutions), e.g. 3,4,5,6,7"})
+    bank_size: int = field(default=0, metadata={"help": "0: the bank's DEFAULT_BANK_SIZE (10000), whatever the run's size, so one bank serves every method"})
+    psi: float = field(default=DEFAULT_PSI, metadata={"help": "truncation of the fake bank's W codes"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the networks (CUDA only)"})
+    generator: str = field(default="genforce", metadata={"help": "\"genforce\" (FALCO's file) or \"e4e\" (the decoder inside e4e's file)"})
 
     def validate(self) -> None:
         """The checks of the shared options (a ValueError is one line; whether the layers exist is checked
