@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from anonymize.faces.align import align_face, ffhq_quad, transform_points, whole_image_as_face
@@ -122,3 +123,29 @@ def test_whole_image_alignment_round_trips_to_the_image_size():
     assert replace_whole(image, aligned.crop).shape == image.shape
     corners = transform_points(np.array([[0, 0], [178, 218]]), aligned.matrix)
     assert np.allclose(corners, [[0, 0], [256, 256]])
+
+
+def test_our_retinaface_module_gives_facexlib_s_outputs_on_the_real_weights(shared_dir):
+    """The network module (anonymize.models.retinaface) against facexlib's, both with the pinned weights and
+    plain ReLUs, on a real photo: the same three outputs. Ours exists so a run never imports torchvision."""
+    import torch
+    from facexlib.detection.retinaface import RetinaFace
+
+    from anonymize.models.checkpoint import load_checkpoint
+    from anonymize.models.retinaface import RetinaFaceMobile
+
+    state = {key.removeprefix("module."): value for key, value in load_checkpoint(shared_dir / "weights" / "retinaface_mobilenet0.25.pth").items()}
+    theirs = RetinaFace(network_name="mobile0.25", half=False, device="cpu")
+    theirs.load_state_dict(state, strict=True)
+    for module in theirs.modules():
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.LeakyReLU):
+                setattr(module, name, torch.nn.ReLU(inplace=True))
+    ours = RetinaFaceMobile()
+    ours.load_state_dict(state, strict=True)
+    rgb = np.asarray(Image.open(shared_dir / "data" / "portraits" / "multi_obama_and_biden.jpg").convert("RGB"))
+    pixels = torch.from_numpy(rgb[:301, :417].copy()).permute(2, 0, 1)[None].float() - 117.0  # odd sizes: upsampling
+    with torch.no_grad():
+        for mine, reference in zip(ours.eval()(pixels), theirs.eval()(pixels)):
+            assert mine.shape == reference.shape
+            assert torch.allclose(mine, reference, atol=1e-5, rtol=1e-5)

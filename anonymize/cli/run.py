@@ -288,8 +288,6 @@ def run_command(
     except OSError as exc:  # the environment (disk full, read-only, no permission): one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         fail(f"{where}{exc.strerror or exc}", as_json=as_json)
-    from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED, print_audit_summary  # torch: not for --help
-
     report = summary.as_dict()
     if dry_run:
         report["files"] = progress.files
@@ -298,6 +296,8 @@ def run_command(
     if audit_result is not None:
         report["audit"] = audit_result.summary.to_json()  # it holds passed and crossed
         if not audit_result.passed and code != 1:
+            from anonymize.cli.audit import EXIT_THRESHOLD_CROSSED  # the audit's modules: only when auditing
+
             code = EXIT_THRESHOLD_CROSSED
     report["exit_code"] = code
     if as_json:
@@ -307,6 +307,8 @@ def run_command(
             print_dry_run_files(progress.files)
         _print_summary(summary)
         if audit_result is not None:
+            from anonymize.cli.audit import print_audit_summary
+
             print_audit_summary(audit_result)
     if code:
         raise typer.Exit(code)

@@ -1,8 +1,9 @@
-"""RetinaFace MobileNet-0.25: facexlib's network, our own safe loading and a multi-scale search.
+"""RetinaFace MobileNet-0.25: the network (:mod:`anonymize.models.retinaface`, facexlib's layout), safe
+loading and a multi-scale search.
 
 Loading: facexlib's ``init_detection_model`` unpickles the file with a plain ``torch.load``, which
-runs code when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set. We build facexlib's module empty and
-load the verified state dict ourselves through :func:`anonymize.models.checkpoint.load_checkpoint`
+runs code when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set. We build the module empty and load the
+verified state dict ourselves through :func:`anonymize.models.checkpoint.load_checkpoint`
 (``weights_only=True`` whatever the environment says), so a pickle in place of the file is refused.
 
 Scales: the network was trained on about 300 px images. At full resolution a large photo gives
@@ -37,7 +38,7 @@ ARTEFACT = "retinaface_mobilenet0.25"
 # The pinned file (biubug6/Face-Detector-1MB-with-landmark, mobilenet0.25_Final.pth) has facexlib's
 # parameter names and shapes but was trained with a slightly different network: smaller anchors
 # (with facexlib's, every box comes out 1.6 times too large) and plain ReLU where facexlib uses
-# LeakyReLU(0.1). Both belong to the weights, so we set them on facexlib's module after loading.
+# LeakyReLU(0.1). Both belong to the weights: the module has plain ReLUs, the anchors are these.
 ANCHOR_MIN_SIZES = [[10, 20], [32, 64], [128, 256]]
 ANCHOR_STEPS = [8, 16, 32]  # the strides of the network's three outputs
 VARIANCES = (0.1, 0.2)  # the box encoding's scales (centre, log size), as in training
@@ -54,12 +55,13 @@ Y_COLUMNS = [1, 3, 6, 8, 10, 12, 14]
 
 
 def load_retinaface(weights: WeightsStore, device: str):
-    """facexlib's RetinaFace with the verified pinned weights, loaded without unpickling code, ready for inference.
+    """RetinaFace with the verified pinned weights, loaded without unpickling code, ready for inference.
 
     Its forward takes RGB minus MEAN_RGB in channels-last order (see :class:`RetinaFaceDetector`), not
     the BGR that facexlib's own ``detect_faces`` feeds it: call it through the detector."""
     import torch
-    from facexlib.detection.retinaface import RetinaFace
+
+    from anonymize.models.retinaface import RetinaFaceMobile
 
     path = weights.require(ARTEFACT)
     try:
@@ -67,32 +69,20 @@ def load_retinaface(weights: WeightsStore, device: str):
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
         state = {key[len("module."):] if key.startswith("module.") else key: value for key, value in state.items()}
-        model = RetinaFace(network_name="mobile0.25", half=False, device="cpu")
+        model = RetinaFaceMobile()
         load_state_dict_strict(model, state, str(path))
     except CheckpointError as exc:
         raise WeightsError(f"{ARTEFACT}: {exc}") from None
-    model.cfg = {**model.cfg, "min_sizes": ANCHOR_MIN_SIZES}
     model.eval()
-    _plain_relus(model)
     _fold_batch_norms(model)
     _read_rgb(model)
     model.device = torch.device(device)
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def _plain_relus(model) -> None:
-    """Every LeakyReLU becomes a ReLU: the pinned weights were trained with plain ReLUs."""
-    import torch
-
-    for module in model.modules():
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.LeakyReLU):
-                setattr(module, name, torch.nn.ReLU(inplace=True))
-
-
 def _fold_batch_norms(model) -> None:
     """Each convolution followed by a batch norm becomes one convolution (eval mode: the same affine map,
-    one pass over the activations fewer). facexlib builds every such pair inside an ``nn.Sequential``."""
+    one pass over the activations fewer). The network keeps every such pair inside an ``nn.Sequential``."""
     import torch
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
