@@ -134,8 +134,9 @@ def test_a_plug_in_method_runs_from_the_cli_with_its_options_and_its_columns(tmp
     monkeypatch.setitem(registry.METHODS, "invert", f"{__name__}:Invert")  # the one registry line
     source = crops(tmp_path / "in", ["a.png", "b.png"])
     out = tmp_path / "out"
-    run(run_config(source, out, method="invert", method_options={"strength": "0.5"}, aligned=True, detector="dlib-hog",
-                   device="cpu"))
+    summary = run(run_config(source, out, method="invert", method_options={"strength": "0.5"}, aligned=True,
+                             detector="dlib-hog", device="cpu"))
+    assert summary.stages["imports_s"] >= 0 and 0 <= summary.stages["setup_s"] <= summary.seconds  # before the first image
     table = pq.read_table(out / "manifest.parquet")
     assert "invert_mean" in table.schema.names and "id_cos_after" not in table.schema.names
     rows = table.to_pylist()

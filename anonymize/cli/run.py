@@ -164,6 +164,8 @@ def _print_summary(summary: RunSummary) -> None:
     table.add_row("skipped (not images, hidden)", str(summary.skipped))
     table.add_row("resumed (already done)", str(summary.resumed))
     table.add_row("time", f"{summary.seconds:.1f} s")
+    if "setup_s" in summary.stages:
+        table.add_row("before the first image", f"imports {summary.stages['imports_s']:.1f} s, set-up {summary.stages['setup_s']:.1f} s")
     stdout.print(table)
     if summary.privacy_note:
         stdout.print(f"[yellow]{summary.privacy_note}[/]", soft_wrap=True)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
-from anonymize import __version__
+from anonymize import IMPORTED_AT, __version__
 from anonymize.adversarial.settings import AdversarialSettings
 from anonymize.errors import RunError
 from anonymize.faces.choose import DetectorChoice, choose_detector
@@ -214,6 +214,8 @@ class Pipeline:
                                                                     self.folder.manifest_path, schema=run_schema(method, steps))
         times = StageTimes()
         rule = BatchRule(config.method.batch_size or method.default_batch_size())
+        # Before the first image: imports (package import to this run's start) and set-up (walk, models, lock).
+        summary.stages.update({"imports_s": round(started - IMPORTED_AT, 3), "setup_s": round(time.perf_counter() - started, 3)})
         self._first_pass(stages, steps, files, previous, rule)
         self.progress.start(len(files), phase="detecting" if config.output.dry_run else "anonymizing")
         try:
@@ -235,7 +237,7 @@ class Pipeline:
                         f"are kept and a new run resumes from them"
                     ) from None
         summary.seconds = round(time.perf_counter() - started, 3)
-        summary.stages = times.as_dict(summary.seconds)
+        summary.stages.update(times.as_dict(summary.seconds))
         for line in summary.repeated_causes():
             self.progress.warning(line)
         return summary
