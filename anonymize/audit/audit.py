@@ -22,7 +22,11 @@ field has a default meant for a release gate:
   gated unless asked; an output that cannot be audited always fails;
 * files: ``audit.parquet`` and ``audit-summary.json`` in ``report_dir`` when given, else in
   ``<anonymized>-audit/`` beside the anonymized folder; the HTML report only with ``report_dir``.
-  Nothing is ever written inside the original or anonymized folder.
+  Nothing is ever written inside the original or anonymized folder. Beside them, ``cache/originals/`` keeps the
+  audit detector's findings on each original by content hash, so a re-audit after a re-run does not detect the
+  originals again (:mod:`anonymize.audit.originals_cache`; ``originals_cache=False``: none kept);
+* speed: each detector network looks at an output once; the paper detectors' default-threshold faces are read
+  from the ensemble's recall-first ones where that is exact (:mod:`anonymize.audit.output_detection`).
 
 * the papers' instruments and protocols (:mod:`anonymize.audit.instruments`, :mod:`anonymize.audit.protocols`):
   detection rates per detector (dlib HOG, MTCNN, RetinaFace) on the outputs, TPR at FAR, rank and
