@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup
+from benchmarks import audit_speed, dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup
 from benchmarks.models import print_table
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    sections = ["startup", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators"]
+    sections = ["startup", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators", "audit_speed"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
@@ -62,6 +62,13 @@ def main() -> None:
     if "estimators" in args.only:
         results["estimators"] = estimators.measure(args.shared, args.weights_dir)
         print(json.dumps(results["estimators"], indent=1))
+    if "audit_speed" in args.only:
+        speed = audit_speed.measure(args.shared / "data" / "portraits", args.weights_dir)
+        results["audit_speed"] = speed
+        print_table(f"anonymize run --method blur vs anonymize audit, whole processes, {speed['images']} portraits (CPU)", speed["rows"])
+        medians = speed["median_images_per_s"]
+        print(f"audit {medians['audit']} images/s, run {medians['run']} images/s: audit/run = {speed['audit_over_run']}"
+              f" (re-audit {medians['re-audit']} images/s, {speed['re_audit_over_run']}); goal >= 1")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")

@@ -22,7 +22,11 @@ field has a default meant for a release gate:
   gated unless asked; an output that cannot be audited always fails;
 * files: ``audit.parquet`` and ``audit-summary.json`` in ``report_dir`` when given, else in
   ``<anonymized>-audit/`` beside the anonymized folder; the HTML report only with ``report_dir``.
-  Nothing is ever written inside the original or anonymized folder.
+  Nothing is ever written inside the original or anonymized folder. Beside them, ``cache/originals/`` keeps the
+  audit detector's findings on each original by content hash, so a re-audit after a re-run does not detect the
+  originals again (:mod:`anonymize.audit.originals_cache`; ``originals_cache=False``: none kept);
+* speed: each detector network looks at an output once; the paper detectors' default-threshold faces are read
+  from the ensemble's recall-first ones where that is exact (:mod:`anonymize.audit.output_detection`).
 
 * the papers' instruments and protocols (:mod:`anonymize.audit.instruments`, :mod:`anonymize.audit.protocols`):
   detection rates per detector (dlib HOG, MTCNN, RetinaFace) on the outputs, TPR at FAR, rank and
@@ -63,6 +67,7 @@ from anonymize.audit.instruments import AuditInstruments, Unavailable, open_lpip
 from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.leaks import inspect_metadata
 from anonymize.audit.missed import is_unchanged, region_change
+from anonymize.audit.originals_cache import CACHE_FOLDER, OriginalsCache, detector_fingerprint
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
@@ -140,6 +145,12 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
                             attributes, unavailable)
 
 
+def _originals_cache(config: AuditConfig, detector: Any, audit_folder: Path) -> OriginalsCache:
+    """The originals' findings kept beside the audit's files (none when it writes no files or the cache is off)."""
+    keep = config.write_files and config.originals_cache
+    return OriginalsCache(audit_folder / CACHE_FOLDER if keep else None, detector_fingerprint(detector, config.max_pixels))
+
+
 # ---- one image ----------------------------------------------------------------------------------
 
 
@@ -151,7 +162,8 @@ def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered) -> None:
+def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered,
+                originals: OriginalsCache) -> None:
     config, rows = plan.config, gathered.rows
     try:
         output = decode_image(pair.output_path, config.max_pixels, display_name=pair.output_rel)
@@ -173,14 +185,16 @@ def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments,
     output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
     detector = instruments.detector
     try:
-        faces = source_faces(original.rgb, detector, pair.manifest_boxes, plan.aligned)
-        faces = confirm_faces(original.rgb, faces, detector)
-        found = detector.detect(output_rgb)
+        findings = originals.findings(sha256_file(pair.source_path))
+        faces = source_faces(original.rgb, detector, pair.manifest_boxes, plan.aligned, findings.detect(detector, original.rgb))
+        faces = confirm_faces(original.rgb, faces, detector, findings.close_up_check())
+        findings.save()
+        in_output = instruments.output_detection.detect(output_rgb)
+        found = in_output.audit
         boxes = [face.box for face in faces]
         described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in instruments.recognisers}
         before, after = described["dlib"]
-        still_found = {name: match_boxes(boxes, [face.box for face in output_detector.detect(output_rgb)])
-                       for name, output_detector in instruments.output_detectors.items()}
+        still_found = {name: match_boxes(boxes, [face.box for face in detected]) for name, detected in in_output.by_detector.items()}
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
         rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
         return
@@ -420,9 +434,10 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     plan = AuditPlan(config, run_aligned if config.aligned is None else config.aligned, labels)
 
     gathered = Gathered()
+    originals = _originals_cache(config, instruments.detector, parquet_path.parent)
     progress.start(len(pairing.pairs))
     for pair in pairing.pairs:
-        _audit_pair(pair, plan, instruments, gathered)
+        _audit_pair(pair, plan, instruments, gathered, originals)
         progress.advance()
         last = gathered.rows[-1] if gathered.rows else None
         if last is not None and last["error"] and last["output_path"] == pair.output_rel:

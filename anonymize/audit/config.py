@@ -72,6 +72,9 @@ class AuditConfig:
     quasi_identifiers: tuple[str, ...] = DEFAULT_QUASI_IDENTIFIERS
     sensitive: tuple[str, ...] = DEFAULT_SENSITIVE
     attribute_k: int = DEFAULT_K  # the release's share of faces in classes smaller than this is reported
+    # keep the audit detector's findings on each original by content hash beside the audit's files, so a
+    # re-audit does not detect them again (anonymize.audit.originals_cache)
+    originals_cache: bool = True
 
 
 @dataclass(frozen=True)

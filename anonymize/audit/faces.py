@@ -13,7 +13,7 @@ and checked for changes, but not counted in re-identification or in the missed-f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -21,11 +21,12 @@ import cv2
 import numpy as np
 
 from anonymize.faces.detect import Detector
-from anonymize.faces.types import eye_and_mouth_points
+from anonymize.faces.types import Face, eye_and_mouth_points
 from anonymize.metrics.detection import iou
 
 Box = tuple[float, float, float, float]
 FoundBy = Literal["audit", "manifest", "both", "whole-image"]
+CloseUpCheck = Callable[[np.ndarray, Box, Sequence[Detector]], "str | None"]
 
 SAME_FACE_IOU = 0.3  # boxes overlapping this much are the same face
 ALIGNED_INSET = 0.1  # an aligned crop's face: the image without this share on each side
@@ -48,11 +49,16 @@ class SourceFace:
         return "possible face" if self.possible else "face"
 
 
-def source_faces(rgb: np.ndarray, detector: Detector, manifest_boxes: Sequence[Box], aligned: bool) -> list[SourceFace]:
-    """The faces of an original image, best-scored audit detections first."""
+def source_faces(rgb: np.ndarray, detector: Detector, manifest_boxes: Sequence[Box], aligned: bool,
+                 detections: Sequence[Face] | None = None) -> list[SourceFace]:
+    """The faces of an original image, best-scored audit detections first.
+
+    ``detections``: the audit detector's faces on ``rgb`` when already known (the originals cache,
+    :mod:`anonymize.audit.originals_cache`), else it runs here."""
+    found = detector.detect(rgb) if detections is None else detections
     detected = [SourceFace(tuple(float(v) for v in face.box), float(face.score), "audit", tuple(face.found_by),
                            landmarks=face.landmarks)
-                for face in detector.detect(rgb)]
+                for face in found]
     if aligned:
         return detected[:1] or [SourceFace(_inset_whole_image(rgb), None, "whole-image")]
     faces = list(detected)
@@ -87,8 +93,13 @@ def _inset_whole_image(rgb: np.ndarray) -> Box:
     return (width * ALIGNED_INSET, height * ALIGNED_INSET, width * (1 - ALIGNED_INSET), height * (1 - ALIGNED_INSET))
 
 
-def confirm_faces(rgb: np.ndarray, faces: Sequence[SourceFace], detector: Detector) -> list[SourceFace]:
-    """Mark each face confirmed (two detectors agree) or possible; only an ensemble can give a second opinion."""
+def confirm_faces(rgb: np.ndarray, faces: Sequence[SourceFace], detector: Detector,
+                  close_up_check: CloseUpCheck | None = None) -> list[SourceFace]:
+    """Mark each face confirmed (two detectors agree) or possible; only an ensemble can give a second opinion.
+
+    ``close_up_check`` replaces :func:`confirmed_on_close_up` (same arguments and answer), e.g. to read
+    a verdict the originals cache kept."""
+    check = close_up_check or confirmed_on_close_up
     members = list(getattr(detector, "members", []))
     if len(members) < 2:
         return [replace(face, confirmed_by=face.confirmed_by or "single audit detector") for face in faces]
@@ -100,7 +111,7 @@ def confirm_faces(rgb: np.ndarray, faces: Sequence[SourceFace], detector: Detect
             confirmed.append(replace(face, confirmed_by="+".join(face.detectors)))
         else:
             others = [member for member in members if member.name not in face.detectors]
-            second = confirmed_on_close_up(rgb, face.box, others)
+            second = check(rgb, face.box, others)
             confirmed.append(replace(face, confirmed_by=f"close-up: {second}" if second else None, possible=second is None))
     return confirmed
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from anonymize.audit.attributes import AttributeCollector
 from anonymize.audit.fid import FidFeatures, FidResult
+from anonymize.audit.output_detection import OutputDetection
 from anonymize.audit.summary import AttributeFigures
 from anonymize.faces.detect import DEFAULT_THRESHOLDS, Detector, DetectorSettings, create_detector
 from anonymize.metrics.identity import SAME_PERSON_DISTANCE, DlibRecogniser
@@ -69,6 +71,11 @@ class AuditInstruments:
     lpips: Any  # an LpipsDistance, or None
     attributes: AttributeCollector | AttributeFigures | None  # the collector, or why it cannot run; None: not requested
     unavailable: list[Unavailable]  # instruments without weights, with the reason
+
+    @cached_property
+    def output_detection(self) -> OutputDetection:
+        """The audit detector and the output detectors on one output, each network once (:mod:`anonymize.audit.output_detection`)."""
+        return OutputDetection(self.detector, self.output_detectors)
 
 
 def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:
