@@ -76,7 +76,7 @@ from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_
 from anonymize.audit.summary import (
     AttributeFigures, AuditSummary, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
 )
-from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures
+from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, spread
 from anonymize.faces.choose import AuditDetector, choose_audit_detector
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
@@ -503,18 +503,8 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
         thresholds=thresholds,
         not_released=len(pairing.not_released),
         missing_outputs=pairing.missing_outputs[:200],
-        outputs=images.outputs,
-        metadata=images.metadata,
-        identical_copies=images.identical_copies,
-        size_mismatches=images.size_mismatches,
-        quality=images.quality,
-        unaudited=images.unaudited,
-        faces=faces.faces,
-        detection=faces.detection,
-        reid=faces.reid,
-        face_quality=faces.face_quality,
-        missed_faces=faces.missed_faces,
-        possible_faces=faces.possible_faces,
+        **spread(images),
+        **spread(faces),
         identity_check=identity_check(separation, bool(plan.labels)),
         warnings=warnings,
         recognisers=recognisers,

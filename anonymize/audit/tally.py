@@ -9,7 +9,7 @@ anonymous as what was actually checked.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +49,11 @@ class ImageTally:
     size_mismatches: int
     quality: ImageQuality
     unaudited: Unaudited
+
+
+def spread(tally: FaceTally | ImageTally) -> dict[str, Any]:
+    """A tally's fields as keyword arguments of :class:`~anonymize.audit.summary.AuditSummary`, whose JSON keeps them flat."""
+    return {item.name: getattr(tally, item.name) for item in fields(tally)}
 
 
 def _rate(numerator: int, denominator: int) -> float | None:

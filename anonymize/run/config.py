@@ -9,7 +9,7 @@ manifest records them under ``arguments``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -158,7 +158,6 @@ FLAGS: dict[str, tuple[str, str]] = {
     "identity_from": ("method", "identity_from"),
     "adversarial": ("finishing", "adversarial"),
 }
-_SECTIONS = {f.name: f.type for f in fields(RunConfig)}
 _SECTION_TYPES = {"inputs": Inputs, "output": OutputPolicy, "method": MethodSpec, "detection": Detection,
                   "region": PasteRegion, "finishing": Finishing, "execution": Execution}
 

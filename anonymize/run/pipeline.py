@@ -152,7 +152,8 @@ class Pipeline:
             names += [name for name in self.config.finishing.adversarial.ensemble if name not in names]
         return names
 
-    def _metadata(self, method: Method, detector: Detector | None, method_params: str) -> dict[str, str]:
+    def _metadata(self, method: Method, detector: Detector | None, method_params: str,
+                  settings: dict[str, Any]) -> dict[str, str]:
         weights = {**(detector.weights_used() if detector else {}), **method.weights_used()}
         return {
             "anonymize_version": __version__,
@@ -163,7 +164,7 @@ class Pipeline:
             "device": self.device,
             "weights_sha256": json.dumps(weights, sort_keys=True),
             "method_params": method_params,
-            "settings": json.dumps(self.settings(method), sort_keys=True),
+            "settings": json.dumps(settings, sort_keys=True),
             "detector": json.dumps({**self.detector_choice.as_dict(), "detector": detector.name}
                                    if detector and self.detector_choice else {"used": None}),
             "privacy_goal": method.privacy_goal,
@@ -191,26 +192,27 @@ class Pipeline:
         self._check_adversarial_weights()
         method_params = json.dumps(method.describe(), sort_keys=True, default=str)
         detector = self._build_detector()  # before the settings check: it compares the detector that runs
+        settings = self.settings(method)  # after the detector is chosen: a resume compares the one that runs
         if not (config.output.overwrite or config.output.dry_run):
-            self.folder.check_same_settings(self.settings(method))
+            self.folder.check_same_settings(settings)
         if not config.output.dry_run:
-            self.folder.take(self.settings(method), config.output.overwrite)
+            self.folder.take(settings, config.output.overwrite)
         try:
             steps = finishing_steps(self.config, self.device)
             stages = assemble_stages(self.config, self.run_id, method, build, detector, steps, method_params)
-            return self._run_locked(files, others, stages, steps, method_params, started)
+            return self._run_locked(files, others, stages, steps, method_params, settings, started)
         finally:
             self.folder.release()
 
     def _run_locked(self, files: list[ImageFile], others: list[WalkEntry], stages: Stages, steps: list[FinishingStep],
-                    method_params: str, started: float) -> RunSummary:
+                    method_params: str, settings: dict[str, Any], started: float) -> RunSummary:
         config = self.config
         method, detector = stages.method(), stages.preparer.detector()
         previous = {} if config.output.dry_run else self.folder.previous_rows()
         summary = RunSummary(self.run_id, output_dir=str(config.output.output_dir), dry_run=config.output.dry_run,
                              detector=detector.name if detector is not None else None, privacy_note=self.privacy_note(method))
         writer = None if config.output.dry_run else ManifestWriter(config.output.output_dir, self.run_id,
-                                                                    self._metadata(method, detector, method_params),
+                                                                    self._metadata(method, detector, method_params, settings),
                                                                     self.folder.manifest_path, schema=run_schema(method, steps))
         times = StageTimes()
         rule = BatchRule(config.method.batch_size or method.default_batch_size())

@@ -56,7 +56,7 @@ def prepare_shard(stages: Stages, shard: list[tuple[ImageFile, list[dict[str, An
     """Prepare a shard -> (faces per image, 0 when the method is not needed; the crops; the images)."""
     items = [stages.prepare(file, previous) for file, previous in shard]
     faces = [len(item.faces) if item.needs_method else 0 for item in items]
-    crops = [crop for item in items if item.needs_method for crop in item.crops()]
+    crops = [crop for item in items for crop in item.method_crops()]
     return faces, crops, items
 
 

@@ -7,7 +7,6 @@ folder, which every worker and a resumed run read back.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,18 +39,10 @@ class AdversarialStep(FinishingStep):
         self.aligned, self.seed = aligned, seed
         self.storage = plan  # None: a dry run (no universal perturbation is stored)
         self.surveys = settings.kind == "uap" and plan is not None  # type: ignore[misc]
-        self._local = threading.local()
         self._surveyed: list[Any] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_local"]
-        state["_surveyed"] = []
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._local = threading.local()
+        return {**super().__getstate__(), "_surveyed": []}  # the first pass's faces stay with the driver
 
     # -- the first pass (uap) ---------------------------------------------------------------------------
     def needs_survey(self) -> bool:
@@ -81,26 +72,28 @@ class AdversarialStep(FinishingStep):
         return perturbed
 
     def _attack(self) -> Any:
-        if not hasattr(self._local, "attack"):
-            from anonymize.adversarial.attack import EnsembleAttack
-            from anonymize.adversarial.members import Geometry, open_members
-            from anonymize.weights import WeightsStore
-
-            weights = WeightsStore(self.weights_dir)
-            self._local.attack = EnsembleAttack(open_members(self.settings.ensemble, weights, self.device), Geometry(weights),
-                                                self.settings, self.jpeg_quality)
-        return self._local.attack
+        return self.per_thread("attack", self._build_attack)
 
     def _perturber(self) -> Any:
-        if not hasattr(self._local, "perturber"):
-            from anonymize.adversarial.attack import Perturber
-            from anonymize.adversarial.plan import read_universal
-            from anonymize.metrics.identity import DlibRecogniser
-            from anonymize.weights import WeightsStore
+        return self.per_thread("perturber", self._build_perturber)
 
-            universal = read_universal(self.storage, self.settings) if self.settings.kind == "uap" else None
-            if self.settings.kind == "uap" and universal is None:
-                raise RuntimeError("no universal perturbation stored for this run (pass 1 did not finish)")
-            recogniser = DlibRecogniser(WeightsStore(self.weights_dir), device=self.device)
-            self._local.perturber = Perturber(recogniser, self._attack(), self.settings, universal, aligned=self.aligned)
-        return self._local.perturber
+    def _build_attack(self) -> Any:
+        from anonymize.adversarial.attack import EnsembleAttack
+        from anonymize.adversarial.members import Geometry, open_members
+        from anonymize.weights import WeightsStore
+
+        weights = WeightsStore(self.weights_dir)
+        return EnsembleAttack(open_members(self.settings.ensemble, weights, self.device), Geometry(weights), self.settings,
+                              self.jpeg_quality)
+
+    def _build_perturber(self) -> Any:
+        from anonymize.adversarial.attack import Perturber
+        from anonymize.adversarial.plan import read_universal
+        from anonymize.metrics.identity import DlibRecogniser
+        from anonymize.weights import WeightsStore
+
+        universal = read_universal(self.storage, self.settings) if self.settings.kind == "uap" else None
+        if self.settings.kind == "uap" and universal is None:
+            raise RuntimeError("no universal perturbation stored for this run (pass 1 did not finish)")
+        recogniser = DlibRecogniser(WeightsStore(self.weights_dir), device=self.device)
+        return Perturber(recogniser, self._attack(), self.settings, universal, aligned=self.aligned)

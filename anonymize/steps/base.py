@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +14,7 @@ from anonymize.faces.types import Face
 from anonymize.methods.base import AnonymizedFace, MetricValue
 
 Boxes = list[list[float]]
+Model = TypeVar("Model")
 
 
 @dataclass
@@ -41,6 +43,21 @@ class FinishingStep:
     name: ClassVar[str]
     metric_columns: ClassVar[dict[str, pa.DataType]] = {}
     surveys: ClassVar[bool] = False  # True: the run shows it every original image in a first pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_local", None)  # models never travel: each process loads its own
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def per_thread(self, name: str, build: Callable[[], Model]) -> Model:
+        """This thread's ``name`` (a model that keeps per-call state), built on first use."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        if not hasattr(local, name):
+            setattr(local, name, build())
+        return getattr(local, name)
 
     def apply(self, item: FinishingImage, image: np.ndarray, metrics: list[dict[str, MetricValue]]) -> np.ndarray:
         """The image after this step; per-face figures go into ``metrics`` (one dict per face)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ class IdentityMetricStep(FinishingStep):
 
     def __init__(self, weights_dir: Path | None) -> None:
         self.weights_dir = weights_dir
-        self._local = threading.local()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"weights_dir": self.weights_dir}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["weights_dir"])  # type: ignore[misc]
 
     def apply(self, item: FinishingImage, image: np.ndarray, metrics: list[dict[str, MetricValue]]) -> np.ndarray:
         from anonymize.metrics.identity import distance
@@ -38,9 +30,7 @@ class IdentityMetricStep(FinishingStep):
         return image
 
     def _recogniser(self) -> Any:
-        if not hasattr(self._local, "recogniser"):
-            from anonymize.metrics.identity import DlibRecogniser
-            from anonymize.weights import WeightsStore
+        from anonymize.metrics.identity import DlibRecogniser
+        from anonymize.weights import WeightsStore
 
-            self._local.recogniser = DlibRecogniser(WeightsStore(self.weights_dir))
-        return self._local.recogniser
+        return self.per_thread("recogniser", lambda: DlibRecogniser(WeightsStore(self.weights_dir)))
