@@ -157,3 +157,79 @@ def test_a_re_audit_reads_the_originals_from_the_cache_and_changes_no_figure(tmp
     assert warm == cold and len(calls) == cold_calls - 3  # the three originals were not detected again
     uncached = audit(tmp_path / "uncached", originals_cache=False)
     assert uncached == cold and not (tmp_path / "uncached" / "cache").exists()
+
+
+# ---- --sample: a seeded subset audited face by face, every file checked, the gate on the upper bound ----------
+
+
+def test_wilson_interval_matches_the_hand_computed_bounds():
+    from anonymize.audit.sampling import wilson_interval
+
+    # 3 of 23: p = 0.1304, z^2/n = 0.16702; centre (0.1304 + 0.08351) / 1.16702 = 0.18330,
+    # half 1.96 * sqrt(0.1304 * 0.8696 / 23 + 3.8415 / 2116) / 1.16702 = 0.13795
+    low, high = wilson_interval(3, 23)
+    assert low == pytest.approx(0.04535, abs=2e-4) and high == pytest.approx(0.32125, abs=2e-4)
+    # 0 of n: the upper end is z^2 / (n + z^2): 75 faces bound the rate by 4.87%, 20 only by 16.1%
+    assert wilson_interval(0, 75) == pytest.approx((0.0, 3.8415 / 78.8415), abs=1e-4)
+    assert wilson_interval(0, 20)[1] == pytest.approx(0.1611, abs=1e-4)
+    assert wilson_interval(0, 0) is None
+
+
+def test_the_sample_is_drawn_by_seed_from_sorted_paths_whatever_their_order():
+    from anonymize.audit.sampling import sample_indices
+
+    paths = [f"img{index:03d}.jpg" for index in range(50)]
+    chosen = sample_indices(paths, 10, seed=3)
+    assert len(chosen) == 10 and chosen == sample_indices(paths, 10, seed=3) != sample_indices(paths, 10, seed=4)
+    reversed_paths = paths[::-1]
+    assert {reversed_paths[i] for i in sample_indices(reversed_paths, 10, seed=3)} == {paths[i] for i in chosen}
+    assert sample_indices(paths, None, 0) == sample_indices(paths, 80, 0) == set(range(50))
+
+
+def test_a_sampled_audit_checks_every_file_but_the_faces_of_the_sample_and_gates_on_the_upper_bound(tmp_path):
+    require_portraits()
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    names = ("biden_1.jpg", "obama_1.jpg", "rose_leslie_1.jpg", "kit_harington_2.jpg", "biden_2.jpg", "obama_2.jpg")
+    for name in names:
+        shutil.copy(PORTRAITS / name, originals / name)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    out = tmp_path / "pixelated"
+    run(run_config(originals, out, method="pixelate", detector="dlib-hog", device="cpu", weights_dir=weights))
+    (out / "obama_2.jpg").write_bytes((originals / "obama_2.jpg").read_bytes())  # a leak the file check must see
+
+    result = run_audit(AuditConfig(originals, out, detector="dlib-hog", weights_dir=weights, device="cpu", write_files=False,
+                                   fid=False, farl_proxy=False, lpips=False, attribute_source=None, sample=2, sample_seed=1))
+    sampled = {row["output_path"] for row in result.rows if row["sampled"]}
+    assert len(sampled) == 2 and {row["output_path"] for row in result.rows} == set(names)
+    assert all(row["face_index"] is None for row in result.rows if not row["sampled"])
+    sample = result.summary.sample
+    assert (sample.images, sample.released, sample.seed) == (2, 6, 1)
+    assert result.summary.identical_copies == 1  # checked on every file, sampled or not
+    judge = sample.gated_judge
+    faces = result.summary.judges.per_judge[judge].faces
+    assert faces >= 2 and sample.gated_upper == pytest.approx(wilson_interval_upper(result.summary.judges.per_judge[judge].matched, faces))
+    # a handful of faces cannot prove a rate under 5%: the gate says so and names the bound
+    assert not result.passed and any("95% upper bound on a sample of 2 of 6 images" in line for line in result.summary.crossed)
+    again = run_audit(AuditConfig(originals, out, detector="dlib-hog", weights_dir=weights, device="cpu", write_files=False,
+                                  fid=False, farl_proxy=False, lpips=False, attribute_source=None, sample=2, sample_seed=1))
+    assert {row["output_path"] for row in again.rows if row["sampled"]} == sampled
+    full = run_audit(AuditConfig(originals, out, detector="dlib-hog", weights_dir=weights, device="cpu", write_files=False,
+                                 fid=False, farl_proxy=False, lpips=False, attribute_source=None))
+    assert full.summary.sample is None and all(row["sampled"] for row in full.rows)
+
+
+def wilson_interval_upper(successes: int, trials: int) -> float:
+    from anonymize.audit.sampling import wilson_interval
+
+    return wilson_interval(successes, trials)[1]
+
+
+def test_the_output_detectors_borrow_the_ensemble_members_networks(tiny_weights):
+    store = tiny_weights.store()
+    members = [create_detector("dlib-hog", store, DetectorSettings(recall_first=True))]
+    detectors, _ = open_output_detectors(store, "cpu", members)
+    borrowed = detectors["dlib-hog"]
+    assert borrowed is not members[0] and borrowed._hog is members[0]._hog
+    assert borrowed.threshold == 0.0 and members[0].threshold == -0.3

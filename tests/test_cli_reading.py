@@ -266,3 +266,52 @@ def test_startup_benchmark_times_whole_processes_of_help_and_version():
     assert len(seconds) == 2 and all(0 < value < 60 for value in seconds)
     with pytest.raises(subprocess.CalledProcessError):  # a command that fails is never timed as a success
         startup.time_command(("no-such-command",), runs=1)
+
+
+# -- --preview N: a contact sheet for a person to look at -----------------------------------------------
+
+
+@needs_portraits
+def test_run_preview_writes_seeded_before_after_pairs_beside_the_output_never_inside(tmp_path):
+    from PIL import Image
+
+    from anonymize.audit.preview import MAX_THUMB_WIDTH, THUMB_HEIGHT
+    from tests.helpers import cli
+
+    folder = small_folder(tmp_path)
+    out = tmp_path / "out"
+    report = json.loads(cli("run", folder, "--out", out, "--method", "pixelate", "--detector", "dlib-hog", "--preview", "2",
+                            "--allow-errors", "--json").stdout)
+    sheet = Path(report["preview"])
+    assert sheet == tmp_path / "out-preview.png" and not (out / sheet.name).exists()
+    image = Image.open(sheet)
+    assert image.format == "PNG" and THUMB_HEIGHT < image.height and image.width <= 4 * MAX_THUMB_WIDTH + 3 * 8
+    first = sheet.read_bytes()
+    again = cli("audit", "preview", folder, out, "-n", "2", "--out", tmp_path / "again.png")
+    assert again.exit_code == 0 and "keep it private" in again.stdout
+    assert (tmp_path / "again.png").read_bytes() == first  # the same seed draws the same pairs
+    other = cli("audit", "preview", folder, out, "-n", "2", "--seed", "5", "--out", tmp_path / "other.png")
+    assert other.exit_code == 0
+    inside = cli("audit", "preview", folder, out, "--out", out / "sheet.png")
+    assert inside.exit_code == 2 and "must not be written inside the anonymized folder" in inside.output
+    assert not (out / "sheet.png").exists()
+
+
+def test_preview_places_the_original_left_and_the_output_right_with_the_run_s_boxes(tmp_path):
+    import numpy as np
+
+    from anonymize.audit.pairing import ImagePair
+    from anonymize.audit.preview import BOX_COLOUR, THUMB_HEIGHT, _pair_image
+
+    original = np.full((100, 100, 3), 200, np.uint8)
+    output = np.full((100, 100, 3), 30, np.uint8)
+    from PIL import Image
+
+    Image.fromarray(original).save(tmp_path / "a.png")
+    Image.fromarray(output).save(tmp_path / "b.png")
+    tile = np.asarray(_pair_image(ImagePair("b.png", tmp_path / "b.png", "a.png", tmp_path / "a.png", ((10.0, 10.0, 50.0, 50.0),))))
+    assert tile.shape[0] > THUMB_HEIGHT
+    left, right = tile[THUMB_HEIGHT // 2, THUMB_HEIGHT * 3 // 4], tile[THUMB_HEIGHT // 2, THUMB_HEIGHT + 8 + THUMB_HEIGHT * 3 // 4]
+    assert tuple(left) == (200, 200, 200) and tuple(right) == (30, 30, 30)
+    box_edge = tile[int(10 * THUMB_HEIGHT / 100), int(30 * THUMB_HEIGHT / 100)]
+    assert tuple(box_edge) == BOX_COLOUR

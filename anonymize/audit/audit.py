@@ -76,7 +76,8 @@ from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_
 from anonymize.audit.summary import (
     AttributeFigures, AuditSummary, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
 )
-from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, spread
+from anonymize.audit.sampling import sample_indices
+from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, sample_figures, spread
 from anonymize.faces.choose import AuditDetector, choose_audit_detector
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
@@ -130,7 +131,7 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
         settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
         detector = create_detector(choice.name, weights, settings, **({"members": choice.members} if choice.members else {}))
         recognisers, unavailable = open_recognisers(weights, device, config.recogniser_backend, config.distance_threshold)
-        output_detectors, missing_detectors = open_output_detectors(weights, device)
+        output_detectors, missing_detectors = open_output_detectors(weights, device, getattr(detector, "members", [detector]))
     except WeightsError as exc:
         raise AuditError(str(exc)) from None
     output_detectors = {name: found for name, found in output_detectors.items() if name in config.output_detectors}
@@ -157,9 +158,20 @@ def _originals_cache(config: AuditConfig, detector: Any, audit_folder: Path) -> 
 def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
     """A row with every schema column (None where not measured)."""
     row: dict[str, Any] = dict.fromkeys(ROW_SCHEMA.names)
-    row.update(source_path=pair.source_rel, output_path=pair.output_rel, metadata_leak=[], metadata_detail="", size_mismatch=False)
+    row.update(source_path=pair.source_rel, output_path=pair.output_rel, metadata_leak=[], metadata_detail="", size_mismatch=False,
+               sampled=True)
     row.update(values)
     return row
+
+
+def _check_file(pair: ImagePair, gathered: Gathered) -> None:
+    """An image --sample left out: only what needs no network (its metadata, and whether it is a byte copy of its original)."""
+    finding = inspect_metadata(pair.output_path)
+    common = {"metadata_leak": list(finding.kinds), "metadata_detail": finding.detail, "sampled": False}
+    if pair.source_path is None:
+        gathered.rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
+        return
+    gathered.rows.append(_image_row(pair, **common, identical_to_source=_same_bytes(pair.source_path, pair.output_path)))
 
 
 def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered,
@@ -435,9 +447,13 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
 
     gathered = Gathered()
     originals = _originals_cache(config, instruments.detector, parquet_path.parent)
+    sampled = sample_indices([pair.output_rel for pair in pairing.pairs], config.sample, config.sample_seed)
     progress.start(len(pairing.pairs))
-    for pair in pairing.pairs:
-        _audit_pair(pair, plan, instruments, gathered, originals)
+    for index, pair in enumerate(pairing.pairs):
+        if index in sampled:
+            _audit_pair(pair, plan, instruments, gathered, originals)
+        else:
+            _check_file(pair, gathered)
         progress.advance()
         last = gathered.rows[-1] if gathered.rows else None
         if last is not None and last["error"] and last["output_path"] == pair.output_rel:
@@ -448,7 +464,7 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     written = config.write_files
     report_path = report_dir / REPORT_NAME if written and report_dir is not None else None
     summary = _summary(plan, pairing, instruments, gathered, choice, (goal, goal_source), chance, separation,
-                       parquet_path if written else None, report_path)
+                       parquet_path if written else None, report_path, len(sampled))
     result = AuditResult(gathered.rows, summary, parquet_path if written else None, summary_path if written else None, report_path,
                          _before_distances(gathered, separation))
     if written:
@@ -458,7 +474,7 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
 
 def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, gathered: Gathered, choice: AuditDetector,
              goal: tuple[str, str], chance: float | None, separation: IdentitySeparation | None,
-             parquet_path: Path | None, report_path: Path | None) -> AuditSummary:
+             parquet_path: Path | None, report_path: Path | None, sampled: int) -> AuditSummary:
     """Every figure computed first, then the summary built once (``goal``: the privacy goal and where it comes from)."""
     config, thresholds = plan.config, plan.config.thresholds
     privacy_goal, goal_source = goal
@@ -481,7 +497,9 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
     unavailable = {item.name: UnavailableInstrument(item.instrument, item.status) for item in instruments.unavailable}
     detection_by_detector = _detection_by_detector(instruments, gathered)
     attributes = _attribute_figures(config, instruments, gathered)
-    crossed = crossed_thresholds(thresholds, faces, images, privacy_goal, judges, human_goal, look_alike)
+    sample = (sample_figures(sampled, len(pairing.pairs), config.sample_seed, faces, judges)
+              if sampled < len(pairing.pairs) else None)
+    crossed = crossed_thresholds(thresholds, faces, images, privacy_goal, judges, human_goal, look_alike, sample)
     return AuditSummary(
         anonymize_version=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -524,6 +542,7 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
         crossed=crossed,
         parquet_path=str(parquet_path) if parquet_path is not None else None,
         report_path=str(report_path) if report_path is not None else None,
+        sample=sample,
     )
 
 

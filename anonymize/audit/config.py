@@ -75,6 +75,10 @@ class AuditConfig:
     # keep the audit detector's findings on each original by content hash beside the audit's files, so a
     # re-audit does not detect them again (anonymize.audit.originals_cache)
     originals_cache: bool = True
+    # --sample N: audit N images drawn with sample_seed face by face, check every image's file (metadata, byte
+    # copies), and gate the sampled rates on their 95% upper bounds (anonymize.audit.sampling); None: every image
+    sample: int | None = None
+    sample_seed: int = 0
 
 
 @dataclass(frozen=True)

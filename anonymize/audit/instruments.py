@@ -10,6 +10,8 @@ never replaced by another.
 
 from __future__ import annotations
 
+import copy
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -148,11 +150,19 @@ def open_graph_recogniser(weights: WeightsStore, name: str, device: str) -> tupl
     return None, Unavailable(name, instrument, reason)
 
 
-def open_output_detectors(weights: WeightsStore, device: str) -> tuple[dict[str, Detector], list[Unavailable]]:
-    """dlib HOG, MTCNN and RetinaFace at their default thresholds, those whose weights are here."""
+def open_output_detectors(weights: WeightsStore, device: str, loaded: Sequence[Detector] = ()) -> tuple[dict[str, Detector], list[Unavailable]]:
+    """dlib HOG, MTCNN and RetinaFace at their default thresholds, those whose weights are here.
+
+    A detector already ``loaded`` (the audit ensemble's members) lends its networks: the output detector is
+    a copy of it with the default threshold, so no network is loaded twice."""
     detectors, unavailable = {}, []
     for name in OUTPUT_DETECTORS:
         instrument = f"{DETECTOR_INSTRUMENTS[name]}, score threshold {DEFAULT_THRESHOLDS[name]}"
+        lender = next((item for item in loaded if getattr(item, "name", None) == name and not getattr(item, "min_face", 0)), None)
+        if lender is not None:
+            detectors[name] = copy.copy(lender)
+            detectors[name].threshold = DEFAULT_THRESHOLDS[name]
+            continue
         reason = _usable(weights, DETECTOR_ARTEFACTS[name])
         if reason is None:
             try:

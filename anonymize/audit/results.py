@@ -28,6 +28,7 @@ ROW_SCHEMA = pa.schema(
         ("face_index", pa.int32()),  # null: an image row (no face found in the original, or an error)
         ("box", pa.list_(pa.float32(), 4)),  # x0, y0, x1, y1 in the original
         ("found_by", pa.string()),  # audit | manifest | both | whole-image
+        ("sampled", pa.bool_()),  # audited face by face (false: --sample left it to the file checks)
         ("face_status", pa.string()),  # face | possible face (one detector only, not confirmed: kept out of re-identification)
         ("confirmed_by", pa.string()),  # the second opinion: "retinaface+mtcnn", "close-up: dlib-hog", ...
         ("det_score", pa.float32()),

@@ -224,6 +224,18 @@ class ParrotResult(_Record):
 
 
 @dataclass(frozen=True)
+class AuditSample(_Record):
+    """``--sample N``: the images audited face by face and the figures' 95% Wilson intervals (anonymize.audit.sampling)."""
+
+    images: int  # audited face by face
+    released: int  # every released image (each checked for metadata and byte copies)
+    seed: int
+    intervals: dict[str, list[float]]  # figure -> [low, high], e.g. "re-identification (faceres)"
+    gated_upper: float | None  # the worst judge's upper end (the machine goal's gate reads it)
+    gated_judge: str | None
+
+
+@dataclass(frozen=True)
 class RecogniserFigures(_Record):
     """One recogniser's protocols; the rates only once a face was compared, the labelled protocols only with identities."""
 
@@ -438,7 +450,7 @@ class PaperFigure(_Record):
 class AuditSummary(_Record):
     """Everything ``audit-summary.json`` holds (see the module doc); built once, at the end of the audit."""
 
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"human_goal", "parquet_path", "report_path"})
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"human_goal", "parquet_path", "report_path", "sample"})
     _DECODE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "run": RunOrigin.from_json, "thresholds": Thresholds.from_json, "metadata": MetadataLeaks.from_json,
         "quality": ImageQuality.from_json, "unaudited": Unaudited.from_json, "detection": Detection.from_json,
@@ -447,7 +459,7 @@ class AuditSummary(_Record):
         "recognisers": _map_of(RecogniserFigures), "judges": Judges.from_json, "recogniser_roles": RecogniserRoles.from_json,
         "human_goal": HumanGoal.from_json, "look_alike": LookAlike.from_json,
         "instruments_unavailable": _map_of(UnavailableInstrument), "detection_by_detector": _map_of(DetectorDetection),
-        "attributes": AttributeFigures.from_json, "figures": _list_of(PaperFigure),
+        "attributes": AttributeFigures.from_json, "figures": _list_of(PaperFigure), "sample": AuditSample.from_json,
     }
 
     anonymize_version: str
@@ -500,6 +512,7 @@ class AuditSummary(_Record):
     # the files written beside it (absent when the audit wrote none)
     parquet_path: str | None = None
     report_path: str | None = None
+    sample: AuditSample | None = None  # --sample N: what was sampled and the intervals; None: every image audited
 
     def to_json(self, files: bool = True) -> dict[str, Any]:
         """The summary's JSON; ``files=False`` leaves out the written files' paths (the Parquet's metadata copy,

@@ -17,8 +17,9 @@ import numpy as np
 from anonymize.audit.format import rank1_sentence
 from anonymize.audit.human import crossed_look_alike, crossed_match_gate, crossed_visual_floor
 from anonymize.audit.judges import crossed_reidentification
+from anonymize.audit.sampling import wilson_interval
 from anonymize.audit.summary import (
-    Detection, FaceQuality, HumanGoal, IdentityCheck, ImageQuality, Judges, LookAlike, MetadataLeaks, MissedFaces,
+    AuditSample, Detection, FaceQuality, HumanGoal, IdentityCheck, ImageQuality, Judges, LookAlike, MetadataLeaks, MissedFaces,
     PossibleFaces, Reidentification, Thresholds, Unaudited,
 )
 
@@ -135,8 +136,34 @@ def identity_check(separation: IdentitySeparation | None, labelled: bool) -> Ide
     return IdentityCheck(False, "the originals are not grouped in identity folders" if not labelled else "too few labelled faces")
 
 
+def sample_figures(sampled: int, released: int, seed: int, faces: FaceTally, judges: Judges) -> AuditSample:
+    """The 95% Wilson intervals of the sampled face rates, and the worst judge's upper end (the gate reads it)."""
+    intervals: dict[str, tuple[float, float] | None] = {}
+    uppers: dict[str, float] = {}
+    for name, item in judges.per_judge.items():
+        interval = wilson_interval(item.matched or 0, item.faces) if item.verification_rate is not None else None
+        intervals[f"re-identification ({name})"] = interval
+        if interval is not None:
+            uppers[name] = interval[1]
+    intervals["rank-1 identification"] = wilson_interval(faces.reid.rank1_hits, faces.faces)
+    intervals["still detected in output"] = wilson_interval(faces.detection.detected, faces.faces)
+    intervals["missed faces"] = wilson_interval(faces.missed_faces.count, faces.faces)
+    worst = max(uppers, key=lambda name: uppers[name]) if uppers else None
+    return AuditSample(sampled, released, seed, {name: list(value) for name, value in intervals.items() if value is not None},
+                       uppers[worst] if worst is not None else None, worst)
+
+
+def crossed_sample(sample: AuditSample | None, max_rate: float, crossed_already: bool) -> list[str]:
+    """A sampled release passes the identity gate only when the worst judge's 95% upper bound is under the limit."""
+    if sample is None or crossed_already or sample.gated_upper is None or sample.gated_upper <= max_rate:
+        return []
+    return [f"re-identification rate of judge {sample.gated_judge} could be up to {sample.gated_upper:.1%} (95% upper bound "
+            f"on a sample of {sample.images} of {sample.released} images) > max {max_rate:.1%}: audit a larger --sample, "
+            "or every image"]
+
+
 def crossed_thresholds(thresholds: Thresholds, faces: FaceTally, images: ImageTally, privacy_goal: str, judges: Judges,
-                       human_goal: HumanGoal | None, look_alike: LookAlike) -> list[str]:
+                       human_goal: HumanGoal | None, look_alike: LookAlike, sample: AuditSample | None = None) -> list[str]:
     """One sentence per crossed threshold (empty: the release passes).
 
     With the human goal the identity gates turn around (a minimum match rate instead of a maximum
@@ -148,8 +175,9 @@ def crossed_thresholds(thresholds: Thresholds, faces: FaceTally, images: ImageTa
     human = human_goal if privacy_goal == "human" else None
     if human is not None:
         crossed += crossed_match_gate(human, thresholds.min_match_rate)
-    else:  # every recogniser outside the method's loss; the worst one gates
-        crossed += crossed_reidentification(judges, thresholds.max_reid_rate)
+    else:  # every recogniser outside the method's loss; the worst one gates (on a sample: its 95% upper bound)
+        identity = crossed_reidentification(judges, thresholds.max_reid_rate)
+        crossed += identity + crossed_sample(sample, thresholds.max_reid_rate, bool(identity))
     if human is None and thresholds.max_rank1_rate is not None and reid.rank1_rate is not None and reid.rank1_rate > thresholds.max_rank1_rate:
         crossed.append(
             f"rank-1 identification rate {reid.rank1_rate:.1%} > max {thresholds.max_rank1_rate:.1%} "

@@ -20,7 +20,7 @@ from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEF
 from anonymize.audit.compare import comparison_json, legend, load_comparison, selected_columns, write_comparison_report
 from anonymize.audit.format import attribute_line, format_value, judge_rates, number, percent, significant
 from anonymize.audit.human import PRIVACY_GOALS
-from anonymize.audit.summary import AuditSummary
+from anonymize.audit.summary import AuditSample, AuditSummary
 from anonymize.cli.app import app
 from anonymize.cli.console import DefaultCommandGroup, Device, fail, progress_bar, stdout
 from anonymize.errors import AnonymizeError
@@ -43,7 +43,7 @@ class AuditGroup(DefaultCommandGroup):
 audit_app = typer.Typer(
     cls=AuditGroup,
     help="Audit an anonymized folder (`anonymize audit ORIGINAL_DIR ANON_DIR`, short for `audit check`), "
-         "or compare audited runs (`anonymize audit compare RUN...`).",
+         "compare audited runs (`anonymize audit compare RUN...`), or look at N before/after pairs (`anonymize audit preview`).",
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
@@ -100,6 +100,15 @@ def gated_row(summary: AuditSummary) -> tuple[str, str]:
                    f"faces still match their original); per judge: {judge_rates(judges)}")
 
 
+def sample_line(sample: AuditSample) -> str:
+    """What --sample audited and the gated figure's 95% interval."""
+    line = f"{sample.images} of {sample.released} images audited face by face (seed {sample.seed}); the rest: metadata and copies only"
+    if sample.gated_judge is not None:
+        low, high = sample.intervals[f"re-identification ({sample.gated_judge})"]
+        line += f"; re-identification by {sample.gated_judge} {low:.1%} to {high:.1%} (95%), gated on the upper bound"
+    return line
+
+
 def print_audit_summary(result: AuditResult) -> None:
     """The summary as a table, the rank-1 sentence, warnings, the verdict and the files written."""
     summary = result.summary
@@ -110,6 +119,8 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("method audited", method_audited(summary))
     table.add_row(*gated_row(summary))
     table.add_row("released images", str(summary.outputs))
+    if summary.sample is not None:
+        table.add_row("sample", sample_line(summary.sample))
     table.add_row("faces audited", str(summary.faces))
     table.add_row("detector", f"{summary.detector} ({summary.detector_reason})")
     roles = summary.recogniser_roles
@@ -200,6 +211,8 @@ def audit_command(
     summary: Optional[Path] = typer.Option(None, help="Summary JSON path (default: beside the Parquet, audit-summary.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Audit the faces of N images drawn with --sample-seed (every file is still checked for metadata and copies); rates get 95% intervals and the identity gate reads the upper bound."),
+    sample_seed: int = typer.Option(0, "--sample-seed", help="Seed that draws the --sample images."),
 ) -> None:
     """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality.
 
@@ -230,6 +243,8 @@ def audit_command(
         quasi_identifiers=tuple(name.strip() for name in quasi_identifiers.split(",") if name.strip()),
         sensitive=tuple(name.strip() for name in sensitive.split(",") if name.strip()),
         attribute_k=attribute_k,
+        sample=sample,
+        sample_seed=sample_seed,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,
@@ -292,3 +307,26 @@ def compare_command(
         stdout.print(f"[bold]{label}[/]: {text}", soft_wrap=True, highlight=False)
     if report_path is not None:
         stdout.print(f"report: {report_path}", soft_wrap=True)
+
+
+@audit_app.command("preview")
+def preview_command(
+    original_dir: Path = typer.Argument(..., help="The folder that was anonymized."),
+    anon_dir: Path = typer.Argument(..., help="What `anonymize run` wrote."),
+    count: int = typer.Option(12, "--count", "-n", min=1, help="Before/after pairs on the sheet."),
+    seed: int = typer.Option(0, "--seed", help="Seed that draws the pairs (the same seed shows the same images)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write (default: <ANON_DIR>-preview.png, beside the release)."),
+    manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources (default: <ANON_DIR>/manifest.parquet if present)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sheet's path and the pairs shown as JSON."),
+) -> None:
+    """A contact sheet of N seeded before/after pairs (the run's face boxes outlined), to look at before a release."""
+    from anonymize.audit.preview import write_preview
+
+    try:
+        path, shown = write_preview(original_dir, anon_dir, count, seed, out, manifest)
+    except AuditError as exc:
+        fail(str(exc), as_json=as_json)
+    if as_json:
+        stdout.print_json(json.dumps({"preview": str(path), "pairs": shown}))
+        return
+    stdout.print(f"preview: {path} ({shown} pairs; it shows original faces: keep it private)", soft_wrap=True)

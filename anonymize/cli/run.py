@@ -214,6 +214,7 @@ def run_command(
     executor: ExecutorName = typer.Option("local", help="local: this machine; ray: a Ray cluster (pip install 'anonymize[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="ADDRESS", help="--executor ray: the cluster to join, e.g. ray://head:10001 or auto (default: a Ray on this machine)."),
     audit: bool = typer.Option(False, "--audit", help="Audit the output against the input at the end; exit 3 when the audit fails."),
+    preview: Optional[int] = typer.Option(None, "--preview", min=1, metavar="N", help="At the end, a contact sheet of N seeded before/after pairs, <OUT>-preview.png (it shows original faces: keep it private)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable summary on stdout."),
 ) -> None:
@@ -295,6 +296,8 @@ def run_command(
         report["files"] = progress.files
     code = _exit_code(summary, on_error.value, allow_errors)
     audit_result = _audit(config, as_json) if audit and not dry_run else None
+    if preview is not None and not dry_run:
+        report["preview"] = _preview(config, preview, as_json)
     if audit_result is not None:
         report["audit"] = audit_result.summary.to_json()  # it holds passed and crossed
         if not audit_result.passed and code != 1:
@@ -308,6 +311,8 @@ def run_command(
         if dry_run:
             print_dry_run_files(progress.files)
         _print_summary(summary)
+        if report.get("preview"):
+            stdout.print(f"preview:  {report['preview']} (it shows original faces: keep it private)", soft_wrap=True)
         if audit_result is not None:
             from anonymize.cli.audit import print_audit_summary
 
@@ -323,6 +328,23 @@ def _exit_code(summary: RunSummary, on_error: str, allow_errors: bool) -> int:
     if on_error == "fail":
         return 1
     return 0 if allow_errors else EXIT_ERROR_ROWS
+
+
+def _preview(config: RunConfig, count: int, as_json: bool) -> str:
+    """--preview N: the contact sheet beside the output folder (local outputs only)."""
+    from anonymize.audit import AuditError
+    from anonymize.audit.preview import write_preview
+
+    output = config.output.output_dir
+    if not isinstance(output, Path):
+        fail("--preview: the output is not a local folder; run `anonymize audit preview` on a local copy", as_json=as_json)
+    try:
+        source = Path(config.inputs.input_dir)
+        path, _ = write_preview(source.parent if source.is_file() else source, output, count,
+                                manifest_path=config.output.manifest_path)
+    except AuditError as exc:
+        fail(f"preview: {exc}", as_json=as_json)
+    return str(path)
 
 
 def _audit(config: RunConfig, as_json: bool = False) -> AuditResult:

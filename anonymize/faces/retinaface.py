@@ -180,37 +180,74 @@ def nms(rows: np.ndarray, threshold: float = NMS_IOU, inside: float | None = INS
     return rows[keep]
 
 
-class RetinaFaceDetector:
-    name = "retinaface"
+BACKENDS = ("auto", "opencv", "torch")
 
-    def __init__(self, weights: WeightsStore, threshold: float, min_face: int, device: str) -> None:
+
+class TorchNetwork:
+    """The module on ``device`` (CUDA, or the CPU when asked): pixels in, rows above the threshold out."""
+
+    def __init__(self, weights: WeightsStore, device: str) -> None:
         import torch
 
-        self.threshold = threshold
-        self.min_face = min_face
-        self._weights = weights
         self._torch = torch
         self._model = load_retinaface(weights, device)
         self._mean = torch.tensor(MEAN_RGB, device=self._model.device).view(1, 3, 1, 1)
+
+    def __call__(self, rgb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        torch = self._torch
+        with torch.inference_mode():
+            # H x W x 3 bytes seen as 1 x 3 x H x W is already channels-last: no copy but the float one
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self._model.device).permute(2, 0, 1)[None]
+            loc, confidence, landmarks = self._model(pixels.float() - self._mean)
+            scores = confidence[0, :, 1].cpu().numpy()
+            chosen = np.flatnonzero(scores > threshold)
+            index = torch.from_numpy(chosen).to(loc.device)
+            return chosen, scores[chosen], loc[0, index].cpu().numpy(), landmarks[0, index].cpu().numpy()
+
+
+class OpenCVNetwork:
+    """The same network as an ONNX graph run by OpenCV (:mod:`anonymize.models.retinaface_graph`): no torch."""
+
+    def __init__(self, weights: WeightsStore) -> None:
+        from anonymize.models.retinaface_graph import OUTPUT_NAMES, open_graph
+
+        self._net = open_graph(weights, ARTEFACT, lambda: load_retinaface(weights, "cpu"))
+        self._outputs = list(OUTPUT_NAMES)
+
+    def __call__(self, rgb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._net.setInput(cv2.dnn.blobFromImage(rgb, 1.0, None, MEAN_RGB, swapRB=False, crop=False))
+        loc, confidence, landmarks = self._net.forward(self._outputs)
+        scores = confidence[0, :, 1]
+        chosen = np.flatnonzero(scores > threshold)
+        return chosen, scores[chosen], loc[0, chosen], landmarks[0, chosen]
+
+
+class RetinaFaceDetector:
+    """``backend``: ``auto`` runs OpenCV's graph on the CPU and the torch module on CUDA."""
+
+    name = "retinaface"
+
+    def __init__(self, weights: WeightsStore, threshold: float, min_face: int, device: str, backend: str = "auto") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown RetinaFace backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.threshold = threshold
+        self.min_face = min_face
+        self._weights = weights
+        if backend == "auto":
+            backend = "opencv" if device == "cpu" else "torch"
+        self.backend = backend
+        self._network = OpenCVNetwork(weights) if backend == "opencv" else TorchNetwork(weights, device)
 
     def weights_used(self) -> dict[str, str]:
         return {ARTEFACT: self._weights.sha256(ARTEFACT) or ""}
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
         """Rows (box 4, score, landmarks 10) in ``rgb``'s pixels above the threshold, overlaps suppressed."""
-        torch = self._torch
         height, width = rgb.shape[:2]
-        with torch.inference_mode():
-            # H x W x 3 bytes seen as 1 x 3 x H x W is already channels-last: no copy but the float one
-            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).to(self._model.device).permute(2, 0, 1)[None]
-            loc, confidence, landmarks = self._model(pixels.float() - self._mean)
-            scores = confidence[0, :, 1].cpu().numpy()
-            chosen = np.flatnonzero(scores > self.threshold)
-            if len(chosen) == 0:
-                return np.zeros((0, 15))
-            index = torch.from_numpy(chosen).to(loc.device)
-            loc, landmarks = loc[0, index].cpu().numpy(), landmarks[0, index].cpu().numpy()
-        rows = decode(anchors(height, width)[chosen], loc.astype(np.float64), scores[chosen].astype(np.float64),
+        chosen, scores, loc, landmarks = self._network(rgb, self.threshold)
+        if len(chosen) == 0:
+            return np.zeros((0, 15))
+        rows = decode(anchors(height, width)[chosen], loc.astype(np.float64), scores.astype(np.float64),
                       landmarks.astype(np.float64))
         return nms(rows, inside=None)
 

@@ -11,6 +11,7 @@ stages called inline), so both give the same outputs and rows.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -52,19 +53,28 @@ class _Inline:
 
 @contextmanager
 def torch_threads_per_worker(workers: int, method_needs_every_core: bool) -> Iterator[None]:
-    """Split the cores between the workers: each worker's torch calls (detection on the CPU) use
-    cores / workers threads instead of all of them, so the pool does not oversubscribe the CPU
+    """Split the cores between the workers: each worker's torch and OpenCV calls (detection on the CPU)
+    use cores / workers threads instead of all of them, so the pool does not oversubscribe the CPU
     (measured on 2 cores: 10.9 instead of 9.2 images/s). Not when the method itself runs torch on
-    the CPU (FALCO with --device cpu): it needs every core. Restored when the run ends."""
-    import torch
+    the CPU (FALCO with --device cpu): it needs every core. torch is only told when something already
+    imported it (a torch detector or method is built before the pool starts): a blur run with
+    RetinaFace on OpenCV never loads it. Restored when the run ends."""
+    import cv2
 
-    before = torch.get_num_threads()
-    if workers > 1 and not method_needs_every_core:
-        torch.set_num_threads(max(1, available_cores() // workers))
+    split = workers > 1 and not method_needs_every_core
+    share = max(1, available_cores() // max(workers, 1))
+    torch = sys.modules.get("torch")
+    before = (cv2.getNumThreads(), torch.get_num_threads() if torch is not None else None)
+    if split:
+        cv2.setNumThreads(share)
+        if torch is not None:
+            torch.set_num_threads(share)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        cv2.setNumThreads(before[0])
+        if torch is not None and before[1] is not None:
+            torch.set_num_threads(before[1])
 
 
 def method_needs_every_core(stages: Stages) -> bool:
