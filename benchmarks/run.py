@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import audit_speed, dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup
+from benchmarks import audit_speed, dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup, whole_process
 from benchmarks.models import print_table
 
 
@@ -27,7 +27,8 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared"))
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
-    sections = ["startup", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators", "audit_speed"]
+    parser.add_argument("--deface", type=Path, default=Path(".bench/deface-venv/bin/deface"))
+    sections = ["startup", "whole_process", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators", "audit_speed"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
@@ -38,6 +39,12 @@ def main() -> None:
         print_table("start-up: `anonymize --help`, `--version` (whole process, median of 7)", results["startup"])
         results["startup_imports"] = startup.import_rows()
         print_table("imports before the first image (whole process, median of 7)", results["startup_imports"])
+    if "whole_process" in args.only:
+        versus = whole_process.measure(args.shared, args.weights_dir, args.deface, rounds=3, copies=5)
+        results["whole_process"] = versus
+        print_table(f"anonymize run --method blur vs deface, whole processes, {versus['images']} images and one (CPU)", versus["rows"])
+        print(f"folder: {versus['folder_speed_ratio']}x deface's images/s (goal >= 2); one image {versus['one_image_seconds']} s "
+              f"(goal <= 1.5); peak memory {versus['peak_memory_ratio']}x deface's (goal <= 1)")
     if "pipeline" in args.only:
         rows = pipeline.pipeline_rows(args.shared, ["dlib-hog", "retinaface"], args.weights_dir, args.deface_python)
         results["pipeline"] = rows
@@ -69,6 +76,10 @@ def main() -> None:
         medians = speed["median_images_per_s"]
         print(f"audit {medians['audit']} images/s, run {medians['run']} images/s: audit/run = {speed['audit_over_run']}"
               f" (re-audit {medians['re-audit']} images/s, {speed['re_audit_over_run']}); goal >= 1")
+        sampled = audit_speed.measure_sampled(args.shared, args.weights_dir, sample=100, copies=5)
+        results["audit_speed_sampled"] = sampled
+        print_table(f"anonymize run vs anonymize audit --sample 100, whole processes, {sampled['images']} images (CPU)", sampled["rows"])
+        print(f"audit --sample 100: audit/run = {sampled['audit_over_run']} (re-audit {sampled['re_audit_over_run']}); goal >= 1")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")

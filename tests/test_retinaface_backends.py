@@ -107,3 +107,17 @@ def test_a_blur_run_on_the_cpu_never_imports_torch(retinaface_store, tiny_weight
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "no torch"
     assert (tmp_path / "out" / "obama_1.jpg").is_file()
+
+
+def test_after_a_large_input_the_opencv_network_lets_its_buffers_go_and_finds_the_same_faces(retinaface_store, shared_dir):
+    from anonymize.faces.retinaface import OPENCV_LARGE_INPUT
+
+    detector = RetinaFaceDetector(retinaface_store, 0.9, 0, "cpu")
+    network = detector._network
+    rgb = decode_image(shared_dir / "data" / "portraits" / "multi_obama_and_biden.jpg").rgb
+    large = np.concatenate([rgb] * 3, axis=1) if rgb.shape[0] * rgb.shape[1] * 3 > OPENCV_LARGE_INPUT else rgb
+    before = network._net
+    first = detector.detect(large)
+    assert network._net is not before  # read again from the kept graph after the large call
+    again = detector.detect(large)
+    assert [face.box for face in again] == [face.box for face in first] and len(first) >= 3
