@@ -233,3 +233,27 @@ def test_the_output_detectors_borrow_the_ensemble_members_networks(tiny_weights)
     borrowed = detectors["dlib-hog"]
     assert borrowed is not members[0] and borrowed._hog is members[0]._hog
     assert borrowed.threshold == 0.0 and members[0].threshold == -0.3
+
+
+def test_an_audit_on_worker_threads_gives_the_rows_and_figures_of_a_serial_one(tmp_path):
+    """Pairs are measured on threads and folded in walk order: nothing but the wall time may change."""
+    require_portraits()
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    for name in ("biden_2.jpg", "multi_two_people.jpg", "obama_1.jpg", "partial_obama_1.jpg"):
+        shutil.copy(PORTRAITS / name, originals / name)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    out = tmp_path / "blurred"
+    run(run_config(originals, out, method="blur", detector="dlib-hog", device="cpu", weights_dir=weights))
+
+    def audit(workers: int) -> tuple[dict, list]:
+        result = run_audit(AuditConfig(originals, out, detector="auto", weights_dir=weights, device="cpu", write_files=False,
+                                       fid=False, farl_proxy=False, lpips=False, attribute_source=None, workers=workers))
+        summary = result.summary.to_json()
+        summary.pop("created_at")
+        return summary, result.rows
+
+    serial, threaded = audit(1), audit(2)
+    assert threaded[0] == serial[0]
+    assert [{key: value for key, value in row.items()} for row in threaded[1]] == serial[1]

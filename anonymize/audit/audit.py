@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,12 @@ from anonymize.audit.summary import (
 from anonymize.audit.sampling import sample_indices
 from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, sample_figures, spread
 from anonymize.faces.choose import AuditDetector, choose_audit_detector
+from anonymize.faces.types import Face
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
 from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.models.device import resolve_device
+from anonymize.run.local import available_cores, in_order, torch_threads_per_worker, worker_pool
 from anonymize.weights import WeightsError, WeightsStore
 
 MAX_PAIRWISE_FACES = 2000  # the "before" distances use at most this many original faces (pairs grow quadratically)
@@ -164,34 +167,46 @@ def _image_row(pair: ImagePair, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _check_file(pair: ImagePair, gathered: Gathered) -> None:
+def _check_file(pair: ImagePair) -> dict[str, Any]:
     """An image --sample left out: only what needs no network (its metadata, and whether it is a byte copy of its original)."""
     finding = inspect_metadata(pair.output_path)
     common = {"metadata_leak": list(finding.kinds), "metadata_detail": finding.detail, "sampled": False}
     if pair.source_path is None:
-        gathered.rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
-        return
-    gathered.rows.append(_image_row(pair, **common, identical_to_source=_same_bytes(pair.source_path, pair.output_path)))
+        return _image_row(pair, **common, error="no original with this path (faces not audited)")
+    return _image_row(pair, **common, identical_to_source=_same_bytes(pair.source_path, pair.output_path))
 
 
-def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered,
-                originals: OriginalsCache) -> None:
-    config, rows = plan.config, gathered.rows
+@dataclass
+class Measured:
+    """What the networks found on one pair, measured on a worker thread; :func:`_fold_pair` adds it to the audit in order."""
+
+    original: np.ndarray
+    output: np.ndarray
+    common: dict[str, Any]
+    faces: list[SourceFace]
+    found: list[Face]  # the audit detector's faces in the output
+    described: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]  # recogniser -> (original, output) descriptors per face
+    still_found: dict[str, list[float | None]]  # output detector -> per face, its overlap with a face it found (None: not found)
+    similarity: np.ndarray  # SSIM map
+    lpips_values: list[float]
+
+
+def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments,
+                  originals: OriginalsCache) -> Measured | dict[str, Any]:
+    """Decode, detect, describe one pair (thread-safe: touches nothing shared but the instruments); a row when it cannot."""
+    config = plan.config
     try:
         output = decode_image(pair.output_path, config.max_pixels, display_name=pair.output_rel)
     except ImageDecodeError as exc:
-        rows.append(_image_row(pair, error=f"unreadable output: {exc}"))
-        return
+        return _image_row(pair, error=f"unreadable output: {exc}")
     finding = inspect_metadata(pair.output_path)
     common = {"metadata_leak": list(finding.kinds), "metadata_detail": finding.detail}
     if pair.source_path is None:
-        rows.append(_image_row(pair, **common, error="no original with this path (faces not audited)"))
-        return
+        return _image_row(pair, **common, error="no original with this path (faces not audited)")
     try:
         original = decode_image(pair.source_path, config.max_pixels, display_name=pair.source_rel)
     except ImageDecodeError as exc:
-        rows.append(_image_row(pair, **common, error=f"unreadable original: {exc}"))
-        return
+        return _image_row(pair, **common, error=f"unreadable original: {exc}")
     common["identity"] = plan.labels.get(pair.source_rel) if plan.labels else None
     common["identical_to_source"] = _same_bytes(pair.source_path, pair.output_path)
     output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
@@ -202,45 +217,50 @@ def _audit_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments,
         faces = confirm_faces(original.rgb, faces, detector, findings.close_up_check())
         findings.save()
         in_output = instruments.output_detection.detect(output_rgb)
-        found = in_output.audit
         boxes = [face.box for face in faces]
         described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in instruments.recognisers}
-        before, after = described["dlib"]
         still_found = {name: match_boxes(boxes, [face.box for face in detected]) for name, detected in in_output.by_detector.items()}
+        lpips_values = _lpips_of_faces(instruments.lpips, original.rgb, output_rgb, boxes) if faces else []
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
-        rows.append(_image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})"))
-        return
-    mask = outside_faces_mask(original.rgb.shape, [*boxes, *pair.manifest_boxes])
-    similarity = ssim_map(original.rgb, output_rgb)
-    common["psnr_outside_db"] = psnr(original.rgb, output_rgb, mask)
-    common["ssim_outside"] = ssim(original.rgb, output_rgb, mask, similarity)
+        return _image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})")
+    return Measured(original.rgb, output_rgb, common, faces, in_output.audit, described, still_found,
+                    ssim_map(original.rgb, output_rgb), lpips_values)
+
+
+def _fold_pair(pair: ImagePair, measured: Measured, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered) -> None:
+    """Add one measured pair to the audit's rows, descriptors and dataset-level collectors (in walk order)."""
+    original, output, common, faces = measured.original, measured.output, measured.common, measured.faces
+    boxes = [face.box for face in faces]
+    mask = outside_faces_mask(original.shape, [*boxes, *pair.manifest_boxes])
+    common["psnr_outside_db"] = psnr(original, output, mask)
+    common["ssim_outside"] = ssim(original, output, mask, measured.similarity)
     for collector in (instruments.fid, instruments.farl):
         if isinstance(collector, FidFeatures):
-            collector.add(original.rgb, output_rgb)
+            collector.add(original, output)
     if not faces:
-        rows.append(_image_row(pair, **common))
+        gathered.rows.append(_image_row(pair, **common))
         return
-    matches = match_boxes(boxes, [face.box for face in found])
-    lpips_values = _lpips_of_faces(instruments.lpips, original.rgb, output_rgb, boxes)
+    before, after = measured.described["dlib"]
+    matches = match_boxes(boxes, [face.box for face in measured.found])
     for index, (face, overlap, descriptor_before, descriptor_after) in enumerate(zip(faces, matches, before, after)):
-        box_mask = face_box_mask(original.rgb.shape, face.box)
+        box_mask = face_box_mask(original.shape, face.box)
         per_face = {
-            "detected_by": [name for name, found_at in still_found.items() if found_at[index] is not None],
-            "psnr_face_db": psnr(original.rgb, output_rgb, box_mask),
-            "ssim_face": ssim(original.rgb, output_rgb, box_mask, similarity),
-            "lpips_face": lpips_values[index] if lpips_values else None,
+            "detected_by": [name for name, found_at in measured.still_found.items() if found_at[index] is not None],
+            "psnr_face_db": psnr(original, output, box_mask),
+            "ssim_face": ssim(original, output, box_mask, measured.similarity),
+            "lpips_face": measured.lpips_values[index] if measured.lpips_values else None,
         }
-        for name, (originals, outputs) in described.items():
+        for name, (originals, outputs) in measured.described.items():
             if name != "dlib":
                 per_face[f"{name.replace('-', '_')}_distance"] = float(np.linalg.norm(originals[index] - outputs[index]))
             if not face.possible:
                 descriptors = gathered.descriptors.setdefault(name, ([], []))
                 descriptors[0].append(originals[index])
                 descriptors[1].append(outputs[index])
-        _add_face(plan, gathered, pair, index, face, overlap, descriptor_before, descriptor_after, original.rgb, output_rgb,
+        _add_face(plan, gathered, pair, index, face, overlap, descriptor_before, descriptor_after, original, output,
                   {**common, **per_face})
         if not face.possible:
-            _collect_attributes(plan, instruments, gathered, original.rgb, output_rgb, face, f"{pair.source_rel}#{index}")
+            _collect_attributes(plan, instruments, gathered, original, output, face, f"{pair.source_rel}#{index}")
 
 
 def _collect_attributes(plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered, original: np.ndarray,
@@ -448,16 +468,27 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     gathered = Gathered()
     originals = _originals_cache(config, instruments.detector, parquet_path.parent)
     sampled = sample_indices([pair.output_rel for pair in pairing.pairs], config.sample, config.sample_seed)
+    workers = available_cores() if config.workers is None else max(config.workers, 1)
+
+    def measure(index: int) -> Measured | dict[str, Any]:
+        pair = pairing.pairs[index]
+        return _measure_pair(pair, plan, instruments, originals) if index in sampled else _check_file(pair)
+
+    instruments.output_detection  # noqa: B018 - built once here, before the worker threads share it
     progress.start(len(pairing.pairs))
-    for index, pair in enumerate(pairing.pairs):
-        if index in sampled:
-            _audit_pair(pair, plan, instruments, gathered, originals)
-        else:
-            _check_file(pair, gathered)
-        progress.advance()
-        last = gathered.rows[-1] if gathered.rows else None
-        if last is not None and last["error"] and last["output_path"] == pair.output_rel:
-            progress.message(f"not audited: {pair.output_rel}: {last['error']}")
+    pool = worker_pool(workers)
+    with torch_threads_per_worker(workers, False):
+        for index, measured in enumerate(in_order(pool, measure, range(len(pairing.pairs)), 2 * workers)):
+            pair = pairing.pairs[index]
+            if isinstance(measured, Measured):
+                _fold_pair(pair, measured, plan, instruments, gathered)
+            else:
+                gathered.rows.append(measured)
+            progress.advance()
+            last = gathered.rows[-1] if gathered.rows else None
+            if last is not None and last["error"] and last["output_path"] == pair.output_rel:
+                progress.message(f"not audited: {pair.output_rel}: {last['error']}")
+    pool.shutdown()
 
     chance = _fill_identification(plan, gathered)
     separation = _separation(plan, gathered)

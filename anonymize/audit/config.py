@@ -79,6 +79,7 @@ class AuditConfig:
     # copies), and gate the sampled rates on their 95% upper bounds (anonymize.audit.sampling); None: every image
     sample: int | None = None
     sample_seed: int = 0
+    workers: int | None = None  # threads measuring pairs (decode, detect, describe); None: one per core
 
 
 @dataclass(frozen=True)

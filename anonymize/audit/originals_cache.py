@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,11 +123,20 @@ class OriginalsCache:
         self.fingerprint = fingerprint
         self.hits = 0
         self.misses = 0
+        self._count = threading.Lock()  # the audit's worker threads look up originals at once
 
     def findings(self, content_sha256: str) -> OriginalFindings:
         """The entry for an original with these bytes: what is cached, or an empty one to fill."""
+        found = self._read(content_sha256)
+        with self._count:
+            if found.detections is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return found
+
+    def _read(self, content_sha256: str) -> OriginalFindings:
         if self.folder is None:
-            self.misses += 1
             return OriginalFindings(None, None, {})
         path = self.folder / f"{content_sha256}-{self.fingerprint[:24]}.json"
         try:
@@ -135,7 +145,5 @@ class OriginalsCache:
                 raise ValueError("other format")
             found = OriginalFindings(path, [_face_of(face) for face in data["detections"]], dict(data["close_ups"]))
         except (OSError, ValueError, KeyError, TypeError):
-            self.misses += 1
             return OriginalFindings(path, None, {})
-        self.hits += 1
         return found

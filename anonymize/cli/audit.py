@@ -213,6 +213,7 @@ def audit_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Audit the faces of N images drawn with --sample-seed (every file is still checked for metadata and copies); rates get 95% intervals and the identity gate reads the upper bound."),
     sample_seed: int = typer.Option(0, "--sample-seed", help="Seed that draws the --sample images."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads that decode, detect and describe images (default: one per core)."),
 ) -> None:
     """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality.
 
@@ -245,6 +246,7 @@ def audit_command(
         attribute_k=attribute_k,
         sample=sample,
         sample_seed=sample_seed,
+        workers=workers,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,

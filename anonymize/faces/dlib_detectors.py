@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import dlib
 import numpy as np
 
@@ -25,6 +27,9 @@ class DlibDetector:
             self._cnn = dlib.cnn_face_detection_model_v1(str(weights.require("dlib_mmod_detector")))
         else:
             self._hog = dlib.get_frontal_face_detector()
+        # dlib's detectors release the GIL and are not safe to call from two threads at once (the audit's threads
+        # share one detector: that crashed the process); each call holds the detector
+        self._lock = threading.Lock()
 
     def weights_used(self) -> dict[str, str]:
         return {name: self._weights.sha256(name) or "" for name in self._artefacts}
@@ -36,6 +41,10 @@ class DlibDetector:
         return times
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
+        with self._lock:
+            return self._detect(rgb)
+
+    def _detect(self, rgb: np.ndarray) -> list[Face]:
         image = np.ascontiguousarray(rgb)
         upsample = self._upsample_times(image)
         if self.name == "dlib-cnn":

@@ -25,6 +25,7 @@ score threshold (facexlib builds every anchor in Python loops on every call).
 from __future__ import annotations
 
 import math
+import threading
 from functools import lru_cache
 
 import cv2
@@ -228,12 +229,15 @@ class OpenCVNetwork:
         self._graph = graph_bytes(weights, ARTEFACT, lambda: load_retinaface(weights, "cpu"))
         self._net = read_graph(self._graph)
         self._outputs = list(OUTPUT_NAMES)
+        self._lock = threading.Lock()  # one OpenCV network runs one input at a time (the audit's threads share it)
 
     def __call__(self, rgb: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        self._net.setInput(_blob(rgb))
-        loc, confidence, landmarks = self._net.forward(self._outputs)
-        if rgb.shape[0] * rgb.shape[1] > OPENCV_LARGE_INPUT:
-            self._net = self._read(self._graph)  # OpenCV keeps every layer's output at the largest size it saw: let go
+        blob = _blob(rgb)
+        with self._lock:
+            self._net.setInput(blob)
+            loc, confidence, landmarks = self._net.forward(self._outputs)
+            if rgb.shape[0] * rgb.shape[1] > OPENCV_LARGE_INPUT:
+                self._net = self._read(self._graph)  # OpenCV keeps every layer's output at the largest size it saw: let go
         scores = confidence[0, :, 1]
         chosen = np.flatnonzero(scores > threshold)
         return chosen, scores[chosen], loc[0, chosen], landmarks[0, chosen]

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from anonymize.io.walk import ImageFile
 from anonymize.run.batching import BatchRule
@@ -25,6 +25,9 @@ from anonymize.run.finish import Finished
 from anonymize.run.prepare import Prepared, Preparer, PreviousRows
 from anonymize.run.stages import Record, Stages, StageTimes
 
+T = TypeVar("T")
+R = TypeVar("R")
+_END = object()
 FINISHING_BATCHES = 2  # batches being pasted and written while the method works on the next one
 
 
@@ -89,31 +92,36 @@ def run_local(stages: Stages, files: Iterable[ImageFile], previous: dict[str, Pr
         _run_local(stages, files, previous, rule, workers, record, times)
 
 
-def prepared_in_order(pool: Any, preparer: Preparer, files: Iterable[ImageFile],
-                      previous: dict[str, PreviousRows], window: int) -> Iterator[Prepared]:
-    """Prepare ``files`` on the pool, at most ``window`` ahead, and yield them in walk order.
+def in_order(pool: Any, function: Callable[[T], R], items: Iterable[T], window: int) -> Iterator[R]:
+    """``function`` over ``items`` on ``pool``, at most ``window`` ahead, results in the items' order.
 
     Closing the generator (the consumer stops early) cancels what was not started.
     """
-    pending = iter(files)
+    pending = iter(items)
     queue: deque[Future] = deque()
 
     def top_up() -> None:
         while len(queue) < window:
-            file = next(pending, None)
-            if file is None:
+            item = next(pending, _END)
+            if item is _END:
                 return
-            queue.append(pool.submit(preparer.prepare, file, previous.get(str(file.relpath))))
+            queue.append(pool.submit(function, item))
 
     try:
         top_up()
         while queue:
-            item = queue.popleft().result()
+            result = queue.popleft().result()
             top_up()
-            yield item
+            yield result
     finally:
         for future in queue:
             future.cancel()
+
+
+def prepared_in_order(pool: Any, preparer: Preparer, files: Iterable[ImageFile],
+                      previous: dict[str, PreviousRows], window: int) -> Iterator[Prepared]:
+    """Prepare ``files`` on the pool, at most ``window`` ahead, and yield them in walk order."""
+    return in_order(pool, lambda file: preparer.prepare(file, previous.get(str(file.relpath))), files, window)
 
 
 def prepare_window(workers: int) -> int:
