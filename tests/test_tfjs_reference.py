@@ -26,6 +26,8 @@ MODELS = {  # name -> outputs compared (graph node names)
     "gender": ["Identity"],
     "blazeface": ["Identity", "Identity_1", "Identity_2", "Identity_3"],
     "facemesh": ["Identity", "Identity_1", "Identity_2"],
+    "blazeface-back": ["Identity", "Identity_1", "Identity_2", "Identity_3"],
+    "facemesh-detection-full": ["Identity", "Identity_1"],  # DepthToSpace, ResizeBilinear, Shape
 }
 
 
@@ -65,7 +67,7 @@ def test_each_model_equals_tensorflow_js_on_random_inputs_and_real_faces(name: s
     model_json = human_models / f"{name}.json"
     shape = load_graph_model(model_json, MODELS[name]).input_shapes
     _, height, width, channels = next(iter(shape.values()))
-    batch = 1 if name == "blazeface" else 2  # blazeface's graph fixes the batch at one
+    batch = 1 if name.startswith("blazeface") else 2  # blazeface's graphs fix the batch at one
     rng = np.random.default_rng(0)
     random = rng.uniform(0, 255, (batch, height, width, channels)).astype(np.float32)
     assert_equal_to_reference(model_json, random, MODELS[name])

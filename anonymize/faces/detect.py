@@ -3,7 +3,7 @@
 Each detector returns :class:`Face` records with landmarks, so alignment never needs to know
 which detector ran: RetinaFace MobileNet-0.25 (facexlib's network, 5 points), MTCNN
 (facenet-pytorch's networks, 5 points), dlib's HOG and CNN (MMOD) detectors with the 68-point
-shape predictor, and ``ensemble``: the union of RetinaFace and MTCNN, for releases where a missed
+shape predictor, MediaPipe's BlazeFace and full-range detectors (TF.js graphs of the human-models), and ``ensemble``: the union of RetinaFace and MTCNN, for releases where a missed
 face costs more than a false positive. ``auto`` (see :mod:`anonymize.faces.choose`) picks the best
 detector whose weights this machine has or can get.
 """
@@ -17,15 +17,15 @@ from anonymize.faces.types import Detector, Face, keep_large_enough  # noqa: F40
 from anonymize.weights import WeightsStore
 
 AUTO = "auto"
-DETECTORS = ("retinaface", "mtcnn", "dlib-hog", "dlib-cnn", "ensemble")
+DETECTORS = ("retinaface", "mtcnn", "dlib-hog", "dlib-cnn", "blazeface", "mediapipe-full", "ensemble")
 CHOICES = (AUTO, *DETECTORS)
 ENSEMBLE_MEMBERS = ("retinaface", "mtcnn")
 
 # Default score thresholds, chosen on the labelled group photos (see README, Detection).
-DEFAULT_THRESHOLDS = {"dlib-hog": 0.0, "dlib-cnn": 0.5, "retinaface": 0.9, "mtcnn": 0.85}
+DEFAULT_THRESHOLDS = {"dlib-hog": 0.0, "dlib-cnn": 0.5, "retinaface": 0.9, "mtcnn": 0.85, "blazeface": 0.6, "mediapipe-full": 0.6}
 # Recall first (--det-threshold low, and the audit): lower thresholds that still add few false
 # positives on the labelled photos and portraits (README, Detection).
-RECALL_FIRST_THRESHOLDS = {"dlib-hog": -0.3, "dlib-cnn": 0.3, "retinaface": 0.5, "mtcnn": 0.7}
+RECALL_FIRST_THRESHOLDS = {"dlib-hog": -0.3, "dlib-cnn": 0.3, "retinaface": 0.5, "mtcnn": 0.7, "blazeface": 0.4, "mediapipe-full": 0.4}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings
         from anonymize.faces.retinaface import RetinaFaceDetector
 
         return RetinaFaceDetector(weights, threshold_for(name, settings), settings.min_face, settings.device)
+    if name in ("blazeface", "mediapipe-full"):
+        from anonymize.faces.mediapipe import SPECS, MediaPipeDetector
+
+        return MediaPipeDetector(SPECS[name], weights, threshold_for(name, settings), settings.min_face, settings.device)
     if name == "mtcnn":
         from anonymize.faces.mtcnn import MtcnnDetector
 

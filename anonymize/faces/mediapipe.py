@@ -14,8 +14,9 @@ right, nose tip, mouth centre, ear on the image left, ear on the image right). I
 [-1, 1].
 
 The networks see a square: the photo is padded to a square (so nothing is stretched) and searched
-whole, then, when it is large for the network, in overlapping square windows of half and a quarter
-of its side, so a face of 20 to 40 pixels in a crowd is not a few pixels in the network's input.
+whole, then, when it is large for the network, in grids of overlapping square windows of a half, a
+quarter... of its side, down to twice the network's input, so a face of 20 to 40 pixels in a crowd is
+not a few pixels in the network's input.
 Boxes in overlapping windows are merged by greedy non-maximum suppression.
 
 The five landmarks the alignment needs take the eyes and the nose as they are; MediaPipe gives the
@@ -37,6 +38,7 @@ from anonymize.weights import WeightsStore
 
 MOUTH_HALF_WIDTH = 0.4  # mouth corner to mouth centre, in eye distances
 WINDOW_OVERLAP = 0.25  # neighbouring windows share this share of their side
+MIN_WINDOW = 2.0  # the finest windows are this many times the network's input (a 20 px face then spans 10 input pixels)
 NMS_IOU = 0.3
 
 
@@ -49,12 +51,12 @@ class SsdSpec:
     input_size: int
     strides: tuple[int, ...]
     anchors_per_cell: tuple[int, ...]
-    default_threshold: float
-    recall_first_threshold: float
+    outputs: tuple[str, ...] | None = None  # the graph's outputs to run (None: all of them)
 
 
-BLAZEFACE = SsdSpec("blazeface", "blazeface-back", 256, (16, 32), (2, 6), 0.6, 0.4)
-FULL_RANGE = SsdSpec("mediapipe-full", "facemesh-detection-full", 192, (4,), (1,), 0.6, 0.4)
+BLAZEFACE = SsdSpec("blazeface", "blazeface-back", 256, (16, 32), (2, 6))
+# The full-range graph has a face head ("Identity", from model/face/concat) and a person head ("Identity_1"): the face one.
+FULL_RANGE = SsdSpec("mediapipe-full", "facemesh-detection-full", 192, (4,), (1,), ("Identity",))
 SPECS = {spec.name: spec for spec in (BLAZEFACE, FULL_RANGE)}
 
 
@@ -86,17 +88,18 @@ def five_points(keypoints: np.ndarray) -> np.ndarray:
 
 
 def windows(height: int, width: int, input_size: int) -> list[tuple[int, int, int]]:
-    """Square windows (x0, y0, side) of the image padded to a square: the whole, then halves and quarters
-    while a window stays at least twice the network's input."""
+    """Square windows (x0, y0, side) of the image padded to a square: the whole, then grids of 2, 4, 8... windows
+    a side, overlapping, while a window stays at least MIN_WINDOW times the network's input."""
     side = max(height, width)
     found = [(0, 0, side)]
-    for parts in (2, 4):
+    parts = 2
+    while True:
         window = int(np.ceil(side / (parts - (parts - 1) * WINDOW_OVERLAP)))
-        if window < 2 * input_size:
-            break
+        if window < MIN_WINDOW * input_size:
+            return found
         starts = np.linspace(0, side - window, parts).round().astype(int)
-        found += [(int(x), int(y), window) for y in starts for x in starts]
-    return found
+        found += [(int(x), int(y), window) for y in starts for x in starts if y < height and x < width]
+        parts *= 2
 
 
 class MediaPipeDetector:
@@ -111,7 +114,7 @@ class MediaPipeDetector:
         self.min_face = min_face
         self._weights = weights
         self._device = device
-        self._model = load_human_model(weights, spec.model, None, device)
+        self._model = load_human_model(weights, spec.model, spec.outputs, device)
         self._anchors = ssd_anchors(spec)
 
     def weights_used(self) -> dict[str, str]:
@@ -123,6 +126,8 @@ class MediaPipeDetector:
         """The network's anchors x 17 outputs for a batch of input squares (N x S x S x 3 uint8)."""
         import torch
 
+        if len(batch) > 1 and self._model.input_shapes[self._model.input_names[0]][0] == 1:  # BlazeFace fixes its batch at one
+            return np.concatenate([self._raw(batch[index:index + 1]) for index in range(len(batch))])
         with torch.inference_mode():
             pixels = torch.from_numpy(batch).to(self._device).float() / 127.5 - 1.0
             outputs = self._model(pixels)
@@ -131,8 +136,8 @@ class MediaPipeDetector:
             small_scores, large_scores, small_boxes, large_boxes = tensors
             raw = np.concatenate([np.concatenate([large_scores, large_boxes], axis=2),
                                   np.concatenate([small_scores, small_boxes], axis=2)], axis=1)
-        else:  # the full-range model: (scores, boxes)
-            raw = np.concatenate(tensors, axis=2)
+        else:  # the full-range model's face head: anchors x 17 already
+            raw = tensors[0]
         return raw.reshape(len(batch), -1, 17)
 
     def detect(self, rgb: np.ndarray) -> list[Face]:

@@ -15,7 +15,7 @@ from anonymize.weights.store import WeightsStore
 
 HUMAN_MODELS = (
     "faceres", "mobileface", "gear", "emotion", "age", "gender",
-    "blazeface", "facemesh", "facemesh-detection-full", "movenet-multipose",
+    "blazeface", "blazeface-back", "facemesh", "facemesh-detection-full", "movenet-multipose",
 )  # fmt: skip
 SHARED_FOLDER = "../shared/weights/human-models"  # where a checkout of this project finds them
 

@@ -37,7 +37,8 @@ def static(value: Value, node: Node) -> list[int]:
 def _tensor(value: Value, like: torch.Tensor | None = None) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    tensor = torch.from_numpy(np.ascontiguousarray(value))
+    array = np.asarray(value)  # np.ascontiguousarray would turn a 0-d constant (a scalar shape entry) into shape (1,)
+    tensor = torch.from_numpy(array if array.flags.c_contiguous else np.ascontiguousarray(array))
     return tensor.to(like.device) if like is not None else tensor
 
 
@@ -289,6 +290,26 @@ def _batch_norm(node: Node, args: Sequence[Value]) -> torch.Tensor:
     return (x - mean) * (scale / torch.sqrt(variance + float(node.attr("epsilon", 1e-3)))) + offset
 
 
+def _depth_to_space(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    """NHWC DepthToSpace: channel block (i, j) of each pixel becomes pixel (h * b + i, w * b + j)."""
+    _check_nhwc(node)
+    x, block = _tensor(args[0]), int(node.attr("block_size", 2))
+    batch, height, width, channels = x.shape
+    depth = channels // (block * block)
+    x = x.reshape(batch, height, width, block, block, depth).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(batch, height * block, width * block, depth)
+
+
+def _resize_bilinear(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    """ResizeBilinear to a static size; TensorFlow's half-pixel centres are PyTorch's align_corners=False."""
+    height, width = static(args[1], node)
+    align_corners = bool(node.attr("align_corners", False))
+    if not align_corners and not bool(node.attr("half_pixel_centers", False)):
+        raise GraphModelError(f"node {node.name!r} (ResizeBilinear): the legacy mode (no half-pixel centres) is not supported")
+    x = _nchw(_tensor(args[0]))
+    return _nhwc(F.interpolate(x, size=(height, width), mode="bilinear", align_corners=align_corners))
+
+
 OPS: dict[str, Op] = {
     "Identity": lambda node, args: args[0],
     "Conv2D": lambda node, args: _conv(node, _tensor(args[0]), args[1], depthwise=False),
@@ -341,4 +362,7 @@ OPS: dict[str, Op] = {
     "Pack": _pack,
     "FusedBatchNorm": _batch_norm,
     "FusedBatchNormV3": _batch_norm,
+    "DepthToSpace": _depth_to_space,
+    "ResizeBilinear": _resize_bilinear,
+    "Shape": lambda node, args: np.asarray(_tensor(args[0]).shape, dtype=np.int64),
 }
