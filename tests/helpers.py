@@ -52,7 +52,7 @@ COPIED_ARTEFACTS = (
 )
 SHARED_RETINAFACE = SHARED / "weights" / "retinaface_mobilenet0.25.pth"
 PORTRAITS_WITH_ONE_FACE = ["biden_1.jpg", "obama_1.jpg", "rose_leslie_1.jpg", "kit_harington_2.jpg"]
-HUMAN_TEST_MODELS = ("faceres", "mobileface", "gear", "emotion", "age", "gender")  # recognisers and attribute classifiers
+HUMAN_TEST_MODELS = ("faceres", "mobileface", "gear", "emotion", "age", "gender", "facemesh")  # recognisers, attribute classifiers, the face mesh
 
 # Manifest columns the dataset-level methods fill, checked by their unit and CLI tests alike.
 EDIT_COLUMNS = {"attr_edit_targets", "attr_edit_start", "attr_edit_achieved", "attr_edit_keep_drift", "attr_edit_identity"}

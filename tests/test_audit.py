@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from anonymize.audit import AuditConfig, AuditError, Thresholds, default_audit_dir, run_audit
 from anonymize.audit.format import rank1_sentence
 from anonymize.audit.report import AFTER_SERIES, POSSIBLE_COLOUR, POSSIBLE_SERIES, render_report, whole_with_box_jpeg
-from anonymize.audit.summary import AuditSummary, PossibleFaces
+from anonymize.audit.summary import AuditSummary
 from anonymize.audit.faces import match_boxes
 from anonymize.audit.fid import FID_ARTEFACT, feature_statistics, fid_from_features, frechet_distance
 from anonymize.audit.missed import region_change
@@ -352,7 +352,11 @@ def test_faces_seen_by_one_detector_only_are_possible_faces_kept_out_of_reidenti
     # An unchanged copy: every confirmed face is missed and re-identified; possible faces are listed apart.
     assert summary.faces == len(confirmed) and summary.missed_faces.count == len(confirmed)
     assert summary.reid.reidentified == len(confirmed)
-    assert summary.possible_faces == PossibleFaces(len(possible), len(possible), [f"dogs.jpg#{row['face_index']}" for row in possible])
+    listed = summary.possible_faces
+    assert (listed.count, listed.unchanged, listed.faces) == (len(possible), len(possible), [f"dogs.jpg#{row['face_index']}" for row in possible])
+    # without the face mesh (not in these weights) nothing rules them out: left unchanged, they fail the gate
+    assert (listed.ruled_out, listed.counted) == (0, len(possible)) and listed.mesh.startswith("none: ")
+    assert any(line.startswith(f"{len(possible)} possible face(s) left unchanged and not ruled out") for line in summary.crossed)
     page = (report / "index.html").read_text()
     assert "Possible faces" in page and page.count("whole original, face boxed") == min(len(confirmed), 8) + min(len(possible), 8)
     assert_the_report_agrees_with_itself(page, summary)
@@ -468,7 +472,7 @@ SUMMARY_KEYS = {
     "run": {"method": None, "options": ANY_MAP, "region": None},
     **_leaves("detector detector_reason aligned identity_labels distance_threshold unchanged_threshold"),
     "thresholds": _leaves("max_reid_rate max_rank1_rate min_detection_rate max_missed_faces max_metadata_leaks min_match_rate "
-                          "max_face_psnr_db max_face_ssim"),
+                          "max_face_psnr_db max_face_ssim max_possible_faces"),
     **_leaves("not_released missing_outputs outputs"),
     "metadata": {"leaks": None, "files": ANY_MAP},
     **_leaves("identical_copies size_mismatches"),
@@ -480,7 +484,7 @@ SUMMARY_KEYS = {
                     "rank1_meaning"),
     "face_quality": _leaves("psnr_face_db ssim_face lpips_face"),
     "missed_faces": _leaves("count faces"),
-    "possible_faces": _leaves("count unchanged faces"),
+    "possible_faces": _leaves("count unchanged faces ruled_out counted mesh"),
     "identity_check": _leaves("available reason"),
     "warnings": None,
     "recognisers": {"dlib": _leaves("instrument threshold faces verification_rate rank1_rate mean_rank gallery")},

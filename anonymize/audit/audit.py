@@ -64,9 +64,12 @@ from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open
 from anonymize.audit.figures import paper_figures
 from anonymize.audit.human import human_goal_figures, look_alike_figures, resolve_goal
 from anonymize.audit.identities import read_identities
-from anonymize.audit.instruments import AuditInstruments, Unavailable, open_lpips, open_output_detectors, open_recognisers
+from anonymize.audit.instruments import (
+    AuditInstruments, Unavailable, open_lpips, open_mesh_check, open_output_detectors, open_recognisers,
+)
 from anonymize.audit.judges import choose_judges, judge_figures
 from anonymize.audit.leaks import inspect_metadata
+from anonymize.audit.mesh_check import MESH_FACE_SCORE
 from anonymize.audit.missed import is_unchanged, region_change
 from anonymize.audit.originals_cache import CACHE_FOLDER, OriginalsCache, detector_fingerprint
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
@@ -145,8 +148,11 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
     if isinstance(lpips, Unavailable):
         unavailable.append(lpips)
     attributes = open_collector(config.attribute_source, weights, device) if config.attribute_source is not None else None
+    mesh = open_mesh_check(weights, device)
+    if isinstance(mesh, Unavailable):
+        unavailable.append(mesh)
     return AuditInstruments(detector, recognisers, output_detectors, fid, farl, None if isinstance(lpips, Unavailable) else lpips,
-                            attributes, unavailable)
+                            attributes, unavailable, None if isinstance(mesh, Unavailable) else mesh)
 
 
 def _originals_cache(config: AuditConfig, detector: Any, audit_folder: Path) -> OriginalsCache:
@@ -189,6 +195,7 @@ class Measured:
     still_found: dict[str, list[float | None]]  # output detector -> per face, its overlap with a face it found (None: not found)
     similarity: np.ndarray  # SSIM map
     lpips_values: list[float]
+    mesh_scores: dict[int, float]  # face index -> the face mesh's score, for possible faces left unchanged
 
 
 def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments,
@@ -221,10 +228,21 @@ def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstrument
         described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in instruments.recognisers}
         still_found = {name: match_boxes(boxes, [face.box for face in detected]) for name, detected in in_output.by_detector.items()}
         lpips_values = _lpips_of_faces(instruments.lpips, original.rgb, output_rgb, boxes) if faces else []
+        mesh_scores = _mesh_scores(instruments.mesh, original.rgb, output_rgb, faces, config.unchanged_threshold)
     except Exception as exc:  # noqa: BLE001 - one image's failure must not stop the audit
         return _image_row(pair, **common, error=f"audit failed ({type(exc).__name__}: {exc})")
     return Measured(original.rgb, output_rgb, common, faces, in_output.audit, described, still_found,
-                    ssim_map(original.rgb, output_rgb), lpips_values)
+                    ssim_map(original.rgb, output_rgb), lpips_values, mesh_scores)
+
+
+def _mesh_scores(mesh: Any, original: np.ndarray, output: np.ndarray, faces: list[SourceFace],
+                 unchanged_threshold: float) -> dict[int, float]:
+    """The face mesh's score of each possible face the release left unchanged (none without the mesh)."""
+    if mesh is None:
+        return {}
+    indices = [index for index, face in enumerate(faces)
+               if face.possible and is_unchanged(region_change(original, output, face.box), unchanged_threshold)]
+    return dict(zip(indices, mesh.scores(original, [faces[index].box for index in indices])))
 
 
 def _fold_pair(pair: ImagePair, measured: Measured, plan: AuditPlan, instruments: AuditInstruments, gathered: Gathered) -> None:
@@ -258,7 +276,7 @@ def _fold_pair(pair: ImagePair, measured: Measured, plan: AuditPlan, instruments
                 descriptors[0].append(originals[index])
                 descriptors[1].append(outputs[index])
         _add_face(plan, gathered, pair, index, face, overlap, descriptor_before, descriptor_after, original, output,
-                  {**common, **per_face})
+                  {**common, **per_face, "mesh_score": measured.mesh_scores.get(index)})
         if not face.possible:
             _collect_attributes(plan, instruments, gathered, original, output, face, f"{pair.source_rel}#{index}")
 
@@ -430,6 +448,14 @@ def _attribute_figures(config: AuditConfig, instruments: AuditInstruments, gathe
         return AttributeFigures.unavailable(f"attribute figures failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
 
 
+def _mesh_status(instruments: AuditInstruments) -> str:
+    """What rules possible faces out, or why nothing does."""
+    if instruments.mesh is not None:
+        return f"facemesh (ruled out under {MESH_FACE_SCORE})"
+    missing = next((item.status for item in instruments.unavailable if item.name == "facemesh"), "not loaded")
+    return f"none: {missing}"
+
+
 def _fid_result(instrument: FidFeatures | FidResult) -> FidResult:
     return instrument.result() if isinstance(instrument, FidFeatures) else instrument
 
@@ -509,7 +535,7 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
     """Every figure computed first, then the summary built once (``goal``: the privacy goal and where it comes from)."""
     config, thresholds = plan.config, plan.config.thresholds
     privacy_goal, goal_source = goal
-    faces = face_figures(gathered.rows, chance, bool(plan.labels))
+    faces = face_figures(gathered.rows, chance, bool(plan.labels), _mesh_status(instruments))
     images = image_figures(gathered.rows, _fid_result(instruments.fid), _fid_result(instruments.farl))
     detector, detector_reason = instruments.detector.name, choice.reason
     warnings = []

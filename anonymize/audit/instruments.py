@@ -73,6 +73,7 @@ class AuditInstruments:
     lpips: Any  # an LpipsDistance, or None
     attributes: AttributeCollector | AttributeFigures | None  # the collector, or why it cannot run; None: not requested
     unavailable: list[Unavailable]  # instruments without weights, with the reason
+    mesh: Any = None  # a MeshCheck that can rule possible faces out (None: the facemesh weights are not here)
 
     @cached_property
     def output_detection(self) -> OutputDetection:
@@ -172,6 +173,19 @@ def open_output_detectors(weights: WeightsStore, device: str, loaded: Sequence[D
                 reason = str(exc)
         unavailable.append(Unavailable(name, instrument, reason))
     return detectors, unavailable
+
+
+def open_mesh_check(weights: WeightsStore, device: str) -> object:
+    """A :class:`~anonymize.audit.mesh_check.MeshCheck`, or :class:`Unavailable` saying why (then no possible face is ruled out)."""
+    from anonymize.weights.human import artefact_names
+
+    instrument = "MediaPipe face mesh (human-models facemesh), face-presence score of a possible face's region"
+    reason = _usable(weights, artefact_names("facemesh"))
+    if reason is not None:
+        return Unavailable("facemesh", instrument, reason)
+    from anonymize.audit.mesh_check import MeshCheck
+
+    return MeshCheck(weights, device)
 
 
 def open_lpips(weights: WeightsStore, device: str) -> object:

@@ -41,6 +41,7 @@ ROW_SCHEMA = pa.schema(
         ("rank1_hit", pa.bool_()),  # nearest original is its own (or the same identity)
         ("region_change", pa.float32()),  # mean |original - output| in the face's central part
         ("missed", pa.bool_()),  # region left unchanged
+        ("mesh_score", pa.float32()),  # a possible face left unchanged: the face mesh's presence score (< 0.5: ruled out)
         ("detected_by", pa.list_(pa.string())),  # output detectors (default thresholds) still finding a face at this place
         ("psnr_face_db", pa.float32()),  # PSNR inside the face box (CFA-Net Table 3)
         ("ssim_face", pa.float32()),  # SSIM inside the face box

@@ -81,6 +81,8 @@ class _Record:
 class Thresholds(_Record):
     """The release gate's limits (recorded in the summary, so a verdict can be read with them)."""
 
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"max_possible_faces"})
+
     max_reid_rate: float = 0.05  # share of faces still verified as their original
     max_rank1_rate: float | None = None  # share re-identified rank-1 (off by default: chance is 1/N on small sets)
     min_detection_rate: float = 0.0  # share of faces still detected in the output (a utility measure; off by default)
@@ -90,6 +92,8 @@ class Thresholds(_Record):
     min_match_rate: float = 0.9  # share of faces the judge must still match to their original
     max_face_psnr_db: float = 25.0  # a face box closer than this to its original still shows the original face
     max_face_ssim: float = 0.8  # ... as does one more similar than this
+    # possible faces left unchanged and not ruled out by the face mesh (None in summaries written before this gate)
+    max_possible_faces: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,17 @@ class MissedFaces(_Record):
 
 @dataclass(frozen=True)
 class PossibleFaces(_Record):
+    """Faces one detector found and no other confirmed; those left unchanged count against the gate unless the
+    face mesh rules them out (anonymize.audit.mesh_check)."""
+
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"ruled_out", "counted", "mesh"})
+
     count: int
     unchanged: int
     faces: list[str]
+    ruled_out: int | None = None  # unchanged ones where no face mesh fits (None: an audit before the check)
+    counted: int | None = None  # unchanged and not ruled out: gated by max_possible_faces
+    mesh: str | None = None  # the second model, or why it was not there
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 from anonymize.audit.format import rank1_sentence
 from anonymize.audit.human import crossed_look_alike, crossed_match_gate, crossed_visual_floor
 from anonymize.audit.judges import crossed_reidentification
+from anonymize.audit.mesh_check import MESH_FACE_SCORE
 from anonymize.audit.sampling import wilson_interval
 from anonymize.audit.summary import (
     AuditSample, Detection, FaceQuality, HumanGoal, IdentityCheck, ImageQuality, Judges, LookAlike, MetadataLeaks, MissedFaces,
@@ -66,7 +67,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
-def face_figures(rows: Sequence[Mapping[str, Any]], chance: float | None, identities: bool) -> FaceTally:
+def face_figures(rows: Sequence[Mapping[str, Any]], chance: float | None, identities: bool, mesh: str | None = None) -> FaceTally:
     """Detection, re-identification and missed-face figures; ``chance``: the rank-1 hit rate of a blind guess."""
     possible = [row for row in rows if row.get("face_index") is not None and row.get("face_status") == "possible face"]
     faces = [row for row in rows if row.get("face_index") is not None and row.get("face_status") != "possible face"]
@@ -100,8 +101,16 @@ def face_figures(rows: Sequence[Mapping[str, Any]], chance: float | None, identi
             count=len(possible),
             unchanged=sum(bool(row["missed"]) for row in possible),
             faces=[f"{row['source_path']}#{row['face_index']}" for row in possible][:100],
+            ruled_out=sum(bool(row["missed"]) and _ruled_out(row) for row in possible),
+            counted=sum(bool(row["missed"]) and not _ruled_out(row) for row in possible),
+            mesh=mesh,
         ),
     )
+
+
+def _ruled_out(row: Mapping[str, Any]) -> bool:
+    score = row.get("mesh_score")
+    return score is not None and score < MESH_FACE_SCORE
 
 
 def image_figures(rows: Sequence[Mapping[str, Any]], fid: FidResult, farl: FidResult) -> ImageTally:
@@ -195,6 +204,11 @@ def crossed_thresholds(thresholds: Thresholds, faces: FaceTally, images: ImageTa
         if missed > thresholds.max_missed_faces:
             crossed.append(f"{missed} missed face(s) left unchanged > max {thresholds.max_missed_faces}")
         crossed += crossed_look_alike(look_alike, thresholds.max_missed_faces)
+        possible = faces.possible_faces
+        if thresholds.max_possible_faces is not None and (possible.counted or 0) > thresholds.max_possible_faces:
+            crossed.append(f"{possible.counted} possible face(s) left unchanged and not ruled out > max {thresholds.max_possible_faces} "
+                           f"(found by one detector only; second model: {possible.mesh}); look at them in the report, or "
+                           "raise --max-possible-faces")
     leaks = images.metadata.leaks
     if leaks > thresholds.max_metadata_leaks:
         crossed.append(f"{leaks} output file(s) carry metadata beyond the ICC profile > max {thresholds.max_metadata_leaks}")

@@ -147,8 +147,9 @@ def print_audit_summary(result: AuditResult) -> None:
     table.add_row("missed faces", str(summary.missed_faces.count))
     possible = summary.possible_faces
     if possible.count:
-        table.add_row("possible faces", f"{possible.count} (one detector only, not confirmed; {possible.unchanged} left unchanged; "
-                                        "not counted above)")
+        ruled = f", {possible.ruled_out} ruled out by {possible.mesh}" if possible.ruled_out is not None else ""
+        table.add_row("possible faces", f"{possible.count} (one detector only, not confirmed); {possible.unchanged} left unchanged{ruled}; "
+                                        f"{possible.counted if possible.counted is not None else 'n/a'} gated (max {summary.thresholds.max_possible_faces})")
     table.add_row("attribute privacy", attribute_line(summary.attributes))
     table.add_row("metadata leaks", str(summary.metadata.leaks))
     table.add_row("not audited", str(summary.unaudited.count))
@@ -184,6 +185,7 @@ def audit_command(
     max_rank1_rate: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Largest rank-1 identification rate (default: not gated)."),
     min_detection_rate: float = typer.Option(0.0, min=0.0, max=1.0, help="Smallest share of faces still detected in the output (default: not gated)."),
     max_missed_faces: int = typer.Option(0, min=0, help="Most faces allowed to be left unchanged."),
+    max_possible_faces: int = typer.Option(0, min=0, help="Most possible faces (one detector only) allowed to be left unchanged that the face mesh does not rule out."),
     max_metadata_leaks: int = typer.Option(0, min=0, help="Most output files allowed to carry metadata beyond ICC."),
     privacy_goal: PrivacyGoal = typer.Option("auto", help="Whom the output must fool: machine (recognisers must not match it) or human (viewers must not recognise it; recognisers still match it: camouflage). auto: as the run's manifest records, else machine."),
     min_match_rate: float = typer.Option(0.9, min=0.0, max=1.0, help="Human goal: smallest share of faces the judge recogniser must still match to their original."),
@@ -252,6 +254,7 @@ def audit_command(
             max_rank1_rate=max_rank1_rate,
             min_detection_rate=min_detection_rate,
             max_missed_faces=max_missed_faces,
+            max_possible_faces=max_possible_faces,
             max_metadata_leaks=max_metadata_leaks,
             min_match_rate=min_match_rate,
             max_face_psnr_db=max_face_psnr,
