@@ -130,9 +130,14 @@ def recall_rows(shared: Path, weights_dir: Path | None, detectors: list[str], re
     weights = WeightsStore(weights_dir)
     rows = []
     for name in detectors:
-        members = tuple(name.split("+"))
+        base, _, augment = name.partition("@")  # "retinaface+mtcnn@pad+flip": an ensemble, padded and mirrored
+        members = tuple(base.split("+"))
         detector = (create_detector("ensemble", weights, DetectorSettings(recall_first=recall_first), members=members)
-                    if len(members) > 1 else create_detector(name, weights, DetectorSettings(recall_first=recall_first)))
+                    if len(members) > 1 else create_detector(base, weights, DetectorSettings(recall_first=recall_first)))
+        if augment:
+            from anonymize.faces.augment import AugmentedDetector
+
+            detector = AugmentedDetector(detector, pad="pad" in augment, flips="flip" in augment)
         row: dict[str, object] = {"detector": name, "thresholds": "recall-first" if recall_first else "default"}
         total = DetectionScore()
         started = time.perf_counter()

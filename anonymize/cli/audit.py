@@ -195,7 +195,7 @@ def audit_command(
     study_seed: int = typer.Option(0, help="Seed that picks and shuffles the study pairs."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
-    detector: AuditDetector = typer.Option("auto", help="Detector for the audit; auto: the ensemble of every available detector (RetinaFace, MTCNN, dlib-hog) at recall-first thresholds, stronger than the run's (dlib-cnn is thorough but slow on CPU)."),
+    detector: AuditDetector = typer.Option("auto", metavar="NAME", help="Detector for the audit: auto or any of `anonymize run --detector`; auto: the ensemble of every available detector (RetinaFace, MTCNN, dlib-hog) at recall-first thresholds, stronger than the run's (dlib-cnn is thorough but slow on CPU)."),
     det_threshold: Optional[float] = typer.Option(None, help="Detection score threshold (default: per detector)."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Use weight files that do not match weights.lock."),
