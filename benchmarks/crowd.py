@@ -7,7 +7,7 @@ so these scenes are made where the labels are known by construction:
   each blended in through a soft ellipse so no square edge helps the detector.
 * ``overlapping``: 8 pairs of faces, the second pasted over the first so that it hides a third to a
   half of it; both are labelled (a person sees both).
-* ``cut``: CelebA faces pasted half outside the frame on each edge, and the labelled VOC photos
+* ``cut``: CelebA faces pasted with 55 to 60 % of them inside the frame on each edge, and the labelled VOC photos
   cropped so that the frame cuts faces; a face is labelled when at least half of its box is inside
   the frame, with its box clipped to the frame.
 
@@ -90,17 +90,24 @@ def overlapping_faces(shared: Path) -> tuple[np.ndarray, list[Box]]:
     return canvas, boxes
 
 
-def cut_faces(shared: Path) -> list[tuple[np.ndarray, list[Box]]]:
-    """CelebA faces half outside each edge of a frame, and VOC photos cropped through their faces."""
+def edge_faces(shared: Path, inward: float = 0.08, share: float = 0.5) -> tuple[np.ndarray, list[Box]]:
+    """CelebA faces on each edge of a frame, centred ``inward`` face widths inside it; labelled where at least
+    ``share`` of the face is in the frame (with ``inward`` 0.08, 55 to 60 % of each face is)."""
     canvas, faces, boxes = _background(shared, 1000, 750), _celeba(shared), []
     height, width = canvas.shape[:2]
     for index, (x, y) in enumerate([(0, 200), (0, 520), (width, 300), (width, 600), (300, 0), (700, 0), (250, height), (650, height)]):
         face_width = 70 + 10 * (index % 3)
-        # centred on the edge: about half of the face is in the frame
-        box = _paste(canvas, faces[50 + index], face_width, (x, y))
-        clipped = visible(box, height, width, 0.45)
+        step = inward * face_width
+        centre = (x + step if x == 0 else x - step if x == width else x, y + step if y == 0 else y - step if y == height else y)
+        clipped = visible(_paste(canvas, faces[50 + index], face_width, centre), height, width, share)
         if clipped is not None:
             boxes.append(clipped)
+    return canvas, boxes
+
+
+def cut_faces(shared: Path) -> list[tuple[np.ndarray, list[Box]]]:
+    """CelebA faces just inside each edge of a frame, and VOC photos cropped through their faces."""
+    canvas, boxes = edge_faces(shared)
     scenes = [(canvas, boxes)]
     groups = shared / "data" / "groups"
     labelled = read_imglab_boxes(groups / "training.xml") | read_imglab_boxes(groups / "testing.xml")

@@ -7,9 +7,11 @@ field has a default meant for a release gate:
 * detector ``"auto"`` (:func:`anonymize.faces.choose.choose_audit_detector`): the strongest detection
   available, always stronger than the run's: the
   ensemble of every detector whose weights are here (RetinaFace, MTCNN, dlib HOG) at their
-  recall-first thresholds (the manifest says which detector the run used); faces the run recorded
-  are audited too. A face only one member found, and no other member finds again on a close-up,
-  is a "possible face": listed, but kept out of re-identification and of the missed-face gate.
+  recall-first thresholds, each also searching the original padded and mirrored (:mod:`anonymize.faces.augment`;
+  the manifest says which detector the run used); faces the run recorded are audited too. A face only
+  one member found, and no other member finds again on a close-up, is a "possible face": kept out of
+  re-identification and of the missed-face count; left unchanged, it fails the gate (``max_possible_faces``,
+  0) unless the face mesh rules it out (:mod:`anonymize.audit.mesh_check`).
   dlib's CNN detector is available on request; it is thorough but takes about ten seconds per
   photo on a CPU;
 * ``aligned`` None: taken from the run's options in the manifest (False without one);
@@ -25,6 +27,8 @@ field has a default meant for a release gate:
   Nothing is ever written inside the original or anonymized folder. Beside them, ``cache/originals/`` keeps the
   audit detector's findings on each original by content hash, so a re-audit after a re-run does not detect the
   originals again (:mod:`anonymize.audit.originals_cache`; ``originals_cache=False``: none kept);
+* ``sample``: N images audited face by face, every file checked, the rates' 95% intervals, the identity gate on the
+  upper bound (:mod:`anonymize.audit.sampling`); ``workers``: pairs measured on threads, folded in walk order;
 * speed: each detector network looks at an output once; the paper detectors' default-threshold faces are read
   from the ensemble's recall-first ones where that is exact (:mod:`anonymize.audit.output_detection`).
 
@@ -134,7 +138,8 @@ def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | N
 def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, choice: AuditDetector) -> AuditInstruments:
     """Every model the audit measures with; a required one that cannot load stops the audit with one line."""
     try:
-        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first)
+        # the audit looks harder than the run: recall-first thresholds, the frame padded and the mirror searched
+        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first, augment=choice.recall_first)
         detector = create_detector(choice.name, weights, settings, **({"members": choice.members} if choice.members else {}))
         recognisers, unavailable = open_recognisers(weights, device, config.recogniser_backend, config.distance_threshold)
         output_detectors, missing_detectors = open_output_detectors(weights, device, getattr(detector, "members", [detector]))

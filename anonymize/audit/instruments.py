@@ -77,8 +77,24 @@ class AuditInstruments:
 
     @cached_property
     def output_detection(self) -> OutputDetection:
-        """The audit detector and the output detectors on one output, each network once (:mod:`anonymize.audit.output_detection`)."""
-        return OutputDetection(self.detector, self.output_detectors)
+        """The audit detector and the output detectors on one output, each network once (:mod:`anonymize.audit.output_detection`).
+
+        On the outputs the audit detector runs without its test-time augmentation: its faces there give the
+        detection rates (a figure, not the missed-face check), and its plain members' detections are what
+        the paper detectors' default-threshold rates are read from."""
+        return OutputDetection(without_augmentation(self.detector), self.output_detectors)
+
+
+def without_augmentation(detector: Detector) -> Detector:
+    """The detector (or each ensemble member) without :class:`~anonymize.faces.augment.AugmentedDetector`'s padding and mirror."""
+    members = getattr(detector, "members", None)
+    if members:
+        from anonymize.faces.ensemble import EnsembleDetector
+
+        plain = EnsembleDetector([getattr(member, "base", member) for member in members], getattr(detector, "min_face", 0))
+        plain.name = detector.name
+        return plain
+    return getattr(detector, "base", detector)
 
 
 def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:
@@ -159,7 +175,8 @@ def open_output_detectors(weights: WeightsStore, device: str, loaded: Sequence[D
     detectors, unavailable = {}, []
     for name in OUTPUT_DETECTORS:
         instrument = f"{DETECTOR_INSTRUMENTS[name]}, score threshold {DEFAULT_THRESHOLDS[name]}"
-        lender = next((item for item in loaded if getattr(item, "name", None) == name and not getattr(item, "min_face", 0)), None)
+        plain = [getattr(item, "base", item) for item in loaded]  # an augmented member lends its plain detector
+        lender = next((item for item in plain if getattr(item, "name", None) == name and not getattr(item, "min_face", 0)), None)
         if lender is not None:
             detectors[name] = copy.copy(lender)
             detectors[name].threshold = DEFAULT_THRESHOLDS[name]

@@ -54,7 +54,7 @@ class AugmentedDetector:
         self.base = base
         self.pad = pad
         self.flips = flips
-        self.name = base.name + "".join(part for part, on in (("+pad", pad), ("+flip", flips)) if on)
+        self.name = base.name  # the same detector, looking harder: found_by and reports keep its name
         self.threshold = getattr(base, "threshold", None)
         self.min_face = getattr(base, "min_face", 0)
 

@@ -10,7 +10,7 @@ detector whose weights this machine has or can get.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import numpy as np
 
 from anonymize.faces.types import Detector, Face, keep_large_enough  # noqa: F401 - the interface, re-exported
@@ -34,6 +34,7 @@ class DetectorSettings:
     min_face: int = 0  # drop faces whose box is smaller than this many pixels on its short side
     device: str = "cpu"
     recall_first: bool = False  # thresholds from RECALL_FIRST_THRESHOLDS where no threshold is given
+    augment: bool = False  # each detector also searches the padded frame and the mirror image (anonymize.faces.augment)
 
 
 def threshold_for(name: str, settings: DetectorSettings) -> float:
@@ -53,6 +54,10 @@ def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings
         from anonymize.faces.ensemble import EnsembleDetector
 
         return EnsembleDetector([create_detector(member, weights, settings) for member in members], settings.min_face)
+    if settings.augment:
+        from anonymize.faces.augment import AugmentedDetector
+
+        return AugmentedDetector(create_detector(name, weights, replace(settings, augment=False)))
     if name in ("dlib-hog", "dlib-cnn"):
         from anonymize.faces.dlib_detectors import DlibDetector
 

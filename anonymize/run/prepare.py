@@ -169,7 +169,8 @@ def build_detector(detection: Detection, weights: WeightsStore, device: str) -> 
     """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
     if detection.aligned:  # --aligned-ffhq too: its squares are used whole, but the faces are still counted
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
-    settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first)
+    # --recall-first also pads the frame and searches the mirror (faces cut by the frame: benchmarks/crowd.py)
+    settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first, augment=detection.recall_first)
     return create_detector(detection.detector, weights, settings)
 
 
