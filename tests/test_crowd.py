@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from anonymize.audit import AuditConfig, run_audit
@@ -101,3 +102,91 @@ def test_recall_first_anonymizes_faces_cut_by_the_frame(tiny_weights, shared_dir
 
     assert unchanged_faces(tmp_path / "recall-first", recall_first=True) == []
     assert len(unchanged_faces(tmp_path / "default")) >= 1  # what the padding and the mirror are for
+
+
+# ---- heads from the pose model ---------------------------------------------------------------------------------
+
+
+def test_a_head_box_is_built_from_the_head_keypoints_the_model_is_sure_of():
+    from anonymize.faces.heads import head_box, head_landmarks
+
+    keypoints = np.zeros((17, 3))
+    keypoints[0] = (100, 100, 0.9)  # nose
+    keypoints[1], keypoints[2] = (90, 90, 0.9), (110, 90, 0.9)  # eyes 20 px apart
+    keypoints[3], keypoints[4] = (80, 95, 0.8), (120, 95, 0.8)  # ears 40 px apart
+    # widest of 1.4 x 40 (ears), 3 x 20 (eyes), 2.5 x 10 (eye to nose), 1.6 x the widest head keypoint spread (40)
+    side = max(1.4 * 40, 3 * 20, 2.5 * 10, 1.6 * 40)
+    centre = keypoints[:5, :2].mean(axis=0)
+    assert head_box(keypoints) == pytest.approx((centre[0] - side / 2, centre[1] - side / 2, centre[0] + side / 2, centre[1] + side / 2))
+    landmarks = head_landmarks(keypoints, head_box(keypoints))
+    assert landmarks[0].tolist() == [90, 90] and landmarks[1].tolist() == [110, 90] and landmarks[2].tolist() == [100, 100]
+    assert landmarks[3, 1] == landmarks[4, 1] == pytest.approx(100 + 10 * 0.9)  # the mouth below the nose
+    turned = keypoints.copy()
+    turned[:3, 2] = 0.1  # only the ears: still a head (two keypoints), landmarks from the template
+    assert head_box(turned) is not None and head_landmarks(turned, head_box(turned)).shape == (5, 2)
+    alone = np.zeros((17, 3))
+    alone[3] = (80, 95, 0.8)
+    assert head_box(alone) is None  # one ear and no shoulders: not enough
+
+
+@pytest.fixture
+def pose_weights(tiny_weights, shared_dir, tmp_path):
+    """A weights folder under the real lock with RetinaFace and MoveNet MultiPose."""
+    from anonymize.weights import WeightsStore
+    from anonymize.weights.human import artefact_names
+    from tests.helpers import SHARED_RETINAFACE
+
+    source = shared_dir / "weights" / "human-models"
+    if not (source / "movenet-multipose.json").is_file() or not SHARED_RETINAFACE.is_file():
+        pytest.skip(f"{source} or RetinaFace's weights are absent (see ../shared/README.md)")
+    folder = tmp_path / "weights"
+    store = WeightsStore(folder)
+    for name in artefact_names("movenet-multipose"):
+        target = store.path(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((source / target.name).read_bytes())
+    target = store.path("retinaface_mobilenet0.25")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(SHARED_RETINAFACE.read_bytes())
+    return folder
+
+
+def test_a_person_whose_face_no_detector_finds_has_the_head_anonymized_with_recall_first(pose_weights, shared_dir, tmp_path):
+    """2008_001322.jpg with one face blurred and darkened until no face detector finds it: the pose model still
+    puts a head there, and --recall-first (heads on when MoveNet is here) masks it; --heads off leaves it."""
+    from anonymize.audit.missed import UNCHANGED_MEAN_ABS_DIFF, region_change
+    from anonymize.io.decode import decode_image
+    from anonymize.metrics.detection import read_imglab_boxes
+    from anonymize.run import run, run_config
+
+    groups = shared_dir / "data" / "groups"
+    box = sorted(read_imglab_boxes(groups / "testing.xml")["2008_001322.jpg"] if "2008_001322.jpg" in read_imglab_boxes(groups / "testing.xml")
+                 else read_imglab_boxes(groups / "training.xml")["2008_001322.jpg"])[0]
+    photo = decode_image(groups / "2008_001322.jpg").rgb.copy()
+    x0, y0, x1, y1 = (int(v) for v in box)
+    photo[y0:y1, x0:x1] = (cv2.GaussianBlur(photo[y0:y1, x0:x1], (0, 0), 15) * 0.3).astype(np.uint8)
+    originals = tmp_path / "originals"
+    originals.mkdir()
+    cv2.imwrite(str(originals / "hidden.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+
+    def head_region_change(out: Path, **flags) -> float:
+        run(run_config(originals, out, method="mask", detector="retinaface", device="cpu", weights_dir=pose_weights, **flags))
+        return region_change(photo, decode_image(out / "hidden.png").rgb, box)
+
+    assert head_region_change(tmp_path / "recall-first", recall_first=True) > UNCHANGED_MEAN_ABS_DIFF
+    assert head_region_change(tmp_path / "no-heads", recall_first=True, heads="off") <= UNCHANGED_MEAN_ABS_DIFF
+
+    # the audit finds that head too, and a release that left it unchanged does not pass (the face mesh cannot rule a
+    # head out: a head shows no face to fit when it is turned away)
+    from anonymize.audit.summary import Thresholds
+
+    def audit(release: Path, heads: bool = True):
+        return run_audit(AuditConfig(originals, release, weights_dir=pose_weights, device="cpu", write_files=False, fid=False,
+                                     farl_proxy=False, lpips=False, attribute_source=None, heads=heads,
+                                     thresholds=Thresholds(max_reid_rate=1.0)))
+
+    left = audit(tmp_path / "no-heads")
+    heads = [row for row in left.rows if row["found_by"] and row["face_status"] == "possible face" and row["missed"]]
+    assert heads and all(row["mesh_score"] is None for row in heads)
+    assert not left.passed and any("possible face(s) left unchanged and not ruled out" in line for line in left.summary.crossed)
+    assert audit(tmp_path / "recall-first").summary.possible_faces.counted == 0

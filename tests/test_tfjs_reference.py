@@ -28,7 +28,9 @@ MODELS = {  # name -> outputs compared (graph node names)
     "facemesh": ["Identity", "Identity_1", "Identity_2"],
     "blazeface-back": ["Identity", "Identity_1", "Identity_2", "Identity_3"],
     "facemesh-detection-full": ["Identity", "Identity_1"],  # DepthToSpace, ResizeBilinear, Shape
+    "movenet-multipose": ["Identity"],  # int32 input of any size; TopKV2, GatherNd, Select, Split, Unpack, Tile, Range...
 }
+ANY_SIZE = {"movenet-multipose": (192, 256)}  # models whose input takes any height and width: the size tested
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,10 @@ def test_each_model_equals_tensorflow_js_on_random_inputs_and_real_faces(name: s
     model_json = human_models / f"{name}.json"
     shape = load_graph_model(model_json, MODELS[name]).input_shapes
     _, height, width, channels = next(iter(shape.values()))
-    batch = 1 if name.startswith("blazeface") else 2  # blazeface's graphs fix the batch at one
+    height, width = ANY_SIZE.get(name, (height, width))
+    batch = 1 if name.startswith("blazeface") or name in ANY_SIZE else 2  # these graphs fix the batch at one
+    dtype = np.int32 if name in ANY_SIZE else np.float32  # MoveNet takes int32 pixels
     rng = np.random.default_rng(0)
-    random = rng.uniform(0, 255, (batch, height, width, channels)).astype(np.float32)
+    random = rng.uniform(0, 255, (batch, height, width, channels)).astype(dtype)
     assert_equal_to_reference(model_json, random, MODELS[name])
-    assert_equal_to_reference(model_json, face_batch(shared_dir, height, width, channels, batch), MODELS[name])
+    assert_equal_to_reference(model_json, face_batch(shared_dir, height, width, channels, batch).astype(dtype), MODELS[name])

@@ -88,7 +88,8 @@ from anonymize.audit.sampling import sample_indices
 from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, sample_figures, spread
 from anonymize.faces.choose import AuditDetector, choose_audit_detector
 from anonymize.faces.types import Face
-from anonymize.faces.detect import DetectorSettings, create_detector
+from anonymize.faces.detect import DetectorSettings, create_detector, pose_model_present
+from anonymize.faces.heads import FOUND_BY as HEAD_FOUND_BY
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
 from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.models.device import resolve_device
@@ -139,7 +140,8 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
     """Every model the audit measures with; a required one that cannot load stops the audit with one line."""
     try:
         # the audit looks harder than the run: recall-first thresholds, the frame padded and the mirror searched
-        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first, augment=choice.recall_first)
+        settings = DetectorSettings(config.det_threshold, 0, device, recall_first=choice.recall_first, augment=choice.recall_first,
+                                    heads=config.heads and choice.recall_first and pose_model_present(weights))
         detector = create_detector(choice.name, weights, settings, **({"members": choice.members} if choice.members else {}))
         recognisers, unavailable = open_recognisers(weights, device, config.recogniser_backend, config.distance_threshold)
         output_detectors, missing_detectors = open_output_detectors(weights, device, getattr(detector, "members", [detector]))
@@ -242,11 +244,13 @@ def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstrument
 
 def _mesh_scores(mesh: Any, original: np.ndarray, output: np.ndarray, faces: list[SourceFace],
                  unchanged_threshold: float) -> dict[int, float]:
-    """The face mesh's score of each possible face the release left unchanged (none without the mesh)."""
+    """The face mesh's score of each possible face the release left unchanged (none without the mesh). A head only the
+    pose model found is never ruled out: a head turned away shows no face to fit, and is still someone."""
     if mesh is None:
         return {}
     indices = [index for index, face in enumerate(faces)
-               if face.possible and is_unchanged(region_change(original, output, face.box), unchanged_threshold)]
+               if face.possible and face.detectors != (HEAD_FOUND_BY,)
+               and is_unchanged(region_change(original, output, face.box), unchanged_threshold)]
     return dict(zip(indices, mesh.scores(original, [faces[index].box for index in indices])))
 
 

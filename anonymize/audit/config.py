@@ -80,6 +80,8 @@ class AuditConfig:
     sample: int | None = None
     sample_seed: int = 0
     workers: int | None = None  # threads measuring pairs (decode, detect, describe); None: one per core
+    # the pose model's heads where no face box lies, with the auto detector, when MoveNet is in the weights folder
+    heads: bool = True
 
 
 @dataclass(frozen=True)

@@ -86,15 +86,22 @@ class AuditInstruments:
 
 
 def without_augmentation(detector: Detector) -> Detector:
-    """The detector (or each ensemble member) without :class:`~anonymize.faces.augment.AugmentedDetector`'s padding and mirror."""
+    """The detector (or each ensemble member) without :class:`~anonymize.faces.augment.AugmentedDetector`'s padding and
+    mirror, and without the pose model's heads."""
     members = getattr(detector, "members", None)
     if members:
         from anonymize.faces.ensemble import EnsembleDetector
 
-        plain = EnsembleDetector([getattr(member, "base", member) for member in members], getattr(detector, "min_face", 0))
+        plain = EnsembleDetector([_unwrapped(member) for member in members], getattr(detector, "min_face", 0))
         plain.name = detector.name
         return plain
-    return getattr(detector, "base", detector)
+    return _unwrapped(detector)
+
+
+def _unwrapped(detector: Detector) -> Detector:
+    while hasattr(detector, "base"):  # AugmentedDetector, HeadsDetector
+        detector = detector.base  # type: ignore[attr-defined]
+    return detector
 
 
 def _usable(weights: WeightsStore, names: Sequence[str]) -> str | None:
@@ -175,7 +182,7 @@ def open_output_detectors(weights: WeightsStore, device: str, loaded: Sequence[D
     detectors, unavailable = {}, []
     for name in OUTPUT_DETECTORS:
         instrument = f"{DETECTOR_INSTRUMENTS[name]}, score threshold {DEFAULT_THRESHOLDS[name]}"
-        plain = [getattr(item, "base", item) for item in loaded]  # an augmented member lends its plain detector
+        plain = [_unwrapped(item) for item in loaded]  # an augmented member lends its plain detector
         lender = next((item for item in plain if getattr(item, "name", None) == name and not getattr(item, "min_face", 0)), None)
         if lender is not None:
             detectors[name] = copy.copy(lender)

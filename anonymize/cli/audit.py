@@ -216,6 +216,7 @@ def audit_command(
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Audit the faces of N images drawn with --sample-seed (every file is still checked for metadata and copies); rates get 95% intervals and the identity gate reads the upper bound."),
     sample_seed: int = typer.Option(0, "--sample-seed", help="Seed that draws the --sample images."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads that decode, detect and describe images (default: one per core)."),
+    heads: bool = typer.Option(True, "--heads/--no-heads", help="Also look for the heads the pose model (MoveNet, human-models) finds where no face was (auto detector, when its weights are here)."),
 ) -> None:
     """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality.
 
@@ -249,6 +250,7 @@ def audit_command(
         sample=sample,
         sample_seed=sample_seed,
         workers=workers,
+        heads=heads,
         thresholds=Thresholds(
             max_reid_rate=max_reid_rate,
             max_rank1_rate=max_rank1_rate,

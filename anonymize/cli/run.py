@@ -28,6 +28,7 @@ EXIT_ERROR_ROWS = 4  # the run finished, but some images are error rows (not wri
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
+HeadsMode = Enum("HeadsMode", {name: name for name in ("auto", "on", "off")}, type=str)
 
 
 class OnNoFace(str, Enum):
@@ -190,7 +191,8 @@ def run_command(
     aligned_ffhq: bool = typer.Option(False, "--aligned-ffhq", help="Like --aligned, but every input is an FFHQ-framed square (FFHQ, CelebA-HQ): used whole, no landmarks."),
     min_face: int = typer.Option(0, min=0, metavar="PIXELS", help="Ignore faces smaller than this many pixels."),
     det_threshold: Optional[float] = typer.Option(None, metavar="SCORE", help="Detection score threshold (default: per detector)."),
-    recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds: fewer missed faces, more false positives (README, Detection)."),
+    recall_first: bool = typer.Option(False, "--recall-first", help="Lower detection thresholds, the frame padded and the mirror searched: fewer missed faces, more false positives (README, Detection)."),
+    heads: HeadsMode = typer.Option("auto", help="Also anonymize the heads the pose model (MoveNet, human-models) finds where no face was: on, off, or auto (on with --recall-first when its weights are here)."),
     on_no_face: OnNoFace = typer.Option("copy", help="Images without a face: copy them (metadata stripped), skip, or fail."),
     on_error: OnError = typer.Option("skip", help="Unreadable images: record and go on, or stop."),
     allow_errors: bool = typer.Option(False, "--allow-errors", help=f"Exit 0 even when images became error rows (default: exit {EXIT_ERROR_ROWS})."),
@@ -259,6 +261,7 @@ def run_command(
         min_face=min_face,
         det_threshold=det_threshold,
         recall_first=recall_first,
+        heads=heads.value,
         on_no_face=on_no_face.value,
         on_error=on_error.value,
         resume=resume,

@@ -35,12 +35,23 @@ class DetectorSettings:
     device: str = "cpu"
     recall_first: bool = False  # thresholds from RECALL_FIRST_THRESHOLDS where no threshold is given
     augment: bool = False  # each detector also searches the padded frame and the mirror image (anonymize.faces.augment)
+    heads: bool = False  # a head from the pose model where no face box lies (anonymize.faces.heads)
 
 
 def threshold_for(name: str, settings: DetectorSettings) -> float:
     if settings.threshold is not None:
         return settings.threshold
     return (RECALL_FIRST_THRESHOLDS if settings.recall_first else DEFAULT_THRESHOLDS)[name]
+
+
+def pose_model_present(weights: WeightsStore) -> bool:
+    """Whether MoveNet MultiPose (for --heads) is in the weights folder, verified."""
+    from anonymize.weights.human import artefact_names
+
+    try:
+        return all(weights.status(name) == "present" for name in artefact_names("movenet-multipose"))
+    except Exception:  # noqa: BLE001 - a lock without the model, an unreadable folder: not present
+        return False
 
 
 def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings = DetectorSettings(),
@@ -50,6 +61,10 @@ def create_detector(name: str, weights: WeightsStore, settings: DetectorSettings
     For ``ensemble`` an explicit threshold applies to every member, so it only makes sense for
     members on the same 0..1 scale; ``recall_first`` gives each member its own low threshold.
     """
+    if settings.heads:
+        from anonymize.faces.heads import HeadsDetector, PoseModel
+
+        return HeadsDetector(create_detector(name, weights, replace(settings, heads=False), members), PoseModel(weights, settings.device))
     if name == "ensemble":
         from anonymize.faces.ensemble import EnsembleDetector
 

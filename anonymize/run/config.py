@@ -46,6 +46,7 @@ class Detection:
     min_face: int = 0
     threshold: float | None = None
     recall_first: bool = False  # lower detection thresholds (faces.detect.RECALL_FIRST_THRESHOLDS)
+    heads: str = "auto"  # on | off | auto (on with --recall-first when the pose model is here): anonymize.faces.heads
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "min_face": ("detection", "min_face"),
     "det_threshold": ("detection", "threshold"),
     "recall_first": ("detection", "recall_first"),
+    "heads": ("detection", "heads"),
     "on_no_face": ("output", "on_no_face"),
     "on_error": ("output", "on_error"),
     "resume": ("output", "resume"),

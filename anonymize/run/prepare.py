@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from anonymize.faces.align import AlignedFace, align_face, align_single_face, centred_face
-from anonymize.faces.detect import Detector, DetectorSettings, create_detector
+from anonymize.faces.detect import Detector, DetectorSettings, create_detector, pose_model_present
 from anonymize.faces.types import Face
 from anonymize.io.decode import DecodedImage, ImageDecodeError, decode_image
 from anonymize.io.manifest import FINISHED_STATUSES, readable
@@ -165,12 +165,20 @@ def aligned_contract_broken(shown: str, count: int, lenient: bool = False) -> st
             f"would be anonymized; run without --aligned, or with --aligned-lenient to anonymize the others the ordinary way")
 
 
+def heads_on(detection: Detection, weights: WeightsStore) -> bool:
+    """--heads on, or auto with --recall-first when MoveNet is in the weights folder (on without it is an error then)."""
+    if detection.heads == "auto":
+        return detection.recall_first and pose_model_present(weights)
+    return detection.heads == "on"
+
+
 def build_detector(detection: Detection, weights: WeightsStore, device: str) -> Detector | None:
     """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
     if detection.aligned:  # --aligned-ffhq too: its squares are used whole, but the faces are still counted
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
     # --recall-first also pads the frame and searches the mirror (faces cut by the frame: benchmarks/crowd.py)
-    settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first, augment=detection.recall_first)
+    settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first,
+                                augment=detection.recall_first, heads=heads_on(detection, weights))
     return create_detector(detection.detector, weights, settings)
 
 

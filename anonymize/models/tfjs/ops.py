@@ -310,6 +310,69 @@ def _resize_bilinear(node: Node, args: Sequence[Value]) -> torch.Tensor:
     return _nhwc(F.interpolate(x, size=(height, width), mode="bilinear", align_corners=align_corners))
 
 
+# TensorFlow dtypes as torch's (integers stay 64-bit: indices and shapes are all the graphs compute with them)
+_DTYPES = {"DT_FLOAT": torch.float32, "DT_INT32": torch.int64, "DT_INT64": torch.int64, "DT_BOOL": torch.bool}
+
+
+def _cast(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    target = node.attr("DstT", "DT_FLOAT")
+    if target not in _DTYPES:
+        raise GraphModelError(f"node {node.name!r} (Cast): cast to {target} is not supported")
+    x = _tensor(args[0])
+    if _DTYPES[target] != torch.bool and not x.dtype.is_floating_point and x.dtype != torch.bool:
+        return x.to(_DTYPES[target])
+    return x.trunc().to(_DTYPES[target]) if _DTYPES[target] == torch.int64 and x.dtype.is_floating_point else x.to(_DTYPES[target])
+
+
+def _scalar(value: Value) -> float | int:
+    item = _tensor(value).reshape(-1)[0].item()
+    return item
+
+
+def _range(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    start, limit, delta = (_scalar(value) for value in args[:3])
+    dtype = _DTYPES.get(node.attr("Tidx", "DT_INT32"), torch.int64)
+    return torch.arange(start, limit, delta, dtype=dtype)
+
+
+def _fill(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    value = _tensor(args[1])
+    return torch.full(static(args[0], node), value.reshape(-1)[0].item(), dtype=value.dtype)
+
+
+def _gather_nd(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    params, indices = _tensor(args[0]), _tensor(args[1]).long()
+    return params[tuple(indices.unbind(-1))]
+
+
+def _select(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    """Select: a vector condition picks whole rows of higher-rank values (SelectV2 broadcasts)."""
+    condition, yes, no = (_tensor(value) for value in args[:3])
+    if node.op == "Select" and condition.dim() == 1 and yes.dim() > 1:
+        condition = condition.reshape(-1, *([1] * (yes.dim() - 1)))
+    return torch.where(condition.bool(), yes, no)
+
+
+def _split(node: Node, args: Sequence[Value]) -> tuple[torch.Tensor, ...]:
+    axis, x = static(args[0], node)[0], _tensor(args[1])
+    count = int(node.attr("num_split", 1))
+    return tuple(torch.chunk(x, count, dim=axis))
+
+
+def _unpack(node: Node, args: Sequence[Value]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.unbind(_tensor(args[0]), dim=int(node.attr("axis", 0))))
+
+
+def _top_k(node: Node, args: Sequence[Value]) -> tuple[torch.Tensor, torch.Tensor]:
+    k = static(args[1], node)[0]
+    values, indices = torch.topk(_tensor(args[0]), k, dim=-1, largest=True, sorted=True)
+    return values, indices
+
+
+def _arg_max(node: Node, args: Sequence[Value]) -> torch.Tensor:
+    return torch.argmax(_tensor(args[0]), dim=static(args[1], node)[0])
+
+
 OPS: dict[str, Op] = {
     "Identity": lambda node, args: args[0],
     "Conv2D": lambda node, args: _conv(node, _tensor(args[0]), args[1], depthwise=False),
@@ -365,4 +428,23 @@ OPS: dict[str, Op] = {
     "DepthToSpace": _depth_to_space,
     "ResizeBilinear": _resize_bilinear,
     "Shape": lambda node, args: np.asarray(_tensor(args[0]).shape, dtype=np.int64),
+    "Size": lambda node, args: np.asarray(_tensor(args[0]).numel(), dtype=np.int64),
+    "Cast": _cast,
+    "AddN": lambda node, args: torch.stack([_tensor(value) for value in args]).sum(dim=0),
+    "ArgMax": _arg_max,
+    "Equal": _binary(torch.eq),
+    "Greater": _binary(torch.gt),
+    "GreaterEqual": _binary(torch.ge),
+    "Less": _binary(torch.lt),
+    "LogicalAnd": _binary(torch.logical_and),
+    "FloorDiv": _binary(lambda a, b: torch.div(a, b, rounding_mode="floor")),
+    "Fill": _fill,
+    "GatherNd": _gather_nd,
+    "Range": _range,
+    "Select": _select,
+    "SelectV2": _select,
+    "Split": _split,
+    "Tile": lambda node, args: _tensor(args[0]).repeat(*static(args[1], node)),
+    "TopKV2": _top_k,
+    "Unpack": _unpack,
 }
