@@ -627,7 +627,7 @@ def test_the_real_lock_pins_the_human_models_npm_tarball_and_every_member():
     assert (archive.sha256, archive.size) == ("adbc87995b9a298f58c492d3d182027a2eeb48e9c461b82f6b800b28614ff935", 144509169)
     used_by = {"faceres": ("audit", "calibrate", "adversarial"), "mobileface": ("audit", "calibrate", "adversarial"), "gear": ("audit", "attributes"),
                "emotion": ("audit", "attributes"), "age": ("audit", "attributes"), "gender": ("audit", "attributes"),
-               "blazeface-back": ("run", "audit"), "facemesh-detection-full": ("run", "audit")}
+               "blazeface-back": ("run", "audit"), "facemesh-detection-full": ("run", "audit"), "movenet-multipose": ("run", "audit")}
     for model in HUMAN_MODELS:
         for name, suffix in zip(artefact_names(model), (".json", ".bin")):
             artifact = lock[name]
