@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import audit_speed, dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup, whole_process
+from benchmarks import appearance, audit_speed, dlib_recogniser, estimators, falco, graph_models, models, pipeline, startup, whole_process
 from benchmarks.models import print_table
 
 
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--weights-dir", type=Path, default=None, help="holds RetinaFace's file for the retinaface row")
     parser.add_argument("--deface-python", type=Path, default=Path(".bench/deface-venv/bin/python"))
     parser.add_argument("--deface", type=Path, default=Path(".bench/deface-venv/bin/deface"))
-    sections = ["startup", "whole_process", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators", "audit_speed"]
+    sections = ["startup", "whole_process", "pipeline", "models", "falco", "dlib_recogniser", "graph_models", "estimators", "audit_speed", "appearance"]
     parser.add_argument("--only", choices=sections, nargs="*", default=sections)
     parser.add_argument("--out", type=Path, default=Path(".bench/results.json"))
     args = parser.parse_args()
@@ -80,6 +80,18 @@ def main() -> None:
         results["audit_speed_sampled"] = sampled
         print_table(f"anonymize run vs anonymize audit --sample 100, whole processes, {sampled['images']} images (CPU)", sampled["rows"])
         print(f"audit --sample 100: audit/run = {sampled['audit_over_run']} (re-audit {sampled['re_audit_over_run']}); goal >= 1")
+    if "appearance" in args.only:
+        # blur, pixelate and k-Same (k=5) on both photo sets; the figures (original faces: not committed) beside the results
+        landmarker = appearance.FaceLandmarker()
+        specs = [appearance.MethodSpec(name, list(params)) for name, params in appearance.DEFAULT_METHODS]
+        rows = []
+        for set_name in appearance.SETS:
+            figure = args.out.parent / f"appearance-{set_name}.png"
+            rows += appearance.measure_set(set_name, specs, args.shared, figure=figure, weights_dir=args.weights_dir,
+                                           landmarker=landmarker)
+            print(f"figure: {figure}")
+        results["appearance"] = rows
+        print_table("changed pixels outside the face, face sharpness (output/original)", appearance.printable(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"saved {args.out}")

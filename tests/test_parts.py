@@ -18,11 +18,12 @@ from anonymize.metrics.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import MethodContext, MethodError
 from anonymize.methods.parts.identity import DlibIdentity
-from anonymize.faces.landmarks import LandmarkFinder, shape_predictor
+from anonymize.faces.landmarks import LandmarkFinder, inter_ocular, shape_predictor
 from anonymize.methods.parts.masks import PARTS, parse_parts, part_masks, union_mask
 from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
-from anonymize.methods.parts.warp import PgdSettings, identity_pgd, warp_parts
+from anonymize.methods.parts import warp
+from anonymize.methods.parts.warp import MOVED_LANDMARKS, PgdSettings, identity_pgd, target_landmarks, warp_maps, warp_parts
 from anonymize.metrics.identity import DlibRecogniser, distance, dlib_face_network
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_arcface_model
@@ -127,6 +128,113 @@ def test_a_warp_changes_only_the_chosen_parts_and_enlarges_the_nose(finder, crop
     # The nose is wider: dlib's landmarks on the warped face put the nostrils further apart.
     width = lambda points: points[35, 0] - points[31, 0]  # noqa: E731
     assert width(finder(warped)) > width(landmarks) * 1.08
+
+
+@pytest.mark.parametrize("parts", [PARTS, ("eyebrows",), ("eyes", "lips")])
+def test_pixels_outside_the_chosen_masks_stay_bit_identical_and_the_warp_has_no_seam(finder, crops, parts):
+    for crop in crops[::3]:
+        landmarks = finder(crop)
+        mask = union_mask(list(part_masks(landmarks, 256, parts).values()))
+        warped = warp_parts(crop, landmarks, parts)
+        assert np.array_equal(warped[mask == 0], crop[mask == 0])
+        # Inside, the warp fades to the identity at the masks' outline: no step where the copy begins.
+        map_x, map_y, moved = warp_maps(landmarks, parts, 256)
+        ys, xs = np.mgrid[0:256, 0:256]
+        shift = np.hypot(map_x - xs, map_y - ys)
+        inside = (mask > 0).astype(np.uint8)
+        rim = inside.astype(bool) & ~cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)
+        assert shift[rim].max() < 0.5 and not moved[mask == 0].any()
+        assert shift.max() > 2.0
+
+
+def test_the_warp_neither_folds_nor_crushes_the_face(finder, crops):
+    """The backward map's Jacobian determinant (area ratio) stays well inside (0, inf): no triangle is
+    flipped (a fold would duplicate texture) or squashed (a smear)."""
+    for crop in crops:
+        map_x, map_y, moved = warp_maps(finder(crop), PARTS, 256)
+        determinant = np.gradient(map_x, axis=1) * np.gradient(map_y, axis=0) - np.gradient(map_x, axis=0) * np.gradient(map_y, axis=1)
+        assert 0.3 < determinant[moved].min() and determinant[moved].max() < 3.0
+
+
+def _dots(points: np.ndarray, size: int = 256) -> np.ndarray:
+    """A black size x size grey image with a small white disc at each point (placed to 1/16 px)."""
+    image = np.zeros((size, size), np.uint8)
+    for x, y in points:
+        cv2.circle(image, (int(round(x * 16)), int(round(y * 16))), 24, 255, -1, cv2.LINE_AA, shift=4)
+    return image
+
+
+def _centroid(image: np.ndarray, around: np.ndarray, radius: int = 3) -> np.ndarray:
+    x0, y0 = np.round(around).astype(int)
+    window = image[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1].astype(float)
+    ys, xs = np.mgrid[y0 - radius:y0 + radius + 1, x0 - radius:x0 + radius + 1]
+    return np.array([(window * xs).sum(), (window * ys).sum()]) / window.sum()
+
+
+@pytest.mark.parametrize("part, indices", [("nose", (31, 33, 35)), ("lips", (48, 51, 54, 57))])
+def test_the_nose_and_lip_landmarks_land_where_the_edit_puts_them(finder, crops, part, indices):
+    """Dots drawn at the landmarks are found, after the warp, within 1 px of their targets; and the
+    targets are the edit: nostrils 20% further apart; lips 25% taller and wider."""
+    landmarks = finder(crops[0])
+    targets = target_landmarks(landmarks, (part,))
+    picture = _dots(landmarks[list(indices)])
+    warped = warp_parts(np.dstack([picture] * 3), landmarks, (part,))[..., 0]
+    moves = []
+    for index in indices:
+        drawn, found = _centroid(picture, landmarks[index]), _centroid(warped, targets[index])
+        assert np.linalg.norm((found - targets[index]) - (drawn - landmarks[index])) < 1.0, index
+        moves.append(np.linalg.norm(found - drawn))
+    assert min(moves) > 0.5 and max(moves) > 2.0  # ... and they did move
+    apart = lambda points, a, b: float(np.linalg.norm(points[a] - points[b]))  # noqa: E731
+    if part == "nose":
+        assert apart(targets, 31, 35) == pytest.approx(apart(landmarks, 31, 35) * warp.NOSE_WIDTH, rel=0.05)
+    else:
+        assert apart(targets, 51, 57) == pytest.approx(apart(landmarks, 51, 57) * warp.LIPS_SCALE[1], rel=0.05)
+        assert apart(targets, 48, 54) == pytest.approx(apart(landmarks, 48, 54) * warp.LIPS_SCALE[0], rel=0.05)
+    assert np.array_equal(np.delete(targets, MOVED_LANDMARKS[part], axis=0), np.delete(landmarks, MOVED_LANDMARKS[part], axis=0))
+
+
+def _feature(landmarks: np.ndarray, part: str, thickness: int) -> np.ndarray:
+    """Boolean mask of a drawn feature: each brow a stroke along its landmarks, or the lips filled."""
+    canvas = np.zeros((256, 256), np.uint8)
+    if part == "eyebrows":
+        for group in (landmarks[17:22], landmarks[22:27]):
+            cv2.polylines(canvas, [np.round(group * 16).astype(np.int32)], False, 1, thickness, cv2.LINE_8, shift=4)
+    else:
+        cv2.fillPoly(canvas, [np.round(landmarks[48:60] * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    return canvas.astype(bool)
+
+
+NEIGHBOUR = {"eyebrows": (36, 42), "lips": (31, 36)}  # the landmarks outlining the feature next door (an eye, the nostrils)
+
+
+@pytest.mark.parametrize("part", ["eyebrows", "lips"])
+def test_a_feature_moves_whole_and_nothing_from_around_it_is_sampled_into_it(finder, crops, part):
+    """A synthetic face: the feature (each brow a 5 px stroke along its landmarks; the lips filled) in
+    one colour, the feature next door (an eye; the nostrils) in a second, all else a third. After the
+    warp the feature drawn at its moved landmarks shows no other colour (nothing dragged in from across
+    its outline), no feature colour is left more than a few pixels away from it (no smear; the brows
+    may thicken by their lift's difference), and the neighbour has not moved."""
+    landmarks = finder(crops[1])
+    feature, neighbour, around = np.array([90, 50, 30]), np.array([20, 40, 200]), np.array([60, 200, 60])
+    start, stop = NEIGHBOUR[part]
+    next_door = np.zeros((256, 256), np.uint8)
+    cv2.fillPoly(next_door, [np.round(landmarks[start:stop] * 16).astype(np.int32)], 1, cv2.LINE_8, shift=4)
+    crop = np.where(_feature(landmarks, part, 5)[..., None], feature, np.where(next_door[..., None] > 0, neighbour, around))
+    warped = warp_parts(crop.astype(np.uint8), landmarks, (part,)).astype(int)
+    moved = target_landmarks(landmarks, (part,))
+    core = _feature(moved, part, 1)
+    if part == "lips":
+        core = cv2.erode(core.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    grow = 2 + (int(np.ceil((warp.BROW_LIFT - warp.BROW_LOWER_LIFT) * inter_ocular(landmarks))) if part == "eyebrows" else 0)
+    reach = cv2.dilate(_feature(moved, part, 5).astype(np.uint8), np.ones((2 * grow + 1,) * 2, np.uint8)).astype(bool)
+    coloured = lambda colour: np.abs(warped - colour).sum(axis=2) < 60  # noqa: E731
+    assert (coloured(feature) | ~core).all(), "another colour sampled into the feature"
+    assert not coloured(feature)[~reach].any(), "feature colour smeared away from the feature"
+    assert (core & ~_feature(landmarks, part, 1)).any()  # the feature did move
+    inner = cv2.erode(next_door, np.ones((3, 3), np.uint8)).astype(bool)
+    outer = cv2.dilate(next_door, np.ones((3, 3), np.uint8)).astype(bool)
+    assert coloured(neighbour)[inner].all() and not coloured(neighbour)[~outer].any(), "the feature next door moved"
 
 
 def test_pgd_pulls_the_identity_back_within_its_bound_and_inside_the_masks(dlib_identity, finder, crops):

@@ -154,19 +154,24 @@ def scaled_matrix(matrix: np.ndarray, factor: float) -> np.ndarray:
 
 
 def paste_face(image: np.ndarray, crop: np.ndarray, aligned: AlignedFace, region: Region,
-               box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+               box: tuple[float, float, float, float] | None = None, mask: np.ndarray | None = None) -> np.ndarray:
     """Blend a method's output ``crop`` (any square size) for ``aligned`` into ``image`` through ``region``.
 
     The mask is built at the crop's own resolution and the alignment matrix scaled to it, so no
     detail is lost to the alignment size. ``box`` (the detected face, image pixels) widens the
-    ellipse region; pass None when no face was detected.
+    ellipse region; pass None when no face was detected. ``mask`` (the crop's size, in [0, 1]), when
+    given, is the region: the method says where it changed the crop.
     """
     crop = _no_larger_than_needed(crop, aligned)
     size = int(crop.shape[0])
     factor = size / aligned.size
     matrix = scaled_matrix(aligned.matrix, factor)
     landmarks = None if aligned.landmarks is None else np.asarray(aligned.landmarks, np.float64) * factor
-    if region.kind == "hull":
+    if mask is not None:
+        mask = np.asarray(mask, np.float32)
+        if mask.shape[:2] != (size, size):
+            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
+    elif region.kind == "hull":
         mask = region_mask(size, "hull", region.scale, region.feather, landmarks=landmarks)
     elif region.kind == "ellipse" and box is not None:
         cover = face_cover_polygon(box, matrix, landmarks)

@@ -39,6 +39,10 @@ class AnonymizedFace:
     # Further renderings of the same face (CFA's angle sweep and variants), by label: the pipeline
     # writes each beside the main output (anonymize.io.write.render_relpath), other faces kept as in it.
     renders: dict[str, np.ndarray] = field(default_factory=dict)
+    # Where the method changed the crop (float32 in [0, 1], the crop's size), when it knows better than a
+    # fixed region (k-Same's shape-free face follows the face outline): the paste-back then uses it
+    # instead of the method's default region; an explicit --region still wins.
+    mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,10 @@ class Method(ABC):
     def weights_used(self) -> dict[str, str]:
         """Artefact name -> sha256 of every weight file the method loaded."""
         return {}
+
+    def privacy_caveat(self) -> str | None:
+        """One line for the run summary when these options leave identity in the output by design."""
+        return None
 
     def default_batch_size(self) -> int:
         return 16

@@ -71,21 +71,23 @@ class PasteBack:
 
     region: Region
     replaces_aligned_image: bool
+    method_masks: bool = True  # a face's own mask (AnonymizedFace.mask) replaces the region; False under --region
 
     @classmethod
     def of(cls, region: PasteRegion, method_region: str, replaces_aligned_image: bool) -> PasteBack:
-        """--region, else the method's default kind."""
+        """--region, else the method's default kind (or the mask a method gives with a face)."""
         return cls(Region(region.kind or method_region, region.scale, region.feather),  # type: ignore[arg-type]
-                   replaces_aligned_image)
+                   replaces_aligned_image, method_masks=region.kind is None)
 
-    def paste(self, item: Prepared, crops: list[np.ndarray]) -> np.ndarray:
+    def paste(self, item: Prepared, crops: list[np.ndarray], masks: list[np.ndarray | None] | None = None) -> np.ndarray:
         result = item.image.rgb  # type: ignore[union-attr]
-        for face, aligned, crop in zip(item.faces, item.aligned, crops):
+        masks = masks if masks is not None and self.method_masks else [None] * len(crops)
+        for face, aligned, crop, mask in zip(item.faces, item.aligned, crops, masks):
             if aligned.whole_image and self.replaces_aligned_image:
                 result = replace_whole(result, crop)  # then any other face (--aligned-lenient) on top
                 continue
             box = face.box if len(face.landmarks) else None  # no box to cover when nothing was detected
-            result = paste_face(result, crop, aligned, self.region, box)
+            result = paste_face(result, crop, aligned, self.region, box, mask)
         return result
 
 
@@ -115,9 +117,10 @@ class Finisher:
             return Finished(rows, STATUS_DONE, faces=len(item.faces), warning=item.warning)
         try:
             metrics = [dict(face.metrics) for face in outcome]
-            image = self.paste_back.paste(item, [face.crop for face in outcome])
+            masks = [face.mask for face in outcome]
+            image = self.paste_back.paste(item, [face.crop for face in outcome], masks)
             finishing = FinishingImage(item.image.rgb, item.faces, outcome,  # type: ignore[union-attr]
-                                       lambda crops: self.paste_back.paste(item, crops),
+                                       lambda crops: self.paste_back.paste(item, crops, masks),
                                        lambda label, rgb: self._write_render(item, label, rgb))
             for step in self.steps:
                 image = step.apply(finishing, image, metrics)

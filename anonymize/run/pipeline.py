@@ -143,7 +143,7 @@ class Pipeline:
         if "adversarial" in method.finishing_steps:
             return ("privacy goal: machines only. The adversarial perturbation leaves every face recognisable to people: "
                     "not anonymized for viewers")
-        return None
+        return method.privacy_caveat() if isinstance(method, Method) else None
 
     def loss_recognisers(self, method: Method) -> list[str]:
         """Recognisers inside the run's loss: the method's, plus the adversarial step's ensemble."""

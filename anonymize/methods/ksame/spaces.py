@@ -19,7 +19,7 @@ import torch
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsStore
 
-SPACES = ("pixel", "eigen", "latent")
+SPACES = ("shapefree", "pixel", "eigen", "latent")  # shapefree: anonymize.methods.ksame.shapefree
 EIGEN_FIT_IN_MEMORY = 1000  # faces: above this, the eigenfaces are fitted incrementally (IncrementalPCA)
 DECODE_BATCH = 8
 
