@@ -56,11 +56,12 @@ def test_blur_on_ray_equals_the_local_run(local_ray, portraits, tmp_path):
 
 
 def test_blur_on_ray_over_file_uris_equals_the_local_run(local_ray, portraits, tmp_path):
-    """Workers open the store from the URI themselves (tests/test_object_store.py covers URIs locally)."""
-    from anonymize.io.store import location
+    """Workers open the store from the URI themselves (tests/test_object_store.py covers URIs locally; a StorePath
+    is built directly, since the command line turns a file:// URI into the plain path it names)."""
+    from anonymize.io.store import StorePath
 
     run(blur(portraits, tmp_path / "local", limit=3, workers=1))
-    on_ray = run(blur(location(portraits.as_uri()), location((tmp_path / "ray").as_uri()), limit=3, executor="ray"))
+    on_ray = run(blur(StorePath(portraits.as_uri()), StorePath((tmp_path / "ray").as_uri()), limit=3, executor="ray"))
     assert (on_ray.images, on_ray.errors) == (3, 0)
     assert_same_run(tmp_path / "local", tmp_path / "ray")
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from anonymize.attributes.sources import create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.errors import AnonymizeError
+from anonymize.io.manifest import readable
 from anonymize.io.write import atomic_write_bytes
 from anonymize.faces.types import FaceCrop
 from anonymize.weights import WeightsStore
@@ -61,9 +62,10 @@ def _split_key(key: str) -> tuple[str, int | None]:
 
 def attribute_arrow_table(table: AttributeTable) -> pa.Table:
     """The Parquet layout of ``table`` (see the module docstring)."""
-    split = [_split_key(key) for key in table.keys]
+    keys = [readable(key) for key in table.keys]  # names that are not UTF-8 as \xNN, as the manifest's source_path
+    split = [_split_key(key) for key in keys]
     columns: dict[str, pa.Array] = {
-        "key": pa.array(table.keys, pa.string()),
+        "key": pa.array(keys, pa.string()),
         "source_path": pa.array([path for path, _ in split], pa.string()),
         "face_index": pa.array([index for _, index in split], pa.int32()),
         "source": pa.array([table.source] * len(table.keys), pa.string()),

@@ -79,7 +79,8 @@ from anonymize.audit.originals_cache import CACHE_FOLDER, OriginalsCache, detect
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
-from anonymize.audit.report import REPORT_NAME, write_report
+from anonymize.audit.report import REPORT_NAME, check_report_folders, write_report
+from anonymize.audit.report_folder import refuse_links_below
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, default_audit_dir, write_rows, write_summary
 from anonymize.audit.summary import (
     AttributeFigures, AuditSummary, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
@@ -91,6 +92,7 @@ from anonymize.faces.types import Face
 from anonymize.faces.detect import DetectorSettings, create_detector, pose_model_present
 from anonymize.faces.heads import FOUND_BY as HEAD_FOUND_BY
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
+from anonymize.io.manifest import readable_values
 from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.models.device import resolve_device
 from anonymize.run.local import available_cores, in_order, torch_threads_per_worker, worker_pool
@@ -484,6 +486,11 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
         goal, goal_source = resolve_goal(config.privacy_goal, pairing.privacy_goal)
     except ValueError as exc:
         raise AuditError(str(exc)) from None
+    if config.write_files:  # a link where the report's folders or the cache go: one line, before any work
+        if report_dir is not None:
+            check_report_folders(config, report_dir, goal)
+        if config.originals_cache:
+            refuse_links_below(parquet_path.parent, CACHE_FOLDER.parts)
     weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
     device = resolve_device(config.device)
     run_aligned = bool(pairing.run_arguments.get("aligned", False))
@@ -614,7 +621,8 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
 
 def _write(result: AuditResult, config: AuditConfig, parquet_path: Path, summary_path: Path, report_dir: Path | None) -> None:
     """The Parquet (its metadata holds the summary, without the files' paths), the report, then the summary JSON."""
-    metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(result.summary.to_json(files=False), default=str)}
+    summary = readable_values(result.summary.to_json(files=False))  # file names that are not UTF-8 as \xNN
+    metadata = {"anonymize_version": __version__, "audit_summary": json.dumps(summary)}
     write_rows(parquet_path, result.rows, metadata)
     if report_dir is not None:
         write_report(result, config, report_dir)

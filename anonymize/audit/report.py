@@ -5,7 +5,8 @@ distances drawn as inline SVG, and side-by-side crops of the worst cases (the fa
 similar to their original, and the missed faces). The crops are small JPEG files in
 ``audit-thumbs/`` next to the page, written without metadata. They show ORIGINAL faces: the
 report belongs with the originals and must never be published with the anonymized data (the audit
-refuses to write it inside the anonymized folder).
+refuses to write it inside the anonymized folder, and never writes through a link below the report
+folder: see :mod:`anonymize.audit.report_folder`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import html
 import io
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,9 +23,11 @@ import numpy as np
 from PIL import Image
 
 from anonymize.audit.format import face_count, format_value, judge_rates, number, percent
-from anonymize.audit.study import ANSWER_KEY, STUDY_PAGE, study_pairs, write_study
+from anonymize.audit.report_folder import OwnedFolder, ReportFolders
+from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs, write_study
 from anonymize.audit.summary import AuditSummary
 from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.manifest import readable
 from anonymize.io.write import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -140,7 +142,7 @@ def histogram_svg(series: Mapping[str, Sequence[float]], threshold: float, width
 class _Thumbnails:
     """Writes side-by-side face crops, decoding each image once."""
 
-    def __init__(self, config: AuditConfig, folder: Path) -> None:
+    def __init__(self, config: AuditConfig, folder: OwnedFolder) -> None:
         self.original_dir, self.anonymized_dir = Path(config.original_dir), Path(config.anonymized_dir)
         self.folder = folder
         self.count = 0
@@ -163,9 +165,8 @@ class _Thumbnails:
             output = cv2.resize(output, (original.shape[1], original.shape[0]), interpolation=cv2.INTER_AREA)
         self.count += 1
         names = (f"{self.count:03d}-original.jpg", f"{self.count:03d}-anonymized.jpg")
-        for name, pixels in zip(names, (original, output)):
-            atomic_write_bytes(self.folder / name, _crop_jpeg(pixels, row["box"]))
-        return f"{THUMBS_DIR}/{names[0]}", f"{THUMBS_DIR}/{names[1]}"
+        left, right = (self.folder.write(name, _crop_jpeg(pixels, row["box"])) for name, pixels in zip(names, (original, output)))
+        return left, right
 
     def face_jpeg(self, row: Mapping[str, Any], which: str) -> bytes | None:
         """The crop around a face's box in its original (``which="original"``) or in its output."""
@@ -187,9 +188,7 @@ class _Thumbnails:
         if original is None or row["box"] is None:
             return None
         self.count += 1
-        name = f"{self.count:03d}-whole.jpg"
-        atomic_write_bytes(self.folder / name, whole_with_box_jpeg(original, row["box"]))
-        return f"{THUMBS_DIR}/{name}"
+        return self.folder.write(f"{self.count:03d}-whole.jpg", whole_with_box_jpeg(original, row["box"]))
 
 
 def whole_with_box_jpeg(rgb: np.ndarray, box: Sequence[float], side: int = WHOLE_SIDE) -> bytes:
@@ -562,18 +561,32 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 """
 
 
+def wanted_study_pairs(config: AuditConfig, privacy_goal: str) -> int:
+    """How many study pairs the report asks for: ``--study-pairs``, else 20 for the human goal, else none."""
+    return config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if privacy_goal == "human" else 0)
+
+
+def check_report_folders(config: AuditConfig, report_dir: Path, privacy_goal: str) -> None:
+    """Before any work: refuse a link, or a folder the audit did not make, where the report's folders go."""
+    folders = [THUMBS_DIR, STUDY_DIR] if wanted_study_pairs(config, privacy_goal) else [THUMBS_DIR]
+    ReportFolders(report_dir).check(folders)
+
+
 def write_report(result: AuditResult, config: AuditConfig, report_dir: Path) -> Path:
-    """Write ``index.html`` and its thumbnails into ``report_dir``; returns the page's path."""
+    """Write ``index.html`` and its thumbnails into ``report_dir``; returns the page's path.
+
+    The thumbnails and the study kit go into the audit's own folders (:mod:`anonymize.audit.report_folder`):
+    never through a link, and an earlier audit's crops are removed, nothing else."""
     report_dir = Path(report_dir)
-    thumbs = report_dir / THUMBS_DIR
-    shutil.rmtree(thumbs, ignore_errors=True)  # our own folder: stale crops of an earlier audit must not linger
-    thumbs.mkdir(parents=True, exist_ok=True)
-    thumbnails = _Thumbnails(config, thumbs)
-    wanted = config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if result.summary.privacy_goal == "human" else 0)
-    pairs = study_pairs(result.rows, wanted, config.study_seed) if wanted else []
-    if len(pairs) >= 2:
-        write_study(report_dir, pairs, thumbnails.face_jpeg)
-    page = render_report(result, config, thumbnails, len(pairs) if len(pairs) >= 2 else 0)
+    folders = ReportFolders(report_dir)
+    with folders.claim(THUMBS_DIR) as thumbs:  # stale crops of an earlier audit must not linger
+        thumbnails = _Thumbnails(config, thumbs)
+        wanted = wanted_study_pairs(config, result.summary.privacy_goal)
+        pairs = study_pairs(result.rows, wanted, config.study_seed) if wanted else []
+        if len(pairs) >= 2:
+            with folders.claim(STUDY_DIR) as study:
+                write_study(report_dir, pairs, thumbnails.face_jpeg, study)
+        page = render_report(result, config, thumbnails, len(pairs) if len(pairs) >= 2 else 0)
     path = report_dir / REPORT_NAME
-    atomic_write_bytes(path, page.encode("utf-8"))
+    atomic_write_bytes(path, readable(page).encode("utf-8"))  # file names that are not UTF-8 shown as \xNN
     return path

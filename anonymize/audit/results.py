@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anonymize.io.manifest import readable, readable_values
 from anonymize.io.write import atomic_write_bytes
 
 AUDIT_PARQUET_NAME = "audit.parquet"
@@ -61,8 +62,17 @@ ROW_SCHEMA = pa.schema(
 )
 
 
+def _text(value: Any) -> Any:
+    """File names that are not UTF-8 (surrogate escapes) as readable text, as the run's manifest writes them."""
+    if isinstance(value, str):
+        return readable(value)
+    if isinstance(value, list):
+        return [_text(item) for item in value]
+    return value
+
+
 def rows_table(rows: Sequence[Mapping[str, Any]], metadata: Mapping[str, str] | None = None) -> pa.Table:
-    columns = {name: [row.get(name) for row in rows] for name in ROW_SCHEMA.names}
+    columns = {name: [_text(row.get(name)) for row in rows] for name in ROW_SCHEMA.names}
     table = pa.Table.from_pydict(columns, schema=ROW_SCHEMA)
     if metadata:
         table = table.replace_schema_metadata({key.encode(): value.encode() for key, value in metadata.items()})
@@ -77,7 +87,8 @@ def write_rows(path: Path, rows: Sequence[Mapping[str, Any]], metadata: Mapping[
 
 
 def write_summary(path: Path, summary: Mapping[str, Any]) -> Path:
-    atomic_write_bytes(path, (json.dumps(summary, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+    text = json.dumps(readable_values(summary), indent=2, sort_keys=False)  # no lone surrogate from a non-UTF-8 name
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
     return path
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from anonymize.audit.report_folder import OwnedFolder, ReportFolders
+from anonymize.io.manifest import readable
 from anonymize.io.write import atomic_write_bytes
 
 STUDY_PAGE = "study.html"
@@ -69,13 +71,24 @@ def _face_name(row: Mapping[str, Any]) -> str:
     return f"{row['source_path']}#{row['face_index']}"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@")  # what a spreadsheet reads as the start of a formula (OWASP: CSV injection)
+
+
+def _cell(text: str) -> str:
+    """A text cell of the answer key: file names that are not UTF-8 as ``\\xNN``, and a cell a spreadsheet would
+    run as a formula (a file or folder named ``=HYPERLINK(...)``) prefixed with ``'``, so that it shows as text."""
+    text = readable(text)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 def answer_key_csv(pairs: Sequence[StudyPair]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["pair", "answer", "left_original", "right_anonymized_from", "left_identity", "right_identity"])
     for pair in pairs:
-        writer.writerow([pair.number, pair.answer, _face_name(pair.original), _face_name(pair.anonymized),
-                         pair.original.get("identity") or "", pair.anonymized.get("identity") or ""])
+        texts = [_face_name(pair.original), _face_name(pair.anonymized),
+                 str(pair.original.get("identity") or ""), str(pair.anonymized.get("identity") or "")]
+        writer.writerow([pair.number, pair.answer, *(_cell(text) for text in texts)])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -111,22 +124,22 @@ first impression and do not go back. Write down or hand in your answers by pair 
 
 
 def write_study(report_dir: Path, pairs: Sequence[StudyPair],
-                crop: Callable[[Mapping[str, Any], str], bytes | None]) -> tuple[Path, Path]:
-    """Write the page, its thumbnails (``crop(row, "original" | "anonymized")`` -> JPEG) and the answer key."""
-    folder = report_dir / STUDY_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.jpg"):  # our own folder: an earlier kit's faces must not linger
-        stale.unlink()
+                crop: Callable[[Mapping[str, Any], str], bytes | None], folder: OwnedFolder | None = None) -> tuple[Path, Path]:
+    """Write the page, its thumbnails (``crop(row, "original" | "anonymized")`` -> JPEG) and the answer key.
+
+    The thumbnails go into ``folder`` (default: ``<report_dir>/study-pairs`` claimed here): the audit's own
+    folder, opened without following links, where only what an earlier audit wrote is removed
+    (:mod:`anonymize.audit.report_folder`)."""
+    if folder is None:
+        with ReportFolders(report_dir).claim(STUDY_DIR) as claimed:
+            return write_study(report_dir, pairs, crop, claimed)
     images: list[tuple[str, str] | None] = []
     for pair in pairs:
         left, right = crop(pair.original, "original"), crop(pair.anonymized, "anonymized")
         if left is None or right is None:
             images.append(None)
             continue
-        names = (f"{pair.number:03d}-a.jpg", f"{pair.number:03d}-b.jpg")
-        atomic_write_bytes(folder / names[0], left)
-        atomic_write_bytes(folder / names[1], right)
-        images.append((f"{STUDY_DIR}/{names[0]}", f"{STUDY_DIR}/{names[1]}"))
+        images.append((folder.write(f"{pair.number:03d}-a.jpg", left), folder.write(f"{pair.number:03d}-b.jpg", right)))
     shown = [pair for pair, image in zip(pairs, images) if image is not None]
     page = report_dir / STUDY_PAGE
     atomic_write_bytes(page, study_page(pairs, images).encode("utf-8"))

@@ -5,7 +5,6 @@ A plain function; :mod:`anonymize.cli.attributes` registers it in the ``attribut
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Optional
@@ -15,7 +14,7 @@ import typer
 from rich.table import Table
 
 from anonymize.attributes.table import AttributeTable
-from anonymize.cli.console import fail, stdout
+from anonymize.cli.console import fail, print_json, shown, stdout
 
 
 def _names(value: str | None) -> list[str]:
@@ -69,7 +68,7 @@ def attribute_privacy(
                "reference": str(reference) if reference is not None else None, "steps": steps,
                "output": str(output) if output is not None else None}
     if as_json:
-        stdout.print_json(json.dumps(summary))
+        print_json(summary)
         return
     _print(summary)
 
@@ -85,7 +84,7 @@ def _fmt(value: object) -> str:
 def _print(summary: dict) -> None:
     heuristic = " (heuristic estimates)" if summary["heuristic"] else ""
     steps = summary["steps"]
-    grid = Table(title=f"{summary['table']}: {summary['faces']} faces, source {summary['source']}{heuristic}")
+    grid = Table(title=f"{shown(summary['table'])}: {summary['faces']} faces, source {shown(summary['source'])}{heuristic}")
     grid.add_column("figure", style="bold")
     for step in steps:
         grid.add_column(step["step"], justify="right")
@@ -98,7 +97,8 @@ def _print(summary: dict) -> None:
     for label, key in rows:
         grid.add_row(label, *(_fmt(step[key]) for step in steps))
     for name in first["t"]:
-        grid.add_row(f"t {name}", *(_fmt(step["t"][name]) for step in steps))
+        grid.add_row(f"t {shown(name)}", *(_fmt(step["t"][name]) for step in steps))
     grid.add_row("values flipped", *(_fmt(step.get("flips")) for step in steps))
     stdout.print(grid)
-    stdout.print(f"quasi-identifiers: {', '.join(first['quasi_identifiers'])}; sensitive: {', '.join(first['sensitive']) or 'none'}")
+    stdout.print(f"quasi-identifiers: {shown(', '.join(first['quasi_identifiers']))}; "
+                 f"sensitive: {shown(', '.join(first['sensitive'])) or 'none'}", soft_wrap=True)

@@ -8,7 +8,6 @@ aligned exactly as ``anonymize run`` finds them (same --detector, --aligned), so
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -23,7 +22,7 @@ from anonymize.attributes.io import concat_attribute_tables, write_attribute_tab
 from anonymize.attributes.sources import SOURCES, create_source
 from anonymize.attributes.table import AttributeTable
 from anonymize.cli.app import app
-from anonymize.cli.console import DefaultCommandGroup, Device, console, fail, progress_bar, stdout
+from anonymize.cli.console import DefaultCommandGroup, Device, console, fail, print_json, progress_bar, shown, stdout
 from anonymize.cli.run import parse_options  # -p KEY=VALUE, parsed as `run` parses it
 from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
@@ -72,7 +71,7 @@ def _batches(collector: FaceCollector, quiet: bool) -> Iterator[list[FaceCrop]]:
         yield from collector.batches(advance=lambda faces: bar.advance(task, 1))
     if not quiet:
         for error in collector.errors:
-            console.print(f"[yellow]skipped:[/] {error}", soft_wrap=True, highlight=False)
+            console.print(f"[yellow]skipped:[/] {shown(error)}", soft_wrap=True, highlight=False)
 
 
 def _summary(table: AttributeTable, collector: FaceCollector, out: Path) -> dict[str, object]:
@@ -128,17 +127,17 @@ def estimate_command(
     write_attribute_table(out, table)
     summary = _summary(table, collector, out)
     if as_json:
-        stdout.print_json(json.dumps(summary))
+        print_json(summary)
         return
-    grid = Table(title=f"anonymize attributes ({table.source}{', heuristic' if table.heuristic else ''})")
+    grid = Table(title=f"anonymize attributes ({shown(table.source)}{', heuristic' if table.heuristic else ''})")
     grid.add_column("attribute", style="bold")
     grid.add_column("present", justify="right")
     for name, share in summary["present"].items():  # type: ignore[union-attr]
-        grid.add_row(name, f"{share:.0%}")
+        grid.add_row(shown(name), f"{share:.0%}")
     stdout.print(grid)
     stdout.print(f"{len(table.keys)} faces in {collector.images} images ({len(collector.without_face)} without a face, "
                  f"{len(collector.errors)} errors); detector: {collector.detector_used}", soft_wrap=True)
-    stdout.print(f"table: {out}", soft_wrap=True)
+    stdout.print(f"table: {shown(out)}", soft_wrap=True)
 
 
 @attributes_app.command("fit")
@@ -187,6 +186,6 @@ def fit_command(
     summary = {"heads": str(target), "faces": len(keys), "attributes": {name: {"positives": int(p), "labelled": int(n)}
                for name, p, n in zip(heads.names, heads.positives, heads.labelled)}}
     if as_json:
-        stdout.print_json(json.dumps(summary))
+        print_json(summary)
         return
-    stdout.print(f"{len(heads.names)} heads fitted on {len(keys)} labelled faces: {target}", soft_wrap=True)
+    stdout.print(f"{len(heads.names)} heads fitted on {len(keys)} labelled faces: {shown(target)}", soft_wrap=True)

@@ -6,7 +6,6 @@ and ``anonymize audit compare``: several audited runs in one table, in the paper
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -22,7 +21,7 @@ from anonymize.audit.format import attribute_line, format_value, judge_rates, nu
 from anonymize.audit.human import PRIVACY_GOALS
 from anonymize.audit.summary import AuditSample, AuditSummary
 from anonymize.cli.app import app
-from anonymize.cli.console import DefaultCommandGroup, Device, fail, progress_bar, stdout
+from anonymize.cli.console import DefaultCommandGroup, Device, fail, print_json, progress_bar, shown, stdout
 from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import DETECTORS
 from anonymize.weights import WeightsError
@@ -70,7 +69,7 @@ class RichAuditProgress(AuditProgress):
 
     def message(self, text: str) -> None:
         if not self.quiet:
-            self.bar.console.print(text, soft_wrap=True)
+            self.bar.console.print(shown(text), soft_wrap=True)
 
 
 def method_audited(summary: AuditSummary) -> str:
@@ -116,61 +115,65 @@ def print_audit_summary(result: AuditResult) -> None:
     table = Table(title="anonymize audit", show_header=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    table.add_row("method audited", method_audited(summary))
-    table.add_row(*gated_row(summary))
-    table.add_row("released images", str(summary.outputs))
+
+    def add(label: str, value: str) -> None:
+        table.add_row(label, shown(value))  # values name files, options and models: never read as markup
+
+    add("method audited", method_audited(summary))
+    add(*gated_row(summary))
+    add("released images", str(summary.outputs))
     if summary.sample is not None:
-        table.add_row("sample", sample_line(summary.sample))
-    table.add_row("faces audited", str(summary.faces))
-    table.add_row("detector", f"{summary.detector} ({summary.detector_reason})")
+        add("sample", sample_line(summary.sample))
+    add("faces audited", str(summary.faces))
+    add("detector", f"{summary.detector} ({summary.detector_reason})")
     roles = summary.recogniser_roles
-    table.add_row("privacy goal", f"{summary.privacy_goal} ({summary.privacy_goal_source})")
-    table.add_row("recognisers", f"white-box (in the method's loss): {', '.join(roles.white_box) or 'none recorded'}; "
-                                 f"judges: {', '.join(roles.judges) or 'none'}")
+    add("privacy goal", f"{summary.privacy_goal} ({summary.privacy_goal_source})")
+    add("recognisers", f"white-box (in the method's loss): {', '.join(roles.white_box) or 'none recorded'}; "
+                       f"judges: {', '.join(roles.judges) or 'none'}")
     human = summary.human_goal
     if human is not None:
         change = human.visual_change
         tar = " / ".join(percent(item.tar) for item in human.tar_at_far.values())
-        table.add_row("TAR at FAR 0.01 / 0.1", tar + (f" ({human.tar_note})" if human.tar_note else ""))
-        table.add_row("rank-1 among originals", percent(human.rank1_rate))
-        table.add_row("visual change (face box)", f"PSNR {significant(change.psnr_face_db, ' dB')}, SSIM {significant(change.ssim_face, '')}; "
-                                                  f"{change.too_similar} face(s) above the ceiling")
-    table.add_row("rank-1 identification", f"{percent(reid.rank1_rate)} (chance {percent(reid.rank1_chance)})")
-    table.add_row("still detected in output", percent(summary.detection.rate))
+        add("TAR at FAR 0.01 / 0.1", tar + (f" ({human.tar_note})" if human.tar_note else ""))
+        add("rank-1 among originals", percent(human.rank1_rate))
+        add("visual change (face box)", f"PSNR {significant(change.psnr_face_db, ' dB')}, SSIM {significant(change.ssim_face, '')}; "
+                                        f"{change.too_similar} face(s) above the ceiling")
+    add("rank-1 identification", f"{percent(reid.rank1_rate)} (chance {percent(reid.rank1_chance)})")
+    add("still detected in output", percent(summary.detection.rate))
     if summary.detection_by_detector:
-        table.add_row("... per detector (default thresholds)",
-                      ", ".join(f"{name} {percent(item.rate)}" for name, item in summary.detection_by_detector.items()))
+        add("... per detector (default thresholds)",
+            ", ".join(f"{name} {percent(item.rate)}" for name, item in summary.detection_by_detector.items()))
     for name, entry in summary.recognisers.items():
         if entry.tpr_at_far:
-            table.add_row(f"{name}: TPR at FAR 0.001 / 0.01 / 0.1", " / ".join(percent(tpr.tpr) for tpr in entry.tpr_at_far.values())
-                          + f" (mean rank {entry.mean_rank:.2f})")
-    table.add_row("missed faces", str(summary.missed_faces.count))
+            add(f"{name}: TPR at FAR 0.001 / 0.01 / 0.1", " / ".join(percent(tpr.tpr) for tpr in entry.tpr_at_far.values())
+                + f" (mean rank {entry.mean_rank:.2f})")
+    add("missed faces", str(summary.missed_faces.count))
     possible = summary.possible_faces
     if possible.count:
         ruled = f", {possible.ruled_out} ruled out by {possible.mesh}" if possible.ruled_out is not None else ""
-        table.add_row("possible faces", f"{possible.count} (one detector only, not confirmed); {possible.unchanged} left unchanged{ruled}; "
-                                        f"{possible.counted if possible.counted is not None else 'n/a'} gated (max {summary.thresholds.max_possible_faces})")
-    table.add_row("attribute privacy", attribute_line(summary.attributes))
-    table.add_row("metadata leaks", str(summary.metadata.leaks))
-    table.add_row("not audited", str(summary.unaudited.count))
-    table.add_row("PSNR / SSIM outside faces", f"{number(quality.psnr_outside_db, 1, ' dB')} / {number(quality.ssim_outside, 4)}")
-    table.add_row("FID", number(quality.fid, 2) if quality.fid is not None else quality.fid_status)
+        add("possible faces", f"{possible.count} (one detector only, not confirmed); {possible.unchanged} left unchanged{ruled}; "
+                              f"{possible.counted if possible.counted is not None else 'n/a'} gated (max {summary.thresholds.max_possible_faces})")
+    add("attribute privacy", attribute_line(summary.attributes))
+    add("metadata leaks", str(summary.metadata.leaks))
+    add("not audited", str(summary.unaudited.count))
+    add("PSNR / SSIM outside faces", f"{number(quality.psnr_outside_db, 1, ' dB')} / {number(quality.ssim_outside, 4)}")
+    add("FID", number(quality.fid, 2) if quality.fid is not None else quality.fid_status)
     check = summary.identity_check
     if check.available:
-        table.add_row("identity check", f"same {check.mean_same:.3f} vs different {check.mean_different:.3f}, "
-                                        f"ROC AUC {check.roc_auc:.3f}")
+        add("identity check", f"same {check.mean_same:.3f} vs different {check.mean_different:.3f}, "
+                              f"ROC AUC {check.roc_auc:.3f}")
     stdout.print(table)
     if reid.rank1_meaning:
-        stdout.print(f"rank-1: {reid.rank1_meaning}", soft_wrap=True)
+        stdout.print(f"rank-1: {shown(reid.rank1_meaning)}", soft_wrap=True)
     for warning in summary.warnings:
-        stdout.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
+        stdout.print(f"[yellow]warning:[/] {shown(warning)}", soft_wrap=True)
     if result.passed:
         stdout.print("[bold green]PASS[/]: no threshold crossed")
     else:
-        stdout.print("[bold red]FAIL[/]: " + "; ".join(result.crossed), soft_wrap=True)
+        stdout.print("[bold red]FAIL[/]: " + shown("; ".join(result.crossed)), soft_wrap=True)
     for label, path in (("parquet", result.parquet_path), ("summary", result.summary_path), ("report", result.report_path)):
         if path is not None:
-            stdout.print(f"{label}: {path}", soft_wrap=True)
+            stdout.print(f"{label}: {shown(path)}", soft_wrap=True)
 
 
 @audit_app.command("check")
@@ -269,7 +272,7 @@ def audit_command(
     except (AnonymizeError, WeightsError) as exc:  # AuditError, and DeviceError for --device cuda without CUDA
         fail(str(exc), as_json=as_json)
     if as_json:
-        stdout.print_json(json.dumps(result.summary.to_json(), default=str))
+        print_json(result.summary.to_json())
     elif not quiet:
         print_audit_summary(result)
     code = gate_exit_code(result.passed, report_only and not fail_on_leak)
@@ -296,14 +299,14 @@ def compare_command(
     except AuditError as exc:
         fail(str(exc))
     if as_json:
-        stdout.print_json(json.dumps({**comparison_json(comparison), "report_path": str(report_path) if report_path else None}))
+        print_json({**comparison_json(comparison), "report_path": str(report_path) if report_path else None})
         return
     columns = selected_columns(comparison, all_columns)
     table = Table(title="anonymize audit compare")
     table.add_column("run", style="bold", no_wrap=True)
     for _, label in columns:
         table.add_column(label, justify="right", no_wrap=True)
-    cells = [[run.label, *(format_value(run.figures.get(key)) for key, _ in columns)] for run in comparison.runs]
+    cells = [[shown(run.label), *(format_value(run.figures.get(key)) for key, _ in columns)] for run in comparison.runs]
     for row in cells:
         table.add_row(*row)
     headers = ["run", *(label for _, label in columns)]
@@ -311,9 +314,9 @@ def compare_command(
     wide = Console(file=stdout.file, width=max(stdout.width, sum(widths) + 3 * len(widths) + 1), highlight=False)
     wide.print(table)  # one line per run, however wide the table
     for label, text in legend(comparison, columns):
-        stdout.print(f"[bold]{label}[/]: {text}", soft_wrap=True, highlight=False)
+        stdout.print(f"[bold]{shown(label)}[/]: {shown(text)}", soft_wrap=True, highlight=False)
     if report_path is not None:
-        stdout.print(f"report: {report_path}", soft_wrap=True)
+        stdout.print(f"report: {shown(report_path)}", soft_wrap=True)
 
 
 @audit_app.command("preview")
@@ -330,10 +333,10 @@ def preview_command(
     from anonymize.audit.preview import write_preview
 
     try:
-        path, shown = write_preview(original_dir, anon_dir, count, seed, out, manifest)
+        path, count_shown = write_preview(original_dir, anon_dir, count, seed, out, manifest)
     except AuditError as exc:
         fail(str(exc), as_json=as_json)
     if as_json:
-        stdout.print_json(json.dumps({"preview": str(path), "pairs": shown}))
+        print_json({"preview": str(path), "pairs": count_shown})
         return
-    stdout.print(f"preview: {path} ({shown} pairs; it shows original faces: keep it private)", soft_wrap=True)
+    stdout.print(f"preview: {shown(path)} ({count_shown} pairs; it shows original faces: keep it private)", soft_wrap=True)

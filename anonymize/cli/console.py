@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 from rich.console import Console
+from rich.markup import escape
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -22,8 +23,35 @@ stdout = Console(highlight=False, soft_wrap=True)
 EXIT_USAGE = 2
 
 
+def shown(value: object) -> str:
+    """A user-supplied value (a file name, a path, an option) ready to go inside a Rich markup string:
+    undecodable file-name bytes written ``\\xNN`` (stdout cannot encode them) and ``[`` escaped, so
+    that a file named ``[bold]x.jpg`` or ``a[/]b.jpg`` prints as itself."""
+    from anonymize.io.manifest import readable  # PyArrow: only once something is printed
+
+    return escape(readable(str(value)))
+
+
+def json_text(value: Any) -> str:
+    """``value`` as JSON, every string readable (undecodable bytes as ``\\xNN``): what ``--json`` prints."""
+    from anonymize.io.manifest import readable_values
+
+    return json.dumps(readable_values(value))
+
+
+def print_json(value: Any) -> None:
+    """The ``--json`` summary on stdout (see :func:`json_text`)."""
+    stdout.print_json(json_text(value))
+
+
 def report_error(message: str, code: int = EXIT_USAGE, as_json: bool = False) -> int:
     """Print ``error: <message>`` on stderr (and the JSON error object on stdout with ``as_json``); returns ``code``."""
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: its bytes as \xNN
+        from anonymize.io.manifest import readable
+
+        message = readable(message)
     console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
     if as_json:
         stdout.out(json.dumps({"error": message, "exit_code": code}), highlight=False)

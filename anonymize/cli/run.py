@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
@@ -15,7 +14,7 @@ from rich.text import Text
 
 from anonymize.adversarial import AdversarialError, split_adversarial_options
 from anonymize.cli.app import app
-from anonymize.cli.console import Device, fail, progress_bar, stdout
+from anonymize.cli.console import Device, fail, print_json, progress_bar, shown, stdout
 from anonymize.errors import AnonymizeError
 from anonymize.faces.detect import CHOICES as DETECTORS
 from anonymize.io.store import StoreError, location, uses_store
@@ -25,6 +24,8 @@ from anonymize.run import RunConfig, RunError, RunSummary, default_output_dir, r
 from anonymize.weights import WeightsError
 
 EXIT_ERROR_ROWS = 4  # the run finished, but some images are error rows (not written, faces not anonymized)
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+INTERRUPTED = "interrupted: re-run the same command to resume"
 
 MethodName = Enum("MethodName", {name: name for name in METHODS}, type=str)
 DetectorName = Enum("DetectorName", {name: name for name in DETECTORS}, type=str)
@@ -106,7 +107,7 @@ class RichProgress(PipelineProgress):
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.bar.console.print(text, soft_wrap=True, highlight=False)
+            self.bar.console.print(Text(text), soft_wrap=True, highlight=False)
 
     def download(self, label: str, done: int, total: int | None) -> None:
         if self._download is None:  # its own bar, gone once the file is here
@@ -169,10 +170,10 @@ def _print_summary(summary: RunSummary) -> None:
         table.add_row("before the first image", f"imports {summary.stages['imports_s']:.1f} s, set-up {summary.stages['setup_s']:.1f} s")
     stdout.print(table)
     if summary.privacy_note:
-        stdout.print(f"[yellow]{summary.privacy_note}[/]", soft_wrap=True)
+        stdout.print(f"[yellow]{shown(summary.privacy_note)}[/]", soft_wrap=True)
     if not summary.dry_run:
-        stdout.print(f"output:   {summary.output_dir}", soft_wrap=True)
-        stdout.print(f"manifest: {summary.manifest_path}", soft_wrap=True)
+        stdout.print(f"output:   {shown(summary.output_dir)}", soft_wrap=True)
+        stdout.print(f"manifest: {shown(summary.manifest_path)}", soft_wrap=True)
 
 
 @app.command("run")
@@ -289,6 +290,8 @@ def run_command(
     try:
         with RichProgress(quiet or as_json) as progress:
             summary = run(config, progress)
+    except KeyboardInterrupt:  # Ctrl-C: what was written is kept (parts, outputs) and the next run resumes it
+        fail(INTERRUPTED, EXIT_INTERRUPTED, as_json=as_json)
     except (AnonymizeError, MethodError, WeightsError) as exc:
         fail(str(exc), as_json=as_json)
     except OSError as exc:  # the environment (disk full, read-only, no permission): one line, never a traceback
@@ -309,13 +312,13 @@ def run_command(
             code = EXIT_THRESHOLD_CROSSED
     report["exit_code"] = code
     if as_json:
-        stdout.print_json(json.dumps(report, default=str))
+        print_json(report)
     elif not quiet:
         if dry_run:
             print_dry_run_files(progress.files)
         _print_summary(summary)
         if report.get("preview"):
-            stdout.print(f"preview:  {report['preview']} (it shows original faces: keep it private)", soft_wrap=True)
+            stdout.print(f"preview:  {shown(report['preview'])} (it shows original faces: keep it private)", soft_wrap=True)
         if audit_result is not None:
             from anonymize.cli.audit import print_audit_summary
 

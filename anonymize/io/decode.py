@@ -201,7 +201,8 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
 
     try:
         upright = _apply_exif_orientation(image)
-        rgb, alpha, icc_profile = _to_rgb_and_alpha(upright, icc_profile)
+        rgb, alpha, icc_profile, conversion = _to_rgb_and_alpha(upright, icc_profile, _wide_gray_depth(image, image_format))
+        note = note or conversion
         gray16 = np.array(upright, dtype=np.uint16) if upright.mode in _SIXTEEN_BIT_MODES and image_format in ("PNG", "TIFF") else None
     except MemoryError as exc:
         raise ImageDecodeError(name, f"not enough memory to convert a {width}x{height} image") from exc
@@ -231,6 +232,23 @@ def _sixteen_bit_colour_note(image: Image.Image, image_format: str) -> str | Non
     return None
 
 
+def _wide_gray_depth(image: Image.Image, image_format: str) -> int | None:
+    """Bits per sample of 32-bit float gray (any format) and of integer gray that Pillow reads as mode ``I``
+    from a TIFF (32-bit, or signed 16-bit); None for anything else."""
+    if image.mode == "F":
+        return _tiff_bits(image) or 32
+    if image.mode == "I" and image_format == "TIFF":
+        return _tiff_bits(image) or 32
+    return None
+
+
+def _tiff_bits(image: Image.Image) -> int | None:
+    bits = image.tag_v2.get(258) if hasattr(image, "tag_v2") else None
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return bits if isinstance(bits, int) else None
+
+
 def _png_bit_depth(image: Image.Image) -> int:
     position = image.fp.tell()
     try:
@@ -251,29 +269,34 @@ def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     return upright if upright is not None else image
 
 
-def _to_rgb_and_alpha(image: Image.Image, icc_profile: bytes | None) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
-    """8-bit RGB (+ alpha) pixels and the ICC profile that still describes them (or None)."""
+def _to_rgb_and_alpha(image: Image.Image, icc_profile: bytes | None, wide_depth: int | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None, bytes | None, str | None]:
+    """8-bit RGB (+ alpha) pixels, the ICC profile that still describes them (or None), and the note of a
+    conversion the output cannot undo (32-bit gray to 8-bit; ``wide_depth``: see :func:`_wide_gray_depth`)."""
     mode = image.mode
     has_transparency_info = image.info.get("transparency") is not None
     gray_profile = icc_profile if _icc_colour_space(icc_profile) == b"GRAY" else None
     rgb_profile = icc_profile if _icc_colour_space(icc_profile) == b"RGB " else None
 
+    if wide_depth is not None and mode in ("I", "F"):
+        gray, note = _thirty_two_bit_gray_to_uint8(np.asarray(image), mode, wide_depth)
+        return _gray_to_rgb(gray), None, gray_profile, note
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         gray = _wide_gray_to_uint8(np.asarray(image), mode)
-        return _gray_to_rgb(gray), None, gray_profile
+        return _gray_to_rgb(gray), None, gray_profile, None
     if mode in ("1", "L", "LA", "La"):
         if mode in ("LA", "La") or has_transparency_info:
             rgba = np.asarray(image.convert("RGBA"))
-            return _gray_to_rgb(rgba[..., 0]), np.ascontiguousarray(rgba[..., 3]), gray_profile
-        return _gray_to_rgb(np.asarray(image.convert("L"))), None, gray_profile
+            return _gray_to_rgb(rgba[..., 0]), np.ascontiguousarray(rgba[..., 3]), gray_profile, None
+        return _gray_to_rgb(np.asarray(image.convert("L"))), None, gray_profile, None
     if mode == "CMYK":
-        return np.asarray(_cmyk_to_rgb(image, icc_profile)), None, None
+        return np.asarray(_cmyk_to_rgb(image, icc_profile)), None, None, None
     if mode in ("HSV", "LAB"):  # Pillow's conversions from these to RGB are not colorimetric
         raise ValueError("unsupported pixel mode")
     if mode in _ALPHA_MODES or has_transparency_info:
         rgba = np.asarray(image.convert("RGBA"))
-        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), rgb_profile
-    return np.asarray(image.convert("RGB")), None, rgb_profile
+        return np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), rgb_profile, None
+    return np.asarray(image.convert("RGB")), None, rgb_profile, None
 
 
 def _writable(pixels: np.ndarray) -> np.ndarray:
@@ -302,6 +325,34 @@ def _wide_gray_to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
     if low >= 0.0 and high <= 1.0:
         return np.round(finite * 255.0).astype(np.uint8)
     return _stretch_to_uint8(finite, low, high)
+
+
+def _thirty_two_bit_gray_to_uint8(values: np.ndarray, mode: str, depth: int) -> tuple[np.ndarray, str]:
+    """32-bit integer (or signed 16-bit) and float gray to 8 bits, by an explicit rule the note states:
+
+    * integers already in 0..255 are kept as they are (a constant 100 stays 100, never stretched to black);
+    * floats in 0..1 are scaled by 255 (the usual convention for float images);
+    * anything else is stretched over the image's own range, min -> 0 and max -> 255;
+    * a constant image outside those ranges has no range to stretch: its value is clipped into 0..255.
+
+    NaN and infinite floats are read as 0 (and the note says so).
+    """
+    kind = "float" if mode == "F" else "integer"
+    prefix = f"{depth}-bit {kind} gray written as 8-bit: "
+    numbers = values.astype(np.float64)
+    finite = np.isfinite(numbers)
+    suffix = "" if finite.all() else "; NaN and infinite values read as 0"
+    numbers = np.where(finite, numbers, 0.0)
+    low, high = float(numbers.min()), float(numbers.max())
+    show = (lambda value: str(int(value))) if mode == "I" else (lambda value: f"{value:g}")
+    if mode == "I" and low >= 0 and high <= 255:
+        return numbers.astype(np.uint8), prefix + "values in 0..255 kept" + suffix
+    if mode == "F" and low >= 0.0 and high <= 1.0:
+        return np.round(numbers * 255.0).astype(np.uint8), prefix + "0..1 scaled to 0..255" + suffix
+    if high <= low:
+        clipped = int(np.clip(np.round(low), 0, 255))
+        return np.full(numbers.shape, clipped, np.uint8), prefix + f"constant {show(low)} clipped to {clipped}" + suffix
+    return _stretch_to_uint8(numbers, low, high), prefix + f"range {show(low)}..{show(high)} stretched to 0..255" + suffix
 
 
 def _stretch_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:

@@ -91,6 +91,20 @@ def readable(text: str) -> str:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def readable_values(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, scalars) with every string, key included, made :func:`readable`;
+    any other object becomes its readable ``str`` (as ``json.dumps(default=str)`` would show it)."""
+    if isinstance(value, str):
+        return readable(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, Mapping):
+        return {readable(str(key)): readable_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [readable_values(item) for item in value]
+    return readable(str(value))
+
+
 def normalise_row(row: Mapping[str, Any], schema: pa.Schema = CORE_SCHEMA) -> dict[str, Any]:
     """Fill every schema column; metrics outside its columns go to ``extra_metrics`` as JSON."""
     known = set(schema.names)

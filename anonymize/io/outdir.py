@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from anonymize.errors import AnonymizeError
 from anonymize.io.store import StorePath
-from anonymize.io.write import TEMPORARY_NAME, atomic_write_bytes, open_folder_in, write_in_folder
+from anonymize.io.write import TEMPORARY_NAME, atomic_write_bytes, open_folder_in, temporary_name, write_in_folder
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,34 @@ def write_marker(out_dir: Path | StorePath, settings: dict[str, Any]) -> None:
     folder = open_folder_in(out_dir, (WORK_DIR_NAME,))
     try:
         write_in_folder(folder, MARKER_NAME, payload.encode("utf-8"))
+    finally:
+        os.close(folder)
+
+
+def probe_writable(path: Path | StorePath, out_dir: Path | StorePath) -> None:
+    """Raise OSError unless a file can be created where ``path`` goes (``--manifest``): its folder is created
+    and a temporary file made there and removed, before the first image, so a folder that cannot be made,
+    a read-only disk or a missing bucket stop the run at once, not after all the work. Below ``out_dir`` the
+    folders are opened without following links, like every other write into the output tree."""
+    if isinstance(path, StorePath):
+        probe = path.parent / temporary_name(path.name)
+        atomic_write_bytes(probe, b"")
+        probe.unlink(missing_ok=True)
+        return
+    path = Path(path)
+    try:
+        below = path.parent.relative_to(out_dir) if isinstance(out_dir, Path) else None
+    except ValueError:
+        below = None
+    if below is not None:
+        folder = open_folder_in(Path(out_dir), below.parts)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        name = temporary_name(path.name)
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder))
+        os.unlink(name, dir_fd=folder)
     finally:
         os.close(folder)
 

@@ -1,8 +1,10 @@
-"""Folders and files named by URI (``s3://``, ``gs://``, ``file://``), reached through pyarrow's file systems.
+"""Folders and files named by URI (``s3://``, ``gs://``), reached through pyarrow's file systems.
 
 Only what is written as ``scheme://...`` comes here; a plain local path stays a :class:`~pathlib.Path`
 and keeps the descriptor-based, no-follow code of :mod:`anonymize.io.write` and
-:mod:`anonymize.io.outdir`. A :class:`StorePath` is the URI the user gave (its *root*) plus a path
+:mod:`anonymize.io.outdir`, and so does a ``file://`` (or ``local://``) URI: it names this machine's
+disk, where links, loops and FIFOs exist, so :func:`location` turns it into the plain path it names
+(the local walk, the no-follow writes and the ``flock`` lock apply). A :class:`StorePath` is the URI the user gave (its *root*) plus a path
 relative to it. It holds no connection: each process opens the file system from the root URI
 itself, once (:func:`file_system_of`), so a Ray worker receives two strings, never a live client,
 and uses its own credentials. Credentials and endpoints come from pyarrow's usual sources: the
@@ -16,6 +18,7 @@ URI (without its query, which may hold secrets) and whose ``strerror`` is the ca
 from __future__ import annotations
 
 import errno
+import os
 import posixpath
 import re
 from collections.abc import Iterator
@@ -23,7 +26,7 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Union
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 import pyarrow as pa
 from pyarrow import fs as pafs
@@ -52,13 +55,34 @@ def is_uri(text: str | Path) -> bool:
     return isinstance(text, str) and bool(_URI.match(text))
 
 
+LOCAL_SCHEMES = frozenset({"file", "local"})  # URIs of this machine's disk (pyarrow's LocalFileSystem)
+
+
 def location(text: str | Path) -> Path | StorePath:
-    """A folder or file as the user wrote it: a :class:`StorePath` for a URI, else a local ``Path``."""
+    """A folder or file as the user wrote it: a :class:`StorePath` for a URI of a store, else a local ``Path``
+    (a ``file://`` URI included: see the module doc)."""
     if isinstance(text, Path) or not is_uri(text):
         return Path(text)
+    local = local_path_of_uri(text)
+    if local is not None:
+        return local
     path = StorePath(_with_store_defaults(text))
     path.file_system()  # an unknown scheme, a missing bucket name or an unusable query fails here, in one line
     return path
+
+
+def local_path_of_uri(uri: str) -> Path | None:
+    """The plain path a ``file:///abs/path`` URI names (percent escapes decoded to the exact bytes of the
+    name, UTF-8 or not; the query ignored, as pyarrow does), or None for a URI of another scheme."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in LOCAL_SCHEMES:
+        return None
+    if parts.netloc:
+        raise StoreError(shown_uri(uri), "a file URI names a path on this machine, with no host: file:///absolute/path")
+    name = os.fsdecode(unquote_to_bytes(parts.path))
+    if not name.startswith("/"):
+        raise StoreError(shown_uri(uri), "a file URI needs an absolute path: file:///absolute/path")
+    return Path(name)
 
 
 def _with_store_defaults(uri: str) -> str:
@@ -147,7 +171,13 @@ class StorePath:
 
     @property
     def parent(self) -> StorePath:
-        return StorePath(self.root, self.parts[:-1]) if self.parts else self
+        """The folder this path is in; for the root itself, the folder above it (``s3://b/m.parquet`` -> ``s3://b``,
+        the same query), so that a file named by URI (``--manifest``) gets its temporary beside it, never inside it."""
+        if self.parts:
+            return StorePath(self.root, self.parts[:-1])
+        split = urlsplit(self.root)
+        path = split.path.rstrip("/")
+        return StorePath(split._replace(path=posixpath.dirname(path)).geturl()) if "/" in path else self
 
     @property
     def parents(self) -> tuple[StorePath, ...]:

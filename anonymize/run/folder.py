@@ -15,7 +15,7 @@ from typing import Any
 from anonymize.errors import RunError
 from anonymize.io.manifest import MANIFEST_NAME, STATUS_SKIPPED, WORK_DIR_NAME, read_manifest, recover_previous_rows
 from anonymize.io.outdir import (OutputFolderBusy, OutputLock, StoreLock, acquire_lock, probe_lock, read_marker,
-                                 remove_stale_temporaries, write_marker)
+                                 probe_writable, remove_stale_temporaries, write_marker)
 from anonymize.io.storage import PLANS_DIR_NAME
 from anonymize.io.store import Location, StorePath, bucket_missing, is_within, uses_store
 from anonymize.run.prepare import PreviousRows
@@ -189,6 +189,11 @@ class OutputFolder:
         except OSError as exc:
             self.release()
             raise RunError(f"{out}: cannot write into the output folder ({exc.strerror or exc})") from None
+        try:
+            probe_writable(self.manifest_path, out)  # and the manifest's place: a --manifest elsewhere too
+        except OSError as exc:
+            self.release()
+            raise RunError(f"{self.manifest_path}: cannot write the manifest there ({exc.strerror or exc}); nothing was processed") from None
 
     def release(self) -> None:
         if self.lock is not None:
@@ -201,11 +206,19 @@ class OutputFolder:
             rows = recover_previous_rows(self.path, self.manifest_path)
         except OSError as exc:
             raise RunError(f"{self.manifest_path}: cannot merge the earlier manifest ({exc.strerror or exc})") from None
+        except (ValueError, KeyError, TypeError):  # pyarrow's ArrowInvalid is a ValueError: not Parquet, or cut short
+            raise RunError(self._unreadable_manifest()) from None
         grouped: dict[str, PreviousRows] = {}
         for row in rows:
+            if not isinstance(row.get("status"), str) or not isinstance(row.get("source_path"), str):
+                raise RunError(self._unreadable_manifest())  # Parquet, but not a manifest
             if row["status"] != STATUS_SKIPPED:
                 grouped.setdefault(row["source_path"], []).append(row)
         return grouped
+
+    def _unreadable_manifest(self) -> str:
+        return (f"{self.manifest_path}: corrupt or not an anonymize manifest, so the earlier run cannot be resumed; "
+                f"pass --overwrite to redo every image (or move the file away)")
 
     def _forget_previous_runs(self) -> None:
         """--overwrite: drop the manifest and the parts (never following links); outputs are rewritten in place."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from anonymize import IMPORTED_AT, __version__
@@ -28,7 +29,7 @@ from anonymize.adversarial.settings import AdversarialSettings
 from anonymize.errors import RunError
 from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector
-from anonymize.io.manifest import STATUS_ERROR, STATUS_NO_FACE, STATUS_SKIPPED, ManifestWriter, new_run_id, readable
+from anonymize.io.manifest import MANIFEST_NAME, STATUS_ERROR, STATUS_NO_FACE, STATUS_SKIPPED, ManifestWriter, new_run_id, readable
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method, method_class
@@ -321,7 +322,10 @@ class Pipeline:
         message = f"{shown}: {entry.reason}" if entry.kind == "error" else None
         output, note = None, entry.reason
         out = self.config.output.output_dir
-        if message is None and entry.kind == "other" and self.config.inputs.copy_other and not self.config.output.dry_run:
+        copy = message is None and entry.kind == "other" and self.config.inputs.copy_other and not self.config.output.dry_run
+        if copy and self._is_a_manifest_place(entry):  # the input's own manifest.parquet
+            copy, note = False, f"{entry.reason}; not copied (--copy-other): its place in the output is the run's manifest"
+        if copy:
             try:
                 atomic_write_bytes(output_path_for(out, entry.relpath), entry.path.read_bytes(), root=out)
                 output, note = str(entry.relpath), f"{entry.reason}; copied unchanged (--copy-other)"
@@ -334,6 +338,21 @@ class Pipeline:
             return rows.row(file, None, None, STATUS_ERROR, None, 0.0, error=message)
         summary.skipped += 1
         return rows.row(file, None, None, STATUS_SKIPPED, output, 0.0, method=None, method_params=None, note=note)
+
+    def _is_a_manifest_place(self, entry: WalkEntry) -> bool:
+        """Whether ``--copy-other`` would write ``entry`` over the run's manifest or ``<out>/manifest.parquet``
+        (where a resume and the audit read it): a ``manifest.parquet`` of the input's is one of its side files."""
+        out = self.config.output.output_dir
+        try:
+            target = output_path_for(out, entry.relpath)
+        except ValueError:
+            return False
+        places = {out / MANIFEST_NAME, self.folder.manifest_path}
+        if target in places:
+            return True
+        if isinstance(target, Path):
+            return any(isinstance(place, Path) and place.resolve() == target.resolve() for place in places)
+        return False
 
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunSummary:
