@@ -137,7 +137,7 @@ def test_methods_json_gives_defaults_and_weight_presence(tmp_path):
 
 
 def test_declared_weights_exist_in_the_lock_and_match_what_the_latent_stack_loads():
-    from anonymize.methods.ksame.method import DLIB_ARTEFACTS
+    from anonymize.methods.ksame.method import DLIB_ARTEFACTS, LANDMARKS_68
     from anonymize.models.registry import artefact_of, generator_artefact
 
     lock = read_lock()
@@ -147,7 +147,7 @@ def test_declared_weights_exist_in_the_lock_and_match_what_the_latent_stack_load
         assert set(cls.weights_needed) <= set(lock), name
         if name in ("falco", "cfa", "camouflage", "attributes"):
             assert set(cls.weights_needed) == set(latent), name
-    assert method_class("ksame").weights_needed == DLIB_ARTEFACTS
+    assert method_class("ksame").weights_needed == (*DLIB_ARTEFACTS, LANDMARKS_68)  # the shape-free space's landmarks
 
 
 def test_missing_weights_message_names_every_download_free_method():
