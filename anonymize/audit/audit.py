@@ -54,7 +54,7 @@ import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import cv2
@@ -63,6 +63,7 @@ import numpy as np
 from anonymize import __version__
 from anonymize.audit.attributes import AttributeCollector, attribute_figures, matching_crops, open_collector
 from anonymize.audit.config import AuditConfig, AuditPlan, AuditProgress, AuditResult, Gathered
+from anonymize.audit.content_check import ContentIndex, content_copies, copies_crossed, observe_pair
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
 from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
@@ -83,7 +84,7 @@ from anonymize.audit.report import REPORT_NAME, check_report_folders, write_repo
 from anonymize.audit.report_folder import refuse_links_below
 from anonymize.audit.results import AUDIT_PARQUET_NAME, AUDIT_SUMMARY_NAME, ROW_SCHEMA, default_audit_dir, write_rows, write_summary
 from anonymize.audit.summary import (
-    AttributeFigures, AuditSummary, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
+    AttributeFigures, AuditSummary, ContentCopies, DetectorDetection, RecogniserFigures, RecogniserRoles, RunOrigin, UnavailableInstrument,
 )
 from anonymize.audit.sampling import sample_indices
 from anonymize.audit.tally import crossed_thresholds, face_figures, identity_check, image_figures, sample_figures, spread
@@ -92,7 +93,8 @@ from anonymize.faces.types import Face
 from anonymize.faces.detect import DetectorSettings, create_detector, pose_model_present
 from anonymize.faces.heads import FOUND_BY as HEAD_FOUND_BY
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
-from anonymize.io.manifest import readable_values
+from anonymize.io.manifest import MANIFEST_NAME, readable_values
+from anonymize.io.outdir import WORK_DIR_NAME
 from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.models.device import resolve_device
 from anonymize.run.local import available_cores, in_order, torch_threads_per_worker, worker_pool
@@ -122,6 +124,54 @@ def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
             if _is_inside(path, folder):
                 raise AuditError(f"{path}: the {what} must not be written inside the {role} folder {folder}")
     return parquet, summary, report
+
+
+def released_files_not_audited(anonymized_dir: Path, pairing: Pairing) -> list[tuple[str, Path, str]]:
+    """Every entry of the released tree that no audited pair covers, as (relative path, path, why), sorted: side
+    files (``--copy-other``), photos in a form the image walk does not take, hidden files, links. Each is a
+    release file nobody checked, so it counts as not audited (a leak) like an unreadable image. Left out: the
+    run's own ``manifest.parquet`` at the root (or the manifest the pairing read, when inside) and its
+    ``.anonymize`` work folder at the root."""
+    audited = {pair.output_rel for pair in pairing.pairs}
+    audited_folders = {str(PurePosixPath(rel).parent) for rel in audited}
+    root = Path(anonymized_dir)
+    manifest = Path(os.path.realpath(pairing.manifest_path)) if pairing.manifest_path is not None else None
+    found: list[tuple[str, Path, str]] = []
+
+    def unlistable(exc: OSError) -> None:
+        path = Path(exc.filename) if exc.filename else root
+        rel = path.relative_to(root).as_posix() if path != root else "."
+        found.append((rel, path, f"a folder the audit cannot list ({exc.strerror or exc}): not audited"))
+
+    for folder, folders, files in os.walk(root, followlinks=False, onerror=unlistable):
+        here = Path(folder)
+        rel_folder = PurePosixPath(here.relative_to(root).as_posix()) if here != root else PurePosixPath()
+        if here == root:
+            folders[:] = [name for name in folders if name != WORK_DIR_NAME]
+        for name in list(folders):
+            path = here / name
+            if path.is_symlink():
+                rel = str(rel_folder / name)
+                if not any(folder_rel == rel or folder_rel.startswith(rel + "/") for folder_rel in audited_folders):
+                    found.append((rel, path, "a link to a folder in the release (not followed, not audited)"))
+        folders.sort()
+        for name in sorted(files):
+            path = here / name
+            rel = str(rel_folder / name)
+            if rel in audited:
+                continue
+            if here == root and name == MANIFEST_NAME:
+                continue
+            if manifest is not None and Path(os.path.realpath(path)) == manifest:
+                continue
+            if path.is_symlink():
+                why = "a link in the release (not followed, not audited)"
+            elif name.startswith(".") or any(part.startswith(".") for part in rel_folder.parts):
+                why = "a hidden file in the release (not audited: remove it, or check it by hand)"
+            else:
+                why = "not an image the audit reads (a side file: remove it from the release, or check it by hand)"
+            found.append((rel, path, why))
+    return sorted(found, key=lambda item: item[0])
 
 
 def identity_labels(sources: list[str], mode: bool | None) -> dict[str, str] | None:
@@ -208,7 +258,7 @@ class Measured:
 
 
 def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstruments,
-                  originals: OriginalsCache) -> Measured | dict[str, Any]:
+                  originals: OriginalsCache, content: ContentIndex | None = None) -> Measured | dict[str, Any]:
     """Decode, detect, describe one pair (thread-safe: touches nothing shared but the instruments); a row when it cannot."""
     config = plan.config
     try:
@@ -235,6 +285,9 @@ def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstrument
         in_output = instruments.output_detection.detect(output_rgb)
         boxes = [face.box for face in faces]
         described = {recogniser.name: recogniser.describe_pair(original.rgb, output_rgb, boxes) for recogniser in instruments.recognisers}
+        if content is not None:  # every output against every original, by content (anonymize.audit.content_check)
+            observe_pair(content, pair.source_rel, pair.output_rel, original.rgb, output.rgb, output_rgb, faces, in_output.audit,
+                         described, instruments.recognisers)
         still_found = {name: match_boxes(boxes, [face.box for face in detected]) for name, detected in in_output.by_detector.items()}
         lpips_values = _lpips_of_faces(instruments.lpips, original.rgb, output_rgb, boxes) if faces else []
         mesh_scores = _mesh_scores(instruments.mesh, original.rgb, output_rgb, faces, config.unchanged_threshold)
@@ -511,10 +564,11 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     originals = _originals_cache(config, instruments.detector, parquet_path.parent)
     sampled = sample_indices([pair.output_rel for pair in pairing.pairs], config.sample, config.sample_seed)
     workers = available_cores() if config.workers is None else max(config.workers, 1)
+    content = ContentIndex({recogniser.name: recogniser.threshold for recogniser in instruments.recognisers})
 
     def measure(index: int) -> Measured | dict[str, Any]:
         pair = pairing.pairs[index]
-        return _measure_pair(pair, plan, instruments, originals) if index in sampled else _check_file(pair)
+        return _measure_pair(pair, plan, instruments, originals, content) if index in sampled else _check_file(pair)
 
     instruments.output_detection  # noqa: B018 - built once here, before the worker threads share it
     progress.start(len(pairing.pairs))
@@ -531,13 +585,19 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
             if last is not None and last["error"] and last["output_path"] == pair.output_rel:
                 progress.message(f"not audited: {pair.output_rel}: {last['error']}")
     pool.shutdown()
+    for relpath, path, why in released_files_not_audited(anonymized_dir, pairing):
+        gathered.rows.append(_image_row(ImagePair(relpath, path, None, None), error=why, sampled=False))
+        progress.message(f"not audited: {relpath}: {why}")
 
+    copies = content_copies(content, pairing.originals, {pair.output_rel: pair.output_path for pair in pairing.pairs},
+                            {pair.output_rel: pair.source_rel for pair in pairing.pairs},
+                            lambda path, rel: decode_image(path, config.max_pixels, display_name=rel).rgb, workers)
     chance = _fill_identification(plan, gathered)
     separation = _separation(plan, gathered)
     written = config.write_files
     report_path = report_dir / REPORT_NAME if written and report_dir is not None else None
     summary = _summary(plan, pairing, instruments, gathered, choice, (goal, goal_source), chance, separation,
-                       parquet_path if written else None, report_path, len(sampled))
+                       parquet_path if written else None, report_path, len(sampled), copies)
     result = AuditResult(gathered.rows, summary, parquet_path if written else None, summary_path if written else None, report_path,
                          _before_distances(gathered, separation))
     if written:
@@ -547,7 +607,8 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
 
 def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, gathered: Gathered, choice: AuditDetector,
              goal: tuple[str, str], chance: float | None, separation: IdentitySeparation | None,
-             parquet_path: Path | None, report_path: Path | None, sampled: int) -> AuditSummary:
+             parquet_path: Path | None, report_path: Path | None, sampled: int,
+             copies: ContentCopies | None = None) -> AuditSummary:
     """Every figure computed first, then the summary built once (``goal``: the privacy goal and where it comes from)."""
     config, thresholds = plan.config, plan.config.thresholds
     privacy_goal, goal_source = goal
@@ -573,6 +634,7 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
     sample = (sample_figures(sampled, len(pairing.pairs), config.sample_seed, faces, judges)
               if sampled < len(pairing.pairs) else None)
     crossed = crossed_thresholds(thresholds, faces, images, privacy_goal, judges, human_goal, look_alike, sample)
+    crossed += copies_crossed(copies)
     return AuditSummary(
         anonymize_version=__version__,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -616,6 +678,7 @@ def _summary(plan: AuditPlan, pairing: Pairing, instruments: AuditInstruments, g
         parquet_path=str(parquet_path) if parquet_path is not None else None,
         report_path=str(report_path) if report_path is not None else None,
         sample=sample,
+        content_copies=copies,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from anonymize.audit.icc import describe_icc
 from anonymize.io.metadata import metadata_beyond_icc, metadata_of
 
 _SHOWN_EXIF_TAGS = 6
@@ -59,5 +60,5 @@ def _describe(found: dict[str, object], kinds: tuple[str, ...]) -> str:
         elif kind == "trailing_bytes":
             parts.append(f"{found['trailing_bytes']} bytes after the image end")
         else:
-            parts.append(kind.upper())
+            parts.append(describe_icc(found) if kind == "icc_text" else kind.upper())
     return "; ".join(parts)

@@ -45,6 +45,7 @@ class Pairing:
     run_detector: str | None = None  # the detector the run actually used (its --detector auto resolved), when recorded
     privacy_goal: str | None = None  # "machine" or "human", as the run's method recorded it (None: not recorded)
     loss_recognisers: tuple[str, ...] = ()  # recognisers inside the run's loss (white-box for it)
+    originals: dict[str, Path] = field(default_factory=dict)  # every original image, released or not (relative path -> path)
 
     @property
     def unpaired(self) -> list[ImagePair]:
@@ -100,6 +101,7 @@ def pair_images(original_dir: Path, anonymized_dir: Path, manifest_path: Path | 
         run_detector=run_detector if run_detector else arguments.get("detector"),
         privacy_goal=goal[0],
         loss_recognisers=goal[1],
+        originals=originals,
     )
 
 

@@ -138,6 +138,19 @@ class Unaudited(_Record):
     files: dict[str, str]  # output path -> why it could not be audited (the first 200)
 
 
+@dataclass(frozen=True)
+class ContentCopies(_Record):
+    """Outputs that are copies of an original other than the source they are paired with, found by content whatever
+    the manifest says (:mod:`anonymize.audit.content_check`)."""
+
+    outputs: int  # outputs compared with every original
+    originals: int  # originals they were compared with (released or not)
+    measures: list[str]  # what was compared: image hash, face hash, each recogniser
+    copies: list[dict[str, Any]]  # output_path, original_path, paired_source, evidence (the first 200)
+    count: int  # every copy found
+    unread: list[str]  # files that could not be decoded for the comparison
+
+
 # ---- per face ---------------------------------------------------------------------------------------
 
 
@@ -462,7 +475,7 @@ class PaperFigure(_Record):
 class AuditSummary(_Record):
     """Everything ``audit-summary.json`` holds (see the module doc); built once, at the end of the audit."""
 
-    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"human_goal", "parquet_path", "report_path", "sample"})
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"human_goal", "parquet_path", "report_path", "sample", "content_copies"})
     _DECODE: ClassVar[Mapping[str, Callable[[Any], Any]]] = {
         "run": RunOrigin.from_json, "thresholds": Thresholds.from_json, "metadata": MetadataLeaks.from_json,
         "quality": ImageQuality.from_json, "unaudited": Unaudited.from_json, "detection": Detection.from_json,
@@ -472,6 +485,7 @@ class AuditSummary(_Record):
         "human_goal": HumanGoal.from_json, "look_alike": LookAlike.from_json,
         "instruments_unavailable": _map_of(UnavailableInstrument), "detection_by_detector": _map_of(DetectorDetection),
         "attributes": AttributeFigures.from_json, "figures": _list_of(PaperFigure), "sample": AuditSample.from_json,
+        "content_copies": ContentCopies.from_json,
     }
 
     anonymize_version: str
@@ -525,6 +539,7 @@ class AuditSummary(_Record):
     parquet_path: str | None = None
     report_path: str | None = None
     sample: AuditSample | None = None  # --sample N: what was sampled and the intervals; None: every image audited
+    content_copies: ContentCopies | None = None  # outputs that copy another original (None: summaries older than the check)
 
     def to_json(self, files: bool = True) -> dict[str, Any]:
         """The summary's JSON; ``files=False`` leaves out the written files' paths (the Parquet's metadata copy,

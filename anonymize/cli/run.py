@@ -169,6 +169,12 @@ def _print_summary(summary: RunSummary) -> None:
     if "setup_s" in summary.stages:
         table.add_row("before the first image", f"imports {summary.stages['imports_s']:.1f} s, set-up {summary.stages['setup_s']:.1f} s")
     stdout.print(table)
+    if summary.redone_outputs:
+        count = summary.redone_outputs
+        stdout.print(f"redid {count} image{'s' if count != 1 else ''} whose output no longer matched the manifest", soft_wrap=True)
+    if summary.removed_outputs:
+        count = summary.removed_outputs
+        stdout.print(f"removed {count} output{'s whose sources are' if count != 1 else ' whose source is'} gone", soft_wrap=True)
     if summary.privacy_note:
         stdout.print(f"[yellow]{shown(summary.privacy_note)}[/]", soft_wrap=True)
     if not summary.dry_run:
@@ -205,12 +211,14 @@ def run_command(
     limit: Optional[int] = typer.Option(None, min=1, metavar="N", help="Process at most N images."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk and detect, list per image the faces found (or the error), write nothing."),
     jpeg_quality: int = typer.Option(95, min=1, max=100, metavar="Q", help="JPEG output quality."),
+    strip_icc: bool = typer.Option(False, "--strip-icc", help="Write no ICC profile at all, pixels as decoded (default: the profile's colour data only, its text cleared)."),
     region: Optional[Region] = typer.Option(None, help="Region pasted back: ellipse (face ellipse + detected box down to the chin; default of blur, pixelate, mask), crop (the whole aligned square, feathered; default of falco) or hull (landmark outline)."),
     region_scale: float = typer.Option(1.0, min=0.1, max=3.0, metavar="S", help="Scale of the face region."),
     deterministic: bool = typer.Option(False, "--deterministic", help="Bit-stable CUDA runs: deterministic algorithms, no TF32, fixed cuDNN choices (slower)."),
     identity_metric: bool = typer.Option(False, "--identity-metric", help="Record dlib identity distance original vs output per face."),
     manifest: Optional[str] = typer.Option(None, metavar="PATH", help="Manifest path or URI (default: <out>/manifest.parquet); never inside the input folder."),
     max_pixels: int = typer.Option(178_956_970, "--max-pixels", min=1, metavar="N", help="Refuse (error row) images with more pixels than this: a 13000 x 13000 photo needs about 3 GB."),
+    max_bytes: int = typer.Option(2 << 30, "--max-bytes", min=1, metavar="N", help="Refuse (error row) files larger than this many bytes before reading them (default 2 GiB)."),
     copy_other: bool = typer.Option(False, "--copy-other", help="Copy files that are not images (labels, CSV) unchanged into the output; off by default, since side files may carry names."),
     identity_from: Optional[IdentityFromName] = typer.Option(None, "--identity-from", help="Dataset-level methods (ksame, cfa): who is the same person: cluster (identity embeddings, default) or folder (one folder = one person)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, metavar="N", help="Threads that decode, detect, paste and write while the method runs (default: the cores available; 0 or 1: serial)."),
@@ -273,12 +281,14 @@ def run_command(
         limit=limit,
         dry_run=dry_run,
         jpeg_quality=jpeg_quality,
+        strip_icc=strip_icc,
         region=region.value if region is not None else None,
         region_scale=region_scale,
         identity_metric=identity_metric,
         deterministic=deterministic,
         manifest_path=manifest_path,
         max_pixels=max_pixels,
+        max_bytes=max_bytes,
         copy_other=copy_other,
         workers=workers,
         executor=executor.value,

@@ -38,9 +38,22 @@ from PIL import (
 )
 
 from anonymize.errors import AnonymizeError
-from anonymize.io.walk import sniff_format_of_bytes
+from anonymize.io.walk import register_image_plugins, sniff_format_of_bytes
 
 DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own hard limit (2 x MAX_IMAGE_PIXELS) by default
+DEFAULT_MAX_BYTES = 2 << 30  # larger files are error rows from their size alone, never read (a sparse 40 GB .jpg)
+# Formats read through Pillow's other plugins (or pillow-heif) are written back as this one, under their own
+# name, and the row's note says so: the writer encodes the five formats above only.
+WRITTEN_AS = "PNG"
+# Read through a plugin and written back in their own format when this Pillow can write them (pillow-heif
+# writes HEIF; Pillow >= 11.2 built with libavif writes AVIF); otherwise as WRITTEN_AS, with a note.
+SELF_WRITTEN = ("HEIF", "AVIF")
+_PLUGIN_HINTS = {
+    "HEIC": "HEIC needs the pillow-heif plugin (pip install pillow-heif)",
+    "HEIF": "HEIF needs the pillow-heif plugin (pip install pillow-heif)",
+    "AVIF": "AVIF needs Pillow >= 11.2 built with AVIF, or the pillow-avif-plugin plugin (pip install pillow-avif-plugin)",
+    "JPEG XL": "JPEG XL needs a Pillow plugin for it (e.g. pip install pillow-jxl-plugin)",
+}
 
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -106,14 +119,27 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_image(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None) -> DecodedImage:
+def too_many_bytes(size: int, max_bytes: int) -> str | None:
+    """The one-line cause for a file over the ``--max-bytes`` bound, or None."""
+    if size <= max_bytes:
+        return None
+    return f"file too large: {size} bytes exceeds the {max_bytes}-byte limit (--max-bytes)"
+
+
+def decode_image(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, display_name: str | None = None,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> DecodedImage:
     """Decode ``path`` completely, or raise :class:`ImageDecodeError` naming it and the cause.
 
     ``path`` may also be the file's bytes, already read (the run hashes and decodes the same bytes,
-    and reads files named by URI only so); ``display_name`` then names it.
+    and reads files named by URI only so); ``display_name`` then names it. A file of more than
+    ``max_bytes`` bytes is refused from its size, before it is read.
     """
     if isinstance(path, (bytes, bytearray, memoryview)):
-        return decode_bytes(bytes(path), display_name if display_name is not None else "<bytes>", max_pixels)
+        name = display_name if display_name is not None else "<bytes>"
+        cause = too_many_bytes(len(path), max_bytes)
+        if cause is not None:
+            raise ImageDecodeError(name, cause)
+        return decode_bytes(bytes(path), name, max_pixels)
     _refuse_truncated_loading()
     name = display_name if display_name is not None else str(path)
     try:
@@ -122,6 +148,9 @@ def decode_image(path: Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, displ
             raise ImageDecodeError(name, "not a regular file")
         if info.st_size == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
+        cause = too_many_bytes(info.st_size, max_bytes)
+        if cause is not None:
+            raise ImageDecodeError(name, cause)
         handle = open(path, "rb")
     except OSError as exc:
         raise ImageDecodeError(name, f"cannot read file ({exc.strerror or exc})") from exc
@@ -155,11 +184,59 @@ def _decode_handle(handle: BinaryIO, filename: str, max_pixels: int, name: str) 
     if image_format == "GIF":
         raise ImageDecodeError(name, _describe_gif(handle))
     if image_format is None:
-        raise ImageDecodeError(name, _describe_non_image(head))
+        return _decode_other_format(handle, max_pixels, name, head)
     decoded = _decode_stream(handle, filename, image_format, max_pixels, name)
     if image_format == "WEBP":
         decoded.webp_lossless = _webp_is_lossless(handle)
     return decoded
+
+
+def _can_write(image_format: str) -> bool:
+    register_image_plugins()
+    return image_format in Image.SAVE
+
+
+def _decode_other_format(handle: BinaryIO, max_pixels: int, name: str, head: bytes) -> DecodedImage:
+    """A file none of the five written formats announces: whatever Pillow's plugins (and pillow-heif) read is
+    decoded like them and written back as PNG under its own name (the note says so); anything else fails."""
+    register_image_plugins()
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own --max-pixels decides
+            image = Image.open(handle)
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(name, f"image too large: {_one_line(exc)}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError(name, _describe_non_image(head)) from exc
+    except Exception as exc:  # noqa: BLE001 - plugins raise SyntaxError, struct.error, ValueError, OSError, ...
+        known = _known_other_format(head)
+        if known in _PLUGIN_HINTS:
+            raise ImageDecodeError(name, f"unsupported image format ({_PLUGIN_HINTS[known]})") from exc
+        raise ImageDecodeError(name, f"corrupt {known or 'image'} header ({_one_line(exc)})") from exc
+    source_format = image.format or "image"
+    if source_format == "GIF":
+        raise ImageDecodeError(name, _describe_gif(handle))
+    if source_format in SELF_WRITTEN and _can_write(source_format):  # phone photos stay what they were
+        return _decode_opened(image, source_format, max_pixels, name, written_as=source_format)
+    decoded = _decode_opened(image, source_format, max_pixels, name, written_as=WRITTEN_AS)
+    conversion = f"{source_format} read and written as {WRITTEN_AS} under its own name"
+    decoded.note = f"{conversion}; {decoded.note}" if decoded.note else conversion
+    return decoded
+
+
+def _known_other_format(head: bytes) -> str | None:
+    for offset, signature, format_name in _OTHER_FORMATS:
+        if head[offset : offset + len(signature)] == signature:
+            return format_name
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis"):
+        return "HEIC"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"mif1", b"msf1"):
+        return "HEIF"
+    if len(head) >= 12 and head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return None
 
 
 def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixels: int, name: str) -> DecodedImage:
@@ -169,14 +246,21 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
         raise ImageDecodeError(name, f"image too large: {_one_line(exc)}") from exc
     except Exception as exc:  # plugins raise SyntaxError, struct.error, ValueError, OSError, ...
         raise ImageDecodeError(name, f"corrupt {image_format} header ({_one_line(exc)})") from exc
+    return _decode_opened(image, image_format, max_pixels, name)
 
+
+def _decode_opened(image: Image.Image, image_format: str, max_pixels: int, name: str,
+                   written_as: str | None = None) -> DecodedImage:
+    """The pixels of an opened image (``image_format``: what it is; ``written_as``: the format it is written in,
+    when not its own)."""
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(
             name,
             f"image too large: {width}x{height} pixels exceeds the {max_pixels}-pixel limit (decompression bomb?)",
         )
-    if image_format in ("TIFF", "WEBP"):  # a JPEG's extra MPO pictures are previews: dropping them is wanted
+    # a JPEG's extra MPO pictures are previews, an icon's other sizes are the same picture: dropping them is wanted
+    if image_format in ("TIFF", "WEBP") or (written_as is not None and image_format not in ("MPO", "ICO", "ICNS")):
         try:
             frames = getattr(image, "n_frames", 1)
         except Exception as exc:
@@ -203,7 +287,8 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
         upright = _apply_exif_orientation(image)
         rgb, alpha, icc_profile, conversion = _to_rgb_and_alpha(upright, icc_profile, _wide_gray_depth(image, image_format))
         note = note or conversion
-        gray16 = np.array(upright, dtype=np.uint16) if upright.mode in _SIXTEEN_BIT_MODES and image_format in ("PNG", "TIFF") else None
+        written = written_as or image_format
+        gray16 = np.array(upright, dtype=np.uint16) if upright.mode in _SIXTEEN_BIT_MODES and written in ("PNG", "TIFF") else None
     except MemoryError as exc:
         raise ImageDecodeError(name, f"not enough memory to convert a {width}x{height} image") from exc
     except Exception as exc:
@@ -211,7 +296,7 @@ def _decode_stream(handle: BinaryIO, filename: str, image_format: str, max_pixel
     return DecodedImage(
         rgb=_writable(rgb),
         alpha=None if alpha is None else _writable(alpha),
-        format=image_format,
+        format=written_as or image_format,
         mode=mode,
         icc_profile=icc_profile,
         gray16=gray16,
@@ -415,9 +500,9 @@ def _describe_gif(handle: BinaryIO) -> str:
 
 
 def _describe_non_image(head: bytes) -> str:
-    for offset, signature, format_name in _OTHER_FORMATS:
-        if head[offset : offset + len(signature)] == signature:
-            return f"unsupported image format ({format_name})"
+    known = _known_other_format(head)
+    if known is not None:
+        return f"unsupported image format ({_PLUGIN_HINTS.get(known, known)})"
     if _looks_like_text(head):
         return "not an image (text file)"
     return "not an image (unrecognised content)"

@@ -46,6 +46,7 @@ CORE_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
     ("source_path", pa.string()),
     ("source_path_bytes", pa.binary()),
     ("output_path", pa.string()),
+    ("output_sha256", pa.string()),  # sha256 of the output's bytes as written: a resume re-checks it
     ("source_sha256", pa.string()),
     ("width", pa.int32()),
     ("height", pa.int32()),
@@ -76,6 +77,36 @@ def manifest_schema(metric_columns: Mapping[str, pa.DataType] | None = None) -> 
 
 
 _TEXT_COLUMNS = ("source_path", "output_path", "error", "note")
+
+
+INPUTS_KEY = "inputs"  # metadata: every input folder whose runs have rows in this manifest (input_key), as JSON
+
+
+def input_key(location: Path | StorePath) -> str:
+    """How the manifest names an input folder: its real path (a URI without its query), readable."""
+    if isinstance(location, StorePath):
+        return str(location)
+    return readable(os.fsdecode(os.path.realpath(location)))
+
+
+def recorded_inputs(metadata: Mapping[str, str]) -> list[str]:
+    """The input folders of the runs in a manifest (or part) with this metadata; one written before
+    :data:`INPUTS_KEY` existed gives its last run's ``input_dir`` (resolved here), or nothing."""
+    try:
+        if INPUTS_KEY in metadata:
+            return [str(item) for item in json.loads(metadata[INPUTS_KEY])]
+        given = json.loads(metadata["arguments"]).get("input_dir")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        return []
+    if not isinstance(given, str):
+        return []
+    return [given if "://" in given else input_key(Path(given))]
+
+
+def _with_inputs(metadata: Mapping[str, str] | None, inputs: list[str]) -> Mapping[str, str] | None:
+    if metadata is None or not inputs:
+        return metadata
+    return {**metadata, INPUTS_KEY: json.dumps(list(dict.fromkeys(inputs)))}
 
 
 def new_run_id() -> str:
@@ -166,6 +197,7 @@ class ManifestWriter:
     manifest_path: Path | None = None
     tag: str = ""  # tells apart the parts of writers of one run in several processes (Ray shards)
     schema: pa.Schema = CORE_SCHEMA  # the run's: core columns and its method's and steps' metric columns
+    drop_sources: set[bytes] = field(default_factory=set)  # sources gone from the input: their rows leave the manifest
     _sequence: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -187,7 +219,7 @@ class ManifestWriter:
 
     def finalise(self) -> Path:
         """Merge the manifest of earlier runs with this run's parts into ``manifest.parquet``."""
-        return consolidate(self.out_dir, self.manifest_path, self.metadata, self.schema)
+        return consolidate(self.out_dir, self.manifest_path, self.metadata, self.schema, self.drop_sources)
 
 
 def _part_paths(out_dir: Path) -> list[Path]:
@@ -200,49 +232,97 @@ def _part_paths(out_dir: Path) -> list[Path]:
     return sorted(path for path in parts_dir.glob("*.parquet") if not path.name.startswith("."))
 
 
+class UnreadablePart(OSError):
+    """A manifest part could not be read (the disk or the store failed, not the part): the merge stopped
+    before changing anything, so the manifest and every part stay as they were for the next merge."""
+
+
 def consolidate(out_dir: Path, manifest_path: Path, metadata: Mapping[str, str] | None = None,
-                schema: pa.Schema | None = None) -> Path:
+                schema: pa.Schema | None = None, drop_sources: set[bytes] | frozenset[bytes] = frozenset()) -> Path:
     """Merge ``manifest_path`` and every part into ``manifest_path``, then drop the parts.
 
     Idempotent at every step: until the new manifest is renamed into place the old one and all the
-    parts are intact; afterwards the parts still present only repeat rows the manifest has.
+    parts are intact; afterwards the parts still present only repeat rows the manifest has. A part
+    that cannot be read (an I/O or store error) stops the merge before anything is written:
+    :class:`UnreadablePart`, and the next merge reads it again, in its place in time order. Rows of
+    the sources in ``drop_sources`` (exact names; sources gone from the input) are left out.
     """
     parts = _part_paths(out_dir)
     rows: list[dict[str, Any]] = []
     schemas: list[pa.Schema] = []
+    inputs: list[str] = []
     if manifest_path.is_file():
         table, old_metadata = read_manifest(manifest_path)
         rows = table.to_pylist()
         schemas.append(table.schema)
+        inputs += recorded_inputs(old_metadata)
         metadata = metadata if metadata is not None else old_metadata
-    unreachable: list[Path] = []
+    merged: list[Path] = []
     for part in parts:
         try:
             table = _read_table(part)
-        except StoreError:
-            unreachable.append(part)  # the store failed, not the part: keep it for the next merge
+        except FileNotFoundError:
+            continue  # merged and removed already
+        except pa.ArrowInvalid:
+            merged.append(part)  # a part cut short by a crash holds nothing we can trust
             continue
-        except (pa.ArrowInvalid, OSError):
-            continue  # a part cut short by a crash holds nothing we can trust
+        except OSError as exc:
+            if exc.errno is None and not isinstance(exc, StoreError):  # pyarrow could not parse it: corrupt
+                merged.append(part)
+                continue
+            # the disk or the store failed, not the part: merge nothing, keep everything for the next merge
+            cause = exc.strerror or str(exc) or type(exc).__name__
+            raise UnreadablePart(exc.errno, f"cannot read the manifest part {WORK_DIR_NAME}/parts/{part.name} ({cause})", str(part)) from None
+        merged.append(part)
         rows.extend(table.to_pylist())
         schemas.append(table.schema)
+        part_metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()
+                         if key.decode() != PANDAS_METADATA_KEY}
+        inputs += recorded_inputs(part_metadata)
         if metadata is None:
-            metadata = {key.decode(): value.decode() for key, value in (table.schema.metadata or {}).items()
-                        if key.decode() != PANDAS_METADATA_KEY}
+            metadata = part_metadata
+    if metadata is not None:
+        inputs += recorded_inputs(metadata)
+        metadata = _with_inputs(metadata, inputs)
     rows = merge_rows(rows)
+    if drop_sources:
+        rows = [row for row in rows if row_identity(row)[0] not in drop_sources]
     inside = out_dir == manifest_path.parent or out_dir in manifest_path.parents
     if schema is None:  # merging what a killed run left: every column any of its files had
         schema = _union(schemas)
     atomic_write_bytes(manifest_path, _parquet_bytes(rows_to_table(rows, metadata, schema)), root=out_dir if inside else None)
-    for part in parts:
-        if part not in unreachable:
-            part.unlink(missing_ok=True)
+    for part in merged:
+        part.unlink(missing_ok=True)
     if parts:
         try:
             parts[0].parent.rmdir()
         except OSError:
             pass
     return manifest_path
+
+
+def earlier_rows_unmerged(out_dir: Path, manifest_path: Path | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of earlier runs (manifest and parts merged in memory, exact names) and their input
+    folders (:func:`recorded_inputs`), without writing anything; whatever cannot be read is left out
+    (--overwrite reads them only to find the outputs of gone sources before forgetting them)."""
+    manifest_path = manifest_path or out_dir / MANIFEST_NAME
+    rows: list[dict[str, Any]] = []
+    inputs: list[str] = []
+    unread = False
+    for path in ([manifest_path] if manifest_path.is_file() else []) + _part_paths(out_dir):
+        try:
+            table, metadata = read_manifest(path)
+        except (pa.ArrowException, OSError, ValueError):
+            unread = True
+            continue
+        rows.extend(table.to_pylist())
+        inputs += recorded_inputs(metadata)
+    if unread:  # a file left out may hold runs over another input: no input list to trust
+        inputs = []
+    try:
+        return _exact_names(merge_rows(rows)), list(dict.fromkeys(inputs))
+    except (KeyError, TypeError, ValueError):  # Parquet, but not a manifest
+        return [], []
 
 
 def _union(schemas: list[pa.Schema]) -> pa.Schema:
@@ -300,6 +380,18 @@ def _read_table(path: Path | StorePath) -> pa.Table:
     return pq.read_table(path)
 
 
+def manifest_inputs(path: Path | StorePath) -> list[str]:
+    """:func:`recorded_inputs` of the manifest at ``path`` (its schema only, locally); nothing if unreadable."""
+    try:
+        if isinstance(path, StorePath):
+            schema = pq.read_schema(pa.BufferReader(path.read_bytes()))
+        else:
+            schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError, ValueError):
+        return []
+    return recorded_inputs({key.decode(): value.decode() for key, value in (schema.metadata or {}).items()})
+
+
 def read_manifest(path: Path) -> tuple[pa.Table, dict[str, str]]:
     """The table and the run's metadata (pandas' own note, derived from the schema, left out)."""
     table = _read_table(path)
@@ -310,7 +402,10 @@ def read_manifest(path: Path) -> tuple[pa.Table, dict[str, str]]:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The manifest's rows with ``source_path`` (and the mirrored ``output_path``) as exact file names."""
-    rows = read_manifest(path)[0].to_pylist()
+    return _exact_names(read_manifest(path)[0].to_pylist())
+
+
+def _exact_names(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         raw = row.get("source_path_bytes")
         if raw is None:

@@ -1,7 +1,8 @@
 """List the metadata an image file carries, by reading its container structure directly.
 
-Used to prove that written images carry nothing but their ICC profile, and by the audit to detect
-leaks. It reads the JPEG segments, PNG chunks, WebP RIFF chunks and TIFF tags itself (Pillow only
+Used to prove that written images carry nothing but their ICC profile's colour data, and by the audit
+to detect leaks (the ICC profile itself is read for text, vendor-private tags and hidden bytes:
+:func:`anonymize.io.icc.profile_findings`). It reads the JPEG segments, PNG chunks, WebP RIFF chunks and TIFF tags itself (Pillow only
 parses the EXIF block), so it also sees what Pillow would ignore: unknown segments, comments, text
 chunks, and bytes appended after the end of the image. It never raises for a bad file; whatever it
 could not read is listed under ``"errors"``.
@@ -15,10 +16,12 @@ from pathlib import Path
 
 from PIL import ExifTags, Image, TiffImagePlugin
 
+from anonymize.io.icc import profile_findings
 from anonymize.io.walk import sniff_format_of_bytes
 
 _MAX_SCAN_BYTES = 512 << 20
 _MAX_TEXT_VALUE = 200
+_MAX_ICC_BYTES = 16 << 20  # an inflated PNG iCCP profile is read up to this size
 _XMP_SIGNATURES = (b"<x:xmpmeta", b"http://ns.adobe.com/xap/1.0/")
 
 _EXIF_POINTER_TAGS = {0x8769, 0x8825, 0xA005}  # Exif IFD, GPS IFD, interoperability IFD
@@ -39,7 +42,9 @@ def metadata_of(path: Path) -> dict[str, object]:
 
     Keys: ``format``; ``exif`` (tag name -> value, IFD0 + Exif IFD + GPS IFD; for TIFF only the
     tags beyond the image structure); ``gps`` (the GPS tags alone); ``xmp``, ``iptc``,
-    ``photoshop`` and ``icc`` (bools); ``png_text`` (keyword -> text); ``jpeg_comments``;
+    ``photoshop`` and ``icc`` (bools); ``icc_text`` (what the ICC profile holds beyond colour data and
+    standard short texts: descriptive text, vendor-private tags, hidden bytes; :mod:`anonymize.io.icc`);
+    ``png_text`` (keyword -> text); ``jpeg_comments``;
     ``other`` (unknown segments/chunks); ``trailing_bytes`` (data after the end of the image);
     ``errors`` (what could not be read).
     """
@@ -51,6 +56,7 @@ def metadata_of(path: Path) -> dict[str, object]:
         "iptc": False,
         "photoshop": False,
         "icc": False,
+        "icc_text": [],
         "png_text": {},
         "jpeg_comments": [],
         "other": [],
@@ -76,6 +82,9 @@ def metadata_of(path: Path) -> dict[str, object]:
             reader(data, result)
         except Exception as exc:  # a malformed container: keep what was found so far
             _note_error(result, f"malformed {image_format} structure ({_one_line(exc)})")
+    chunks = sorted(result.pop("_icc_chunks", []))  # type: ignore[call-overload]
+    if chunks:
+        result["icc_text"] = profile_findings(b"".join(chunk for _, _, chunk in chunks))
     if any(signature in data for signature in _XMP_SIGNATURES):
         result["xmp"] = True
     return result
@@ -85,7 +94,8 @@ def metadata_beyond_icc(metadata: dict[str, object]) -> list[str]:
     """The kinds of metadata present other than the ICC profile (empty for a clean file)."""
     kinds = [
         kind
-        for kind in ("exif", "gps", "xmp", "iptc", "photoshop", "png_text", "jpeg_comments", "other", "trailing_bytes")
+        for kind in ("exif", "gps", "xmp", "iptc", "photoshop", "icc_text", "png_text", "jpeg_comments", "other",
+                     "trailing_bytes")
         if metadata.get(kind)
     ]
     return kinds
@@ -132,6 +142,7 @@ def _read_jpeg_app(number: int, payload: bytes, result: dict[str, object], exif_
         result["xmp"] = True
     elif number == 2 and payload.startswith(b"ICC_PROFILE\x00"):
         result["icc"] = True
+        _icc_chunk(result, payload[12] if len(payload) > 12 else 0, payload[14:])
     elif number == 13 and payload.startswith(b"Photoshop 3.0\x00"):
         result["photoshop"] = True
         if b"8BIM\x04\x04" in payload:
@@ -178,6 +189,7 @@ def _read_png(data: bytes, result: dict[str, object]) -> None:
             _read_exif(payload, result, skip_structure=False)
         elif kind == b"iCCP":
             result["icc"] = True
+            _icc_chunk(result, 0, _inflate(payload.partition(b"\x00")[2][1:], _MAX_ICC_BYTES))
         elif kind not in _PNG_STRUCTURE_CHUNKS:
             _as_list(result, "other").append(f"PNG {kind.decode('latin-1')}")
     _note_error(result, "no IEND chunk (truncated PNG?)")
@@ -196,9 +208,9 @@ def _png_text(kind: bytes, payload: bytes) -> tuple[str, str]:
     return name, _short_text(_inflate(text) if compressed else text)
 
 
-def _inflate(compressed: bytes) -> bytes:
+def _inflate(compressed: bytes, limit: int = 4096) -> bytes:
     try:
-        return zlib.decompressobj().decompress(compressed, 4096)
+        return zlib.decompressobj().decompress(compressed, limit)
     except zlib.error:
         return b"<undecodable compressed text>"
 
@@ -220,6 +232,7 @@ def _read_webp(data: bytes, result: dict[str, object]) -> None:
             result["xmp"] = True
         elif kind == b"ICCP":
             result["icc"] = True
+            _icc_chunk(result, 0, payload)
         elif kind not in _WEBP_STRUCTURE_CHUNKS:
             _as_list(result, "other").append(f"WEBP {kind.decode('latin-1')}")
     result["trailing_bytes"] = max(0, len(data) - riff_end)
@@ -233,6 +246,8 @@ def _read_tiff(data: bytes, result: dict[str, object]) -> None:
     image = TiffImagePlugin.TiffImageFile(io.BytesIO(data))
     tags = image.tag_v2
     result["icc"] = _TIFF_ICC in tags
+    if _TIFF_ICC in tags:
+        _icc_chunk(result, 0, _as_bytes(tags[_TIFF_ICC]))
     result["xmp"] = _TIFF_XMP in tags
     result["photoshop"] = _TIFF_PHOTOSHOP in tags
     result["iptc"] = _TIFF_IPTC in tags or b"8BIM\x04\x04" in _as_bytes(tags.get(_TIFF_PHOTOSHOP))
@@ -298,6 +313,13 @@ def _plain(value: object) -> object:
         return float(value)  # IFDRational and friends
     except (TypeError, ValueError, ZeroDivisionError):
         return str(value)[:_MAX_TEXT_VALUE]
+
+
+def _icc_chunk(result: dict[str, object], sequence: int, data: bytes) -> None:
+    """One piece of the ICC profile (JPEG splits it over APP2 segments, numbered): joined in order at the end."""
+    chunks = result.setdefault("_icc_chunks", [])
+    assert isinstance(chunks, list)
+    chunks.append((sequence, len(chunks), data))
 
 
 def _as_bytes(value: object) -> bytes:

@@ -9,6 +9,7 @@ believes was anonymized.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import stat
@@ -22,6 +23,17 @@ from anonymize.io.store import StorePath, is_within
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+# Photos in formats Pillow (or a plugin: pillow-heif) reads but that are not written back as themselves
+# (anonymize.io.decode writes them as PNG under their own name and says so). Named so, a broken one still
+# reaches the decoder and is an error row; a file of any other name is an image when Pillow identifies it
+# (:func:`pillow_identifies`), so no photo is ever a side file that --copy-other copies byte for byte.
+OTHER_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".heic", ".heif", ".hif", ".avif", ".avifs", ".ppm", ".pgm", ".pbm", ".pnm", ".pfm", ".tga", ".icb", ".vda",
+    ".vst", ".ico", ".cur", ".icns", ".pcx", ".dcx", ".sgi", ".rgb", ".rgba", ".bw", ".qoi", ".jp2", ".j2k",
+    ".jpc", ".jpf", ".jpx", ".j2c", ".dds", ".im", ".jxl", ".psd", ".xbm", ".xpm", ".ras", ".fits", ".fit",
+    ".blp", ".ftc", ".ftu", ".gbr", ".mpo", ".jfif", ".jpe", ".dib", ".msp", ".pxr", ".sun",
+})
+_PILLOW_SNIFF_BYTES = 1 << 16  # enough for every header Pillow parses in Image.open
 
 _SNIFF_BYTES = 32
 # Sizes of the BMP info headers that exist (core, v1..v5 and the OS/2 variants): "BM" alone is
@@ -51,6 +63,66 @@ def sniff_format_of_bytes(head: bytes) -> str | None:
         return "TIFF"
     if len(head) >= 18 and head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_INFO_HEADER_SIZES:
         return "BMP"
+    return None
+
+
+def register_image_plugins() -> None:
+    """Register the maintained plugins that are installed (pillow-heif: HEIC/HEIF; pillow-avif-plugin where
+    this Pillow has no AVIF codec of its own), once."""
+    global _PLUGINS_REGISTERED
+    if _PLUGINS_REGISTERED:
+        return
+    _PLUGINS_REGISTERED = True
+    try:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    except Exception:  # noqa: BLE001 - not installed (or broken): HEIC files become error rows naming it
+        pass
+    try:
+        from PIL import features
+
+        if not features.check("avif"):
+            import pillow_avif  # noqa: F401 - registers itself
+    except Exception:  # noqa: BLE001
+        pass
+
+
+_PLUGINS_REGISTERED = False
+
+
+def pillow_identifies(head: bytes) -> str | None:
+    """The format Pillow (with the installed plugins) recognises in a file's first bytes, or None.
+
+    Only the header is parsed (``Image.open``), never the pixels: a file whose header says "image" is an
+    image, and the decoder then makes it pixels or an error row (too large, truncated), never a side file.
+    """
+    if not head:
+        return None
+    register_image_plugins()
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(head)) as image:
+                return image.format or "unknown"
+    except Image.DecompressionBombError:
+        return "unknown"  # a header announcing a huge picture is an image all the same
+    except (UnidentifiedImageError, Exception):  # noqa: BLE001 - a plugin may raise anything on junk
+        return _ftyp_image(head)
+
+
+def _ftyp_image(head: bytes) -> str | None:
+    """HEIF/AVIF by their ISO-BMFF brand, for when no plugin reads them (an error row then names the plugin)."""
+    if len(head) >= 12 and head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
+            return "HEIF"
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
     return None
 
 
@@ -105,14 +177,15 @@ def walk_tree(root: Path | StorePath, exclude: Path | StorePath | None = None) -
         exclude = exclude.local_path()
     root = Path(os.path.abspath(root))
     if root.is_file():  # one image named on the command line (`anonymize run photo.jpg`): itself, under its name
-        kind: EntryKind = "image" if _has_image_name(root.name) or sniff_format(root) is not None else "other"
+        kind: EntryKind = "image" if _is_image_file(root) else "other"
         yield WalkEntry(root, PurePosixPath(root.name), kind, "" if kind == "image" else "not an image")
         return
     if not root.is_dir():
         raise NotADirectoryError(f"{root}: not a directory")
     excluded = Path(os.path.realpath(exclude)) if exclude is not None else None
-    visited: set[Path] = {Path(os.path.realpath(root))}
-    yield from _walk_dir(root, PurePosixPath(), excluded, visited)
+    inside = Path(os.path.realpath(root))
+    visited: set[Path] = {inside}
+    yield from _walk_dir(root, PurePosixPath(), excluded, visited, inside)
 
 
 def image_files(folder: Path, recursive: bool = True) -> list[Path]:
@@ -127,10 +200,25 @@ def _is_under(path: Path, ancestor: Path | None) -> bool:
 
 
 def _has_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    extension = os.path.splitext(name)[1].lower()
+    return extension in IMAGE_EXTENSIONS or extension in OTHER_IMAGE_EXTENSIONS
 
 
-def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visited: set[Path]) -> Iterator[WalkEntry]:
+def _read_head(path: Path, size: int) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(size)
+    except OSError:
+        return b""
+
+
+def _is_image_file(path: Path) -> bool:
+    """A regular file is an image when its name, its magic bytes or Pillow's plugins say so."""
+    return _has_image_name(path.name) or sniff_format(path) is not None or pillow_identifies(_read_head(path, _PILLOW_SNIFF_BYTES)) is not None
+
+
+def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visited: set[Path],
+              inside: Path | None = None) -> Iterator[WalkEntry]:
     # Depth-first over names sorted per directory yields exactly sorted(relpath): PurePosixPath
     # orders by path components, and so does this traversal.
     try:
@@ -164,10 +252,14 @@ def _walk_dir(directory: Path, rel: PurePosixPath, excluded: Path | None, visite
                 yield WalkEntry(path, rel / name, "skipped", "link to a folder already walked")
                 continue
             visited.add(real)
-            yield from _walk_dir(path, rel / name, excluded, visited)
+            yield from _walk_dir(path, rel / name, excluded, visited, inside)
         elif stat.S_ISREG(info.st_mode):
-            if _has_image_name(name) or sniff_format(path) is not None:
+            if _is_image_file(path):
                 yield WalkEntry(path, rel / name, "image")
+            elif inside is not None and not _is_under(real, inside):
+                # A side file reached through a link (to it, or to a folder above it) that leads out of the
+                # input: never copied (--copy-other), since it is not part of the dataset given.
+                yield WalkEntry(path, rel / name, "skipped", "not an image; a link out of the input (not read, not copied)")
             else:
                 yield WalkEntry(path, rel / name, "other", "not an image")
         else:
@@ -195,7 +287,7 @@ def walk_store(root: StorePath, exclude: Path | StorePath | None = None) -> Iter
             continue
         if not info.is_file:
             continue
-        if _has_image_name(relpath.name) or _sniff_object(path) is not None:
+        if _has_image_name(relpath.name) or _sniff_object(path) is not None or _pillow_sniff_object(path) is not None:
             entries.append(WalkEntry(path, relpath, "image"))
         else:
             entries.append(WalkEntry(path, relpath, "other", "not an image"))
@@ -206,5 +298,13 @@ def _sniff_object(path: StorePath) -> str | None:
     """:func:`sniff_format` of an object: its first bytes only (one ranged read)."""
     try:
         return sniff_format_of_bytes(path.read_head(_SNIFF_BYTES))
+    except OSError:
+        return None
+
+
+def _pillow_sniff_object(path: StorePath) -> str | None:
+    """:func:`pillow_identifies` of an object's first bytes (one ranged read)."""
+    try:
+        return pillow_identifies(path.read_head(_PILLOW_SNIFF_BYTES))
     except OSError:
         return None

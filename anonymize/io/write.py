@@ -3,7 +3,10 @@
 The output image is always built from the pixel array (``Image.fromarray``), never by re-saving
 the decoded source: a source ``Image`` carries its ``info`` dict (EXIF, XMP, comments, text
 chunks), and several Pillow writers copy parts of it into the output by default. Only the ICC
-profile is passed on, because without it colours shift, and it says nothing about the person.
+profile's colour data is passed on, because without it colours shift: the profile is rebuilt from its
+colour tags (:func:`anonymize.io.icc.cleaned_profile`: description, copyright, device and vendor-private
+tags gone) and checked to give the same colours; a profile that cannot be rebuilt faithfully has its
+pixels converted to sRGB and is dropped (the row's note says so), and ``strip_icc`` drops every profile.
 
 Files appear atomically: the bytes are encoded in memory first, then written to a temporary file
 next to the destination, synced, and renamed over it. A crash or an encoding error leaves either
@@ -19,6 +22,8 @@ import os
 import re
 import secrets
 import stat
+import struct
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -27,6 +32,7 @@ from pyarrow import fs as pafs
 from PIL import Image, features
 
 from anonymize.io.decode import DecodedImage
+from anonymize.io.icc import IccError, cleaned_profile
 from anonymize.io.store import OBJECT_STORES, StorePath, StoreError, describe
 
 _ALPHA_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "BMP"})
@@ -48,8 +54,9 @@ def render_relpath(relpath: PurePosixPath, label: str) -> PurePosixPath:
     return relpath.with_name(f"{relpath.stem}.cfa-{label}{relpath.suffix}")
 
 
-def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -> bytes:
-    """Encode ``rgb`` in ``image``'s source format, with its alpha, gray-ness and ICC profile only.
+def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95, strip_icc: bool = False) -> bytes:
+    """Encode ``rgb`` in ``image``'s source format, with its alpha, gray-ness and its ICC profile's colour data only
+    (``strip_icc``: no profile at all, the pixels as they are).
 
     ``jpeg_quality`` is also the quality of lossy WebP. JPEG at quality >= 90 keeps full chroma
     resolution (4:4:4): anonymized faces are small and 4:2:0 visibly smears their colours.
@@ -60,7 +67,9 @@ def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -
     output = _build_output_image(image, pixels)
     if image.gray16 is not None and image.format in _SIXTEEN_BIT_FORMATS:
         output = _sixteen_bit_gray(image, pixels, output)
-    icc_profile = _profile_matching(image.icc_profile, output.mode)
+    icc_profile = None if strip_icc else _profile_matching(image.icc_profile, output.mode)
+    if icc_profile:
+        icc_profile, output = _colour_data_only(image, icc_profile, output)
     options: dict[str, object] = {"icc_profile": icc_profile} if icc_profile else {}
 
     if image.format == "JPEG":
@@ -76,6 +85,8 @@ def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -
         options.update(compression="tiff_lzw" if features.check_codec("libtiff") else None)
     elif image.format == "BMP":
         options.pop("icc_profile", None)  # Pillow's BMP writer cannot embed a profile
+    elif image.format in ("HEIF", "AVIF"):  # read and written through a plugin (anonymize.io.decode.SELF_WRITTEN)
+        options.update(quality=jpeg_quality)
     else:
         raise ValueError(f"cannot write format {image.format!r}")
 
@@ -84,9 +95,10 @@ def encode_image(image: DecodedImage, rgb: np.ndarray, jpeg_quality: int = 95) -
     return buffer.getvalue()
 
 
-def write_image(image: DecodedImage, rgb: np.ndarray, dest: Path, jpeg_quality: int = 95, root: Path | None = None) -> None:
+def write_image(image: DecodedImage, rgb: np.ndarray, dest: Path, jpeg_quality: int = 95, root: Path | None = None,
+                strip_icc: bool = False) -> None:
     """Encode (in memory) and then atomically place the result at ``dest`` (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(dest, encode_image(image, rgb, jpeg_quality=jpeg_quality), root=root)
+    atomic_write_bytes(dest, encode_image(image, rgb, jpeg_quality=jpeg_quality, strip_icc=strip_icc), root=root)
 
 
 class UnsafeOutputPath(OSError):
@@ -282,6 +294,81 @@ def _profile_matching(icc_profile: bytes | None, mode: str) -> bytes | None:
         return None
     wanted = b"GRAY" if mode in ("L", "LA", "I;16") else b"RGB "
     return icc_profile if icc_profile[16:20] == wanted else None
+
+
+_COLOUR_TOLERANCE = 1  # grey levels: the rebuilt profile must map every probed colour as the source's does
+
+
+def _colour_data_only(image: DecodedImage, profile: bytes, output: Image.Image) -> tuple[bytes | None, Image.Image]:
+    """The profile to embed (rebuilt from its colour data) and the image to encode.
+
+    A profile that cannot be rebuilt faithfully (unparsable tag table, colours that differ) is applied:
+    the pixels are converted to sRGB and no profile is embedded; one Little CMS cannot read at all (no
+    viewer could use it) is dropped. Either way the row's note says so."""
+    rebuilt, problem = _rebuilt_profile(profile)
+    if rebuilt is not None:
+        return rebuilt, output
+    converted = _to_srgb(output, profile)
+    if converted is not None:
+        _add_note(image, f"ICC profile not kept ({problem}): pixels converted to sRGB, profile dropped")
+        return None, converted
+    _add_note(image, f"ICC profile dropped ({problem}): pixels kept as decoded")
+    return None, output
+
+
+@lru_cache(maxsize=16)
+def _rebuilt_profile(profile: bytes) -> tuple[bytes | None, str]:
+    """(the rebuilt profile, "") or (None, why not); cached: a dataset usually shares a few profiles."""
+    from PIL import ImageCms
+
+    try:
+        rebuilt = cleaned_profile(profile)
+    except (IccError, struct.error) as exc:
+        return None, f"unreadable tag table: {exc}"
+    try:
+        source, cleaned = (ImageCms.ImageCmsProfile(io.BytesIO(data)) for data in (profile, rebuilt))
+        gray = profile[16:20] == b"GRAY"
+        probe = _probe_image(gray)
+        srgb = ImageCms.createProfile("sRGB")
+        mode = "L" if gray else "RGB"
+        before = ImageCms.applyTransform(probe, ImageCms.buildTransform(source, srgb, mode, "RGB"))
+        after = ImageCms.applyTransform(probe, ImageCms.buildTransform(cleaned, srgb, mode, "RGB"))
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        return None, f"not readable as a colour profile: {' '.join(str(exc).split())}"
+    difference = np.abs(np.asarray(before, np.int16) - np.asarray(after, np.int16)).max()
+    if difference > _COLOUR_TOLERANCE:
+        return None, f"its colour data alone maps colours {difference} grey levels apart"
+    return rebuilt, ""
+
+
+def _probe_image(gray: bool) -> Image.Image:
+    """Every grey level, or a 17 x 17 x 17 grid of colours (every 16th level, 255 included)."""
+    if gray:
+        return Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16))
+    levels = np.minimum(np.arange(17) * 16, 255).astype(np.uint8)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(17 * 17, 17, 3)
+    return Image.fromarray(np.ascontiguousarray(grid))
+
+
+def _to_srgb(output: Image.Image, profile: bytes) -> Image.Image | None:
+    """``output`` converted from ``profile`` to sRGB (alpha kept), or None when that cannot be done."""
+    from PIL import ImageCms
+
+    if output.mode not in ("RGB", "RGBA") or profile[16:20] != b"RGB ":
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        converted = ImageCms.profileToProfile(output.convert("RGB"), source, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return None
+    if output.mode == "RGBA":
+        converted.putalpha(output.getchannel("A"))
+    return converted
+
+
+def _add_note(image: DecodedImage, text: str) -> None:
+    if image.note is None or text not in image.note:
+        image.note = f"{image.note}; {text}" if image.note else text
 
 
 def _mode_for(folder: int, name: str) -> int:

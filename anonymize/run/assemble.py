@@ -5,18 +5,21 @@ Each stage gets the settings it reads and nothing more; this is the one place th
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
+from pathlib import PurePosixPath
 
 import pyarrow as pa
 
 from anonymize.faces.detect import Detector
-from anonymize.io.manifest import manifest_schema
+from anonymize.io.manifest import manifest_schema, readable
+from anonymize.io.walk import ImageFile
 from anonymize.io.storage import plan_storage, work_storage
 from anonymize.methods import Method
 from anonymize.run.config import RunConfig
 from anonymize.run.finish import Finisher, PasteBack, RowMaker
 from anonymize.run.method_calls import MethodBuild, MethodCaller
-from anonymize.run.prepare import Preparer, ResumePolicy
+from anonymize.run.prepare import Prepared, Preparer, PreviousRows, ResumePolicy
 from anonymize.run.stages import Stages
 from anonymize.steps import FinishingStep
 from anonymize.steps.adversarial import AdversarialStep
@@ -24,6 +27,21 @@ from anonymize.steps.identity import IdentityMetricStep
 from anonymize.steps.renders import RendersStep
 
 UAP_PLAN = "adversarial-uap"  # the adversarial step's plan folder (anonymize.io.storage.plan_storage)
+
+
+class MemoryBoundPreparer(Preparer):
+    """The preparer, with a MemoryError while one image is read, decoded or detected made that image's error row:
+    the run goes on with the next image, and a resume does not stop on the same file."""
+
+    def prepare(self, file: ImageFile, previous: PreviousRows | None = None) -> Prepared:
+        started = time.perf_counter()
+        try:
+            return super().prepare(file, previous)
+        except MemoryError:
+            shown = readable(str(PurePosixPath(file.relpath)))
+            return Prepared(file, error=f"{shown}: not enough memory to read and decode it (lower --max-bytes or "
+                                        f"--max-pixels to refuse such files before reading them)",
+                            seconds=time.perf_counter() - started)
 
 
 def method_build(config: RunConfig, device: str, expected_faces: int | None) -> MethodBuild:
@@ -63,7 +81,7 @@ def run_schema(method: Method, steps: list[FinishingStep]) -> pa.Schema:
 def assemble_stages(config: RunConfig, run_id: str, method: Method, build: MethodBuild, detector: Detector | None,
                     steps: list[FinishingStep], method_params: str) -> Stages:
     """The stages of this run; ``method`` and ``detector``: the driver's own, already built."""
-    preparer = Preparer(config.detection, ResumePolicy(config.output.resume, config.output.output_dir), method.crop_size,
+    preparer = MemoryBoundPreparer(config.detection, ResumePolicy(config.output.resume, config.output.output_dir), method.crop_size,
                         config.inputs.max_pixels, config.execution.weights_dir, build.device, detector)
     paste = PasteBack.of(config.region, method.default_region, method.replaces_aligned_image)
     finisher = Finisher(config.output, paste, steps, RowMaker(run_id, config.method.name, method_params))

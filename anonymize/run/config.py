@@ -23,6 +23,7 @@ OnError = Literal["skip", "fail"]
 Executor = Literal["local", "ray"]
 Framing = Literal["auto", "ffhq"]
 DEFAULT_MAX_PIXELS = 178_956_970  # a 13000 x 13000 photo needs about 3 GB decoded
+DEFAULT_MAX_BYTES = 2 << 30  # 2 GiB: larger files are error rows from their size, never read (anonymize.io.decode)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Inputs:
     limit: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger images are error rows, not memory exhaustion
     copy_other: bool = False  # copy files that are not images (labels, CSV) unchanged into the output
+    max_bytes: int = DEFAULT_MAX_BYTES  # larger files (images and side files) are error rows, never read
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class OutputPolicy:
     overwrite: bool = False
     dry_run: bool = False
     jpeg_quality: int = 95
+    strip_icc: bool = False  # --strip-icc: outputs carry no ICC profile at all (default: its colour data only)
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "limit": ("inputs", "limit"),
     "dry_run": ("output", "dry_run"),
     "jpeg_quality": ("output", "jpeg_quality"),
+    "strip_icc": ("output", "strip_icc"),
     "region": ("region", "kind"),
     "region_scale": ("region", "scale"),
     "feather": ("region", "feather"),
@@ -153,6 +157,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "manifest_path": ("output", "manifest_path"),
     "max_pixels": ("inputs", "max_pixels"),
     "copy_other": ("inputs", "copy_other"),
+    "max_bytes": ("inputs", "max_bytes"),
     "deterministic": ("execution", "deterministic"),
     "workers": ("execution", "workers"),
     "executor": ("execution", "executor"),

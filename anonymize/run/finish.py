@@ -20,7 +20,7 @@ from anonymize.io.walk import ImageFile
 from anonymize.io.write import output_path_for, render_relpath, write_image
 from anonymize.methods.base import AnonymizedFace
 from anonymize.run.config import OutputPolicy, PasteRegion
-from anonymize.run.prepare import Prepared
+from anonymize.run.prepare import Prepared, file_sha256
 from anonymize.steps import FinishingImage, FinishingStep
 
 # What the method gives an image: its anonymized faces (in face order), or why it failed (None: a dry run).
@@ -37,6 +37,7 @@ class Finished:
     error: str | None = None
     seconds: float = 0.0  # time spent in finish
     warning: str | None = None  # written, but the run must say something about it (--aligned-lenient)
+    output_changed: bool = False  # redone because the earlier output's bytes no longer matched its row's hash
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class RowMaker:
             "run_id": self.run_id,
             "source_path": str(file.relpath),
             "output_path": output,
+            "output_sha256": None,  # set by the finisher for the outputs it writes
             "source_sha256": digest,
             "width": int(image.rgb.shape[1]) if image is not None else None,
             "height": int(image.rgb.shape[0]) if image is not None else None,
@@ -102,6 +104,11 @@ class Finisher:
 
     def finish(self, item: Prepared, outcome: MethodOutcome, method_seconds: float = 0.0) -> Finished:
         """Paste back, encode and write one image (or record why not) -> its rows."""
+        finished = self._finish(item, outcome, method_seconds)
+        finished.output_changed = item.output_changed
+        return finished
+
+    def _finish(self, item: Prepared, outcome: MethodOutcome, method_seconds: float) -> Finished:
         started = time.perf_counter()
         shown = readable(str(item.file.relpath))
         if item.resumed:
@@ -124,41 +131,52 @@ class Finisher:
                                        lambda label, rgb: self._write_render(item, label, rgb))
             for step in self.steps:
                 image = step.apply(finishing, image, metrics)
-            output = self._write(item, image)
+            output, output_sha256 = self._write(item, image)
         except Exception as exc:  # noqa: BLE001 - a write that fails is this image's error, not the run's
             return self._error(item, _write_failure(shown, exc), item.seconds + method_seconds)
         finish_seconds = time.perf_counter() - started
         seconds = item.seconds + method_seconds + finish_seconds
         rows = self._face_rows(item, output, metrics, seconds / len(item.faces))
+        for row in rows:
+            row["output_sha256"] = output_sha256
         return Finished(rows, STATUS_DONE, faces=len(item.faces), seconds=finish_seconds, warning=item.warning)
 
     def _finish_without_face(self, item: Prepared, started: float) -> Finished:
         shown = readable(str(item.file.relpath))
         if self.output.on_no_face == "fail":
             return self._error(item, f"{shown}: no face detected (--on-no-face fail)", item.seconds)
-        output = None
+        output, output_sha256 = None, None
         if self.output.on_no_face == "copy" and not self.output.dry_run:
             try:
-                output = self._write(item, item.image.rgb)  # type: ignore[union-attr]
+                output, output_sha256 = self._write(item, item.image.rgb)  # type: ignore[union-attr]
             except Exception as exc:  # noqa: BLE001
                 return self._error(item, _write_failure(shown, exc), item.seconds + time.perf_counter() - started)
         finish_seconds = time.perf_counter() - started
-        return Finished([self.rows.row(item.file, item.sha256, item.image, STATUS_NO_FACE, output, item.seconds + finish_seconds)],
-                        STATUS_NO_FACE, seconds=finish_seconds)
+        row = self.rows.row(item.file, item.sha256, item.image, STATUS_NO_FACE, output, item.seconds + finish_seconds)
+        row["output_sha256"] = output_sha256
+        return Finished([row], STATUS_NO_FACE, seconds=finish_seconds)
 
     def _error(self, item: Prepared, message: str, seconds: float) -> Finished:
         return Finished([self.rows.row(item.file, item.sha256, item.image, STATUS_ERROR, None, seconds, error=message)],
                         STATUS_ERROR, error=message)
 
-    def _write(self, item: Prepared, rgb: np.ndarray) -> str:
+    def _write(self, item: Prepared, rgb: np.ndarray) -> tuple[str, str]:
+        """Write the output -> its relative path and the sha256 of the bytes now at its place (read back,
+        so the row records exactly what a resume will find if nothing touches it)."""
         out = self.output.output_dir
-        write_image(item.image, rgb, output_path_for(out, item.file.relpath), self.output.jpeg_quality, root=out)
-        return str(item.file.relpath)
+        dest = output_path_for(out, item.file.relpath)
+        write_image(item.image, rgb, dest, self.output.jpeg_quality, root=out,
+                    strip_icc=self.output.strip_icc)
+        digest = file_sha256(dest)
+        if digest is None:
+            raise OSError(f"{readable(str(item.file.relpath))}: the output just written cannot be read back")
+        return str(item.file.relpath), digest
 
     def _write_render(self, item: Prepared, label: str, rgb: np.ndarray) -> None:
         out = self.output.output_dir
         relpath = render_relpath(item.file.relpath, label)
-        write_image(item.image, rgb, output_path_for(out, relpath), self.output.jpeg_quality, root=out)  # type: ignore[arg-type]
+        write_image(item.image, rgb, output_path_for(out, relpath), self.output.jpeg_quality, root=out,
+                    strip_icc=self.output.strip_icc)  # type: ignore[arg-type]
 
     def _face_rows(self, item: Prepared, output: str | None, metrics: list[dict[str, Any]],
                    seconds: float) -> list[dict[str, Any]]:

