@@ -499,6 +499,7 @@ SUMMARY_KEYS = {
                    "originals": RELEASE_KEYS, "preservation": {"per_attribute": ANY_MAP, "mean": None},
                    **_leaves("unique_share unique_share_originals")},
     "figures": [_leaves("key label value kind instrument threshold protocol status")],
+    "content_copies": _leaves("outputs originals measures copies count unread"),  # issue 27: by content, not the manifest
     **_leaves("passed crossed parquet_path report_path"),
 }
 
