@@ -57,7 +57,7 @@ HUMAN_TEST_MODELS = ("faceres", "mobileface", "gear", "emotion", "age", "gender"
 # Manifest columns the dataset-level methods fill, checked by their unit and CLI tests alike.
 EDIT_COLUMNS = {"attr_edit_targets", "attr_edit_start", "attr_edit_achieved", "attr_edit_keep_drift", "attr_edit_identity"}
 CFA_COLUMNS = {"cfa_target_angle", "cfa_achieved_angle", "cfa_target_cos", "cfa_angle_error", "cfa_variant",
-               "cfa_leak_cos", "cfa_leak_tries", "cfa_leak_cos_after", "cfa_person", "cfa_renders"}
+               "cfa_leak_cos", "cfa_leak_tries", "cfa_leak_cos_after", "cfa_person", "cfa_renders", "cfa_e4e_angle"}
 VARYING_COLUMNS = ("run_id", "seconds")  # differ between any two runs, by design
 
 

@@ -41,8 +41,10 @@ def test_privacy_steps_report_before_and_after_each_step():
     assert before["k"] == 1 and recoded["k"] == 2 and recoded["distinct_l"] == 2
     assert recoded["flips"] == 4 and recoded["flip_share"] == pytest.approx(4 / 18)  # as in test_attribute_selection
     assert released.shape == (6, 3)
-    literal = privacy_steps(table(), ("Male",), (), t=0.5)[0][1]
-    assert literal["step"] == "algorithm-1" and literal["flips"] == 0  # Male is half present: both values lie 0.5 away
+    literal = privacy_steps(table(), ("Male",), (), t=0.5, reading="literal")[0][1]
+    assert literal["step"] == "algorithm-1 literal" and literal["flips"] == 0  # Male is half present: both values lie 0.5 away
+    closeness = privacy_steps(table(), ("Male",), (), t=0.5)[0][1]  # the default reading; one QI: the class is the whole set
+    assert closeness["step"] == "algorithm-1 closeness" and closeness["flips"] == 0 and closeness["marginals"] == {"Male": 0.5}
     with pytest.raises(ValueError, match="give k too"):
         privacy_steps(table(), ("Male",), ("Smiling",), l=2)
 

@@ -48,7 +48,22 @@ def test_json_reports_k_l_t_before_and_after_the_dataset_mode_and_writes_the_rel
 def test_the_table_view_and_the_errors_name_the_file_and_the_cause(table_path):
     shown = cli(table_path, "--qi", "Male,Eyeglasses", "--sensitive", "Smiling", "--epsilon", "1.0")
     assert shown.exit_code == 0 and "randomized-response" in shown.stdout and "distinct-l" in shown.stdout
-    refused = cli(table_path, "--qi", "Male,Eyeglasses", "--t", "0.2")
+    refused = cli(table_path, "--qi", "Male,Eyeglasses", "--t", "0.2", "--reading", "literal")
     assert refused.exit_code == 2 and "flips the majority value of" in refused.output and str(table_path.name) in refused.output
     unknown = cli(table_path, "--qi", "Beard")
     assert unknown.exit_code == 2 and "Beard" in unknown.output
+
+
+def test_algorithm_one_by_default_keeps_each_marginal_within_t_and_prints_both_readings(table_path):
+    """The default reading flips values only toward the population: marginals stay within t (here: unchanged)."""
+    result = cli(table_path, "--qi", "Male,Eyeglasses,Young", "--sensitive", "Smiling", "--t", "0.2", "--json")
+    assert result.exit_code == 0, result.output
+    before, after = json.loads(result.stdout)["steps"]
+    assert after["step"] == "algorithm-1 closeness"
+    for name, share in after["marginals"].items():
+        assert abs(share - after["population"][name]) <= 0.2 + 1e-9
+        assert abs(share - before["marginals"][name]) <= 0.2 + 1e-9
+    literal = cli(table_path, "--qi", "Male,Eyeglasses,Young", "--t", "0.5", "--reading", "literal")
+    assert literal.exit_code == 0 and "algorithm-1 literal" in literal.stdout and "share Male" in literal.stdout
+    bad = cli(table_path, "--qi", "Male", "--t", "0.2", "--reading", "point")
+    assert bad.exit_code == 2 and "reading must be one of closeness, literal" in bad.output

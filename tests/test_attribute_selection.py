@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from anonymize.attributes.ppas import (
-    Requirements, SelectionError, k_member_recoding, keep_probability, randomized_response, select_attributes_literal,
+    Requirements, SelectionError, closeness_over_others, k_member_recoding, keep_probability, randomized_response, select_attributes_closeness,
+    select_attributes_literal,
 )
 from anonymize.attributes.privacy import distinct_l, equivalence_classes, k_anonymity
 
@@ -33,6 +34,51 @@ def test_literal_algorithm_refuses_a_t_that_flips_majority_values():
         select_attributes_literal(LITERAL, 0.2, ("Male", "Eyeglasses"))
     with pytest.raises(SelectionError, match="lies in"):
         select_attributes_literal(LITERAL, 1.5, ("Male", "Eyeglasses"))
+
+
+# Eight faces, quasi-identifiers A and B, each present in half of them. Over the other attribute (B), the
+# class B=0 holds A in 3/4 and the class B=1 in 1/4: both 0.25 from S = 0.5.
+CLASSES = np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 1], [0, 1], [0, 1], [1, 1]])
+
+
+def test_algorithm_one_by_default_pulls_each_class_over_the_other_attributes_toward_the_population():
+    """By hand, t = 0.2, faces in order, A then B per face:
+    face 0, A: its class B=0 has A in 3/4, 0.25 > t from 0.5; flipping its 1 gives 2/4 (closer), marginal of A
+    4/8 -> 3/8 (0.125 <= t): flip. Face 0, B: its class A=0 (faces 0, 3, 4, 5, 6) has B in 3/5, 0.1: keep.
+    Faces 1-3 find their classes within t. Face 4, A: class B=1 has A in 1/4; its 0 -> 1 gives 2/4 and the
+    marginal 3/8 -> 4/8: flip. Every later class lies at 0.5 (or 1/3, 0.17 away): keep. Two flips; marginals 0.5."""
+    selection = select_attributes_closeness(CLASSES, 0.2)
+    assert np.argwhere(selection.changed).tolist() == [[0, 0], [4, 0]]
+    assert selection.codes[:, 0].tolist() == [0, 1, 1, 0, 1, 0, 0, 1] and selection.codes[:, 1].tolist() == CLASSES[:, 1].tolist()
+    assert selection.codes.mean(axis=0).tolist() == [0.5, 0.5]
+    # Before, every class over the other attribute lay 0.25 from S (B over A: A=1 has B in 1/4, A=0 in 3/4); after, none.
+    assert [values.tolist() for values in closeness_over_others(CLASSES, np.array([0.5, 0.5]))] == [[0.25, 0.25], [0.25, 0.25]]
+    assert [values.tolist() for values in closeness_over_others(selection.codes, np.array([0.5, 0.5]))] == [[0.0, 0.0], [0.0, 0.0]]
+    assert select_attributes_closeness(CLASSES, 0.25).flips == 0  # every class already within t
+    # The literal reading cannot even be asked for t < 0.5 here (it would flip a majority value) and keeps all at 0.5.
+    with pytest.raises(SelectionError, match="flips the majority value"):
+        select_attributes_literal(CLASSES, 0.2, ("A", "B"))
+    # Against S = (0.75, 0.5): face 0's A class (3/4) is at S, but its B class A=1 (faces 0 1 2 7) has B in 1/4:
+    # its 0 -> 1 (class 2/4, marginal of B 5/8). Face 3's B class A=0 has B in 3/4 but its 0 would only move it
+    # away: kept. Face 4's A class B=1 (faces 0 4 5 6 7) has A in 2/5: 0 -> 1 (3/5; A's marginal 4/8 -> 5/8, closer to 0.75).
+    toward = select_attributes_closeness(CLASSES, 0.2, population=np.array([0.75, 0.5]))
+    assert np.argwhere(toward.changed).tolist() == [[0, 1], [4, 0]]
+
+
+def test_algorithm_one_by_default_never_takes_a_marginal_farther_than_t_from_the_population():
+    """The literal reading erases a 30 % attribute (every face gets its majority value); the default keeps it near 30 %."""
+    codes = (np.random.default_rng(3).random((200, 4)) < np.array([0.3, 0.5, 0.2, 0.6])).astype(np.int8)
+    codes[::17, 1] = -1  # unknown values stay unknown and count in no share
+    shares = np.array([(codes[codes[:, c] >= 0, c] == 1).mean() for c in range(4)])
+    for t in (0.05, 0.1, 0.3):
+        selection = select_attributes_closeness(codes, t)
+        released = np.array([(selection.codes[selection.codes[:, c] >= 0, c] == 1).mean() for c in range(4)])
+        assert (np.abs(released - shares) <= t + 1e-9).all()
+        assert (selection.codes[codes < 0] == -1).all()
+    literal = select_attributes_literal(codes, 0.5, ("a", "b", "c", "d"))
+    assert (literal.codes[:, 0] == 0).all()  # the 30 % attribute collapsed to 0 %
+    with pytest.raises(SelectionError, match="lies in"):
+        select_attributes_closeness(codes, 1.5)
 
 
 # Six faces, three quasi-identifiers; faces 0 and 1 already form a class of two.

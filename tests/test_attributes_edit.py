@@ -4,13 +4,16 @@ the shared W+ loop, batching. Faces are the smooth synthetic crops of test_falco
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from anonymize.attributes.table import CELEBA_ATTRIBUTES
+from anonymize.attributes.io import write_attribute_table
+from anonymize.attributes.ppas import randomized_response
+from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
 from anonymize.io.storage import plan_storage, work_storage
 from anonymize.methods.attributes_edit.method import AttributeEditMethod
 from anonymize.methods.attributes_edit.objective import AttributeEditLoss, EditWeights, IdentityTargets
@@ -186,6 +189,62 @@ def test_stage_two_chooses_the_quasi_identifiers_over_the_dataset_before_any_fac
     copy = make_method(select="k", qi="Male,Young", k="2")  # a copy that did not plan (a Ray actor) reads the plan
     copy.context = replace(copy.context, plan=plan)
     assert np.array_equal(copy.chosen_values(keys), chosen)
+
+
+# The eight faces of test_attribute_selection.py's hand-computed Algorithm 1 example, as Male (A) and Young (B).
+ALGORITHM_1_FACES = np.array([[1, 0], [1, 0], [1, 0], [0, 0], [0, 1], [0, 1], [0, 1], [1, 1]])
+MALE, YOUNG = CELEBA_ATTRIBUTES.index("Male"), CELEBA_ATTRIBUTES.index("Young")
+
+
+def _planned(method, codes: np.ndarray) -> np.ndarray:
+    """Plan stage II over faces whose surveyed Male / Young are ``codes`` (everything else 0.5); the chosen values."""
+    keys = [f"f{row}.jpg#0" for row in range(len(codes))]
+    for key, (male, young) in zip(keys, codes):
+        row = np.full(len(CELEBA_ATTRIBUTES), 0.5, np.float32)
+        row[MALE], row[YOUNG] = 0.9 if male else 0.1, 0.9 if young else 0.1
+        method.surveyed[key] = row
+    method.plan()
+    return method.chosen_values(keys)
+
+
+def test_algorithm_one_in_the_method_is_the_class_reading_then_line_eleven_at_epsilon(make_method, tmp_path):
+    """select=closeness chooses the hand-computed values (faces 0 and 4 flip Male); line 11 then perturbs each face
+    by randomised response at epsilon, seeded by the run seed and the face key; perturb=false stops after line 10."""
+    exact = _planned(make_method(select="closeness", qi="Male,Young", t="0.2", perturb="false"), ALGORITHM_1_FACES)
+    assert np.argwhere(exact != ALGORITHM_1_FACES).tolist() == [[0, 0], [4, 0]]
+    almost = _planned(make_method(select="closeness", qi="Male,Young", t="0.2", epsilon="40"), ALGORITHM_1_FACES)
+    assert np.array_equal(almost, exact)  # keep probability 1 - 4e-18
+    coin = _planned(make_method(select="closeness", qi="Male,Young", t="0.2", epsilon="0"), ALGORITHM_1_FACES)
+    expected = [randomized_response(row, 0.0, [5, zlib.crc32(f"f{index}.jpg#0".encode())]).codes for index, row in enumerate(exact)]
+    assert np.array_equal(coin, np.stack(expected)) and not np.array_equal(coin, exact)
+    literal = _planned(make_method(select="literal", qi="Male,Young", t="0.5", perturb="false"), ALGORITHM_1_FACES)
+    assert np.array_equal(literal, ALGORITHM_1_FACES)  # every value lies 0.5 from S: the literal reading keeps all
+
+
+def test_stage_two_takes_a_reference_distribution_and_stage_one_s_labels(make_method, faces, tmp_path):
+    """reference=TABLE is S (Male 3/4, Young 1/2: the hand-computed flips of face 0's Young and face 4's Male);
+    source=labels reads stage II's values from the labels file instead of zero-shot FaRL, and a value it lacks stops the plan."""
+    reference = tmp_path / "reference.parquet"
+    values = np.full((4, 2), 0.1, np.float32)
+    values[:3, 0], values[:2, 1] = 0.9, 0.9
+    write_attribute_table(reference, AttributeTable(tuple(f"r{i}#0" for i in range(4)), ("Male", "Young"), values, "labels"))
+    chosen = _planned(make_method(select="closeness", qi="Male,Young", t="0.2", perturb="false", reference=str(reference)),
+                      ALGORITHM_1_FACES)
+    assert np.argwhere(chosen != ALGORITHM_1_FACES).tolist() == [[0, 1], [4, 0]]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("key,Male,Young\n" + "".join(f"{face.key},{sign},-1\n" for face, sign in zip(faces, ("1", "-1"))))
+    method = make_method(select="k", qi="Male,Young", k="2", source="labels", labels=str(labels))
+    method.survey(faces)
+    assert [method.surveyed[face.key][[MALE, YOUNG]].tolist() for face in faces] == [[1.0, 0.0], [0.0, 0.0]]
+    assert method.plan()["smallest class"] == 2
+    lacking = make_method(select="k", qi="Male,Smiling", k="2", source="labels", labels=str(labels))
+    lacking.survey(faces)
+    with pytest.raises(MethodError, match="source=labels gives no Smiling for folder/face 0.jpg#0"):
+        lacking.plan()
+    with pytest.raises(MethodError, match="source and reference are stage II's"):
+        make_method(source="labels", labels=str(labels))
+    with pytest.raises(MethodError, match="reference=.*no such file"):
+        make_method(select="k", qi="Male", reference=str(tmp_path / "none.parquet"))
 
 
 def test_stage_two_options_are_checked_before_anything_runs(make_method):

@@ -71,10 +71,30 @@ def test_margin_reaches_the_attribute_edit_s_identity_loss(tiny_env, two_photos,
     it is now the method's own option, recorded with its parameters and checked against its identity loss."""
     out = tmp_path / "out"
     result = cli("run", two_photos, "--out", out, "--aligned", "--method", "attributes", "--device", "cpu", "--json",
-                 "--margin", "0.4", "-p", "set=Eyeglasses:1", "-p", "steps=1", "-p", "bank_size=24")
+                 "--margin", "0.4", "-p", "identity=falco", "-p", "set=Eyeglasses:1", "-p", "steps=1", "-p", "bank_size=24")
     assert result.exit_code == 0, result.output
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert {json.loads(row["method_params"])["margin"] for row in rows} == {0.4}
+    assert {row["attr_edit_identity"] for row in rows} == {"falco"}
+    # The paper's stage III (StarGAN: adversarial, classification, reconstruction terms) has no identity loss: none by default.
     refused = cli("run", two_photos, "--out", tmp_path / "other", "--aligned", "--method", "attributes", "--device", "cpu",
-                  "--margin", "0.4", "-p", "set=Eyeglasses:1", "-p", "identity=cfa")
-    assert refused.exit_code != 0 and "margin is the target of identity=falco" in " ".join(refused.output.split())
+                  "--margin", "0.4", "-p", "set=Eyeglasses:1")
+    assert refused.exit_code != 0 and "margin is the target of identity=falco (got identity=none): add -p identity=falco" in " ".join(
+        refused.output.split())
+
+
+def test_algorithm_one_then_stage_three_from_the_cli(tiny_env, shared_dir, tmp_path):
+    """select=closeness (Algorithm 1, its default reading, then line 11 at epsilon) runs end to end: each face's
+    quasi-identifier targets are the 0/1 values the plan chose."""
+    source = copy_celeba_ids(shared_dir, tmp_path / "four")
+    out = tmp_path / "out"
+    result = cli("run", source, "--out", out, "--aligned", "--method", "attributes", "--device", "cpu", "--json",
+                 "-p", "select=closeness", "-p", "qi=Male,Young", "-p", "t=0.1", "-p", "epsilon=2",
+                 "-p", "steps=1", "-p", "bank_size=24")
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert len(rows) == 4 and all(row["status"] == "done" for row in rows)
+    for row in rows:
+        targets = json.loads(row["attr_edit_targets"])
+        assert {targets["Male"], targets["Young"]} <= {0.0, 1.0}
+        assert json.loads(row["method_params"])["select"] == "closeness"

@@ -482,7 +482,7 @@ SUMMARY_KEYS = {
     "detection": _leaves("detected rate"),
     "reid": _leaves("reidentified verification_rate rank1_hits rank1_rate mean_distance median_distance min_distance rank1_chance "
                     "rank1_meaning"),
-    "face_quality": _leaves("psnr_face_db ssim_face lpips_face"),
+    "face_quality": _leaves("psnr_face_db ssim_face lpips_face ms_ssim_face"),
     "missed_faces": _leaves("count faces"),
     "possible_faces": _leaves("count unchanged faces ruled_out counted mesh"),
     "identity_check": _leaves("available reason"),

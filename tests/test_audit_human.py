@@ -27,6 +27,7 @@ from anonymize.audit.study import ANSWER_KEY, STUDY_DIR, STUDY_PAGE, study_pairs
 from anonymize.audit.summary import AuditSummary
 from anonymize.cli import _register_commands, app
 from anonymize.run import run, run_config
+from tests.helpers import cli
 
 PHOTOS_PER_IDENTITY = 2
 
@@ -54,9 +55,10 @@ def human_audit(celeba: dict[str, Path], anonymized: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def audits(celeba: dict[str, Path]) -> dict[str, object]:
-    """The copy audited without files; the blurred run with the HTML report and an 8-pair study kit."""
+    """The copy audited without files; the blurred run with the HTML report and a study kit of 8 + 4 control pairs."""
     return {"copy": human_audit(celeba, celeba["copy"]),
-            "blurred": human_audit(celeba, celeba["blurred"], write_files=True, report_dir=celeba["root"] / "report", study_pairs=8)}
+            "blurred": human_audit(celeba, celeba["blurred"], write_files=True, report_dir=celeba["root"] / "report", study_pairs=8,
+                                   study_control_pairs=4)}
 
 
 def test_outputs_that_are_the_inputs_pass_the_match_gate_and_fail_the_visual_floor(audits):
@@ -144,19 +146,32 @@ def test_a_face_box_above_either_ceiling_still_looks_like_its_original():
 def test_the_study_kit_shows_volunteers_shuffled_pairs_and_keeps_the_answers_in_a_separate_file(celeba, audits):
     report = celeba["root"] / "report"
     page = (report / STUDY_PAGE).read_text()
-    key = list(csv.DictReader((report / ANSWER_KEY).open()))
-    assert [int(row["pair"]) for row in key] == list(range(1, 9))
+    everything = list(csv.DictReader((report / ANSWER_KEY).open()))
+    assert [int(row["pair"]) for row in everything] == list(range(1, 13))
+    assert sorted(row["kind"] for row in everything) == ["anonymized"] * 8 + ["control"] * 4
+    assert [row["kind"] for row in everything] != ["anonymized"] * 8 + ["control"] * 4  # controls shuffled in
+    key = [row for row in everything if row["kind"] == "anonymized"]
     assert sorted(row["answer"] for row in key) == ["different"] * 4 + ["same"] * 4
     assert [row["answer"] for row in key] != ["same"] * 4 + ["different"] * 4  # shuffled
     for row in key:
-        same_face = row["left_original"] == row["right_anonymized_from"]
+        same_face = row["left_original"] == row["right_face"]
         assert same_face == (row["answer"] == "same")
         assert (row["left_identity"] == row["right_identity"]) == (row["answer"] == "same")  # another identity, never another photo
-    assert sorted(path.name for path in (report / STUDY_DIR).iterdir()) == [f"{n:03d}-{side}.jpg" for n in range(1, 9) for side in "ab"]
-    assert "different" not in page.lower() and "anonymiz" not in page.lower() and page.count('type="radio"') == 16
-    for row in key:  # no file name gives a pair away
+    controls = [row for row in everything if row["kind"] == "control"]
+    assert sorted(row["answer"] for row in controls) == ["different"] * 2 + ["same"] * 2
+    for row in controls:  # two originals: same person = two different photos of one identity
+        assert row["left_original"] != row["right_face"]
+        assert (row["left_identity"] == row["right_identity"]) == (row["answer"] == "same")
+    numbers = {int(row["pair"]) for row in controls}
+    for number in numbers:  # a control's right-hand thumbnail is the original, not the blurred output
+        right = (report / STUDY_DIR / f"{number:03d}-b.jpg").read_bytes()
+        assert right != (report / STUDY_DIR / f"{number:03d}-a.jpg").read_bytes()
+    assert sorted(path.name for path in (report / STUDY_DIR).iterdir()) == [f"{n:03d}-{side}.jpg" for n in range(1, 13) for side in "ab"]
+    assert "different" not in page.lower() and "anonymiz" not in page.lower() and "control" not in page.lower()
+    assert page.count('type="radio"') == 24
+    for row in everything:  # no file name gives a pair away
         assert row["left_original"].split("#")[0].split("/")[-1] not in page
-        assert row["right_anonymized_from"].split("#")[0].split("/")[-1] not in page
+        assert row["right_face"].split("#")[0].split("/")[-1] not in page
     index = (report / "index.html").read_text()
     assert STUDY_PAGE in index and ANSWER_KEY in index and "Privacy goal" in index
 
@@ -174,3 +189,69 @@ def test_study_pairs_are_half_same_half_another_person_and_follow_the_seed():
         [(p.answer, p.original["source_path"], p.anonymized["source_path"]) for p in pairs]
     alone = [{**rows[0], "identity": None}]
     assert [pair.answer for pair in study_pairs(alone, 4)] == ["same"]  # nobody else: same-person pairs only
+
+
+def test_control_pairs_are_two_originals_and_need_identities():
+    rows = [{"source_path": f"{person}/{photo}.jpg", "face_index": 0, "box": [0, 0, 10, 10], "identity": str(person)}
+            for person in range(3) for photo in range(3)]
+    pairs = study_pairs(rows, 4, seed=3, controls=6)
+    controls = [pair for pair in pairs if pair.kind == "control"]
+    assert len(pairs) == 10 and sorted(pair.answer for pair in controls) == ["different"] * 3 + ["same"] * 3
+    for pair in controls:
+        assert pair.right_side == "original" and pair.original["source_path"] != pair.anonymized["source_path"]
+        assert (pair.original["identity"] == pair.anonymized["identity"]) == (pair.answer == "same")
+    assert all(pair.right_side == "anonymized" for pair in pairs if pair.kind == "anonymized")
+    unlabelled = [{**row, "identity": None} for row in rows]
+    assert all(pair.kind == "anonymized" for pair in study_pairs(unlabelled, 4, controls=6))  # no identities: no control
+
+
+STUDY_KEY = """pair,kind,answer,left_original,right_face,left_identity,right_identity
+1,anonymized,same,a#0,a#0,1,1
+2,anonymized,different,a#0,b#0,1,2
+3,anonymized,same,c#0,c#0,3,3
+4,anonymized,different,c#0,d#0,3,4
+5,control,same,a#0,e#0,1,1
+6,control,different,b#0,c#0,2,3
+7,control,same,c#0,f#0,3,3
+8,control,different,d#0,a#0,4,1
+"""
+# v1: anonymized 1 right, 2 wrong, 3 wrong, 4 right; control all right.
+# v2: anonymized 1, 2, 4 right, 3 empty; control 5, 6 right, 7 wrong, 8 missing.
+ANSWERS = """volunteer,pair,answer
+v1,1,yes
+v1,2,yes
+v1,3,no
+v1,4,no
+v1,5,yes
+v1,6,no
+v1,7,yes
+v1,8,no
+v2,1,Yes
+v2,2,no
+v2,3,
+v2,4,n
+v2,5,same
+v2,6,no
+v2,7,no
+"""
+
+
+def test_study_score_reads_answers_against_the_key_with_wilson_intervals(tmp_path):
+    """Hand-scored: anonymized 5 of 7 answered right, control 6 of 7, 2 cells unanswered. Wilson 95%:
+    5/7 -> 0.3589 .. 0.9178; 6/7 -> 0.4869 .. 0.9743 (z = 1.96)."""
+    (tmp_path / ANSWER_KEY).write_text(STUDY_KEY)
+    (tmp_path / "answers.csv").write_text(ANSWERS)
+    result = cli("audit", "study-score", tmp_path / "answers.csv", "--json")
+    assert result.exit_code == 0, result.output
+    score = json.loads(result.output)
+    assert (score["volunteers"], score["unanswered"]) == (2, 2)
+    assert (score["anonymized"]["right"], score["anonymized"]["answered"]) == (5, 7)
+    assert (score["control"]["right"], score["control"]["answered"]) == (6, 7)
+    assert score["anonymized"]["ci95"] == pytest.approx([0.3589, 0.9178], abs=1e-4)
+    assert score["control"]["ci95"] == pytest.approx([0.4869, 0.9743], abs=1e-4)
+    (tmp_path / "bad.csv").write_text("pair,answer\n9,yes\n")
+    bad = cli("audit", "study-score", tmp_path / "bad.csv", "--key", tmp_path / ANSWER_KEY)
+    assert bad.exit_code != 0 and "bad.csv" in bad.output and "not in the answer key" in bad.output
+    (tmp_path / "maybe.csv").write_text("pair,answer\n1,maybe\n")
+    maybe = cli("audit", "study-score", tmp_path / "maybe.csv", "--key", tmp_path / ANSWER_KEY)
+    assert maybe.exit_code != 0 and "line 2" in maybe.output and "neither yes nor no" in maybe.output

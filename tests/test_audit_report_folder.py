@@ -33,7 +33,7 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def audit(release: dict[str, Path], report: Path, pairs: int = 4):
     return cli("audit", release["originals"], release["blurred"], "--report", report, "--detector", "dlib-hog",
-               "--device", "cpu", "--weights-dir", release["weights"], "--study-pairs", pairs, "--report-only", "--quiet")
+               "--device", "cpu", "--weights-dir", release["weights"], "--study-pairs", pairs, "--study-control-pairs", 0, "--report-only", "--quiet")
 
 
 def digest(folder: Path) -> dict[str, str]:

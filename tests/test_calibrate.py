@@ -55,8 +55,14 @@ def test_dlib_on_celeba_identities_accepts_most_same_pairs_at_a_strict_far(share
 
 def test_arcface_calibration_runs_on_the_arcface_weights(tiny_env, shared_dir, tmp_path):
     source = copy_celeba_ids(shared_dir, tmp_path / "ids")
-    result = cli("calibrate", source, "--recogniser", "arcface", "--far", "0.25", "--device", "cpu", "--json")
-    assert result.exit_code == 0, result.output
-    found = json.loads(result.stdout)
-    assert found["recogniser"] == "arcface" and found["same_pairs"] == 2 and found["different_pairs"] == 4
-    assert found["cosine"]["far"] <= 0.25 and 0 <= found["angle_degrees"] <= 180
+    record = tiny_env.weights_dir / "calibration" / "arcface.json"
+    try:
+        result = cli("calibrate", source, "--recogniser", "arcface", "--far", "0.25", "--device", "cpu", "--json")
+        assert result.exit_code == 0, result.output
+        found = json.loads(result.stdout)
+        assert found["recogniser"] == "arcface" and found["same_pairs"] == 2 and found["different_pairs"] == 4
+        assert found["cosine"]["far"] <= 0.25 and 0 <= found["angle_degrees"] <= 180
+        assert found["record"] == str(record)  # stored where CFA's -p angle=threshold+N reads it
+        assert json.loads(record.read_text())["angle_degrees"] == found["angle_degrees"]
+    finally:
+        record.unlink(missing_ok=True)  # the tiny weights folder is shared: other tests expect no calibration

@@ -85,12 +85,21 @@ def test_the_loss_is_the_specs_sum_of_identity_hinge_feature_map_appearance_and_
         cosine = F.cosine_similarity(networks.arcface(images), loss.source.identity, dim=1)
         trunk = networks.arcface.body(networks.arcface.input_layer(arcface_input(images, networks.arcface.input_size)))
         feature = (trunk - loss.source.feature_map).square().mean(dim=(1, 2, 3))
-        appearance = (pooled_tokens(networks.farl(images).tokens) - loss.appearance).abs().mean(dim=1)
+        appearance = (pooled_tokens(networks.farl(images).tokens) - loss.appearance).square().mean(dim=1)  # Eq. 4: squared L2
         psnr = psnr_db(images.tensor, loss.source.pixels)
     expected = 10 * (0.9 - cosine).clamp_min(0) + feature + appearance + 0.1 * (psnr - 5).clamp_min(0)
     assert torch.allclose(parts["id_cos"], cosine, atol=1e-6) and torch.allclose(parts["psnr"], psnr)
     assert torch.allclose(total, expected, rtol=1e-5, atol=1e-6)
     assert torch.all(psnr > 5)  # the pixel hinge is active here, so it is part of the checked sum
+    # dif=l2: the paper's Eq. 5 in place of the hinge, -lambda_pix * mean squared difference on the [0, 1] scale
+    paper = make_method(id_margin="0.9", dif="l2")
+    _, _, eq5 = loop_inputs(paper, faces[:2])
+    with torch.no_grad():
+        total5, parts5 = eq5(images, start, False)
+    mse = ((images.tensor - loss.source.pixels) / 2).square().mean(dim=(1, 2, 3))
+    assert torch.allclose(total5, expected - 0.1 * (psnr - 5).clamp_min(0) - 0.1 * mse, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(parts5["dif"], -mse) and torch.allclose(10 * torch.log10(1 / mse), psnr, rtol=1e-5)
+
 
 
 def test_the_loss_falls_for_every_face(make_method, faces):
@@ -191,6 +200,6 @@ def test_consistency_person_gives_every_photo_of_a_person_one_reference_and_a_co
 def test_bad_options_are_refused_in_one_line(make_method):
     for options, message in (({"select": "closest"}, "select must be one of"),
                              ({"consistency": "person", "outputs": "2"}, "outputs must be 1"),
-                             ({"source_layers": "0,99"}, "do not exist")):
+                             ({"source_layers": "0,99"}, "do not exist"), ({"dif": "l1"}, "dif must be")):
         with pytest.raises(MethodError, match=message):
             make_method(**options)

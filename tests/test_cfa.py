@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from anonymize.methods.base import FaceCrop, MethodContext, MethodError
+from anonymize.methods.cfa.angles import CalibratedThreshold, calibrated_threshold, parse_angle, parse_angles, relative_to_threshold, resolve_angles
+from anonymize.methods.cfa.content import ContentTarget, content_loss, identity_region
 from anonymize.methods.cfa.leakage import NOBODY, LeakageIndex
 from anonymize.methods.cfa.method import CfaMethod
 from anonymize.methods.cfa.objective import CfaLoss, CfaWeights
@@ -95,10 +97,10 @@ def faces() -> list[FaceCrop]:
 
 @pytest.fixture
 def make_method(tiny_weights, tmp_path):
-    def make(identity_from: str = "folder", **options: str) -> CfaMethod:
-        context = MethodContext(tiny_weights.store(), seed=3, work=work_storage(tmp_path / "out"), plan=plan_storage(tmp_path / "out", "cfa"),
-                                identity_from=identity_from)  # type: ignore[arg-type]
-        return CfaMethod(context, {"bank_size": "48", "steps": "4", "direction": "random", **options})
+    def make(identity_from: str = "folder", store=None, **options: str) -> CfaMethod:
+        context = MethodContext(store or tiny_weights.store(), seed=3, work=work_storage(tmp_path / "out"),
+                                plan=plan_storage(tmp_path / "out", "cfa"), identity_from=identity_from)  # type: ignore[arg-type]
+        return CfaMethod(context, {"bank_size": "48", "steps": "4", **options})  # direction: the default, random
 
     return make
 
@@ -250,7 +252,7 @@ def test_a_face_outside_the_plan_and_bad_options_are_refused(make_method, faces)
     with pytest.raises(MethodError, match="not surveyed"):
         method.anonymize(faces[1:2])
     for options, message in (({"angles": "40,x"}, "comma-separated"), ({"angle": "0"}, r"\(0, 180\]"),
-                             ({"direction": "north"}, "bank, random"), ({"variants": "0"}, "variants"),
+                             ({"direction": "north"}, "random, bank"), ({"variants": "0"}, "variants"),
                              ({"consistency": "all"}, "face, person"), ({"gallery": "/nonexistent"}, "not a folder")):
         with pytest.raises(MethodError, match=message):
             make_method(**options)
@@ -278,3 +280,156 @@ def test_people_come_from_arcface_clusters_unless_folders_are_asked_for(make_met
 def test_a_run_with_no_face_left_plans_nothing_new(make_method):
     figures = make_method().plan()
     assert figures == {"people": 0, "targets": 0, "redraws": 0, "leaky targets": 0}
+
+
+# -- the direction: the paper's random one by default ---------------------------------------------------
+def test_the_default_direction_is_the_papers_random_one_and_builds_no_bank(make_method, faces):
+    assert CfaMethod.Params().direction == "random"
+    method = planned(make_method(), faces)
+    assert method.params.direction == "random" and method.bank is None and "bank" not in method.describe()
+    assert (method.state.fakes == -1).all()
+    assert method.anonymize(faces[:1])[0].metrics["fake_index"] is None
+
+
+# -- angles relative to ArcFace's calibrated threshold --------------------------------------------------
+@pytest.mark.parametrize("text, value, relative", [("70", 70.0, False), ("threshold", 0.0, True), ("threshold+10", 10.0, True),
+                                                   ("Threshold - 2.5", -2.5, True), ("threshold+.5", 0.5, True)])
+def test_an_angle_is_degrees_or_degrees_from_the_calibrated_threshold(text, value, relative):
+    spec = parse_angle(text)
+    assert (spec.value, spec.relative) == (value, relative)
+    assert spec.resolve(60.0) == (60.0 + value if relative else value)
+
+
+@pytest.mark.parametrize("text", ["threshold*2", "thresh+1", "threshold+", "nan", "10 degrees"])
+def test_an_angle_that_is_neither_is_refused_in_one_line(text):
+    with pytest.raises(ValueError, match="neither degrees|finite") as error:
+        parse_angle(text)
+    assert "\n" not in str(error.value)
+
+
+def test_relative_angles_resolve_against_the_arcface_threshold_calibrate_stored(tmp_path):
+    from anonymize.audit.calibrate import calibrate, write_record
+    from anonymize.weights import WeightsStore
+
+    store = WeightsStore(tmp_path / "weights")
+    specs = parse_angles("40, threshold, threshold+10")
+    with pytest.raises(ValueError, match=r"anonymize calibrate FACES_DIR --recognizer arcface") as error:
+        resolve_angles(specs, calibrated_threshold(store), store)  # nothing calibrated: say what to run
+    assert str(tmp_path / "weights" / "calibration" / "arcface.json") in str(error.value)
+    # by hand: the closest different pair is 1.4 - 0.1 = 1.3 rad apart, so at FAR 0 the threshold angle is 1.3 rad
+    embeddings = np.array([[1.0, 0.0], [math.cos(0.1), math.sin(0.1)], [0.0, 1.0], [math.cos(1.4), math.sin(1.4)]])
+    write_record(calibrate(embeddings, [0, 0, 1, 1], far=0.0, recogniser="arcface"), tmp_path / "faces", tmp_path / "weights")
+    threshold = calibrated_threshold(store)
+    assert threshold is not None and threshold.angle == pytest.approx(math.degrees(1.3)) and threshold.far == 0.0
+    assert resolve_angles(specs, threshold, store) == pytest.approx((40.0, math.degrees(1.3), math.degrees(1.3) + 10))
+    assert relative_to_threshold((80.0,), threshold) == f"80 = threshold {80 - math.degrees(1.3):+.1f}"
+    with pytest.raises(ValueError, match=r"\(0, 180\]"):
+        resolve_angles(parse_angles("threshold+110"), threshold, store)
+
+
+def test_the_method_resolves_threshold_angles_and_states_them_against_the_threshold(make_method, faces, monkeypatch):
+    with pytest.raises(MethodError, match="calibrate .*--recognizer arcface"):
+        make_method(angle="threshold+10")  # the tiny weights folder holds no ArcFace calibration
+    stored = CalibratedThreshold(angle=60.0, cosine=0.5, far=0.001, faces_dir="ids", path="arcface.json")
+    monkeypatch.setattr("anonymize.methods.cfa.method.calibrated_threshold", lambda store: stored)
+    method = make_method(angles="threshold+10,threshold-5")
+    assert method.angles == (70.0, 55.0) and [render.label for render in method.renders] == ["a70-v0", "a55-v0"]
+    assert method.describe()["arcface_threshold"] == {"angle": 60.0, "far": 0.001, "faces_dir": "ids"}
+    figures = planned(method, faces).plan()
+    assert figures["angles"] == "70 = threshold +10.0, 55 = threshold -5.0 (ArcFace's calibrated 60.0 degrees at FAR 0.001)"
+    assert "arcface_threshold" not in make_method(angle="70").describe()  # a plain run's settings ignore calibrations
+
+
+# -- the content term and the e4e start -----------------------------------------------------------------
+def hand_landmarks(size: int = 64) -> np.ndarray:
+    """68 iBUG points of a schematic face on a 64 px crop (scaled to ``size``): eyes at (20, 25) and (44, 25)."""
+    jaw = [(6 + 52 * i / 16, 34 + 24 * math.sin(math.pi * i / 16)) for i in range(17)]
+    brows = [(14 + 3 * i, 19) for i in range(5)] + [(38 + 3 * i, 19) for i in range(5)]
+    nose = [(32, 24 + 3 * i) for i in range(4)] + [(28 + 2 * i, 37) for i in range(5)]
+
+    def ring(cx: float, cy: float, rx: float, ry: float, n: int) -> list[tuple[float, float]]:
+        return [(cx + rx * math.cos(2 * math.pi * k / n), cy + ry * math.sin(2 * math.pi * k / n)) for k in range(n)]
+
+    points = jaw + brows + nose + ring(20, 25, 4, 2, 6) + ring(44, 25, 4, 2, 6) + ring(32, 46, 8, 3, 12) + ring(32, 46, 5, 1, 8)
+    return np.array(points, dtype=np.float64) * size / 64
+
+
+def test_the_identity_region_is_brows_eyes_nose_and_mouth_and_excludes_the_rest():
+    region = identity_region(hand_landmarks(), 64)
+    assert region.shape == (64, 64) and region.min() >= 0 and region.max() <= 1
+    for x, y in ((20, 25), (44, 25), (20, 19), (47, 19), (32, 30), (32, 37), (32, 46), (26, 46)):  # eyes, brows, nose, mouth
+        assert region[y, x] == 1.0, (x, y)
+    for x, y in ((32, 4), (8, 40), (56, 40), (2, 2), (61, 2), (4, 60), (60, 60)):  # forehead, cheeks, corners
+        assert region[y, x] == 0.0, (x, y)
+
+
+@pytest.fixture(scope="module")
+def lpips_model(audit_weights):
+    from anonymize.models.registry import load_pretrained
+
+    return load_pretrained("lpips_alex", audit_weights.store())
+
+
+def test_the_content_term_is_zero_for_the_same_face_and_grows_with_changes_outside_the_region_only(lpips_model):
+    original = synthetic_face(5, size=128)
+    region = identity_region(hand_landmarks(128), 128)
+    target = ContentTarget.from_regions(CanonicalImages.from_uint8(original), region[None])
+
+    def content(image: np.ndarray) -> float:
+        return float(content_loss(CanonicalImages.from_uint8(image), target, lpips_model)[0])
+
+    def brighter(where: np.ndarray, amount: int) -> np.ndarray:
+        return np.where(where[..., None], np.clip(original.astype(int) + amount, 0, 255), original).astype(np.uint8)
+
+    assert content(original) == 0.0
+    assert content(brighter(region == 1.0, 60)) == 0.0  # a new nose, eyes, mouth: free
+    small, large = content(brighter(region == 0.0, 10)), content(brighter(region == 0.0, 40))
+    assert 0 < small < large
+    grey = np.full_like(original, 100)  # the pixel term by hand: +10 levels (10 / 127.5 in [-1, 1]) where the region is 0,
+    changed = np.where((region == 0.0)[..., None], grey + 10, grey).astype(np.uint8)  # averaged with weights 1 - region
+    no_perceptual = lambda a, b: torch.zeros(len(a))  # noqa: E731
+    pixel = content_loss(CanonicalImages.from_uint8(changed), ContentTarget.from_regions(CanonicalImages.from_uint8(grey), region[None]),
+                         no_perceptual)
+    assert float(pixel[0]) == pytest.approx(10 / 127.5 * (region == 0.0).sum() / (1.0 - region).sum(), rel=1e-5)
+
+
+def test_content_weight_adds_the_weighted_content_term_to_the_loss(make_method, faces, lpips_model):
+    method = make_method()
+    networks, inversion, originals = loss_inputs(method, faces[:2])
+    real = CanonicalImages.from_uint8(np.stack([face.image for face in faces[:2]]))
+    target = ContentTarget.from_regions(real, np.stack([identity_region(hand_landmarks(256), 256)] * 2))
+    anchors = originals.identity
+    targets = torch.nn.functional.normalize(anchors.flip(0) + 0.5, dim=1)
+    arguments = (networks, anchors, targets, torch.tensor([0.2, 0.3]), originals.tokens, inversion)
+    ws = inversion + 0.1
+    images = CanonicalImages(networks.generator(ws, noise_mode="const").tensor)
+    without, _ = CfaLoss(*arguments, CfaWeights())(images, ws, False)
+    with_content, parts = CfaLoss(*arguments, CfaWeights(content_weight=2.0), target, lpips_model)(images, ws, False)
+    torch.testing.assert_close(with_content, without + 2.0 * content_loss(images, target, lpips_model))
+    assert torch.all(parts["content"] > 0)
+
+
+def test_the_manifest_records_the_e4e_starting_angle_and_a_smaller_angle_warns_once(make_method, faces):
+    method = planned(make_method(angle="0.5", steps="0"), faces)
+    warnings = method.plan_warnings()
+    assert len(warnings) == 1 and "for 4 of 4 faces the e4e reconstruction" in warnings[0]
+    results = method.anonymize(faces)
+    networks = method.models.networks
+    with torch.no_grad():
+        real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]))
+        start = networks.arcface(networks.generator(method.models.encoder(real).float(), noise_mode="const")).numpy()
+    for index, face in enumerate(results):
+        expected = angle_between(start[index], method.state.anchors[method.state.units[index]])
+        assert face.metrics["cfa_e4e_angle"] == pytest.approx(expected, abs=1e-3)
+        assert face.metrics["cfa_e4e_angle"] == pytest.approx(face.metrics["cfa_achieved_angle"], abs=1e-3)  # 0 steps
+        assert face.metrics["cfa_content"] is None
+    assert planned(make_method(angle="180", steps="0"), faces).plan_warnings() == []
+
+
+def test_with_content_weight_the_method_needs_lpips_and_records_the_term(make_method, faces, audit_weights, tiny_weights):
+    with pytest.raises(MethodError, match="content_weight needs LPIPS"):
+        make_method(content_weight="1")  # the tiny weights folder has no LPIPS
+    method = planned(make_method(store=audit_weights.store(), content_weight="1", steps="2"), faces[:2])
+    assert {"lpips_alex_linear", "torchvision_alexnet", "dlib_shape_predictor_68"} <= set(method.weights_used())
+    for face in method.anonymize(faces[:2]):
+        assert face.metrics["cfa_content"] > 0

@@ -58,3 +58,14 @@ def test_a_cfa_sweep_with_variants_writes_every_render_and_lists_them_in_the_man
     again = cli(*args)
     assert again.exit_code == 0, again.output
     assert json.loads(again.stdout)["resumed"] == 4 and len(pq.read_table(out / "manifest.parquet")) == 4
+
+
+def test_an_angle_below_the_e4e_start_warns_once_with_the_count_and_the_manifest_records_the_start(tiny_env, two_people, tmp_path):
+    out = tmp_path / "out"
+    result = cli("run", two_people, "--out", out, "--aligned", "--method", "cfa", "--device", "cpu", "--json",
+                 "--identity-from", "folder", "-p", "angle=0.01", "-p", "steps=1")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("e4e reconstruction alone is already farther") == 1  # once per run, not per face
+    assert "for 4 of 4 faces" in result.output
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert all(row["cfa_e4e_angle"] > 0.01 for row in rows)

@@ -52,30 +52,41 @@ def served(retinaface_file, tmp_path):
     server.shutdown()
 
 
-def test_auto_runs_retinaface_when_its_weights_are_present(tiny_weights):
+def test_auto_runs_retinaface_with_mtcnn_searching_harder_when_its_weights_are_present(tiny_weights):
     if tiny_weights.store().status(RETINAFACE) != "present":
         pytest.skip("RetinaFace weights are not in ../shared")
     choice = choose_detector("auto", tiny_weights.store(), allow_download=False)
-    assert (choice.name, choice.requested) == ("retinaface", "auto")
-    assert "verified weights" in choice.reason
+    assert (choice.name, choice.requested, choice.augment) == ("ensemble", "auto", True)
+    assert "verified weights" in choice.reason and "retinaface+mtcnn" in choice.reason and "mirror" in choice.reason
+
+
+def test_auto_runs_retinaface_alone_without_mtcnn(tiny_weights, tmp_path):
+    if tiny_weights.store().status(RETINAFACE) != "present":
+        pytest.skip("RetinaFace weights are not in ../shared")
+    lock = _lock(tiny_weights)
+    for name in ("mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"):
+        lock[name] = dataclasses.replace(lock[name], source="package:no_such_package_here")
+    store = WeightsStore(tiny_weights.weights_dir, lock=lock)
+    choice = choose_detector("auto", store, allow_download=False)
+    assert (choice.name, choice.augment) == ("retinaface", True) and "MTCNN is not installed" in choice.reason
 
 
 def test_auto_fetches_retinaface_on_first_use_and_keeps_it(tiny_weights, served, tmp_path):
     store = WeightsStore(tmp_path / "weights", lock=_lock(tiny_weights, url=served))
     progress = []
     choice = choose_detector("auto", store, progress=lambda label, done, total: progress.append((label, done, total)))
-    assert choice.name == "retinaface" and "downloaded" in choice.reason
+    assert choice.name == "ensemble" and "downloaded" in choice.reason
     assert store.status(RETINAFACE) == "present"
     assert progress[-1][1] == progress[-1][2] == 1789735 or progress[-1][1] == 1789735
     again = []
-    assert choose_detector("auto", store, progress=lambda *args: again.append(args)).name == "retinaface"
+    assert choose_detector("auto", store, progress=lambda *args: again.append(args)).name == "ensemble"
     assert again == []  # cached: nothing downloaded twice
 
 
 def test_without_network_auto_falls_back_to_mtcnn_and_says_why(tiny_weights, tmp_path):
     store = WeightsStore(tmp_path / "weights", lock=_lock(tiny_weights, url=f"{UNREACHABLE}/retinaface.pth"))
     choice = choose_detector("auto", store)
-    assert choice.name == "mtcnn"
+    assert (choice.name, choice.augment) == ("mtcnn", True)
     assert "RetinaFace weights missing" in choice.reason and "download failed" in choice.reason
     assert "\n" not in choice.reason
     assert store.status(RETINAFACE) == "missing"  # no half-downloaded file taken for the real one
@@ -179,5 +190,5 @@ def test_a_fresh_machine_without_network_anonymizes_with_blur_and_says_which_det
     result = CliRunner().invoke(app, ["run", str(photos), "--out", str(tmp_path / "out2"), "--method", "blur",
                                       "--weights-dir", str(tmp_path / "fresh-weights"), "--device", "cpu"],
                                 catch_exceptions=False)
-    lines = [line for line in result.output.splitlines() if line.startswith("detector mtcnn:")]
+    lines = [line for line in result.output.splitlines() if line.startswith("detector mtcnn ")]
     assert len(lines) == 1 and "RetinaFace weights missing" in lines[0]

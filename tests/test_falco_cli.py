@@ -19,7 +19,6 @@ from PIL import Image
 
 import anonymize.cli.bank  # noqa: F401  (attaches `bank` to the app)
 import anonymize.cli.run  # noqa: F401  (attaches `run` to the app)
-from anonymize.cli import app
 from anonymize.faces.align import align_face, ffhq_quad
 from anonymize.faces.detect import DetectorSettings, create_detector
 from anonymize.io.manifest import read_manifest

@@ -72,7 +72,7 @@ def test_the_final_face_is_rendered_in_float32_even_under_bf16(tiny_weights, mon
                                      registry.load_farl_model(store, torch.device("cpu")))
     calls = []
     original_render = optimize.render
-    monkeypatch.setattr(optimize, "render", lambda g, ws, bf16: calls.append(bf16) or original_render(g, ws, bf16))
+    monkeypatch.setattr(optimize, "render", lambda g, ws, bf16, *clamp: calls.append(bf16) or original_render(g, ws, bf16, *clamp))
     real = CanonicalImages(torch.rand(1, 3, 64, 64) * 2 - 1)
     initial = torch.zeros(1, generator.num_ws, generator.w_dim)
     result = optimise_latents(initial, (3, 4), real_targets(real, networks), networks, OptimSettings(steps=2, bf16=True))

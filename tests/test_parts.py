@@ -17,10 +17,10 @@ from PIL import Image
 from anonymize.metrics.quality import ssim
 from anonymize.faces.align import align_single_face
 from anonymize.methods.base import MethodContext, MethodError
-from anonymize.methods.parts.identity import DlibIdentity
+from anonymize.methods.parts.identity import DlibIdentity, layer_identity_loss
 from anonymize.faces.landmarks import LandmarkFinder, inter_ocular, shape_predictor
 from anonymize.methods.parts.masks import PARTS, parse_parts, part_masks, union_mask
-from anonymize.methods.parts.method import Candidate, PartsMethod, select_candidate
+from anonymize.methods.parts.method import Candidate, PartsMethod, candidate_parts, select_candidate
 from anonymize.methods.parts.relevance import decompose_arcface, decompose_dlib, part_relevance, rank_parts
 from anonymize.methods.parts import warp
 from anonymize.methods.parts.warp import MOVED_LANDMARKS, PgdSettings, identity_pgd, target_landmarks, warp_maps, warp_parts
@@ -266,6 +266,43 @@ def test_adaptive_selection_takes_the_most_parts_that_pass_and_the_fewest_when_n
     make = lambda parts, ok: Candidate(parts, image, 0.0, ok)  # noqa: E731
     assert select_candidate([make(("a",), True), make(("a", "b"), True), make(("a", "b", "c"), False)]).parts == ("a", "b")
     assert select_candidate([make(("a", "b"), False), make(("a",), False)]).parts == ("a",)
+
+
+def test_k_fixes_how_many_of_the_least_relevant_parts_change_and_adaptive_stays_the_default():
+    ranking = ("lips", "eyebrows", "nose", "eyes")  # least identity-relevant first
+    assert candidate_parts(ranking) == [("lips",), ("lips", "eyebrows"), ("lips", "eyebrows", "nose"), ranking]
+    assert candidate_parts(ranking, k=2) == [("lips", "eyebrows")]
+    assert candidate_parts(ranking, fixed=("nose",)) == [("nose",)]
+    assert PartsMethod.Params().k == 0
+    for options, message in (({"k": "5"}, "k must be 1..4"), ({"k": "2", "parts": "nose"}, "either k"),
+                             ({"identity": "cosine"}, "identity must be"), ({"backend": "warp", "paste": "face"}, "paste=face needs")):
+        with pytest.raises(MethodError, match=message):
+            PartsMethod(MethodContext(WeightsStore()), options)
+
+
+def test_both_backends_move_each_part_toward_the_attribute_the_paper_names(finder, crops):
+    """One reading of "obfuscate": the paper's indicator sets Bushy Eyebrows, Narrow Eyes, Big Nose, Big Lips;
+    the latent backend's text targets are those prompts (tests/test_parts_text.py), and the warp moves that way."""
+    from anonymize.methods.parts.attributes import ATTRIBUTES
+
+    assert [ATTRIBUTES[part][0] for part in ("eyebrows", "eyes", "nose", "lips")] == \
+        ["bushy eyebrows", "narrow eyes", "a big nose", "big lips"]
+    landmarks = finder(crops[0])
+    moved = target_landmarks(landmarks, PARTS)
+    apart = lambda points, i, j: float(np.linalg.norm(points[i] - points[j]))  # noqa: E731
+    assert apart(moved, 37, 41) < apart(landmarks, 37, 41) and apart(moved, 44, 46) < apart(landmarks, 44, 46)  # narrower eyes
+    assert apart(moved, 31, 35) > apart(landmarks, 31, 35)  # a bigger nose
+    assert apart(moved, 51, 57) > apart(landmarks, 51, 57) and apart(moved, 48, 54) > apart(landmarks, 48, 54)  # bigger lips
+    assert all(moved[i, 1] < landmarks[i, 1] for i in range(17, 27))  # brows raised and thickened (upper edge lifted most)
+
+
+def test_eq7_identity_loss_sums_each_layers_l2_distance_relative_to_the_originals_norm():
+    """Hand-computed: layer A, original (1, 0, 0, 0) (norm 1); layer B, original (0, 0, 0, 6) (norm 6).
+    Image 0 equals A and is all zero in B: 0 / 1 + 6 / 6 = 1. Image 1 is (1, 3, 4, 0) in A and equals B:
+    5 / 1 + 0 / 6 = 5."""
+    reference = [torch.tensor([[1.0, 0, 0, 0]]).reshape(1, 1, 2, 2), torch.tensor([[0.0, 0, 0, 6]])]
+    features = [torch.tensor([[1.0, 0, 0, 0], [1, 3, 4, 0]]).reshape(2, 1, 2, 2), torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 6]])]
+    assert layer_identity_loss(features, reference).tolist() == pytest.approx([1.0, 5.0])
 
 
 def test_real_photos_keep_matching_their_originals_while_the_face_region_changes(store, crops):

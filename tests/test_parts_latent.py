@@ -1,9 +1,10 @@
 """`--method parts` with the latent backend, on the tiny networks; and the method from the CLI.
 
 The tiny e4e, decoder, ArcFace and FaRL (both towers) are random, so these tests check the mechanics
-the real networks rely on: the losses fall, only the trainable W+ layers move, pixels outside the
-chosen parts are the original's, a candidate comes out the same batched or alone, the run records
-its choices.
+the real networks rely on: the losses fall, only the trainable W+ layers move, with paste=parts pixels
+outside the chosen parts are the original's (with the default paste=face the whole face is regenerated),
+Eq. 7 keeps pulling where the hinge has stopped, a candidate comes out the same batched or alone, the
+run records its choices.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from anonymize.weights import WeightsStore, read_lock
 from tests.helpers import cli
 
 TRAINABLE = (3, 4, 5)  # the tiny 32 px decoder has W+ layers 0..7
-OPTIONS = {"backend": "latent", "steps": "6", "lr": "0.05", "tau": "0.0", "trainable_layers": "3,4,5", "lambda_tokens": "0.01"}
+OPTIONS = {"backend": "latent", "steps": "6", "lr": "0.05", "tau": "0.0", "trainable_layers": "3,4,5", "lambda_tokens": "0.01",
+           "paste": "parts", "identity": "hinge"}  # the part-outline paste and the hinge; the defaults are tested below
 PARTS_COLUMNS = ("parts_backend", "parts_chosen", "parts_k", "parts_relevance", "parts_selected_by", "parts_passed")
 
 
@@ -88,6 +90,19 @@ def test_the_identity_hinge_ramps_up_and_pulls_the_identity_back(tiny_weights, c
     assert face.metrics["parts_selected_by"] == "arcface" and face.metrics["parts_id_cos"] is not None
 
 
+def test_by_default_the_whole_regenerated_face_is_written_and_eq7_keeps_pulling_after_the_threshold(tiny_weights, crop):
+    """paste=face (the default): the written crop is G(w) everywhere, not only inside the parts; identity=layers
+    (the default): Eq. 7 falls even with tau = 0, where the hinge is zero from the start and never pulls."""
+    defaults = {key: value for key, value in OPTIONS.items() if key not in ("paste", "identity")}
+    whole = PartsMethod(MethodContext(tiny_weights.store()), {**defaults, "lambda_text": "0", "lambda_tokens": "0"})
+    assert (whole.params.paste, whole.params.identity) == ("", "layers") and whole.latent.settings.paste == "face"
+    result, masks = edit(whole, crop, [("nose",)])
+    outside = masks[0] == 0
+    assert np.abs(result.images[0][outside].astype(int) - crop[outside]).mean() > 1.0  # hair, skin, background regenerated
+    start, end = result.loop.start, result.loop.end
+    assert float(start["hinge"][0]) == 0.0 and float(end["id_layers"][0]) < float(start["id_layers"][0])
+
+
 def test_without_the_latent_weights_the_error_names_the_cpu_fallback(tmp_path):
     empty = WeightsStore(tmp_path, lock=read_lock(Path(__file__).resolve().parents[1] / "weights.lock"))
     with pytest.raises(MethodError, match=r"-p backend=warp") as error:
@@ -105,7 +120,7 @@ def two_photos(shared_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("backend_options, selected_by, loss_recognisers", [
-    (["-p", "backend=warp", "-p", "pgd_steps=2"], "dlib", ["dlib"]),
+    (["-p", "backend=warp", "-p", "pgd_steps=2", "-p", "k=2"], "dlib", ["dlib"]),
     (["-p", "backend=latent", "-p", "steps=2", "-p", "trainable_layers=3,4,5", "-p", "select_with=dlib"], "arcface+dlib",
      ["arcface-ir-se50", "dlib"]),
 ], ids=["warp", "latent-selected-with-dlib"])
@@ -119,6 +134,9 @@ def test_the_parts_method_runs_from_the_cli_and_records_its_choices(tiny_env, tw
     for row in rows:
         assert all(row[column] is not None for column in PARTS_COLUMNS), row
         assert row["parts_k"] == len(row["parts_chosen"].split(",")) and row["parts_selected_by"] == selected_by
+        if "k=2" in backend_options:  # -p k=2 fixes the number of parts; their choice stays the least relevant
+            ranking = sorted(json.loads(row["parts_relevance"]).items(), key=lambda item: item[1])
+            assert row["parts_chosen"].split(",") == [part for part, _ in ranking[:2]]
         assert set(json.loads(row["parts_relevance"])) == {"eyebrows", "eyes", "nose", "lips"}
         written = np.asarray(Image.open(out / row["output_path"]), float)
         original = np.asarray(Image.open(two_photos / row["source_path"]), float)

@@ -59,16 +59,16 @@ def test_the_text_embedding_reads_the_end_token_through_causal_attention(text_en
     assert not torch.allclose(embedding, other, atol=1e-3)
 
 
-def test_the_target_is_the_prompt_the_face_is_farther_from_and_the_loss_is_clips_zero_shot_cross_entropy():
+def test_the_target_is_always_the_attribute_the_paper_names_and_the_loss_is_clips_zero_shot_cross_entropy():
     e1, e2, e3 = torch.eye(3)
-    texts = AttributeTexts(("nose",), torch.stack([e1, e2])[None], logit_scale=10.0)
-    face = torch.nn.functional.normalize(torch.tensor([0.8, 0.6, 0.0]), dim=0)  # closer to "a big nose"
-    pairs = texts.targets(face, ["nose"])
-    assert torch.equal(pairs[0, 0], e2) and torch.equal(pairs[0, 1], e1)  # target: "a small nose"
+    texts = AttributeTexts(("nose",), torch.stack([e1, e2])[None], logit_scale=10.0)  # e1: "a big nose", e2: "a small nose"
+    pairs = texts.targets(["nose"])
+    assert torch.equal(pairs[0, 0], e1) and torch.equal(pairs[0, 1], e2)  # target: "a big nose", whatever the face
+    small = torch.nn.functional.normalize(torch.tensor([0.6, 0.8, 0.0]), dim=0)  # closer to "a small nose"
     expected = -math.log(math.exp(10 * 0.6) / (math.exp(10 * 0.6) + math.exp(10 * 0.8)))
-    assert texts.loss(face[None], [pairs]).item() == pytest.approx(expected, rel=1e-5)
-    toward = torch.nn.functional.normalize(torch.tensor([0.6, 0.8, 0.0]), dim=0)
-    assert texts.loss(toward[None], [pairs]).item() < expected
+    assert texts.loss(small[None], [pairs]).item() == pytest.approx(expected, rel=1e-5)
+    big = torch.nn.functional.normalize(torch.tensor([0.8, 0.6, 0.0]), dim=0)  # already big: still pulled further
+    assert 0 < texts.loss(big[None], [pairs]).item() < expected
 
 
 def test_every_part_has_two_prompts_embedded_by_farl(text_encoder):

@@ -186,8 +186,8 @@ def test_answer_key_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted():
     pairs = [StudyPair(1, "same", face("=HYPERLINK(\"http://x\")/a.jpg", "+1"), face("=HYPERLINK(\"http://x\")/a.jpg", "+1")),
              StudyPair(2, "different", face("@SUM(A1)/b.jpg", "-2"), face("plain.jpg", "alice"))]
     rows = list(csv.reader(io.StringIO(answer_key_csv(pairs).decode("utf-8"))))
-    assert rows[1] == ["1", "same", "'=HYPERLINK(\"http://x\")/a.jpg#0", "'=HYPERLINK(\"http://x\")/a.jpg#0", "'+1", "'+1"]
-    assert rows[2] == ["2", "different", "'@SUM(A1)/b.jpg#0", "plain.jpg#0", "'-2", "alice"]
+    assert rows[1] == ["1", "anonymized", "same", "'=HYPERLINK(\"http://x\")/a.jpg#0", "'=HYPERLINK(\"http://x\")/a.jpg#0", "'+1", "'+1"]
+    assert rows[2] == ["2", "anonymized", "different", "'@SUM(A1)/b.jpg#0", "plain.jpg#0", "'-2", "alice"]
     for row in rows[1:]:
         assert not any(cell.startswith(("=", "+", "-", "@")) for cell in row)
     not_utf8 = answer_key_csv([StudyPair(1, "same", face(NOT_UTF8, ""), face(NOT_UTF8, ""))]).decode("utf-8")

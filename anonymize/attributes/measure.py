@@ -16,6 +16,8 @@ import numpy as np
 from anonymize.attributes.privacy import PrivacyReport, equivalence_classes, privacy_report, share_below_k
 from anonymize.attributes.table import AttributeTable
 
+READINGS = ("closeness", "literal")  # Algorithm 1's S_{E_i}: over the other quasi-identifiers (default), or a point mass
+
 
 def codes_of(table: AttributeTable, names: Sequence[str]) -> np.ndarray:
     """[faces, len(names)] int8 codes (1, 0, -1 unknown) of the named attributes."""
@@ -51,6 +53,24 @@ def attribute_agreement(original: AttributeTable, output: AttributeTable) -> dic
     return agreement
 
 
+def source_accuracy(labels: AttributeTable, estimates: AttributeTable) -> dict[str, dict[str, float | int | None]]:
+    """Per attribute both tables hold: a source's accuracy against labels of the same faces (stage I's figure).
+
+    ``accuracy``: the share of faces, known in both, whose 0.5-thresholded estimate equals the label;
+    ``faces``: how many that is; ``majority``: the accuracy of always answering the labels' majority
+    value, the floor an estimator must beat to say anything (CelebA's attributes are unbalanced).
+    """
+    agreement = attribute_agreement(labels, estimates)
+    result: dict[str, dict[str, float | int | None]] = {}
+    for name, accuracy in agreement.items():
+        truth, guess = codes_of(labels, [name])[:, 0], codes_of(estimates, [name])[:, 0]
+        known = (truth >= 0) & (guess >= 0)
+        share = float(truth[known].mean()) if known.any() else None
+        result[name] = {"accuracy": accuracy, "faces": int(known.sum()),
+                        "majority": None if share is None else max(share, 1.0 - share)}
+    return result
+
+
 def unique_vector_share(table: AttributeTable, names: Sequence[str] | None = None) -> float:
     """The share of faces whose attribute vector (over ``names``, default all) no other face shares."""
     codes = codes_of(table, list(names) if names is not None else list(table.names))
@@ -59,17 +79,23 @@ def unique_vector_share(table: AttributeTable, names: Sequence[str] | None = Non
 
 def privacy_steps(table: AttributeTable, quasi_identifiers: Sequence[str], sensitive: Sequence[str] = (),
                   k: int | None = None, l: int | None = None, t: float | None = None, epsilon: float | None = None,
-                  seed: int = 0, reference: AttributeTable | None = None) -> tuple[list[dict[str, object]], np.ndarray]:
+                  seed: int = 0, reference: AttributeTable | None = None,
+                  reading: str = "closeness") -> tuple[list[dict[str, object]], np.ndarray]:
     """k / l / t before and after each requested stage II step, and the released quasi-identifier codes.
 
     Steps, in order: with ``k``, the dataset mode (l and t as its requirements); with ``t`` and no
-    ``k``, Algorithm 1 read literally; with ``epsilon``, randomised response on what the previous
-    step released. Only quasi-identifier values change; the sensitive ones are what the classes
-    must not reveal.
+    ``k``, Algorithm 1 (``reading`` "closeness": S_E over the other quasi-identifiers, the default;
+    "literal": the point-mass reading); with ``epsilon``, randomised response (Algorithm 1's line 11)
+    on what the previous step released. Only quasi-identifier values change; the sensitive ones are
+    what the classes must not reveal. Each step also gives the QIs' marginals (share of 1).
     """
     from anonymize.attributes.ppas import (
-        Requirements, k_member_recoding, population_shares, randomized_response, select_attributes_literal,
+        Requirements, closeness_over_others, k_member_recoding, population_shares, randomized_response,
+        select_attributes_closeness, select_attributes_literal,
     )
+
+    if reading not in READINGS:
+        raise ValueError(f"reading must be one of {', '.join(READINGS)}, got {reading!r}")
 
     if l is not None and k is None:
         raise ValueError("l is a requirement of the dataset mode: give k too")
@@ -79,8 +105,15 @@ def privacy_steps(table: AttributeTable, quasi_identifiers: Sequence[str], sensi
 
     def step(name: str, released: np.ndarray, **extra: object) -> dict[str, object]:
         report = measure_table(table, quasi_identifiers, sensitive, k, reference, qi_codes=released)
-        return {"step": name, **extra, **report.as_dict()}
+        shares = population_shares(released) if released.size else np.zeros(0)
+        marginals = {qi: None if np.isnan(share) else float(share) for qi, share in zip(quasi_identifiers, shares)}
+        largest, mean = closeness_over_others(released, target)
+        return {"step": name, **extra, **report.as_dict(), "marginals": marginals,
+                "qi_t": {qi: None if np.isnan(value) else float(value) for qi, value in zip(quasi_identifiers, largest)},
+                "qi_distance": {qi: None if np.isnan(value) else float(value) for qi, value in zip(quasi_identifiers, mean)}}
 
+    # S: the reference's shares of the quasi-identifiers, else the table's own (what Algorithm 1 aims at)
+    target = population_shares(codes_of(reference if reference is not None else table, quasi_identifiers))
     steps = [step("before", codes)]
     values = codes.size or 1
     if k is not None:
@@ -89,10 +122,14 @@ def privacy_steps(table: AttributeTable, quasi_identifiers: Sequence[str], sensi
         steps.append(step("k-member", codes, flips=recoded.flips, flip_share=recoded.flips / values,
                           strategy=recoded.strategy, merges=recoded.merges))
     elif t is not None:
-        population = population_shares(codes_of(reference, quasi_identifiers)) if reference is not None else None
-        selected = select_attributes_literal(codes, t, quasi_identifiers, population)
+        population = target if reference is not None else None
+        if reading == "literal":
+            selected = select_attributes_literal(codes, t, quasi_identifiers, population)
+        else:
+            selected = select_attributes_closeness(codes, t, population)
         codes = selected.codes
-        steps.append(step("algorithm-1", codes, flips=selected.flips, flip_share=selected.flips / values))
+        steps.append(step(f"algorithm-1 {reading}", codes, flips=selected.flips, flip_share=selected.flips / values,
+                          population={qi: None if np.isnan(share) else float(share) for qi, share in zip(quasi_identifiers, target)}))
     if epsilon is not None:
         responded = randomized_response(codes, epsilon, seed)
         codes = responded.codes

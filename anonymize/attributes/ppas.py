@@ -1,6 +1,6 @@
 """AnonymousNet's stage II: choose the attribute values a de-identified face should carry.
 
-Three ways, all on the codes of :meth:`AttributeTable.bits` (1, 0, -1 unknown; unknown values are
+Four ways, all on the codes of :meth:`AttributeTable.bits` (1, 0, -1 unknown; unknown values are
 never changed except where a group is recoded to its majority):
 
 * :func:`select_attributes_literal`: Algorithm 1 (PPAS) read literally, per face and per attribute:
@@ -9,7 +9,13 @@ never changed except where a group is recoded to its majority):
   class distribution of an attribute is a point mass at the face's value and the test is
   ``|value - q| <= t``, q the population's share of 1. Read so, a small ``t`` also flips values
   most of the population has (the majority value lies ``min(q, 1 - q)`` from the population), which
-  makes faces rarer instead of more common: :func:`validate_literal_t` refuses such a ``t``.
+  makes faces rarer instead of more common: :func:`validate_literal_t` refuses such a ``t``. At any
+  ``t`` it accepts, an attribute is kept or set to its majority in every face: the release moves away
+  from the population, against the paper's aim; kept for comparison, not the default.
+* :func:`select_attributes_closeness`: Algorithm 1 read for the paper's aim (S_E close to S), the
+  default: S_{E_i} is attribute i's distribution in the face's class over the *other*
+  quasi-identifiers; a value is flipped only where that moves its class toward S and keeps the
+  release's marginal within ``t`` of S.
 * :func:`k_member_recoding`: the dataset mode: reach a requested k with few flips. Faces already
   in classes of at least k keep their values; the others are grouped greedily by Hamming distance
   (k-member grouping), or each moved to the nearest class of at least k, whichever flips fewer
@@ -86,6 +92,98 @@ def select_attributes_literal(codes: np.ndarray, t: float, names: Sequence[str],
     selected = codes.copy()
     selected[flip] = 1 - codes[flip]
     return Selection(selected, flip)
+
+
+# ---- Algorithm 1, read for its aim (the default) ----------------------------------------------------------
+
+_TOLERANCE = 1e-12  # shares are ratios of counts: compare with t up to rounding
+
+
+def validate_t(t: float) -> None:
+    """An EMD between two binary distributions lies in [0, 1]."""
+    if not 0 <= t <= 1:
+        raise SelectionError(f"t={t:g}: an EMD between binary distributions lies in [0, 1]")
+
+
+def select_attributes_closeness(codes: np.ndarray, t: float, population: np.ndarray | None = None) -> Selection:
+    """Algorithm 1 with S_{E_i} read as attribute i's distribution in the face's class over the other quasi-identifiers.
+
+    Per face (table order) and per attribute i (Algorithm 1's loop): E is the set of faces whose released
+    values of the *other* quasi-identifiers equal this face's, S_E their share of 1 for i, S the population's
+    (``population`` or the table's own). Keep the value when |S_E - S| <= t (line 5); else flip it (line 8),
+    but only when the flip brings S_E closer to S (flipping a value on the side E lacks would move E away
+    from the aim) and leaves the release's marginal of i within t of S (or no farther than it already was).
+    So every class is pulled toward S one face at a time and the marginals never leave t: the paper's stated
+    aim (S_E close to S), which the literal reading (:func:`select_attributes_literal`) contradicts.
+    Unknown values (-1) are never changed and count in no share; a face unknown on another attribute is in
+    the class of faces unknown there too.
+    """
+    selected = np.array(codes, dtype=np.int8, copy=True)
+    if selected.ndim != 2:
+        raise SelectionError(f"quasi-identifiers: expected [faces, attributes] codes, got shape {selected.shape}")
+    validate_t(t)
+    shares = population_shares(selected) if population is None else np.asarray(population, np.float64)
+    faces, attributes = selected.shape
+    others = [np.array([column for column in range(attributes) if column != a], np.int64) for a in range(attributes)]
+
+    def key(row: int, attribute: int) -> bytes:
+        return selected[row, others[attribute]].tobytes()
+
+    classes: list[dict[bytes, list[int]]] = [{} for _ in range(attributes)]  # per attribute: class -> [ones, known]
+    for attribute in range(attributes):
+        for row in range(faces):
+            if selected[row, attribute] >= 0:
+                counts = classes[attribute].setdefault(key(row, attribute), [0, 0])
+                counts[0] += int(selected[row, attribute])
+                counts[1] += 1
+    ones, known = (selected == 1).sum(axis=0).astype(np.int64), (selected >= 0).sum(axis=0).astype(np.int64)
+    for row in range(faces):
+        for attribute in range(attributes):
+            value, target = int(selected[row, attribute]), float(shares[attribute])
+            if value < 0 or math.isnan(target):
+                continue
+            step = 1 - 2 * value  # +1 turns a 0 into 1, -1 a 1 into 0
+            ones_in_class, size = classes[attribute][key(row, attribute)]
+            distance = abs(ones_in_class / size - target)
+            if distance <= t + _TOLERANCE or abs((ones_in_class + step) / size - target) >= distance - _TOLERANCE:
+                continue
+            marginal = abs(ones[attribute] / known[attribute] - target)
+            if abs((ones[attribute] + step) / known[attribute] - target) > max(t, marginal) + _TOLERANCE:
+                continue
+            moved = {other: key(row, other) for other in range(attributes) if other != attribute and selected[row, other] >= 0}
+            selected[row, attribute] = 1 - value
+            classes[attribute][key(row, attribute)][0] += step
+            ones[attribute] += step
+            for other, old in moved.items():  # this face now sits in another class of every other attribute
+                counts = classes[other][old]
+                counts[0] -= int(selected[row, other])
+                counts[1] -= 1
+                counts = classes[other].setdefault(key(row, other), [0, 0])
+                counts[0] += int(selected[row, other])
+                counts[1] += 1
+    return Selection(selected, selected != np.asarray(codes, np.int8))
+
+
+def closeness_over_others(codes: np.ndarray, population: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per attribute, how far its classes over the other quasi-identifiers lie from S: (largest, mean over faces).
+
+    What :func:`select_attributes_closeness` pulls down: |S_E - S| for E each face's class over the other
+    attributes (its known values only); the largest is the attribute's t as a sensitive attribute of those
+    classes. NaN where an attribute has no known value or no S.
+    """
+    codes = np.asarray(codes, np.int8)
+    largest, mean = np.full(codes.shape[1], np.nan), np.full(codes.shape[1], np.nan)
+    for attribute in range(codes.shape[1]):
+        known = codes[:, attribute] >= 0
+        if not known.any() or np.isnan(population[attribute]):
+            continue
+        classes = equivalence_classes(np.delete(codes, attribute, axis=1)[known] if codes.shape[1] > 1
+                                      else np.zeros((int(known.sum()), 1), np.int8))
+        ones = np.bincount(classes.labels, weights=codes[known, attribute].astype(np.float64), minlength=classes.sizes.size)
+        distance = np.abs(ones / classes.sizes - population[attribute])
+        largest[attribute] = float(distance.max())
+        mean[attribute] = float((distance * classes.sizes).sum() / classes.sizes.sum())
+    return largest, mean
 
 
 # ---- the dataset mode ---------------------------------------------------------------------------------

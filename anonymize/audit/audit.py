@@ -35,8 +35,10 @@ field has a default meant for a release gate:
 * the papers' instruments and protocols (:mod:`anonymize.audit.instruments`, :mod:`anonymize.audit.protocols`):
   detection rates per detector (dlib HOG, MTCNN, RetinaFace) on the outputs, TPR at FAR, rank and
   parrot re-identification with dlib and, when their weights are here, FaceNet; SSIM/PSNR/LPIPS inside
-  the face boxes; FID and the FaRL proxy. ``summary.figures`` lists each with its instrument,
-  threshold and protocol (:mod:`anonymize.audit.figures`).
+  the face boxes; FID and the FaRL proxy (whole images or face crops, ``fid_region``; against the originals or
+  a target set, ``fid_target``). ``summary.figures`` lists each with its instrument,
+  threshold and protocol (:mod:`anonymize.audit.figures`). CFA-Net's LFW pairs protocol
+  (:mod:`anonymize.audit.lfw_pairs`) and FALCO's train-on-anonymized (:mod:`anonymize.audit.utility`) run apart.
 * attribute privacy (AnonymousNet, :mod:`anonymize.audit.attributes`): attributes estimated
   (``attribute_source``, default ``auto``: estimators+landmarks, else landmarks) on the same aligned crop of every original and
   output face; k / l / t of the release over ``quasi_identifiers`` / ``sensitive`` from the output
@@ -65,7 +67,7 @@ from anonymize.audit.attributes import AttributeCollector, attribute_figures, ma
 from anonymize.audit.config import AuditConfig, AuditPlan, AuditProgress, AuditResult, Gathered
 from anonymize.audit.content_check import ContentIndex, content_copies, copies_crossed, observe_pair
 from anonymize.audit.faces import SourceFace, confirm_faces, match_boxes, source_faces
-from anonymize.audit.fid import FidFeatures, FidResult, open_farl_features, open_fid_features
+from anonymize.audit.fid import FidFeatures, FidResult, FidTargetError, add_target_folder, open_farl_features, open_fid_features
 from anonymize.audit.figures import paper_figures
 from anonymize.audit.human import human_goal_figures, look_alike_figures, resolve_goal
 from anonymize.audit.identities import read_identities
@@ -77,6 +79,7 @@ from anonymize.audit.leaks import inspect_metadata
 from anonymize.audit.mesh_check import MESH_FACE_SCORE
 from anonymize.audit.missed import is_unchanged, region_change
 from anonymize.audit.originals_cache import CACHE_FOLDER, OriginalsCache, detector_fingerprint
+from anonymize.audit.outside import is_inside, refuse_inside
 from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
@@ -95,7 +98,7 @@ from anonymize.faces.heads import FOUND_BY as HEAD_FOUND_BY
 from anonymize.io.decode import ImageDecodeError, decode_image, sha256_file
 from anonymize.io.manifest import MANIFEST_NAME, readable_values
 from anonymize.io.outdir import WORK_DIR_NAME
-from anonymize.metrics.quality import face_box_mask, outside_faces_mask, psnr, ssim, ssim_map
+from anonymize.metrics.quality import face_box_mask, ms_ssim, outside_faces_mask, psnr, ssim, ssim_map
 from anonymize.models.device import resolve_device
 from anonymize.run.local import available_cores, in_order, torch_threads_per_worker, worker_pool
 from anonymize.weights import WeightsError, WeightsStore
@@ -106,11 +109,6 @@ MAX_PAIRWISE_FACES = 2000  # the "before" distances use at most this many origin
 # ---- set-up -------------------------------------------------------------------------------------
 
 
-def _is_inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return path == folder or folder in path.parents
-
-
 def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
     """Parquet, summary and report folder, refused when inside the original or anonymized folder."""
     base = Path(config.report_dir) if config.report_dir is not None else default_audit_dir(config.anonymized_dir)
@@ -118,11 +116,8 @@ def output_paths(config: AuditConfig) -> tuple[Path, Path, Path | None]:
     summary = Path(config.summary_path) if config.summary_path is not None else parquet.parent / AUDIT_SUMMARY_NAME
     report = Path(config.report_dir) if config.report_dir is not None else None
     for path, what in ((parquet, "audit Parquet"), (summary, "audit summary"), (report, "report folder")):
-        if path is None:
-            continue
-        for folder, role in ((config.original_dir, "original"), (config.anonymized_dir, "anonymized")):
-            if _is_inside(path, folder):
-                raise AuditError(f"{path}: the {what} must not be written inside the {role} folder {folder}")
+        if path is not None:
+            refuse_inside(path, what, config.original_dir, config.anonymized_dir)
     return parquet, summary, report
 
 
@@ -201,8 +196,15 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
         raise AuditError(str(exc)) from None
     output_detectors = {name: found for name, found in output_detectors.items() if name in config.output_detectors}
     unavailable += [item for item in missing_detectors if item.name in config.output_detectors]
-    fid = open_fid_features(weights, device) if config.fid else FidResult(None, "not requested")
-    farl = open_farl_features(weights, device) if config.farl_proxy else FidResult(None, "not requested")
+    fid = open_fid_features(weights, device, config.fid_region) if config.fid else FidResult(None, "not requested")
+    farl = open_farl_features(weights, device, config.fid_region) if config.farl_proxy else FidResult(None, "not requested")
+    if config.fid_target is not None:  # FALCO's FID against another set: read it before the first image, loudly
+        for collector in (fid, farl):
+            if isinstance(collector, FidFeatures):
+                try:
+                    add_target_folder(collector, Path(config.fid_target), config.max_pixels)
+                except FidTargetError as exc:
+                    raise AuditError(str(exc)) from None
     lpips = open_lpips(weights, device) if config.lpips else Unavailable("lpips", "LPIPS", "not requested")
     if isinstance(lpips, Unavailable):
         unavailable.append(lpips)
@@ -317,8 +319,8 @@ def _fold_pair(pair: ImagePair, measured: Measured, plan: AuditPlan, instruments
     common["psnr_outside_db"] = psnr(original, output, mask)
     common["ssim_outside"] = ssim(original, output, mask, measured.similarity)
     for collector in (instruments.fid, instruments.farl):
-        if isinstance(collector, FidFeatures):
-            collector.add(original, output)
+        if isinstance(collector, FidFeatures):  # region "face": the confirmed faces' boxes (CFA-Net Table 3)
+            collector.add(original, output, [face.box for face in faces if not face.possible])
     if not faces:
         gathered.rows.append(_image_row(pair, **common))
         return
@@ -330,6 +332,7 @@ def _fold_pair(pair: ImagePair, measured: Measured, plan: AuditPlan, instruments
             "detected_by": [name for name, found_at in measured.still_found.items() if found_at[index] is not None],
             "psnr_face_db": psnr(original, output, box_mask),
             "ssim_face": ssim(original, output, box_mask, measured.similarity),
+            "ms_ssim_face": ms_ssim(original, output, face.box),
             "lpips_face": measured.lpips_values[index] if measured.lpips_values else None,
         }
         for name, (originals, outputs) in measured.described.items():
@@ -531,9 +534,11 @@ def run_audit(config: AuditConfig, progress: AuditProgress | None = None) -> Aud
     """Audit ``config.anonymized_dir`` against ``config.original_dir``; see the module doc for the defaults."""
     progress = progress or AuditProgress()
     original_dir, anonymized_dir = Path(config.original_dir), Path(config.anonymized_dir)
-    if _is_inside(original_dir, anonymized_dir):  # the anonymized tree would then hold the originals too
+    if is_inside(original_dir, anonymized_dir):  # the anonymized tree would then hold the originals too
         raise AuditError(f"{original_dir}: the original folder must not be the anonymized folder or lie inside it")
     parquet_path, summary_path, report_dir = output_paths(config)
+    if config.fid_target is not None and not Path(config.fid_target).is_dir():
+        raise AuditError(f"{config.fid_target}: --fid-target is not a folder")
     pairing = pair_images(original_dir, anonymized_dir, config.manifest_path)
     try:
         goal, goal_source = resolve_goal(config.privacy_goal, pairing.privacy_goal)

@@ -25,6 +25,7 @@ from anonymize.metrics.verification import Threshold, threshold_at_far  # noqa: 
 
 RECOGNISERS = ("dlib", "arcface", "faceres", "mobileface")
 RECORDED = ("faceres", "mobileface")  # the audit reads their threshold from the calibration record
+STORED = (*RECORDED, "arcface")  # records written; CFA's -p angle=threshold+N reads arcface's
 
 
 class CalibrationError(AnonymizeError, ValueError):
@@ -161,7 +162,8 @@ def recogniser_embedder(name: str, weights_dir: Path | None, device: str) -> Cal
 
 
 def write_record(calibration: Calibration, faces_dir: Path, weights_dir: Path | None) -> Path:
-    """Store the threshold where the audit finds it (``<weights>/calibration/<name>.json``), atomically."""
+    """Store the threshold where the audit (faceres, mobileface) and CFA's ``-p angle=threshold+N`` (arcface)
+    find it (``<weights>/calibration/<name>.json``), atomically."""
     import json
     import os
     import tempfile

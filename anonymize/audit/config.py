@@ -53,6 +53,9 @@ class AuditConfig:
     distance_threshold: float = SAME_PERSON_DISTANCE
     unchanged_threshold: float = UNCHANGED_MEAN_ABS_DIFF
     fid: bool = True  # computed only when the inception_fid weights are present and verified
+    fid_region: str = "image"  # image: whole images; face: the crops of the confirmed face boxes (CFA-Net Table 3)
+    fid_target: Path | None = None  # a folder of images FID (and the FaRL proxy) compares the outputs with, instead of
+    # the originals (FALCO Table 2's FID against CelebA-HQ); None: the originals
     farl_proxy: bool = True  # FaRL-feature Fréchet proxy, only when the farl_ep64 weights are present
     lpips: bool = True  # LPIPS of face crops, only when lpips and its weights are present
     identities_file: Path | None = None  # "<original path>,<identity>" lines; overrides identity folders
@@ -64,7 +67,8 @@ class AuditConfig:
     # auto: as the run's manifest records (FALCO and the filters: machine; camouflage: human), else machine.
     # "human" audits any folder for that goal, e.g. one that was never anonymized (see anonymize.audit.human).
     privacy_goal: str = AUTO
-    study_pairs: int | None = None  # blind human study kit beside the report; None: 20 for the human goal, else none
+    study_pairs: int | None = None  # blind human study kit beside the report; None: 200 for the human goal, else none
+    study_control_pairs: int = 200  # real-real control pairs in the kit (needs identities), as the papers' 200
     study_seed: int = 0
     # Attribute privacy (AnonymousNet, anonymize.audit.attributes): k / l / t of the release from
     # attributes re-estimated on the outputs; None: not measured.

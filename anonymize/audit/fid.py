@@ -15,17 +15,25 @@ B A' / sqrt((n1 - 1)(n2 - 1)), so the trace is that small matrix's nuclear norm 
 seconds instead of minutes on a CPU for a few hundred images). With fewer images than feature
 dimensions (2048) the covariances are rank deficient and FID is biased upwards: compare values
 only between audits of the same number of images.
+
+What is compared (``--fid-region``, ``--fid-target``): by default whole original images against whole
+outputs; region "face" compares the crops of the confirmed face boxes instead (CFA-Net Table 3 computes
+its FID "within the detected face region"); a target folder replaces the originals as the reference set
+(FALCO Table 2 reports LFW's FID against CelebA-HQ as well as against LFW). The status says which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from anonymize.io.decode import ImageDecodeError, decode_image
+from anonymize.io.walk import walk_images
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.images import CanonicalImages
 from anonymize.weights import WeightsError, WeightsStore
@@ -74,34 +82,90 @@ def fid_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(difference @ difference + traces - 2.0 * trace_root)
 
 
+FID_REGIONS = ("image", "face")
+
+
+def face_crops(rgb: np.ndarray, boxes: Sequence[Sequence[float]]) -> list[np.ndarray]:
+    """The pixels inside each face box (clipped to the image): CFA-Net Table 3 computes FID inside the detected faces."""
+    height, width = rgb.shape[:2]
+    crops = []
+    for x0, y0, x1, y1 in boxes:
+        top, left = int(max(0, np.floor(y0))), int(max(0, np.floor(x0)))
+        bottom, right = max(int(min(height, np.ceil(y1))), top + 1), max(int(min(width, np.ceil(x1))), left + 1)
+        crops.append(rgb[top:bottom, left:right])
+    return crops
+
+
 class FidFeatures:
-    """Collects features (Inception's by default) of originals and outputs, one image at a time."""
+    """Collects features (Inception's by default) of originals and outputs, one image (or face crop) at a time.
+
+    ``region`` "face": each face box's crop instead of the whole image (the caller gives the boxes). A target set
+    (:func:`add_target_folder`, FALCO's FID against CelebA-HQ) replaces the originals as the reference."""
 
     def __init__(self, model: torch.nn.Module, device: str,
-                 select: Callable[[Any], torch.Tensor] = lambda features: features) -> None:
+                 select: Callable[[Any], torch.Tensor] = lambda features: features, region: str = "image") -> None:
+        if region not in FID_REGIONS:
+            raise ValueError(f"unknown FID region {region!r}: choose one of {', '.join(FID_REGIONS)}")
         self.model = model
         self.device = device
         self.select = select  # the model's output -> N x D features
+        self.region = region
         self.originals: list[np.ndarray] = []
         self.outputs: list[np.ndarray] = []
+        self.target: list[np.ndarray] = []
+        self.target_name: str | None = None  # the target set's folder, once given
 
     def _features(self, rgb: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return self.select(self.model(CanonicalImages.from_uint8(rgb, self.device))).float().cpu().numpy()[0]
+            return self.select(self.model(CanonicalImages.from_uint8(np.ascontiguousarray(rgb), self.device))).float().cpu().numpy()[0]
 
-    def add(self, original: np.ndarray, output: np.ndarray) -> None:
+    def add(self, original: np.ndarray, output: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> None:
+        """One image pair: both whole, or (region "face") the crops of ``boxes`` in both."""
+        if self.region == "face":
+            for before, after in zip(face_crops(original, boxes), face_crops(output, boxes)):
+                self.originals.append(self._features(before))
+                self.outputs.append(self._features(after))
+            return
         self.originals.append(self._features(original))
         self.outputs.append(self._features(output))
 
+    def add_target(self, rgb: np.ndarray) -> None:
+        """One image of the target set, whole (a set of face images, such as CelebA-HQ's aligned crops)."""
+        self.target.append(self._features(rgb))
+
     def result(self) -> FidResult:
-        count = len(self.originals)
-        if count < MIN_IMAGES:
-            return FidResult(None, f"unavailable (needs at least {MIN_IMAGES} image pairs, got {count})", count)
-        value = fid_from_features(np.stack(self.originals), np.stack(self.outputs))
-        return FidResult(max(value, 0.0), f"computed on {count} + {count} images", count)
+        unit = "face crops" if self.region == "face" else "images"
+        count = len(self.outputs)
+        if self.target_name is not None:
+            reference, described = self.target, f"{count} anonymized {unit} against {len(self.target)} images of {self.target_name}"
+        else:
+            reference, described = self.originals, f"{count} + {count} {unit}"
+        if min(count, len(reference)) < MIN_IMAGES:
+            return FidResult(None, f"unavailable (needs at least {MIN_IMAGES} on each side, got {described})", count)
+        value = fid_from_features(np.stack(reference), np.stack(self.outputs))
+        return FidResult(max(value, 0.0), f"computed on {described}", count)
 
 
-def open_fid_features(weights: WeightsStore, device: str) -> FidFeatures | FidResult:
+def add_target_folder(collector: FidFeatures, folder: Path, max_pixels: int) -> None:
+    """Every image under ``folder`` as the collector's target set; an unreadable or empty folder stops the audit loudly."""
+    if not Path(folder).is_dir():
+        raise FidTargetError(f"{folder}: --fid-target is not a folder")
+    images = list(walk_images(folder))
+    if not images:
+        raise FidTargetError(f"{folder}: no image found for --fid-target")
+    for found in images:
+        try:
+            collector.add_target(decode_image(found.path, max_pixels).rgb)
+        except ImageDecodeError as exc:
+            raise FidTargetError(f"--fid-target: {exc}") from None
+    collector.target_name = str(folder)
+
+
+class FidTargetError(ValueError):
+    """The target set of FID cannot be read (the audit turns it into its one-line error)."""
+
+
+def open_fid_features(weights: WeightsStore, device: str, region: str = "image") -> FidFeatures | FidResult:
     """A feature collector, or the unavailable result saying why (missing or unverified weights)."""
     try:
         check = weights.check(FID_ARTEFACT)
@@ -116,12 +180,12 @@ def open_fid_features(weights: WeightsStore, device: str) -> FidFeatures | FidRe
     from anonymize.models.legacy.inception import load_fid_inception
 
     try:
-        return FidFeatures(load_fid_inception(path, device), device)
+        return FidFeatures(load_fid_inception(path, device), device, region=region)
     except CheckpointError as exc:
         return FidResult(None, f"unavailable ({exc})")
 
 
-def open_farl_features(weights: WeightsStore, device: str) -> FidFeatures | FidResult:
+def open_farl_features(weights: WeightsStore, device: str, region: str = "image") -> FidFeatures | FidResult:
     """The FaRL-feature Fréchet proxy's collector (FaRL's normalised CLS embedding), or why it is unavailable."""
     try:
         check = weights.check(FARL_ARTEFACT)
@@ -136,4 +200,4 @@ def open_farl_features(weights: WeightsStore, device: str) -> FidFeatures | FidR
         model = load_farl(path).to(device).eval()
     except CheckpointError as exc:
         return FidResult(None, f"unavailable ({exc})")
-    return FidFeatures(model, device, select=lambda features: features.cls)
+    return FidFeatures(model, device, select=lambda features: features.cls, region=region)

@@ -98,15 +98,18 @@ def _quality(face: FaceQuality | None, quality: ImageQuality | None, lpips: Unav
         _figure("quality.ssim_face", "SSIM face", face.ssim_face if face else None,
                 "SSIM (Wang et al. 2004) on luma, Gaussian window sigma 1.5", "-", box, kind="score"),
         _figure("quality.psnr_face", "PSNR face dB", face.psnr_face_db if face else None, "PSNR over RGB", "-", box, kind="db"),
+        _figure("quality.ms_ssim_face", "MS-SSIM face", face.ms_ssim_face if face else None,
+                "MS-SSIM (Wang et al. 2003) on luma, 5 scales, weights 0.0448 0.2856 0.3001 0.2363 0.1333", "-", box, kind="score"),
         _figure("quality.lpips_face", "LPIPS face", face.lpips_face if face else None,
                 "LPIPS v0.1 AlexNet (lpips 0.1.4), crops resized to 64 x 64", "-", box,
                 lpips.status if lpips else "measured", kind="score"),
         _figure("quality.fid", "FID", quality.fid if quality else None, "Inception-v3 pool3 (pytorch-fid weights)", "-",
-                "Fréchet distance, originals vs anonymized whole images", quality.fid_status if quality else "not measured",
+                "Fréchet distance, anonymized vs reference (whole images or face crops, against the originals or a target set: "
+                "the status says which)", quality.fid_status if quality else "not measured",
                 kind="distance"),
         _figure("quality.farl_proxy", "FaRL-FD (proxy)", quality.farl_frechet_proxy if quality else None,
                 "FaRL ViT-B/16 CLS embedding (farl_ep64): NOT comparable to published FID", "-",
-                "Fréchet distance, originals vs anonymized whole images",
+                "Fréchet distance, anonymized vs reference (as FID: the status says which)",
                 quality.farl_frechet_proxy_status if quality else "not measured", kind="distance"),
     ]
 

@@ -9,12 +9,12 @@ is written outside both folders (``<anonymized>-preview.png`` by default) and mu
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from anonymize.audit.outside import refuse_inside
 from anonymize.audit.pairing import AuditError, ImagePair, pair_images
 from anonymize.audit.sampling import sample_indices
 from anonymize.io.decode import ImageDecodeError, decode_image
@@ -31,11 +31,6 @@ BOX_COLOUR = (255, 64, 64)
 def default_preview_path(anonymized_dir: Path) -> Path:
     anonymized_dir = Path(anonymized_dir)
     return anonymized_dir.parent / f"{anonymized_dir.name}-preview.png"
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return path == folder or folder in path.parents
 
 
 def _thumbnail(rgb: np.ndarray, boxes: tuple, size: tuple[int, int]) -> Image.Image:
@@ -86,9 +81,7 @@ def write_preview(original_dir: Path, anonymized_dir: Path, count: int, seed: in
 
     Images that cannot be decoded are left out (the audit lists them); none left is an error."""
     out = Path(out) if out is not None else default_preview_path(anonymized_dir)
-    for folder, role in ((original_dir, "original"), (anonymized_dir, "anonymized")):
-        if _inside(out, folder):
-            raise AuditError(f"{out}: the preview shows original faces and must not be written inside the {role} folder {folder}")
+    refuse_inside(out, "preview (it shows original faces)", original_dir, anonymized_dir)
     pairing = pair_images(Path(original_dir), Path(anonymized_dir), manifest_path)
     pairs = [pair for pair in pairing.pairs if pair.source_path is not None]
     chosen = sorted(sample_indices([pair.output_rel for pair in pairs], count, seed))

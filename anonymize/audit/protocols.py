@@ -1,8 +1,11 @@
 """The papers' re-identification protocols, on descriptors of original and anonymized faces.
 
-* verification at a recogniser's threshold: an anonymized face "is" its original when their
-  distance is under the recogniser's own same-person threshold (dlib 0.6, FaceNet 1.1);
-* TPR at a fixed FAR (CFA-Net Table 1, FALCO Table 2): the threshold is set on the originals, as
+* verification at a recogniser's threshold (FALCO Tables 1-2, "face re-ID" with FaceNet CASIA-WebFace
+  and VGGFace2: the share of images whose identity is still recognised): an anonymized face "is" its
+  original when their distance is under the recogniser's own same-person threshold (dlib 0.6, FaceNet 1.1);
+* TPR at a fixed FAR (CFA-Net Table 1, after Gafni et al. 2019; FALCO reports no TPR at a FAR): the
+  LFW pairs-file form, 10 folds and mean +- std, is :mod:`anonymize.audit.lfw_pairs`; here, on any
+  labelled folder, the threshold is set on the originals, as
   the distance below which only FAR of the different-person pairs fall; TPR is the share of
   (anonymized, own original) pairs under it. The threshold is the k-th smallest different-person
   distance, k = floor(FAR x pairs), so the realised FAR never exceeds the nominal one; with fewer

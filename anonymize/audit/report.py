@@ -40,7 +40,7 @@ WHOLE_SIDE = 480  # whole-image thumbnails of missed and possible faces: the lon
 BOX_COLOUR = (230, 30, 30)
 CROP_MARGIN = 0.3
 HISTOGRAM_BIN = 0.05
-DEFAULT_STUDY_PAIRS = 20  # for the human goal, when --study-pairs is not given
+DEFAULT_STUDY_PAIRS = 200  # for the human goal, when --study-pairs is not given: the papers' 200 pairs
 SERIES_COLOURS = ("#2b8a3e", "#1c7ed6", "#862e9c", "#495057")
 POSSIBLE_COLOUR = "#e8590c"  # the possible faces' series, in the colour of their tag
 
@@ -475,13 +475,17 @@ def _rank1_text(summary: AuditSummary) -> str:
     return summary.reid.rank1_meaning
 
 
-def _study_section(pairs: int, skipped: bool) -> str:
+def _study_section(pairs: int, skipped: bool, controls: int = 0) -> str:
     if skipped:
         return '<p class="muted">No study kit: not requested (--study-pairs), or fewer than two faces.</p>'
-    return (f'<p>{pairs} pairs, half the same person (an original and its own output), half not, shuffled: '
+    control = (f'{controls} of them real-real control pairs (two originals), ' if controls else
+               'no real-real control pair (they need identities: --identity-from), ')
+    return (f'<p>{pairs} pairs, half the same person, half not, {control}shuffled: '
             f'<a href="{STUDY_PAGE}">{STUDY_PAGE}</a> is what volunteers see (no answers, no file names); '
             f'<code>{ANSWER_KEY}</code> holds the answers: keep it from them, and never show them this report. '
-            'The papers&#39; volunteers got 0.88 and 0.86 of anonymized pairs right against 0.98 and 0.97 of real ones.</p>')
+            'Score their answers with <code>anonymize audit study-score ANSWERS.csv</code>. Li et al.&#39;s volunteers '
+            'got 0.88 of anonymized pairs right against 0.98 of real ones (parts paper) and 0.8575 of real-generated pairs '
+            '(camouflage paper, no human baseline: its 97.05% on real images is a recogniser&#39;s).</p>')
 
 
 AFTER_SERIES = "after: anonymized vs its own original"
@@ -501,7 +505,7 @@ def histogram_series(before: Mapping[str, Sequence[float]], faces: Sequence[Mapp
     return series
 
 
-def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None, study: int = 0) -> str:
+def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbnails | None, study: int = 0, controls: int = 0) -> str:
     """The page's HTML; thumbnails are written through ``thumbnails`` (None: no pictures)."""
     summary = result.summary
     faces = [row for row in result.rows if row["face_index"] is not None]
@@ -540,7 +544,7 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 {_verdict(summary)}{warnings}
 <h2>Summary</h2>{_cards(summary)}
 <h2>Privacy goal and recognisers</h2>{_human_goal(summary)}
-<h2>Human study kit</h2>{_study_section(study, study == 0)}
+<h2>Human study kit</h2>{_study_section(study, study == 0, controls)}
 <h2>Identity distances</h2>
 <div class="chart">{histogram_svg(series, summary.distance_threshold)}</div>
 <p class="muted">Before: distances between original faces, the scale on which the recogniser tells people apart. After: each anonymized face against its own original. Faces left of the threshold still match.</p>
@@ -562,7 +566,7 @@ def render_report(result: AuditResult, config: AuditConfig, thumbnails: _Thumbna
 
 
 def wanted_study_pairs(config: AuditConfig, privacy_goal: str) -> int:
-    """How many study pairs the report asks for: ``--study-pairs``, else 20 for the human goal, else none."""
+    """How many study pairs the report asks for: ``--study-pairs``, else 200 for the human goal, else none."""
     return config.study_pairs if config.study_pairs is not None else (DEFAULT_STUDY_PAIRS if privacy_goal == "human" else 0)
 
 
@@ -582,11 +586,12 @@ def write_report(result: AuditResult, config: AuditConfig, report_dir: Path) -> 
     with folders.claim(THUMBS_DIR) as thumbs:  # stale crops of an earlier audit must not linger
         thumbnails = _Thumbnails(config, thumbs)
         wanted = wanted_study_pairs(config, result.summary.privacy_goal)
-        pairs = study_pairs(result.rows, wanted, config.study_seed) if wanted else []
+        pairs = study_pairs(result.rows, wanted, config.study_seed, config.study_control_pairs) if wanted else []
         if len(pairs) >= 2:
             with folders.claim(STUDY_DIR) as study:
                 write_study(report_dir, pairs, thumbnails.face_jpeg, study)
-        page = render_report(result, config, thumbnails, len(pairs) if len(pairs) >= 2 else 0)
+        page = render_report(result, config, thumbnails, len(pairs) if len(pairs) >= 2 else 0,
+                             sum(pair.kind == "control" for pair in pairs) if len(pairs) >= 2 else 0)
     path = report_dir / REPORT_NAME
     atomic_write_bytes(path, readable(page).encode("utf-8"))  # file names that are not UTF-8 shown as \xNN
     return path

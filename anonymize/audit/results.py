@@ -46,6 +46,7 @@ ROW_SCHEMA = pa.schema(
         ("detected_by", pa.list_(pa.string())),  # output detectors (default thresholds) still finding a face at this place
         ("psnr_face_db", pa.float32()),  # PSNR inside the face box (CFA-Net Table 3)
         ("ssim_face", pa.float32()),  # SSIM inside the face box
+        ("ms_ssim_face", pa.float32()),  # MS-SSIM (Wang et al. 2003) of the face box; null when the box is too small
         ("lpips_face", pa.float32()),  # LPIPS (AlexNet) of the face-box crops; null when unavailable
         ("facenet_casia_distance", pa.float32()),  # FaceNet (CASIA-WebFace) distance to its original; null when unavailable
         ("facenet_vggface2_distance", pa.float32()),  # FaceNet (VGGFace2) distance to its original

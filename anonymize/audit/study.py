@@ -1,11 +1,19 @@
 """A blind human study kit: do people still recognise the anonymized faces?
 
-What the camouflage papers measure with volunteers (Li et al. report 0.88 and 0.86 of answers
-right on anonymized pairs against 0.98 and 0.97 on real ones): each volunteer sees pairs of faces,
-an original on the left and an anonymized face on the right, and says whether they show the same
-person. Half the pairs are the same person (an original and its own anonymized output), half are
-not (an original and the anonymized output of somebody else: another identity when the audit knows
-identities, else another photo). The pairs are shuffled with a seed.
+What Li et al.'s two papers measure with volunteers (25 volunteers, 200 pairs, half the same person):
+each volunteer sees pairs of faces and says whether they show the same person. The parts paper
+(ACM MM 2021, Table 5) reports 0.88 of answers right on pairs with an anonymized face against 0.98 on
+real-real pairs, the human baseline; the camouflage paper (ICPR 2020, Table II) reports 0.8575 on
+real-generated pairs and no human baseline (its 97.05% for "original real images" is InsightFace's
+verification accuracy, a machine's).
+
+Anonymized pairs: an original on the left, an anonymized face on the right; half the same person (an
+original and its own anonymized output), half not (an original and the anonymized output of somebody
+else: another identity when the audit knows identities, else another photo). Control pairs (real-real,
+the baseline the anonymized accuracy is read against): two originals, half two different photos of one
+identity, half two identities; they need identities. Both kinds are shuffled together with a seed, so
+a volunteer cannot tell them apart; the key says which is which, and :mod:`.study_score` scores a
+volunteers' answer sheet against it.
 
 The kit is two files beside the report: ``study.html`` (what volunteers see: numbered pairs, no
 file name, no answer, thumbnails named by pair number only) and ``study-answer-key.csv`` (what the
@@ -33,6 +41,9 @@ STUDY_PAGE = "study.html"
 ANSWER_KEY = "study-answer-key.csv"
 STUDY_DIR = "study-pairs"
 SAME, DIFFERENT = "same", "different"
+ANONYMIZED, CONTROL = "anonymized", "control"  # what the right-hand face of a pair is: an output, or an original
+PHOTOS_PER_PERSON = 20  # same-person control pairs are drawn among a person's first 20 photos (in seeded order)
+KEY_COLUMNS = ("pair", "kind", "answer", "left_original", "right_face", "left_identity", "right_identity")
 
 
 @dataclass(frozen=True)
@@ -40,7 +51,13 @@ class StudyPair:
     number: int  # 1-based, the order volunteers see
     answer: str  # same | different
     original: Mapping[str, Any]  # the audit row of the face shown on the left (its original)
-    anonymized: Mapping[str, Any]  # the audit row of the face whose output is shown on the right
+    anonymized: Mapping[str, Any]  # the audit row of the face shown on the right: its output, or (control) its original
+    kind: str = ANONYMIZED  # anonymized | control
+
+    @property
+    def right_side(self) -> str:
+        """Which image of the right-hand row is shown: ``"anonymized"`` (its output) or ``"original"``."""
+        return "original" if self.kind == CONTROL else "anonymized"
 
 
 def _person(row: Mapping[str, Any]) -> str:
@@ -48,10 +65,42 @@ def _person(row: Mapping[str, Any]) -> str:
     return str(row.get("identity") or row["source_path"])
 
 
-def study_pairs(rows: Sequence[Mapping[str, Any]], count: int, seed: int = 0) -> list[StudyPair]:
-    """Up to ``count`` pairs, half same person and half different, shuffled (see module doc)."""
-    faces = [row for row in rows if row.get("face_index") is not None and row.get("box") is not None
-             and row.get("face_status") != "possible face" and not row.get("error")]
+def _study_faces(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [row for row in rows if row.get("face_index") is not None and row.get("box") is not None
+            and row.get("face_status") != "possible face" and not row.get("error")]
+
+
+def control_pairs(rows: Sequence[Mapping[str, Any]], count: int, seed: int = 0) -> list[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
+    """Up to ``count`` real-real pairs (answer, left, right): half two photos of one identity, half two identities.
+
+    Without identities there is no real same-person pair (another photo may or may not be the person) and
+    no control: an empty list. Each same-person pair is two different photos, each pair drawn once."""
+    faces = [row for row in _study_faces(rows) if row.get("identity")]
+    rng = np.random.default_rng([seed, 1])
+    order = [faces[i] for i in rng.permutation(len(faces))]
+    by_person: dict[str, list[Mapping[str, Any]]] = {}
+    for row in order:
+        by_person.setdefault(str(row["identity"]), []).append(row)
+    same_pool = [(a, b) for photos in by_person.values() for i, a in enumerate(photos[:PHOTOS_PER_PERSON])
+                 for b in photos[i + 1:PHOTOS_PER_PERSON] if a["source_path"] != b["source_path"]]
+    half = count // 2
+    same = [same_pool[i] for i in rng.permutation(len(same_pool))[:half]]
+    people, different, seen = list(by_person), [], set()
+    for _ in range(20 * (count - half) if len(people) >= 2 else 0):  # drawn, not enumerated: people^2 pairs can be many
+        if len(different) == count - half:
+            break
+        p, q = rng.choice(len(people), 2, replace=False)
+        a, b = (by_person[people[i]][int(rng.integers(len(by_person[people[i]])))] for i in (p, q))
+        if (_face_name(a), _face_name(b)) not in seen:
+            seen.update({(_face_name(a), _face_name(b)), (_face_name(b), _face_name(a))})
+            different.append((a, b))
+    return [(SAME, a, b) for a, b in same] + [(DIFFERENT, a, b) for a, b in different]
+
+
+def study_pairs(rows: Sequence[Mapping[str, Any]], count: int, seed: int = 0, controls: int = 0) -> list[StudyPair]:
+    """Up to ``count`` anonymized pairs, half same person and half different, and up to ``controls`` real-real
+    control pairs (:func:`control_pairs`), shuffled together (see module doc)."""
+    faces = _study_faces(rows)
     rng = np.random.default_rng(seed)
     order = [faces[i] for i in rng.permutation(len(faces))]
     half = min(count // 2, len(order))
@@ -63,8 +112,10 @@ def study_pairs(rows: Sequence[Mapping[str, Any]], count: int, seed: int = 0) ->
         original = order[(same + index) % len(order)]
         candidates = [row for row in order if _person(row) != _person(original)]
         pairs.append((DIFFERENT, original, candidates[int(rng.integers(len(candidates)))]))
-    shuffled = [pairs[i] for i in rng.permutation(len(pairs))]
-    return [StudyPair(number + 1, answer, left, right) for number, (answer, left, right) in enumerate(shuffled)]
+    kinds = [(answer, left, right, ANONYMIZED) for answer, left, right in pairs]
+    kinds += [(answer, left, right, CONTROL) for answer, left, right in control_pairs(rows, controls, seed)] if controls else []
+    shuffled = [kinds[i] for i in rng.permutation(len(kinds))]
+    return [StudyPair(number + 1, answer, left, right, kind) for number, (answer, left, right, kind) in enumerate(shuffled)]
 
 
 def _face_name(row: Mapping[str, Any]) -> str:
@@ -84,11 +135,11 @@ def _cell(text: str) -> str:
 def answer_key_csv(pairs: Sequence[StudyPair]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["pair", "answer", "left_original", "right_anonymized_from", "left_identity", "right_identity"])
+    writer.writerow(KEY_COLUMNS)  # right_face: the face whose output (anonymized) or original (control) is on the right
     for pair in pairs:
         texts = [_face_name(pair.original), _face_name(pair.anonymized),
                  str(pair.original.get("identity") or ""), str(pair.anonymized.get("identity") or "")]
-        writer.writerow([pair.number, pair.answer, *(_cell(text) for text in texts)])
+        writer.writerow([pair.number, pair.kind, pair.answer, *(_cell(text) for text in texts)])
     return buffer.getvalue().encode("utf-8")
 
 
@@ -135,7 +186,7 @@ def write_study(report_dir: Path, pairs: Sequence[StudyPair],
             return write_study(report_dir, pairs, crop, claimed)
     images: list[tuple[str, str] | None] = []
     for pair in pairs:
-        left, right = crop(pair.original, "original"), crop(pair.anonymized, "anonymized")
+        left, right = crop(pair.original, "original"), crop(pair.anonymized, pair.right_side)
         if left is None or right is None:
             images.append(None)
             continue

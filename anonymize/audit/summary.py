@@ -182,6 +182,9 @@ class FaceQuality(_Record):
     psnr_face_db: float | None
     ssim_face: float | None
     lpips_face: float | None
+    ms_ssim_face: float | None = None  # AnonymousNet's Table 1; absent from summaries written before it
+
+    _OPTIONAL: ClassVar[frozenset[str]] = frozenset({"ms_ssim_face"})
 
 
 @dataclass(frozen=True)

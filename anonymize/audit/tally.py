@@ -95,6 +95,7 @@ def face_figures(rows: Sequence[Mapping[str, Any]], chance: float | None, identi
             psnr_face_db=_mean([row.get("psnr_face_db") for row in faces]),
             ssim_face=_mean([row.get("ssim_face") for row in faces]),
             lpips_face=_mean([row.get("lpips_face") for row in faces]),
+            ms_ssim_face=_mean([row.get("ms_ssim_face") for row in faces]),
         ),
         missed_faces=MissedFaces(len(missed), missed[:100]),
         possible_faces=PossibleFaces(

@@ -37,7 +37,10 @@ def attribute_privacy(
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Dataset mode: recode the quasi-identifiers until every class has k faces."),
     l: Optional[int] = typer.Option(None, "--l", min=1, help="With --k: merge classes until each holds l distinct sensitive values."),
     t: Optional[float] = typer.Option(None, "--t", help="With --k: merge classes until each lies within t (EMD) of the whole set; "
-                                                        "alone: Algorithm 1 read literally with this t."),
+                                                        "alone: Algorithm 1 with this t (see --reading)."),
+    reading: str = typer.Option("closeness", "--reading", help="Algorithm 1's S_E: \"closeness\" (the attribute's distribution in "
+                                "the face's class over the other quasi-identifiers; the default) or \"literal\" (a point mass "
+                                "at the face's value: erases or keeps whole attributes, against the paper's aim)."),
     epsilon: Optional[float] = typer.Option(None, "--epsilon", help="Randomised response: keep each value with probability e^eps/(1+e^eps)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the randomised response."),
     reference: Optional[Path] = typer.Option(None, "--reference", help="Attribute table whose distributions t is measured against "
@@ -54,7 +57,8 @@ def attribute_privacy(
     reference_table = _read(reference, as_json) if reference is not None else None
     quasi_identifiers, sensitive_names = _names(qi), _names(sensitive)
     try:
-        steps, released = privacy_steps(table, quasi_identifiers, sensitive_names, k, l, t, epsilon, seed, reference_table)
+        steps, released = privacy_steps(table, quasi_identifiers, sensitive_names, k, l, t, epsilon, seed, reference_table,
+                                        reading)
     except (ValueError, KeyError) as exc:  # SelectionError is a ValueError; KeyError: an attribute not in a table
         fail(f"{table_path}: {exc.args[0] if exc.args else exc}", as_json=as_json)
     if output is not None:
@@ -99,6 +103,11 @@ def _print(summary: dict) -> None:
     for name in first["t"]:
         grid.add_row(f"t {shown(name)}", *(_fmt(step["t"][name]) for step in steps))
     grid.add_row("values flipped", *(_fmt(step.get("flips")) for step in steps))
+    for name in first["marginals"]:
+        grid.add_row(f"share {shown(name)}", *(_fmt(step["marginals"][name]) for step in steps))
+    for name in first["qi_t"]:  # each QI as a sensitive attribute of the classes over the other QIs
+        grid.add_row(f"t {shown(name)} | other QIs", *(_fmt(step["qi_t"][name]) for step in steps))
+        grid.add_row(f"mean |S_E - S| {shown(name)}", *(_fmt(step["qi_distance"][name]) for step in steps))
     stdout.print(grid)
     stdout.print(f"quasi-identifiers: {shown(', '.join(first['quasi_identifiers']))}; "
                  f"sensitive: {shown(', '.join(first['sensitive'])) or 'none'}", soft_wrap=True)

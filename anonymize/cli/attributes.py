@@ -41,7 +41,8 @@ class AttributesGroup(DefaultCommandGroup):
 attributes_app = typer.Typer(
     cls=AttributesGroup,
     help="Estimate each face's CelebA attributes (`anonymize attributes DIR`, short for `attributes estimate`), "
-         "or fit the probe source's heads (`anonymize attributes fit DIR --labels FILE`).",
+         "fit the probe source's heads (`anonymize attributes fit DIR --labels FILE`), or measure a source against "
+         "labels (`anonymize attributes evaluate DIR --labels FILE`).",
     no_args_is_help=True,
 )
 app.add_typer(attributes_app, name="attributes")
@@ -138,6 +139,59 @@ def estimate_command(
     stdout.print(f"{len(table.keys)} faces in {collector.images} images ({len(collector.without_face)} without a face, "
                  f"{len(collector.errors)} errors); detector: {collector.detector_used}", soft_wrap=True)
     stdout.print(f"table: {shown(out)}", soft_wrap=True)
+
+
+@attributes_app.command("evaluate")
+def evaluate_command(
+    input_dir: Path = typer.Argument(..., help="Folder of labelled images."),
+    labels: Path = typer.Option(..., "--labels", help="Their labels: list_attr_celeba.txt, a CSV or a Parquet file (see the labels source)."),
+    source: str = typer.Option("landmarks", help=f"The source to evaluate: {', '.join(SOURCES)}."),
+    option: list[str] = typer.Option([], "--option", "-p", help="Source option KEY=VALUE (repeatable), as `attributes estimate -p`."),
+    aligned: bool = typer.Option(False, "--aligned", help="One centred face per image (CelebA, FFHQ crops)."),
+    detector: DetectorName = typer.Option("auto", metavar="NAME", help="Face detector, as `anonymize run --detector`."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
+    device: Device = typer.Option("auto", help="Where neural sources run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the accuracies as JSON on stdout."),
+) -> None:
+    """Per-attribute accuracy of a source against labels (AnonymousNet reports its stage I estimator's accuracy)."""
+    from anonymize.attributes.labels import LabelsSource
+    from anonymize.attributes.measure import source_accuracy
+
+    options = parse_options(option, as_json)
+    device_name = _device(device, as_json)
+    try:  # both sources first: a bad labels file or missing weights fail before any face is searched
+        truth_source = LabelsSource(options={"labels": str(labels), "missing": "nan"})
+        weights = WeightsStore(weights_dir)
+        attribute_source = create_source(source, weights, device_name, options)
+    except (AnonymizeError, ValueError) as exc:
+        fail(str(exc), as_json=as_json)
+    collector = _collector(input_dir, weights, detector.value, aligned, device_name, as_json)
+    truths: list[AttributeTable] = []
+    estimates: list[AttributeTable] = []
+    try:
+        for batch in _batches(collector, as_json):
+            truths.append(truth_source.estimate(batch))
+            estimates.append(attribute_source.estimate(batch))
+    except (AnonymizeError, ValueError) as exc:
+        fail(str(exc), as_json=as_json)
+    truth = concat_attribute_tables(truths, "labels", False)
+    if not truth.keys or np.isnan(truth.probabilities).all():
+        fail(f"{labels}: no face under {input_dir} has a label (rows are matched by relative path or file name)", as_json=as_json)
+    estimated = concat_attribute_tables(estimates, attribute_source.name, attribute_source.heuristic)
+    figures = {name: row for name, row in source_accuracy(truth, estimated).items() if row["faces"]}
+    if not figures:
+        fail(f"source {source} estimates none of the attributes {labels} labels", as_json=as_json)
+    summary = {"source": attribute_source.name, "heuristic": attribute_source.heuristic, "labels": str(labels),
+               "faces": len(truth.keys), "attributes": figures}
+    if as_json:
+        print_json(summary)
+        return
+    grid = Table(title=f"{shown(attribute_source.name)} against {shown(labels)} ({len(truth.keys)} faces)")
+    for column in ("attribute", "accuracy", "majority baseline", "faces"):
+        grid.add_column(column, justify="left" if column == "attribute" else "right")
+    for name, row in figures.items():
+        grid.add_row(shown(name), f"{row['accuracy']:.3f}", f"{row['majority']:.3f}", str(row["faces"]))
+    stdout.print(grid)
 
 
 @attributes_app.command("fit")

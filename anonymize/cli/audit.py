@@ -6,6 +6,7 @@ and ``anonymize audit compare``: several audited runs in one table, in the paper
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -18,7 +19,10 @@ from anonymize.audit import AuditConfig, AuditError, AuditProgress, AuditResult,
 from anonymize.audit.attributes import DEFAULT_K, DEFAULT_QUASI_IDENTIFIERS, DEFAULT_SENSITIVE
 from anonymize.audit.compare import comparison_json, legend, load_comparison, selected_columns, write_comparison_report
 from anonymize.audit.format import attribute_line, format_value, judge_rates, number, percent, significant
+from anonymize.audit.fid import FID_REGIONS
 from anonymize.audit.human import PRIVACY_GOALS
+from anonymize.audit.lfw_pairs import PAIRS_RESULT_NAME, FoldedTpr, PairsConfig, run_pairs_protocol, write_pairs_result
+from anonymize.audit.results import default_audit_dir
 from anonymize.audit.summary import AuditSample, AuditSummary
 from anonymize.cli.app import app
 from anonymize.cli.console import DefaultCommandGroup, Device, fail, print_json, progress_bar, shown, stdout
@@ -31,6 +35,7 @@ EXIT_THRESHOLD_CROSSED = 3
 RecogniserBackend = Enum("RecogniserBackend", {name: name for name in ("torch", "dlib")}, type=str)
 AuditDetector = Enum("AuditDetector", {name: name for name in ("auto", *DETECTORS)}, type=str)
 PrivacyGoal = Enum("PrivacyGoal", {name: name for name in ("auto", *PRIVACY_GOALS)}, type=str)
+FidRegion = Enum("FidRegion", {name: name for name in FID_REGIONS}, type=str)
 
 
 class AuditGroup(DefaultCommandGroup):
@@ -42,7 +47,8 @@ class AuditGroup(DefaultCommandGroup):
 audit_app = typer.Typer(
     cls=AuditGroup,
     help="Audit an anonymized folder (`anonymize audit ORIGINAL_DIR ANON_DIR`, short for `audit check`), "
-         "compare audited runs (`anonymize audit compare RUN...`), or look at N before/after pairs (`anonymize audit preview`).",
+         "compare audited runs (`anonymize audit compare RUN...`), train on anonymized and test on real "
+         "(`anonymize audit utility`), or look at N before/after pairs (`anonymize audit preview`).",
     no_args_is_help=True,
 )
 app.add_typer(audit_app, name="audit")
@@ -194,7 +200,8 @@ def audit_command(
     min_match_rate: float = typer.Option(0.9, min=0.0, max=1.0, help="Human goal: smallest share of faces the judge recogniser must still match to their original."),
     max_face_psnr: float = typer.Option(25.0, help="Human goal: a face box with a higher PSNR (dB) to its original still looks like it (counted against --max-missed-faces)."),
     max_face_ssim: float = typer.Option(0.8, min=-1.0, max=1.0, help="Human goal: likewise for the face box's SSIM."),
-    study_pairs: Optional[int] = typer.Option(None, min=0, help="With --report: a blind human study kit of N face pairs (study.html for volunteers, study-answer-key.csv for you). Default: 20 for the human goal, none otherwise."),
+    study_pairs: Optional[int] = typer.Option(None, min=0, help="With --report: a blind human study kit of N face pairs (study.html for volunteers, study-answer-key.csv for you). Default: 200 for the human goal (the papers'), none otherwise."),
+    study_control_pairs: int = typer.Option(200, min=0, help="Real-real control pairs (two originals) shuffled into the study kit, the baseline for its score; need identities."),
     study_seed: int = typer.Option(0, help="Seed that picks and shuffles the study pairs."),
     distance_threshold: float = typer.Option(0.6, min=0.0, help="dlib distance under which two faces are the same person."),
     unchanged_threshold: float = typer.Option(4.0, min=0.0, help="Mean absolute pixel change (0-255) at or under which a face counts as missed."),
@@ -206,6 +213,8 @@ def audit_command(
     aligned: Optional[bool] = typer.Option(None, "--aligned/--not-aligned", help="Images are aligned face crops (default: as the run's manifest says)."),
     identity_from_folders: Optional[bool] = typer.Option(None, "--identity-from-folders/--no-identity-from-folders", help="Top-level folders of ORIGINAL_DIR are identities (default: when the tree looks so)."),
     fid: bool = typer.Option(True, "--fid/--no-fid", help="Compute FID when the Inception weights (inception_fid) are present."),
+    fid_region: FidRegion = typer.Option("image", "--fid-region", help="What FID (and the FaRL proxy) compares: whole images, or the crops of the detected faces (CFA-Net Table 3)."),
+    fid_target: Optional[Path] = typer.Option(None, "--fid-target", help="Compare the outputs with the images of this folder instead of the originals (FALCO Table 2: LFW's FID against CelebA-HQ)."),
     identities: Optional[Path] = typer.Option(None, "--identities", help="File of '<original path>,<identity>' lines (for TPR at FAR, rank and parrot protocols when the originals are not in identity folders)."),
     recogniser_backend: RecogniserBackend = typer.Option("torch", "--recogniser-backend", "--recognizer-backend", help="dlib recogniser backend: torch (batched, CPU or CUDA) or dlib."),
     attribute_source: str = typer.Option("auto", "--attribute-source", help="Attribute source for the k / l / t and preservation figures (estimated on original and output crops): auto (estimators+landmarks when the human-models are installed, else landmarks), any `anonymize attributes` source, 'a+b' to merge, or 'none'."),
@@ -220,10 +229,17 @@ def audit_command(
     sample_seed: int = typer.Option(0, "--sample-seed", help="Seed that draws the --sample images."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads that decode, detect and describe images (default: one per core)."),
     heads: bool = typer.Option(True, "--heads/--no-heads", help="Also look for the heads the pose model (MoveNet, human-models) finds where no face was (auto detector, when its weights are here)."),
+    pairs: Optional[Path] = typer.Option(None, "--pairs", help="Instead of the audit, CFA-Net's Table 1 protocol on an LFW pairs.txt file: the second image of each same-person pair read from ANON_DIR, TPR at --far per fold (threshold set on the other folds), mean +- std, per recogniser; writes pairs-protocol.json (default: <ANON_DIR>-audit/, or --summary)."),
+    far: float = typer.Option(0.001, "--far", min=0.0, max=1.0, help="With --pairs: the false accept rate the thresholds are set at (CFA-Net: 0.001)."),
 ) -> None:
     """Audit ANON_DIR against ORIGINAL_DIR: re-identification, detection, missed faces, metadata, quality.
 
     Exits 3 when the verdict is FAIL (a gate: `anonymize audit ORIGINAL ANON && publish`), 2 on an error."""
+    if pairs is not None:
+        pairs_command(PairsConfig(original_dir, anon_dir, pairs, far, manifest, detector.value, det_threshold, weights_dir,
+                                  trust_unverified, device.value, aligned, recogniser_backend.value,
+                                  distance_threshold), summary, as_json, quiet)
+        return
     config = AuditConfig(
         original_dir=original_dir,
         anonymized_dir=anon_dir,
@@ -241,10 +257,13 @@ def audit_command(
         distance_threshold=distance_threshold,
         unchanged_threshold=unchanged_threshold,
         fid=fid,
+        fid_region=fid_region.value,
+        fid_target=fid_target,
         identities_file=identities,
         recogniser_backend=recogniser_backend.value,
         privacy_goal=privacy_goal.value,
         study_pairs=study_pairs,
+        study_control_pairs=study_control_pairs,
         study_seed=study_seed,
         attribute_source=None if attribute_source == "none" else attribute_source,
         quasi_identifiers=tuple(name.strip() for name in quasi_identifiers.split(",") if name.strip()),
@@ -278,6 +297,38 @@ def audit_command(
     code = gate_exit_code(result.passed, report_only and not fail_on_leak)
     if code:
         raise typer.Exit(code)
+
+
+def pairs_command(config: PairsConfig, summary: Optional[Path], as_json: bool, quiet: bool) -> None:
+    """``audit --pairs``: the pairs protocol, its table per recogniser, and its JSON file (not a gate: exit 0)."""
+    try:
+        result = run_pairs_protocol(config, lambda text: None if quiet or as_json else stdout.print(shown(text)))
+        path = write_pairs_result(result, summary or default_audit_dir(config.anonymized_dir) / PAIRS_RESULT_NAME, config)
+    except (AnonymizeError, WeightsError) as exc:
+        fail(str(exc), as_json=as_json)
+    if as_json:
+        print_json({**asdict(result), "path": str(path)})
+        return
+    if quiet:
+        return
+    table = Table(title=f"pairs protocol: TPR at FAR {config.far:g}, {result.folds} fold(s), mean ± std")
+    for column in ("recogniser", "judge", "before (originals)", "after (2nd anonymized)", "resolved"):
+        table.add_column(column)
+
+    def cell(folded: FoldedTpr) -> str:
+        return "n/a" if folded.mean is None else f"{folded.mean:.3f} ± {folded.std:.3f}"
+
+    for name, entry in result.recognisers.items():
+        table.add_row(name, "yes" if entry.judge else "no (in the method's loss)", cell(entry.before), cell(entry.after),
+                      "yes" if entry.after.resolved else f"no (< {1 / config.far:g} threshold pairs)" if config.far else "no")
+    stdout.print(table)
+    stdout.print(shown(f"{result.same_pairs} same-person and {result.different_pairs} different-person pairs measured; "
+                       f"detector {result.detector}; judges: {', '.join(result.judges) or 'none'} ({result.judge_reason})"), soft_wrap=True)
+    for name, status in result.unavailable.items():
+        stdout.print(f"[yellow]not measured:[/] {shown(name)}: {shown(status)}", soft_wrap=True)
+    for line in result.left_out:
+        stdout.print(f"[yellow]left out:[/] {shown(line)}", soft_wrap=True)
+    stdout.print(f"pairs protocol: {shown(path)}", soft_wrap=True)
 
 
 def gate_exit_code(passed: bool, report_only: bool = False) -> int:
@@ -317,6 +368,87 @@ def compare_command(
         stdout.print(f"[bold]{shown(label)}[/]: {shown(text)}", soft_wrap=True, highlight=False)
     if report_path is not None:
         stdout.print(f"report: {shown(report_path)}", soft_wrap=True)
+
+
+@audit_app.command("study-score")
+def study_score_command(
+    answers: Path = typer.Argument(..., help="Volunteers' answers: a CSV with columns pair, answer (yes/no) and optionally volunteer."),
+    key: Optional[Path] = typer.Option(None, "--key", help="The kit's answer key (default: study-answer-key.csv beside ANSWERS)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+) -> None:
+    """Score a study.html answer sheet: accuracy on anonymized pairs against real-real control pairs, with 95% intervals."""
+    from anonymize.audit.study import ANSWER_KEY
+    from anonymize.audit.study_score import score_files
+
+    key_path = key if key is not None else answers.parent / ANSWER_KEY
+    try:
+        score = score_files(answers, key_path)
+    except AnonymizeError as exc:
+        fail(str(exc), as_json=as_json)
+    if as_json:
+        print_json({"volunteers": score.volunteers, "unanswered": score.unanswered, "left_out": score.left_out,
+                    **{kind: {"right": entry.right, "answered": entry.answered, "accuracy": entry.accuracy,
+                              "ci95": list(entry.interval) if entry.interval else None} for kind, entry in score.kinds.items()}})
+        return
+    table = Table(title=f"study score: {score.volunteers} volunteer(s), {score.unanswered} unanswered")
+    for column in ("pairs", "right / answered", "accuracy", "95% interval (Wilson)"):
+        table.add_column(column)
+    for kind, entry in score.kinds.items():
+        label = "anonymized (an output on the right)" if kind == "anonymized" else "control (real-real)"
+        accuracy = "n/a" if entry.accuracy is None else f"{entry.accuracy:.3f}"
+        interval = "n/a" if entry.interval is None else f"{entry.interval[0]:.3f} .. {entry.interval[1]:.3f}"
+        table.add_row(label, f"{entry.right} / {entry.answered}", accuracy, interval)
+    stdout.print(table)
+    for line in score.left_out:
+        stdout.print(f"[yellow]note:[/] {shown(line)}", soft_wrap=True)
+
+
+@audit_app.command("utility")
+def utility_command(
+    original_dir: Path = typer.Argument(..., help="Folder of the original images (whole aligned faces, as CelebA-HQ or LFW)."),
+    anon_dir: Path = typer.Argument(..., help="Folder of the anonymized images."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Attribute labels of the originals: list_attr_celeba.txt, a CSV or a Parquet file (as `anonymize attributes --source labels`)."),
+    labels_from: Optional[str] = typer.Option(None, "--labels-from", help="Instead of --labels: pseudo-labels an attribute source (estimators, zero-shot, probe, ...) estimates on the originals, as FALCO labels LFW."),
+    split: Optional[Path] = typer.Option(None, "--split", help="CelebA's list_eval_partition.txt (0 train, 2 test), as FALCO splits CelebA-HQ (default: a seeded random split)."),
+    test_share: float = typer.Option(0.2, "--test-share", min=0.01, max=0.99, help="Share of the labelled images tested on, with the random split (FALCO's LFW: 0.2)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
+    c: float = typer.Option(1.0, "--c", min=1e-6, help="Inverse L2 regularisation strength of each logistic head."),
+    manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources (default: <ANON_DIR>/manifest.parquet if present, else pair by relative path)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Result JSON (default: <ANON_DIR>-audit/utility.json)."),
+    weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
+    trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Use weight files that do not match weights.lock."),
+    device: Device = typer.Option("auto", help="Where FaRL runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Train on anonymized, test on real (FALCO Tables 3, 5, 6): per-attribute accuracy of a linear probe on FaRL features
+    trained on the real training images vs on their anonymized versions, both tested on the real test images."""
+    from anonymize.audit.utility import UTILITY_RESULT_NAME, UtilityConfig, run_utility, write_utility_result
+
+    config = UtilityConfig(original_dir, anon_dir, labels, labels_from, split, test_share, seed, c, manifest, weights_dir,
+                           trust_unverified, device.value)
+    try:
+        result = run_utility(config, lambda text: None if as_json else stdout.print(shown(text)))
+        path = write_utility_result(result, out or default_audit_dir(anon_dir) / UTILITY_RESULT_NAME, config)
+    except (AnonymizeError, WeightsError) as exc:
+        fail(str(exc), as_json=as_json)
+    if as_json:
+        print_json({**asdict(result), "path": str(path)})
+        return
+    table = Table(title="train on anonymized, test on real: accuracy on the real test split")
+    for column in ("attribute", "test images (positive)", "majority class", "trained on real", "trained on anonymized"):
+        table.add_column(column, justify="left" if column == "attribute" else "right")
+    for name, item in result.attributes.items():
+        if item.status != "measured":
+            table.add_row(name, f"{item.test_images} ({item.test_positives})", number(item.majority, 3), shown(item.status), "")
+            continue
+        table.add_row(name, f"{item.test_images} ({item.test_positives})", number(item.majority, 3),
+                      number(item.trained_on_real, 3), number(item.trained_on_anonymized, 3))
+    table.add_row("combined", "", "", number(result.combined_real, 3), number(result.combined_anonymized, 3))
+    stdout.print(table)
+    for line in (f"classifier: {result.classifier}", f"labels: {result.labels}", f"split: {result.split}",
+                 f"{result.train_images} training and {result.test_images} test images; {result.unlabelled_images} without labels left out"):
+        stdout.print(shown(line), soft_wrap=True)
+    stdout.print(f"utility: {shown(path)}", soft_wrap=True)
 
 
 @audit_app.command("preview")

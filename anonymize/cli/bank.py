@@ -63,7 +63,7 @@ def build(
         task = progress.add_task("bank", total=size)
         bank, built = load_or_build_bank(bank_dir(store.root), key, network, farl,
                                          batch_size or default_build_batch_size(resolved),
-                                         lambda done, _: progress.update(task, completed=done))
+                                         lambda done, _: progress.update(task, completed=done), with_norms=True)
     report = {**key.as_dict(), "path": str(bank.path), "built": built}
     if as_json:
         stdout.print_json(json.dumps(report))

@@ -1,6 +1,7 @@
 """``anonymize calibrate``: the recogniser's "not the same person" cosine and angle at a chosen FAR.
 
-Feeds CFA's ``-p angle=``: an angle above the printed one is "another person" for that recogniser.
+Feeds CFA's ``-p angle=``: an angle above the printed one is "another person" for that recogniser; with
+``--recognizer arcface`` the angle is stored, and ``-p angle=threshold+10`` refers to it.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ def calibrate_command(
     weights_dir: Annotated[Optional[Path], typer.Option("--weights-dir", envvar="ANONYMIZE_HOME", help="Weights folder (default ~/.cache/anonymize).")] = None,
     device: Annotated[Device, typer.Option(help="Where the recogniser runs.")] = Device.auto,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
-    record: Annotated[bool, typer.Option(help="faceres / mobileface: store the threshold in the weights folder, where the audit reads it.")] = True,
+    record: Annotated[bool, typer.Option(help="faceres / mobileface / arcface: store the threshold in the weights folder, where the audit (faceres, mobileface) and CFA's -p angle=threshold+N (arcface) read it.")] = True,
 ) -> None:
     """Score every same- and different-identity pair of FACES_DIR and print the cosine threshold at --far and its angle."""
-    from anonymize.audit.calibrate import RECORDED, calibrate, embed_folders, identity_folders, recogniser_embedder, write_record
+    from anonymize.audit.calibrate import STORED, calibrate, embed_folders, identity_folders, recogniser_embedder, write_record
     from anonymize.models.device import resolve_device
 
     try:
@@ -46,7 +47,7 @@ def calibrate_command(
             task = bar.add_task("calibrate", total=sum(len(images) for _, images in folders))
             embeddings, labels = embed_folders(folders, embed, lambda: bar.advance(task, 1))
         result = calibrate(embeddings, labels, far, recogniser.value)
-        recorded = write_record(result, faces_dir, weights_dir) if record and recogniser.value in RECORDED else None
+        recorded = write_record(result, faces_dir, weights_dir) if record and recogniser.value in STORED else None
     except (AnonymizeError, ValueError) as exc:  # ValueError: audit's CalibrationError among others
         fail(str(exc), as_json=as_json)
     except OSError as exc:
@@ -63,5 +64,8 @@ def calibrate_command(
                      f"(TAR {result.distance.tar:.1%}; dlib's own rule is 0.6)", soft_wrap=True)
     stdout.print(f"a CFA angle above {result.angle_degrees:.1f} degrees is 'another person' for {result.recogniser} at this FAR",
                  soft_wrap=True)
-    if recorded is not None:
+    if recorded is not None and result.recogniser == "arcface":
+        stdout.print(f"stored for CFA: {recorded} (-p angle=threshold+N means N degrees beyond {result.angle_degrees:.1f})",
+                     soft_wrap=True)
+    elif recorded is not None:
         stdout.print(f"stored for the audit: {recorded} (the audit judges {result.recogniser} with this threshold)", soft_wrap=True)

@@ -11,7 +11,6 @@ original's landmarks. Two framings:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import cv2
 import numpy as np
 

@@ -11,7 +11,6 @@ detector whose weights this machine has or can get.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-import numpy as np
 
 from anonymize.faces.types import Detector, Face, keep_large_enough  # noqa: F401 - the interface, re-exported
 from anonymize.weights import WeightsStore

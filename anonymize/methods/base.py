@@ -13,7 +13,6 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -131,6 +130,11 @@ class Method(ABC):
         not change what was written); returns a few figures for the run's log (groups, clusters).
         """
         raise NotImplementedError(f"method {self.name!r} is not dataset-level")
+
+    def plan_warnings(self) -> list[str]:
+        """Lines the run prints as warnings, once, after :meth:`plan` (not per face): what the plan found that
+        the user must know before trusting the output (CFA: faces whose start is already past the angle asked)."""
+        return []
 
     def stored_plan(self) -> Plan | None:
         """The plan an earlier survey stored for this run (None: none, or a dry run)."""

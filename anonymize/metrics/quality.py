@@ -78,6 +78,57 @@ def ssim(original: np.ndarray, output: np.ndarray, mask: np.ndarray, precomputed
     return float((ssim_map(original, output) if precomputed is None else precomputed)[mask].mean())
 
 
+# Wang, Simoncelli & Bovik 2003, the exponents fitted to their viewers, finest scale first (they sum to 1).
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _luminance_and_contrast_structure(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean luminance term l and mean contrast-structure term c*s of two luma images (same window as :func:`ssim_map`)."""
+
+    def smooth(values: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(values, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+
+    mean_a, mean_b = smooth(a), smooth(b)
+    var_a, var_b = smooth(a * a) - mean_a**2, smooth(b * b) - mean_b**2
+    covariance = smooth(a * b) - mean_a * mean_b
+    luminance = (2 * mean_a * mean_b + _C1) / (mean_a**2 + mean_b**2 + _C1)
+    contrast_structure = (2 * covariance + _C2) / (var_a + var_b + _C2)
+    return float(luminance.mean()), float(contrast_structure.mean())
+
+
+def ms_ssim(original: np.ndarray, output: np.ndarray, box: Box | None = None) -> float | None:
+    """MS-SSIM (Wang, Simoncelli & Bovik 2003) of the two images' luma, or of their ``box`` crops.
+
+    Five scales: at each, the mean contrast-structure term c*s; the luminance term l at the coarsest only;
+    between scales a 2 x 2 average and a halving (the paper's low-pass and downsampling). The result is
+    l_5^w5 * prod_j (c*s)_j^wj with :data:`MS_SSIM_WEIGHTS`; a negative term counts as 0 (as common
+    implementations do: a real power of a negative mean is undefined). Same Gaussian window and
+    constants as :func:`ssim_map`. None when the region is smaller than 2^4 x the window's radius
+    (the coarsest scale would hold fewer pixels than the window's centre).
+    """
+    if box is not None:
+        height, width = original.shape[:2]
+        x0, y0, x1, y1 = box
+        left, top = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+        right, bottom = min(int(np.ceil(x1)), width), min(int(np.ceil(y1)), height)
+        original, output = original[top:bottom, left:right], output[top:bottom, left:right]
+    a, b = _luma(original).astype(np.float64), _luma(output).astype(np.float64)  # float64: a flat region's variance is 0
+    scales = len(MS_SSIM_WEIGHTS)
+    if min(a.shape[:2]) < 2 ** (scales - 1) * (SSIM_WINDOW // 2 + 1):
+        return None
+    score = 1.0
+    for scale, weight in enumerate(MS_SSIM_WEIGHTS):
+        luminance, contrast_structure = _luminance_and_contrast_structure(a, b)
+        score *= max(contrast_structure, 0.0) ** weight
+        if scale == scales - 1:
+            score *= max(luminance, 0.0) ** weight
+        else:
+            even_h, even_w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+            a = a[:even_h, :even_w].reshape(even_h // 2, 2, even_w // 2, 2).mean(axis=(1, 3))
+            b = b[:even_h, :even_w].reshape(even_h // 2, 2, even_w // 2, 2).mean(axis=(1, 3))
+    return float(score)
+
+
 def face_box_mask(shape: tuple[int, ...], box: Box) -> np.ndarray:
     """H x W bool: True inside the face box itself (no margin), where CFA-Net measures SSIM and PSNR."""
     return ~outside_faces_mask(shape, [box], margin=0.0)

@@ -25,7 +25,9 @@ differently; it follows the ``farl`` contract of :mod:`anonymize.models.registry
 antialiased bilinear resize to the checkpoint's input size (224, the reference's
 ``Resize(224, antialias=True)``) → [0, 1] → CLIP mean/std.
 (The FALCO reference normalises with CLIP's statistics when it pairs faces but skips the
-normalisation inside its attribute loss; one preprocessing for both is deliberate here.)
+normalisation inside its attribute loss; one preprocessing for both is the default here, and
+:meth:`FaRLEncoder.encode` takes a ready input for FALCO's ``preprocessing=reference``, which
+reproduces the reference's.)
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FaRLFeatures:
 
     cls: torch.Tensor  # [N, embed_dim]: projected CLS embedding, L2-normalised (nearest-neighbour pairing)
     tokens: torch.Tensor  # [N, 1 + P, width]: last block's tokens before ln_post (attribute loss)
+    cls_norm: torch.Tensor  # [N]: the projected CLS embedding's L2 norm (cls * cls_norm is the raw embedding: Euclidean pairing)
 
 
 @dataclass(frozen=True)
@@ -157,13 +160,18 @@ class FaRLEncoder(nn.Module):
         return (unit - self.pixel_mean) / self.pixel_std
 
     def forward(self, images: CanonicalImages) -> FaRLFeatures:
-        x = self.conv1(self.preprocess(images))  # [N, width, grid, grid]
+        return self.encode(self.preprocess(images))
+
+    def encode(self, pixels: torch.Tensor) -> FaRLFeatures:
+        """The network on an input already at its side and in its range: :meth:`forward` after
+        :meth:`preprocess`, or FALCO's ``preprocessing=reference``, which reproduces the authors' inputs."""
+        x = self.conv1(pixels.to(self.conv1.weight.dtype))  # [N, width, grid, grid]
         x = x.flatten(2).transpose(1, 2)  # [N, grid², width]
         cls = self.class_embedding.expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         tokens = self.transformer(self.ln_pre(x))
         embedding = self.ln_post(tokens[:, 0]) @ self.proj
-        return FaRLFeatures(cls=F.normalize(embedding, dim=-1), tokens=tokens)
+        return FaRLFeatures(cls=F.normalize(embedding, dim=-1), tokens=tokens, cls_norm=embedding.norm(dim=-1))
 
 
 # -- the text tower ------------------------------------------------------------------------------------

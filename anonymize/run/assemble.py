@@ -88,6 +88,6 @@ def assemble_stages(config: RunConfig, run_id: str, method: Method, build: Metho
     return Stages(preparer, MethodCaller(build, config.output.dry_run, method), finisher)
 
 
-def with_chosen_detector(config: RunConfig, detector: str) -> RunConfig:
-    """--detector auto resolved once by the driver: every worker builds the detector it chose."""
-    return replace(config, detection=replace(config.detection, detector=detector))
+def with_chosen_detector(config: RunConfig, detector: str, augment: bool = False) -> RunConfig:
+    """--detector auto resolved once by the driver: every worker builds the detector it chose, searching as it chose."""
+    return replace(config, detection=replace(config.detection, detector=detector, augment=augment or config.detection.augment))

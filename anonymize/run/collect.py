@@ -53,9 +53,11 @@ class FaceCollector:
 
     def __post_init__(self) -> None:
         self.files = image_files(self.input_dir)
-        detector = self.detector if self.aligned else choose_detector(self.detector, self.weights).name  # as the run resolves it
-        self.detector_used = "aligned input" if self.aligned else detector
-        self.preparer = Preparer(Detection(detector, aligned=self.aligned), ResumePolicy(False, self.input_dir), CROP_SIZE,
+        choice = None if self.aligned else choose_detector(self.detector, self.weights)  # as the run resolves it
+        detector = self.detector if choice is None else choice.name
+        self.detector_used = "aligned input" if choice is None else detector
+        augment = choice is not None and choice.augment
+        self.preparer = Preparer(Detection(detector, aligned=self.aligned, augment=augment), ResumePolicy(False, self.input_dir), CROP_SIZE,
                                  DEFAULT_MAX_PIXELS, self.weights.root, self.device)
 
     def batches(self, faces_per_batch: int = FACES_PER_BATCH,

@@ -48,6 +48,7 @@ class Detection:
     min_face: int = 0
     threshold: float | None = None
     recall_first: bool = False  # lower detection thresholds (faces.detect.RECALL_FIRST_THRESHOLDS)
+    augment: bool = False  # the padded frame and the mirror searched too (auto's chain; --recall-first always)
     heads: str = "auto"  # on | off | auto (on with --recall-first when the pose model is here): anonymize.faces.heads
 
 

@@ -101,6 +101,7 @@ class Pipeline:
             "detector": None if detection.aligned else detection.detector,
             "det_threshold": detection.threshold,
             "recall_first": detection.recall_first,
+            "augment": detection.augment or detection.recall_first,
             "min_face": detection.min_face,
             "region": region.kind,
             "region_scale": region.scale,
@@ -117,7 +118,7 @@ class Pipeline:
         if not detection.aligned:
             self.detector_choice = choose_detector(detection.detector, self.weights, self.progress.download)
             self.progress.note(f"detector {self.detector_choice.reason}")
-            self.config = with_chosen_detector(self.config, self.detector_choice.name)
+            self.config = with_chosen_detector(self.config, self.detector_choice.name, self.detector_choice.augment)
         detector = build_detector(self.config.detection, self.weights, self.device)
         if detection.aligned and detector is None:
             self.progress.warning("--aligned: no detector could be built, so an image with more than one face cannot be "
@@ -290,6 +291,8 @@ class Pipeline:
                 raise RunError(f"{self.config.output.output_dir}: cannot store the {participant.name} plan "
                                f"({exc.strerror or exc})") from None
             self.progress.note(line)
+            for warning in participant.warnings():
+                self.progress.warning(warning)
 
     def workers(self) -> int:
         """--workers: the local pool's threads (None: the cores available; 0 or 1: serial)."""

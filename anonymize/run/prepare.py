@@ -224,9 +224,9 @@ def build_detector(detection: Detection, weights: WeightsStore, device: str) -> 
     """The run's detector (``detection.detector`` is already the one chosen), or --aligned's landmark detector."""
     if detection.aligned:  # --aligned-ffhq too: its squares are used whole, but the faces are still counted
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
-    # --recall-first also pads the frame and searches the mirror (faces cut by the frame: benchmarks/crowd.py)
+    # auto and --recall-first also pad the frame and search the mirror (faces cut by the frame: benchmarks/crowd.py)
     settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first,
-                                augment=detection.recall_first, heads=heads_on(detection, weights))
+                                augment=detection.recall_first or detection.augment, heads=heads_on(detection, weights))
     return create_detector(detection.detector, weights, settings)
 
 

@@ -9,7 +9,7 @@ settings: each process builds its own detector, method and steps' models once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 from anonymize.io.walk import ImageFile
 from anonymize.methods import FaceCrop, Method

@@ -36,6 +36,10 @@ class Participant:
         """Decide from everything surveyed and store the plan; one line for the run's log."""
         raise NotImplementedError
 
+    def warnings(self) -> list[str]:
+        """What the plan found that the run must print as warnings (after :meth:`plan`)."""
+        return []
+
 
 class MethodParticipant(Participant):
     """The method surveys aligned crops, ``rule.faces`` at a time (an image's faces stay together)."""
@@ -58,6 +62,9 @@ class MethodParticipant(Participant):
     def plan(self) -> str:
         shown = ", ".join(f"{key} {value}" for key, value in self.method.plan().items())
         return f"{self.name} plan: {self.surveyed} faces surveyed{', ' + shown if shown else ''}"
+
+    def warnings(self) -> list[str]:
+        return self.method.plan_warnings()
 
 
 class StepParticipant(Participant):

@@ -6,9 +6,11 @@ Per batch of aligned 256 px crops:
    (the other side of the face's current zero-shot estimate, ``p0 >= 0.5``) and/or
    ``randomize=Male,Young`` with ``epsilon=1`` (stage II's randomised response: the face's current
    side kept with probability e^eps / (1 + e^eps), else the other; seeded by the run seed and the
-   face key) and/or ``select=k|literal`` with ``qi=Male,Eyeglasses,...`` (stage II chooses the
-   quasi-identifiers' values over the whole dataset: ``k`` the k-member recoding that reaches
-   ``k`` (and ``l``/``t`` on ``sensitive``) with few flips, ``literal`` Algorithm 1 with ``t``);
+   face key) and/or ``select=k|closeness|literal`` with ``qi=Male,Eyeglasses,...`` (stage II chooses
+   the quasi-identifiers' values over the whole dataset: ``k`` the k-member recoding that reaches
+   ``k`` (and ``l``/``t`` on ``sensitive``) with few flips, ``closeness`` / ``literal`` Algorithm 1
+   with ``t`` in its two readings, then line 11 (randomised response at ``epsilon``); S is the run's
+   faces or ``reference=TABLE``; each face's values come from ``source``, zero-shot by default);
    with ``select`` the method is dataset-level: pass 1 estimates every face's attributes, the
    plan stores each face's chosen values, pass 2 renders them;
 2. the directions: for each target attribute the InterFaceGAN boundary fitted on the fake bank
@@ -16,7 +18,8 @@ Per batch of aligned 256 px crops:
    ``condition`` and the other targets, or the user's file (``direction_files=Smiling:smile.pt``);
 3. the linear edit ``w = e4e(x) + sum_a strength (t_a - p0_a) n_a`` on every W+ layer;
 4. a short optimisation of the ``trainable_layers`` through the shared W+ loop with the loss of
-   :mod:`.objective` (targets, the others kept, FaRL tokens, ``identity=falco|cfa|none``).
+   :mod:`.objective` (targets, the others kept, FaRL tokens, ``identity=none|falco|cfa``; none by
+   default, as the paper's StarGAN objective).
 
 The output is the generated face at the generator's resolution, pasted back like FALCO's. Nothing is
 random but the bank (drawn from the run seed) and, for ``identity=cfa``, the new identity's direction
@@ -43,11 +46,16 @@ from anonymize.attributes.ppas import (
     SelectionError,
     k_member_recoding,
     keep_probability,
+    population_shares,
     randomized_response,
+    select_attributes_closeness,
     select_attributes_literal,
 )
+from anonymize.attributes.io import read_attribute_table
+from anonymize.attributes.measure import codes_of
 from anonymize.attributes.privacy import equivalence_classes
-from anonymize.attributes.table import CELEBA_ATTRIBUTES
+from anonymize.attributes.sources import create_source
+from anonymize.attributes.table import CELEBA_ATTRIBUTES, AttributeTable
 from anonymize.attributes.zero_shot import ZeroShotPrompts, parse_attribute_names
 from anonymize.methods.latent.columns import ID_COS_AFTER, OPTIMISATION
 from anonymize.methods.attributes_edit.boundaries import (
@@ -59,6 +67,7 @@ from anonymize.methods.attributes_edit.boundaries import (
     load_or_fit_boundaries,
 )
 from anonymize.methods.attributes_edit.objective import IDENTITY_MODES, AttributeEditLoss, EditWeights, IdentityTargets
+from anonymize.errors import AnonymizeError
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.cfa.objective import CfaWeights
 from anonymize.methods.cfa.sphere import direction_seed, random_direction, target_on_sphere
@@ -69,7 +78,11 @@ from anonymize.methods.latent.stack import open_latent_stack
 from anonymize.models.images import CanonicalImages
 from anonymize.models.registry import load_farl_text_model
 
-SELECTIONS = ("", "k", "literal")  # stage II over the dataset: none, k-member recoding, Algorithm 1
+# stage II over the dataset: none, k-member recoding, Algorithm 1 read for its aim (S_E over the other QIs), read literally
+SELECTIONS = ("", "k", "closeness", "literal")
+ALGORITHM_1 = ("closeness", "literal")  # the selections that end with Algorithm 1's line 11, Perturbation(A', epsilon)
+# where stage II reads each face's current values: stage I's sources (anonymize.attributes.sources)
+SURVEY_SOURCES = ("zero-shot", "labels", "probe", "estimators", "landmarks")
 
 # InterFaceGAN's conditioned attributes (gender, age, eyeglasses, smile): an edit leaves them alone by default.
 DEFAULT_CONDITIONS = "Male,Young,Eyeglasses,Smiling"
@@ -139,14 +152,24 @@ class AttributeEditMethod(Method):
         set: str = field(default="", metadata={"help": "explicit targets, e.g. \"Eyeglasses:1,Smiling:0\""})
         flip: str = field(default="", metadata={"help": "attributes to turn to the other side of the face's estimate, e.g. \"Male,Young\""})
         randomize: str = field(default="", metadata={"help": "attributes whose target is the face's side after randomised response, e.g. \"Male,Young\""})
-        epsilon: float = field(default=1.0, metadata={"help": "randomize: the face's side kept with probability e^eps / (1 + e^eps)"})
-        select: str = field(default="", metadata={"help": "stage II over the dataset: \"k\" (k-member recoding) or \"literal\" (Algorithm 1); \"\" none"})
+        epsilon: float = field(default=1.0, metadata={"help": "randomize, and select=closeness|literal (Algorithm 1's line 11): "
+                                                              "each value kept with probability e^eps / (1 + e^eps)"})
+        select: str = field(default="", metadata={"help": "stage II over the dataset: \"k\" (k-member recoding), \"closeness\" (Algorithm 1, "
+                                                          "S_E over the other QIs) or \"literal\" (Algorithm 1 read literally); \"\" none"})
+        perturb: bool = field(default=True, metadata={"help": "select=closeness|literal: apply Algorithm 1's line 11 (randomised response at epsilon)"})
+        reference: str = field(default="", metadata={"help": "select: an attribute table (`anonymize attributes`) whose distributions are S "
+                                                             "(default: the run's own faces)"})
+        source: str = field(default="zero-shot", metadata={"help": "select: where stage II reads each face's values: zero-shot, labels, "
+                                                                   "probe, estimators or landmarks (stage I's sources)"})
+        labels: str = field(default="", metadata={"help": "source=labels: the labels file (list_attr_celeba.txt, CSV or Parquet)"})
         qi: str = field(default="", metadata={"help": "select: the quasi-identifier attributes whose values stage II chooses, e.g. \"Male,Eyeglasses\""})
         sensitive: str = field(default="", metadata={"help": "select=k: attributes that must stay l-diverse / t-close in every class"})
         k: int = field(default=5, metadata={"help": "select=k: the smallest class over the quasi-identifiers"})
         l: int = field(default=0, metadata={"help": "select=k: distinct-l on the sensitive attributes (0: not required)"})
-        t: float = field(default=0.0, metadata={"help": "select=k: t-closeness on the sensitive attributes (0: not required); select=literal: Algorithm 1's t"})
-        identity: str = field(default="falco", metadata={"help": "identity loss: \"falco\" (|cos - m|), \"cfa\" (new identity at `angle`), \"none\""})
+        t: float = field(default=0.0, metadata={"help": "select=k: t-closeness on the sensitive attributes (0: not required); "
+                                                        "select=closeness|literal: Algorithm 1's t"})
+        identity: str = field(default="none", metadata={"help": "identity loss: \"none\" (the paper's StarGAN objective has none), "
+                                                                "\"falco\" (|cos - m|), \"cfa\" (new identity at `angle`)"})
         margin: float = field(default=0.0, metadata={"help": "identity=falco: m, the target ArcFace cosine to the original (--margin)"})
         direction_files: str = field(default="", metadata={"help": "user directions instead of bank boundaries, e.g. \"Smiling:smile.pt\""})
         condition: str = field(default=DEFAULT_CONDITIONS, metadata={"help": "boundaries made orthogonal to these attributes' (and the other targets')"})
@@ -194,7 +217,18 @@ class AttributeEditMethod(Method):
             if not 0 <= self.margin <= 1:
                 raise ValueError(f"margin={self.margin:g}: expected 0 <= m <= 1")
             if self.margin and self.identity != "falco":
-                raise ValueError(f"margin is the target of identity=falco (got identity={self.identity})")
+                raise ValueError(f"margin is the target of identity=falco (got identity={self.identity}): add -p identity=falco")
+            if self.source not in SURVEY_SOURCES:
+                raise ValueError(f"source must be one of {', '.join(SURVEY_SOURCES)}, got {self.source!r}")
+            if (self.source != "zero-shot" or self.reference) and not selected:
+                raise ValueError("source and reference are stage II's: give -p select=closeness|literal|k -p qi=...")
+            if self.source == "labels" and not self.labels:
+                raise ValueError("source=labels needs the labels file: -p labels=list_attr_celeba.txt")
+            if self.labels and self.source != "labels":
+                raise ValueError(f"labels is the file of source=labels (got source={self.source})")
+            for name, path in (("reference", self.reference), ("labels", self.labels)):
+                if path and not Path(path).expanduser().is_file():
+                    raise ValueError(f"{name}={path}: no such file")
             super().validate()
 
         def selected(self) -> tuple[str, ...]:
@@ -203,14 +237,14 @@ class AttributeEditMethod(Method):
                 raise ValueError(f"select must be one of {', '.join(s or repr(s) for s in SELECTIONS)}, got {self.select!r}")
             if not self.select:
                 if self.qi.strip():
-                    raise ValueError("qi needs -p select=k or -p select=literal")
+                    raise ValueError("qi needs -p select=closeness, -p select=literal or -p select=k")
                 return ()
             if not self.qi.strip():
                 raise ValueError(f"select={self.select} needs the quasi-identifiers: -p qi=Male,Eyeglasses,...")
             if self.k < 1 or self.l < 0 or not 0 <= self.t <= 1:
                 raise ValueError("k must be >= 1, l >= 0 and t in [0, 1]")
-            if self.select == "literal" and self.t <= 0:
-                raise ValueError("select=literal needs Algorithm 1's t: -p t=0.3")
+            if self.select in ALGORITHM_1 and self.t <= 0:
+                raise ValueError(f"select={self.select} needs Algorithm 1's t: -p t=0.3")
             if self.sensitive.strip():
                 parse_attribute_names(self.sensitive, "sensitive")
             return parse_attribute_names(self.qi, "qi")
@@ -224,13 +258,20 @@ class AttributeEditMethod(Method):
         self.selected = params.selected()
         self.edited = (*self.targets, *self.flips, *self.randomized, *self.selected)
         self.dataset_level = bool(self.selected)  # stage II needs every face's attributes first
-        self.surveyed: dict[str, np.ndarray] = {}  # face key -> its zero-shot probabilities [A] (pass 1)
+        self.surveyed: dict[str, np.ndarray] = {}  # face key -> its probabilities [A] (pass 1; stage II's columns from `source`)
         self.chosen: dict[str, np.ndarray] | None = None  # face key -> the qi values stage II chose (the plan)
         self.files = parse_direction_files(params.direction_files)
         self.loss_recognisers = () if params.identity == "none" else ("arcface-ir-se50",)
         stack = self.stack = open_latent_stack(context, params, self.name, "attribute edits (FALCO's weights)",
                                                {"trainable_layers": params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
+        try:  # stage II's own inputs, checked before any face: the reference S and stage I's source
+            self.reference = self._reference() if params.reference else None
+            self.survey_source = None if params.source == "zero-shot" or not self.selected else create_source(
+                params.source, context.weights, str(self.device),
+                {"labels": params.labels} if params.source == "labels" else None)
+        except (AnonymizeError, ValueError, KeyError, OSError) as exc:
+            raise MethodError(f"method 'attributes': {' '.join(str(exc.args[0] if exc.args else exc).split())}") from None
         generator = self.models.networks.generator
         try:
             self.user_directions = {name: load_direction_file(path, generator.num_ws, generator.w_dim)
@@ -323,11 +364,32 @@ class AttributeEditMethod(Method):
 
     # -- stage II over the dataset (select=...) --------------------------------------------------------
     def survey(self, faces: Sequence[FaceCrop]) -> None:
-        """Pass 1: every face's zero-shot attribute probabilities."""
+        """Pass 1: every face's zero-shot attribute probabilities; stage II's columns from ``source`` when it is another."""
         real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
         with torch.no_grad():
             probabilities = self.prompts.probabilities(self.models.networks.farl(real).cls.float()).cpu().numpy()
+        if self.survey_source is not None:
+            try:
+                table = self.survey_source.estimate(faces)
+            except (AnonymizeError, ValueError) as exc:
+                raise MethodError(f"method 'attributes': source={self.params.source}: {exc}") from None
+            for name in (*self.selected, *self.sensitive_names()):  # NaN where the source says nothing: plan() refuses it
+                column = CELEBA_ATTRIBUTES.index(name)
+                probabilities[:, column] = table.probabilities[:, table.names.index(name)] if name in table.names else np.nan
         self.surveyed.update((face.key, row) for face, row in zip(faces, probabilities))
+
+    def _reference(self) -> AttributeTable:
+        """The reference table whose distributions are S; it must hold the stage II attributes."""
+        path = Path(self.params.reference).expanduser()
+        table = read_attribute_table(path)
+        names = (*self.selected, *self.sensitive_names())
+        missing = [name for name in names if name not in table.names or np.isnan(table.select((name,)).probabilities).all()]
+        if missing:
+            raise ValueError(f"reference={path}: no values of {', '.join(missing)} (source {table.source})")
+        return table
+
+    def sensitive_names(self) -> tuple[str, ...]:
+        return parse_attribute_names(self.params.sensitive, "sensitive") if self.params.sensitive.strip() else ()
 
     def plan(self) -> dict[str, Any]:
         """Stage II on every face (stored faces and new ones), keeping what a stored plan chose."""
@@ -343,9 +405,15 @@ class AttributeEditMethod(Method):
             return {"faces": 0}
         columns = [CELEBA_ATTRIBUTES.index(name) for name in self.selected]
         everything = np.stack(probabilities)
+        stage_two = [*columns, *(CELEBA_ATTRIBUTES.index(name) for name in self.sensitive_names())]
+        unknown = np.argwhere(np.isnan(everything[:, stage_two]))
+        if unknown.size:  # never a silent 0: a face stage II cannot read stops the plan
+            row, column = unknown[0]
+            raise MethodError(f"method 'attributes': source={self.params.source} gives no {CELEBA_ATTRIBUTES[stage_two[column]]} "
+                              f"for {keys[row]} ({len(unknown)} value(s) missing); choose qi/sensitive it estimates")
         codes = (everything[:, columns] >= 0.5).astype(np.int8)
         try:
-            selection = self._select(codes, everything)
+            selection = self._select(codes, everything, keys)
         except SelectionError as exc:
             raise MethodError(f"method 'attributes': select={self.params.select}: {exc}") from None
         for row, key in enumerate(keys):
@@ -354,21 +422,33 @@ class AttributeEditMethod(Method):
         if self.context.plan is not None:
             self.context.plan.write_plan({"keys": np.asarray(keys), "probabilities": everything.astype(np.float32),
                                                "chosen": np.stack([chosen[key] for key in keys]).astype(np.int8)},
-                       {"select": self.params.select, "qi": list(self.selected)})
+                       {"select": self.params.select, "qi": list(self.selected), "source": self.params.source,
+                        "reference": self.params.reference or None})
         released = np.stack([chosen[key] for key in keys])
         return {"faces": len(keys), "values changed": int((released != codes).sum()),
                 "smallest class": int(equivalence_classes(released).sizes.min())}
 
-    def _select(self, codes: np.ndarray, probabilities: np.ndarray) -> Selection:
+    def _select(self, codes: np.ndarray, probabilities: np.ndarray, keys: Sequence[str]) -> Selection:
+        """Stage II's values for every face; Algorithm 1 ends with line 11, randomised response per face (seeded by its key)."""
         params = self.params
-        if params.select == "literal":
-            return select_attributes_literal(codes, params.t, self.selected)
-        sensitive = None
-        if params.sensitive.strip():
-            columns = [CELEBA_ATTRIBUTES.index(name) for name in parse_attribute_names(params.sensitive, "sensitive")]
+        population = None if self.reference is None else population_shares(codes_of(self.reference, self.selected))
+        if params.select in ALGORITHM_1:
+            if params.select == "literal":
+                selection = select_attributes_literal(codes, params.t, self.selected, population)
+            else:
+                selection = select_attributes_closeness(codes, params.t, population)
+            if not params.perturb:
+                return selection
+            perturbed = np.stack([randomized_response(row, params.epsilon, [self.context.seed, zlib.crc32(key.encode())]).codes
+                                  for row, key in zip(selection.codes, keys)])
+            return Selection(perturbed, perturbed != codes)
+        sensitive = reference = None
+        if self.sensitive_names():
+            columns = [CELEBA_ATTRIBUTES.index(name) for name in self.sensitive_names()]
             sensitive = (probabilities[:, columns] >= 0.5).astype(np.int8)
+            reference = None if self.reference is None else codes_of(self.reference, self.sensitive_names())
         requirements = Requirements(params.k, params.l or None, params.t or None)
-        return k_member_recoding(codes, requirements, sensitive)
+        return k_member_recoding(codes, requirements, sensitive, reference)
 
     def chosen_values(self, keys: Sequence[str]) -> np.ndarray:
         """[B, len(qi)] the values stage II chose for these faces (read from the stored plan by a copy that did not plan)."""

@@ -87,6 +87,8 @@ class CamouflageMethod(Method):
         lambda_app: float = 1.0
         lambda_pix: float = 0.1
         psnr_ceiling: float = 20.0
+        dif: str = field(default="psnr", metadata={"help": '"psnr": push away from the source until PSNR <= psnr_ceiling; '
+                                                            '"l2": the paper\'s unbounded Eq. 5 (diverges without training: README)'})
 
         def validate(self) -> None:
             if self.select not in SELECTIONS:
@@ -99,6 +101,8 @@ class CamouflageMethod(Method):
                 raise ValueError("consistency=person gives every photo of a person one reference: outputs must be 1")
             if self.reference_index < 0 or not -1 <= self.tau <= 1:
                 raise ValueError("reference_index must be >= 0 and tau a cosine in [-1, 1]")
+            if self.dif not in ("psnr", "l2"):
+                raise ValueError(f"dif must be psnr or l2, got {self.dif!r}")
             if min(self.lambda_id, self.lambda_feat, self.lambda_app, self.lambda_pix) < 0:
                 raise ValueError("the lambdas must be >= 0")
             layers = self.source_layers
@@ -117,7 +121,7 @@ class CamouflageMethod(Method):
                                                 "trainable_layers": self.params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         p = self.params
-        self.weights = CamouflageWeights(p.lambda_id, p.id_margin, p.lambda_feat, p.lambda_app, p.lambda_pix, p.psnr_ceiling)
+        self.weights = CamouflageWeights(p.lambda_id, p.id_margin, p.lambda_feat, p.lambda_app, p.lambda_pix, p.psnr_ceiling, p.dif)
         self.bank_key = stack.bank_key
         self.references: ReferenceSet | None = None
         self.surveyed: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # key -> (ArcFace embedding, FaRL CLS)

@@ -5,15 +5,18 @@ reference. For a generated face G(w) of source x and reference r, the loss of fa
 
     lambda_id   * max(0, m - cos(A(G), A(x)))          ArcFace: still the source to a recogniser (hinge)
   + lambda_feat * mean (M(G) - M(x))^2                 IR-SE50's last feature map: the source's structure
-  + lambda_app  * mean |P(G) - P(r)|                   FaRL, pooled: the reference's appearance
+  + lambda_app  * mean (P(G) - P(r))^2                 FaRL, pooled: the reference's appearance (Eq. 4's squared L2)
   + lambda_pix  * max(0, PSNR(G, x) - psi)             pixels: pushed away from the source up to a ceiling
+                  (dif=l2: - lambda_pix * mean (G - x)^2, the paper's unbounded Eq. 5)
 
 A is ArcFace's unit embedding; M is the feature map its IR-SE50 trunk ends with (the same network,
 one pass gives both); P is FaRL's last-block patch tokens laid out on their grid (14 x 14 at
 ViT-B/16) and max-pooled to 4 x 1 (four horizontal bands: forehead and hair, eyes, nose and cheeks,
 mouth and chin), so appearance is matched band by band, not pixel by pixel, and the reference's
 pose does not have to be copied. The PSNR term is zero once the face is at most ``psi`` dB close to
-its source, so it only pushes while the face still looks like the source pixel-wise.
+its source, so it only pushes while the face still looks like the source pixel-wise. The paper's
+Eq. 5 has no such floor; without a trained generator to hold the image on the face manifold, its
+reward for every extra unit of squared distance drives W+ off the manifold (README: measured).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class CamouflageWeights:
     lambda_app: float = 1.0
     lambda_pix: float = 0.1  # per dB above the ceiling
     psnr_ceiling: float = 20.0  # dB
+    dif: str = "psnr"  # "psnr": the hinge above; "l2": Eq. 5, -mean (G - x)^2 on the [0, 1] scale, unbounded
 
 
 def pooled_tokens(tokens: Tensor) -> Tensor:
@@ -96,9 +100,13 @@ class CamouflageLoss:
             tokens = self.networks.farl(images).tokens
         cosine = F.cosine_similarity(identity.float(), self.source.identity, dim=1)
         feature = (feature_map.float() - self.source.feature_map).square().mean(dim=(1, 2, 3))
-        appearance = (pooled_tokens(tokens.float()) - self.appearance).abs().mean(dim=1)
+        appearance = (pooled_tokens(tokens.float()) - self.appearance).square().mean(dim=1)
         psnr = psnr_db(images.tensor.float(), self.source.pixels)
         w = self.weights
+        if w.dif == "l2":
+            push = -((images.tensor.float() - self.source.pixels) / 2).square().mean(dim=(1, 2, 3))
+        else:
+            push = F.relu(psnr - w.psnr_ceiling)
         total = (w.lambda_id * F.relu(w.id_margin - cosine) + w.lambda_feat * feature + w.lambda_app * appearance
-                 + w.lambda_pix * F.relu(psnr - w.psnr_ceiling))
-        return total, {"id_cos": cosine, "feature": feature, "appearance": appearance, "psnr": psnr}
+                 + w.lambda_pix * push)
+        return total, {"id_cos": cosine, "feature": feature, "appearance": appearance, "psnr": psnr, "dif": push}

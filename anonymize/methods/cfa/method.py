@@ -6,14 +6,17 @@ Its sphere is a recogniser's embedding sphere, so here ArcFace's is used directl
 replaced by the shared W+ toolkit (:mod:`anonymize.methods.latent`: e4e inversion, W+ optimisation of
 the middle layers under FaRL's attribute loss):
 
-1. survey (pass 1): the unit ArcFace embedding of every face of the run (and its FaRL CLS feature
-   when directions come from the fake bank);
+1. survey (pass 1): the unit ArcFace embedding of every face of the run, that of its e4e
+   reconstruction (how far the inversion alone already is: :meth:`CfaMethod.plan_warnings`), and its
+   FaRL CLS feature when directions come from the fake bank;
 2. plan: people (by ArcFace clusters or folders), one target unit per face or per person
    (``consistency``): its anchor ``e`` (the face's embedding, or the person's mean), and per variant a
    direction ``u`` orthogonal to ``e`` (:mod:`.sphere`), screened for leakage (:mod:`.leakage`);
 3. anonymize: for each variant and each angle of the sweep, ``z* = cos(alpha) e + sin(alpha) u`` and
    the W+ optimisation of :mod:`.objective` from the e4e inversion (each angle of a sweep warm-starts
-   from the previous one's code).
+   from the previous one's code), with the content term of :mod:`.content` when ``content_weight > 0``.
+
+Angles are degrees or relative to ArcFace's calibrated threshold (``threshold+10``, :mod:`.angles`).
 
 The first angle of the first variant is the face written in place of the original; every other
 (angle, variant) rendering is returned to the pipeline under its label (``a55-v1``) and written
@@ -36,6 +39,8 @@ import torch
 from anonymize.io.write import render_relpath
 from anonymize.methods.latent.columns import ID_COS_AFTER, OPTIMISATION, PAIRED_FAKE
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
+from anonymize.methods.cfa.angles import AngleSpec, calibrated_threshold, parse_angle, parse_angles, relative_to_threshold, resolve_angles
+from anonymize.methods.cfa.content import ContentTarget, identity_region
 from anonymize.methods.cfa.leakage import NOBODY, LeakageIndex
 from anonymize.methods.cfa.objective import CfaLoss, CfaWeights
 from anonymize.methods.cfa.sphere import (
@@ -55,7 +60,7 @@ from anonymize.methods.latent.stack import open_latent_stack
 from anonymize.methods.persons import person_ids, stable_person_ids
 from anonymize.models.images import CanonicalImages
 
-DIRECTIONS = ("bank", "random")
+DIRECTIONS = ("random", "bank")  # random: the paper's; bank: the project's option
 CONSISTENCIES = ("face", "person")
 PLAN_FORMAT = 1
 
@@ -120,6 +125,8 @@ class CfaMethod(Method):
         "cfa_leak_cos_after": pa.float32(),  # the same for the written face's identity
         "cfa_person": pa.int64(),  # person (cluster or folder) the face was counted as
         "cfa_renders": pa.string(),  # JSON list of the further renders (sweep angles, variants) and their figures
+        "cfa_e4e_angle": pa.float32(),  # degrees from e to the e4e reconstruction's identity: alpha at step 0
+        "cfa_content": pa.float32(),  # the content term at the written face (content_weight > 0; else null)
     }
     crop_size = 256
     replaces_aligned_image = True
@@ -129,10 +136,10 @@ class CfaMethod(Method):
 
     @dataclass(frozen=True)
     class Params(LatentParams):
-        angle: float = field(default=70.0, metadata={"help": "degrees between the original identity and the new one"})
-        angles: str = field(default="", metadata={"help": "a sweep, e.g. \"40,55,70,85\" (replaces angle); each warm-starts from the previous"})
+        angle: str = field(default="70", metadata={"help": "degrees between the original identity and the new one, or relative to ArcFace's calibrated threshold: \"threshold+10\" (anonymize calibrate --recognizer arcface)"})
+        angles: str = field(default="", metadata={"help": "a sweep, e.g. \"40,55,70,85\" or \"threshold,threshold+10\" (replaces angle); each warm-starts from the previous"})
         variants: int = field(default=1, metadata={"help": "new identities per face at each angle (different directions)"})
-        direction: str = field(default="bank", metadata={"help": "\"bank\": toward a paired fake's identity; \"random\": uniform"})
+        direction: str = field(default="random", metadata={"help": "\"random\": uniform over the directions orthogonal to e (the paper); \"bank\": toward a paired fake's identity"})
         consistency: str = field(default="face", metadata={"help": "\"person\": every photo of a person becomes the same new person"})
         cluster_distance: float = field(default=0.6, metadata={"help": "ArcFace cosine distance within which faces are one person (clusters)"})
         tau_leak: float = field(default=0.3, metadata={"help": "a target with cosine above this to another person's face is redrawn"})
@@ -142,21 +149,26 @@ class CfaMethod(Method):
         lambda_ang: float = 10.0
         lambda_attr: float = 0.1
         lambda_lat: float = 0.001
+        content_weight: float = field(default=0.0, metadata={"help": "weight of the content term: pixel L1 + LPIPS to the original outside eyes, brows, nose and mouth (0: off; needs LPIPS's weights)"})
 
-        def angle_list(self) -> tuple[float, ...]:
+        def angle_list(self) -> tuple[AngleSpec, ...]:
+            """The requested angles (:class:`~anonymize.methods.cfa.angles.AngleSpec`), unresolved."""
             if not self.angles.strip():
-                return (self.angle,)
-            return tuple(float(part) for part in self.angles.split(",") if part.strip())
+                return (parse_angle(self.angle),)
+            return parse_angles(self.angles)
 
         def validate(self) -> None:
             try:
                 angles = self.angle_list()
-            except ValueError:
-                raise ValueError(f"angles must be comma-separated degrees, got {self.angles!r}") from None
-            if not angles or any(not 0 < angle <= 180 for angle in angles):
-                raise ValueError(f"every angle must be in (0, 180] degrees, got {', '.join(f'{a:g}' for a in angles)}")
-            if len(set(angles)) != len(angles):
+            except ValueError as exc:
+                raise ValueError(f"angles must be comma-separated degrees or threshold+N, got {self.angles or self.angle!r} ({exc})") from None
+            plain = [spec.value for spec in angles if not spec.relative]
+            if not angles or any(not 0 < angle <= 180 for angle in plain):
+                raise ValueError(f"every angle must be in (0, 180] degrees, got {', '.join(spec.text for spec in angles)}")
+            if len({(spec.relative, spec.value) for spec in angles}) != len(angles):
                 raise ValueError(f"angles must be distinct, got {self.angles!r}")
+            if self.content_weight < 0:
+                raise ValueError(f"content_weight must be >= 0, got {self.content_weight}")
             if self.variants < 1:
                 raise ValueError(f"variants must be >= 1, got {self.variants}")
             if self.direction not in DIRECTIONS:
@@ -176,15 +188,24 @@ class CfaMethod(Method):
         self.gallery = Path(self.params.gallery).expanduser() if self.params.gallery else None
         if self.gallery is not None and not self.gallery.is_dir():
             raise MethodError(f"method 'cfa': gallery {self.gallery}: not a folder")
+        self.threshold = calibrated_threshold(context.weights)
+        try:
+            self.angles = resolve_angles(self.params.angle_list(), self.threshold, context.weights)
+        except ValueError as exc:
+            raise MethodError(f"method 'cfa': {exc}") from None
+        self.relative = any(spec.relative for spec in self.params.angle_list())
         stack = self.stack = open_latent_stack(context, self.params, self.name, "CFA",
                                                {"trainable_layers": self.params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
-        self.angles = self.params.angle_list()
+        self.perceptual = self._perceptual(context) if self.params.content_weight > 0 else None
         self.renders = [Render(variant, angle) for variant in range(self.params.variants) for angle in self.angles]
-        self.weights = CfaWeights(self.params.lambda_tgt, self.params.lambda_ang, self.params.lambda_attr, self.params.lambda_lat)
+        self.weights = CfaWeights(self.params.lambda_tgt, self.params.lambda_ang, self.params.lambda_attr, self.params.lambda_lat,
+                                  self.params.content_weight)
         self.bank_key = stack.bank_key
         self.bank: FakeBank | None = None
         self.surveyed: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}  # key -> (ArcFace unit embedding, FaRL CLS)
+        self.reconstructed: dict[str, np.ndarray] = {}  # key -> ArcFace embedding of G(e4e(x)), the optimisation's start
+        self.below_start: tuple[int, int, list[float]] | None = None  # (faces, of, their start angles): plan_warnings
         self.state: CfaPlan | None = None
         self.leakage: LeakageIndex | None = None
         self.gallery_embeddings: np.ndarray | None = None
@@ -192,12 +213,36 @@ class CfaMethod(Method):
     # -- what the manifest records ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         described = {**super().describe(), "angles": list(self.angles)}
+        if self.relative and self.threshold is not None:  # what threshold+N resolved against (only then: a later
+            described["arcface_threshold"] = {"angle": self.threshold.angle, "far": self.threshold.far,  # calibration must not
+                                              "faces_dir": self.threshold.faces_dir}  # change a plain run's settings)
         if self.params.direction == "bank":
             described["bank"] = self.bank_key.as_dict()
         return described
 
     def weights_used(self) -> dict[str, str]:
         return dict(self.sha256)
+
+    def _perceptual(self, context: MethodContext) -> Any:
+        """LPIPS (AlexNet, the audit's) and dlib's 68 landmarks for the content term; one MethodError if missing."""
+        try:
+            import lpips  # noqa: F401
+        except ImportError:
+            raise MethodError("method 'cfa': content_weight > 0 needs the lpips package (pip install lpips==0.1.4)") from None
+        from anonymize.faces.landmarks import LandmarkFinder
+        from anonymize.models.checkpoint import CheckpointError
+        from anonymize.models.registry import load_pretrained, pretrained
+        from anonymize.weights import WeightsError
+
+        artefacts = [*pretrained("lpips_alex").artefacts, "dlib_shape_predictor_68"]
+        try:
+            context.weights.require_all(artefacts, purpose="CFA's content term (-p content_weight)")
+            self.landmarks = LandmarkFinder(context.weights)
+            model = load_pretrained("lpips_alex", context.weights, self.device)
+        except (WeightsError, CheckpointError) as exc:
+            raise MethodError(f"method 'cfa': -p content_weight needs LPIPS's and dlib's landmark weights: {exc}") from None
+        self.sha256.update({name: context.weights.sha256(name) or "" for name in artefacts})
+        return model
 
     def default_batch_size(self) -> int:
         return self.stack.batch_size()
@@ -210,8 +255,12 @@ class CfaMethod(Method):
         real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
         identity = self.models.networks.arcface(real).float().cpu().numpy()  # float32 in memory; the plan works in float64
         cls = self.models.networks.farl(real).cls.float().cpu().numpy() if self.params.direction == "bank" else None
+        generator = self.models.networks.generator
+        start = generator(self.models.encoder(real).float(), noise_mode="const")
+        reconstructed = self.models.networks.arcface(start).float().cpu().numpy()
         for index, face in enumerate(faces):
             self.surveyed[face.key] = (identity[index], None if cls is None else cls[index])
+            self.reconstructed[face.key] = reconstructed[index]
 
     # -- the plan --------------------------------------------------------------------------------------
     def plan_info(self) -> dict[str, Any]:
@@ -239,9 +288,34 @@ class CfaMethod(Method):
         if self.context.plan is not None:
             self.context.plan.write_plan(state.arrays(), self.plan_info())
         self.state = state
+        self.below_start = self._below_start(state, new_keys)
         accepted = state.leak.max(axis=2) <= self.params.tau_leak
-        return {"people": int(len(set(state.persons.tolist()))), "targets": int(len(state.anchors)),
-                "redraws": int((state.tries - 1).sum()), "leaky targets": int((~accepted).sum())}
+        figures: dict[str, Any] = {"people": int(len(set(state.persons.tolist()))), "targets": int(len(state.anchors)),
+                                   "redraws": int((state.tries - 1).sum()), "leaky targets": int((~accepted).sum())}
+        if self.threshold is not None:  # alpha stated against the recogniser's own "other person" angle
+            far = f" at FAR {self.threshold.far:g}" if self.threshold.far is not None else ""
+            figures["angles"] = (f"{relative_to_threshold(self.angles, self.threshold)} (ArcFace's calibrated "
+                                 f"{self.threshold.angle:.1f} degrees{far})")
+        return figures
+
+    def _below_start(self, state: CfaPlan, new_keys: list[str]) -> tuple[int, int, list[float]] | None:
+        """The newly planned faces whose e4e reconstruction is already farther from e than the smallest angle asked."""
+        faces = [key for key in new_keys if key in self.reconstructed]
+        if not faces:
+            return None
+        starts = [angle_between(self.reconstructed[key], state.anchors[state.units[state.row[key]]]) for key in faces]
+        below = [start for start in starts if min(self.angles) < start]
+        return len(below), len(faces), below
+
+    def plan_warnings(self) -> list[str]:
+        """One line when some faces cannot start at the angle asked: their e4e reconstruction alone is farther."""
+        if not self.below_start or not self.below_start[0]:
+            return []
+        count, total, starts = self.below_start
+        return [f"cfa: for {count} of {total} faces the e4e reconstruction alone is already farther from the original "
+                f"identity than the angle asked ({min(self.angles):g} degrees; their reconstructions: median "
+                f"{float(np.median(starts)):.1f}, max {max(starts):.1f}): those faces will likely end above it (read "
+                f"cfa_e4e_angle and cfa_angle_error in the manifest; ask a larger angle, e.g. threshold+N, to avoid it)"]
 
     def _persons(self, keys: list[str], embeddings: np.ndarray, old: CfaPlan | None) -> np.ndarray:
         """Person ids: stored faces keep theirs; new faces take a stored face's id if they share its group."""
@@ -402,6 +476,10 @@ class CfaMethod(Method):
         with torch.no_grad():
             inversion = self.models.encoder(real).float()
         originals = real_targets(real, networks, self.params.bf16)
+        content = None
+        if self.perceptual is not None:
+            regions = np.stack([identity_region(self.landmarks(face.image, face.landmarks), face.image.shape[0]) for face in faces])
+            content = ContentTarget.from_regions(real, regions)
         anchors = plan.anchors[units]
         crops: dict[Render, np.ndarray] = {}
         measures: dict[Render, dict[str, np.ndarray]] = {}
@@ -413,8 +491,11 @@ class CfaMethod(Method):
                                     for anchor, unit in zip(anchors, units)])
                 loss = CfaLoss(networks, self._tensor(anchors), self._tensor(targets),
                                torch.full((len(faces),), math.cos(math.radians(angle)), device=self.device),
-                               originals.tokens, inversion, self.weights)
+                               originals.tokens, inversion, self.weights, content, self.perceptual)
                 result = optimise_codes(start, self.params.trainable_layers, networks.generator, loss, self.params)
+                if variant == 0 and angle_index == 0:  # started from the inversion itself: alpha at step 0
+                    start_cos = result.start["cos_anchor"].float().clamp(-1, 1).cpu().numpy().astype(np.float64)
+                    e4e_angle = np.degrees(np.arccos(start_cos))
                 start = result.ws
                 crops[render] = result.images.to_uint8()
                 achieved = result.end["identity"].cpu().numpy().astype(np.float64)
@@ -425,11 +506,13 @@ class CfaMethod(Method):
                     "leak_cos": plan.leak[units, variant, angle_index],
                     "leak_cos_after": self.leakage.nearest(achieved, plan.unit_persons[units]),
                     "id_cos_after": own.cpu().numpy(),
+                    "content": result.end["content"].cpu().numpy() if "content" in result.end else None,
                 }
-        return [self._face_output(face, index, rows[index], crops, measures) for index, face in enumerate(faces)]
+        return [self._face_output(face, index, rows[index], crops, measures, float(e4e_angle[index]))
+                for index, face in enumerate(faces)]
 
     def _face_output(self, face: FaceCrop, index: int, row: int, crops: dict[Render, np.ndarray],
-                     measures: dict[Render, dict[str, np.ndarray]]) -> AnonymizedFace:
+                     measures: dict[Render, dict[str, np.ndarray]], e4e_angle: float) -> AnonymizedFace:
         plan = self.state
         unit = int(plan.units[row])
         relpath = PurePosixPath(face.key.rpartition("#")[0])
@@ -448,6 +531,7 @@ class CfaMethod(Method):
                 "leak_cos": float(values["leak_cos"][index]),
                 "leak_cos_after": float(values["leak_cos_after"][index]),
                 "id_cos_after": float(values["id_cos_after"][index]),
+                "content": None if values["content"] is None else float(values["content"][index]),
                 "fake_index": int(plan.fakes[unit, render.variant]),
                 "leak_tries": int(plan.tries[unit, render.variant]),
             })
@@ -463,6 +547,8 @@ class CfaMethod(Method):
             "cfa_leak_cos_after": main["leak_cos_after"],
             "cfa_person": int(plan.persons[row]),
             "cfa_renders": json.dumps(listed[1:]) if len(listed) > 1 else None,
+            "cfa_e4e_angle": e4e_angle,
+            "cfa_content": main["content"],
             "id_cos_after": main["id_cos_after"],
             "fake_index": main["fake_index"] if main["fake_index"] >= 0 else None,
             "steps": self.params.steps,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from anonymize.methods.cfa.content import ContentTarget, Perceptual, content_loss
 from anonymize.methods.latent.optimize import LossNetworks, attribute_loss, embed_faces
 from anonymize.models.images import CanonicalImages
 
@@ -31,6 +32,7 @@ class CfaWeights:
     lambda_ang: float = 10.0
     lambda_attr: float = 0.1
     lambda_lat: float = 0.001
+    content_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,22 @@ class CfaLoss:
     tokens: Tensor  # [B, T, C] FaRL tokens of the real faces
     inversion: Tensor  # [B, num_ws, w_dim] w0
     weights: CfaWeights
+    content: ContentTarget | None = None  # with ``perceptual``: the content term (used when content_weight > 0)
+    perceptual: Perceptual | None = None
 
     def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
         identity, tokens = embed_faces(images, self.networks, bf16)
         attribute = attribute_loss(tokens, self.tokens)
         total, parts = identity_terms(identity, ws, self.anchors, self.targets, self.cos_alpha, self.inversion, self.weights)
-        return total + self.weights.lambda_attr * attribute, {**parts, "attr": attribute, "identity": identity.detach()}
+        total = total + self.weights.lambda_attr * attribute
+        parts = {**parts, "attr": attribute, "identity": identity.detach()}
+        if self.weights.content_weight > 0:
+            if self.content is None or self.perceptual is None:
+                raise ValueError("content_weight > 0 needs the original crops, their identity regions and a perceptual distance")
+            content = content_loss(images, self.content, self.perceptual)
+            total = total + self.weights.content_weight * content
+            parts["content"] = content.detach()
+        return total, parts
 
 
 def identity_terms(identity: Tensor, ws: Tensor, anchors: Tensor, targets: Tensor, cos_alpha: Tensor, inversion: Tensor,

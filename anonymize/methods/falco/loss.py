@@ -10,8 +10,18 @@ so they stay bitwise equal to the inversion. The loss of face i is
 where F_tc is channel c of token t of FaRL's last transformer block (before ``ln_post``), for all
 197 tokens at ViT-B/16 (CLS + 196 patches): the L1 distance is averaged over channels and summed
 over tokens, exactly as the reference's ``AttrLoss`` (one ``nn.L1Loss`` per token, added up), so
-``lambda_attr = 0.1`` weighs it as the paper's and the reference's 0.1 does. Both images go through
-the same networks and the same preprocessing (:class:`CanonicalImages`).
+``lambda_attr = 0.1`` weighs it as the reference's 0.1 does (the paper gives no weights). What the
+networks see is :mod:`.preprocessing`'s: by default both images go through the same transforms;
+``preprocessing="reference"`` feeds them as the authors' code does.
+
+Clamping. The written face is the generator's output clamped to [-1, 1]. Under ``corrected`` the
+loop's faces are clamped too, so the loss minimised is the loss of what is written (pixels beyond
+the range then pass no gradient). Under ``reference`` they are not, as in the authors' loop, so
+every pixel passes gradients, but the loss minimised is then the one of an image never written.
+Dropping the clamp changes more than the gradients at saturated pixels: on the tiny test generator
+(a third of its pixels overshoot; ``test_falco.py``'s three faces, 25 steps, m = 0.5) the written
+face's loss fell by 41%, 28% and 56% with the clamp and by 42%, 1% and 48% without, so the default
+keeps it.
 
 The reference averages both terms over the faces of its batch (its ID loss adds the per-face terms
 at HEAD and divides by the batch size; before commit ad08224 the loop overwrote instead of adding),
@@ -28,7 +38,8 @@ from dataclasses import dataclass, replace
 import torch.nn.functional as F
 from torch import Tensor
 
-from anonymize.methods.latent.optimize import LossNetworks, Targets, attribute_loss, embed_faces, optimise_codes
+from anonymize.methods.falco.preprocessing import Preprocessing, embed_for_loss
+from anonymize.methods.latent.optimize import LossNetworks, Targets, attribute_loss, optimise_codes
 from anonymize.models.images import CanonicalImages
 
 
@@ -43,6 +54,7 @@ class OptimSettings:
     lambda_attr: float = 0.1
     margin: float = 0.0
     bf16: bool = False
+    preprocessing: Preprocessing = "corrected"
 
 
 @dataclass
@@ -59,7 +71,7 @@ class OptimResult:
 def face_losses(images: CanonicalImages, targets: Targets, networks: LossNetworks,
                 settings: OptimSettings) -> tuple[Tensor, Tensor, Tensor]:
     """Per-face (total loss, identity cosine, attribute loss), each [B], float32."""
-    identity, tokens = embed_faces(images, networks, settings.bf16)
+    identity, tokens = embed_for_loss(images, networks, settings.preprocessing, settings.bf16)
     cosine = F.cosine_similarity(identity, targets.identity, dim=1)
     attribute = attribute_loss(tokens, targets.tokens)
     total = settings.lambda_id * (cosine - settings.margin).abs() + settings.lambda_attr * attribute
@@ -82,6 +94,7 @@ class FalcoLoss:
 def optimise_latents(initial_ws: Tensor, trainable_layers: Sequence[int], targets: Targets,
                      networks: LossNetworks, settings: OptimSettings) -> OptimResult:
     """Run FALCO's optimisation on a batch of codes [B, num_ws, w_dim]; see the module docstring."""
-    result = optimise_codes(initial_ws, trainable_layers, networks.generator, FalcoLoss(targets, networks, settings), settings)
+    result = optimise_codes(initial_ws, trainable_layers, networks.generator, FalcoLoss(targets, networks, settings), settings,
+                            clamp=settings.preprocessing == "corrected")
     return OptimResult(result.ws, result.images, result.start["id_cos"], result.end["id_cos"],
                        result.start["attr"], result.end["attr"], result.loss_history)

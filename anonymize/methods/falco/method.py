@@ -11,8 +11,9 @@ Everything that can fail for lack of weights fails in the constructor, before th
 anything (:func:`anonymize.methods.latent.stack.open_latent_stack`). The fake bank is loaded (or
 built and cached) on the first batch, so dry runs never build one.
 
-Reproducibility. The run seed selects the fake bank (z is drawn from it; the bank's size is fixed,
-not derived from the run, so a resumed or ``--limit`` run uses the same bank); nothing else in the
+Reproducibility. The run seed selects the fake bank (z is drawn from it; its automatic size is
+10,000, or twice the run's faces when that is more and the count is known, i.e. with ``--aligned``:
+one face per image; a resumed run has the same count, a ``--limit`` run may not); nothing else in the
 method is random (constant noise maps, deterministic initialisation, Adam). So a face's result is a
 function of the seed, the weights, the options and the face itself, with these exceptions:
 
@@ -40,9 +41,10 @@ import torch
 from anonymize.methods.latent.columns import ID_COS_AFTER, ID_COS_BEFORE, OPTIMISATION, PAIRED_FAKE
 from anonymize.methods.base import AnonymizedFace, FaceCrop, Method, MethodContext, MethodError
 from anonymize.methods.falco.loss import OptimSettings, optimise_latents
-from anonymize.methods.latent.bank import FakeBank
-from anonymize.methods.latent.optimize import mix_codes, real_targets
-from anonymize.methods.latent.pairing import FakePairer, PairingError
+from anonymize.methods.falco.preprocessing import PREPROCESSINGS, falco_targets
+from anonymize.methods.latent.bank import FakeBank, default_bank_size
+from anonymize.methods.latent.optimize import mix_codes
+from anonymize.methods.latent.pairing import PAIRING_METRICS, FakePairer, PairingError
 from anonymize.methods.latent.params import LatentParams
 from anonymize.methods.latent.saved import save_latent
 from anonymize.methods.latent.stack import open_latent_stack
@@ -75,22 +77,33 @@ class FalcoMethod(Method):
         margin: float = field(default=0.0, metadata={"help": "m: the target ArcFace cosine of the output to the original (--margin)"})
         unique_pairs: bool = field(default=False, metadata={"help": "every face of the run gets a different fake"})
         save_latents: bool = field(default=False, metadata={"help": "write each final W+ code under <out>/.anonymize/latents/"})
+        preprocessing: str = field(default="corrected", metadata={
+            "help": "loss networks' inputs: \"corrected\" (both sides alike, CLIP-normalised for FaRL) or \"reference\" "
+                    "(the authors' code: real in [0,1], generated in [-1,1], no CLIP normalisation)"})
+        pairing_metric: str = field(default="cosine", metadata={
+            "help": "nearest fake by \"cosine\" (the authors' commands) or \"euclidean\" (the paper; raw FaRL CLS embeddings)"})
 
         def validate(self) -> None:
             if self.lambda_id < 0 or self.lambda_attr < 0:
                 raise ValueError("lambda_id and lambda_attr must be >= 0")
+            if self.preprocessing not in PREPROCESSINGS:
+                raise ValueError(f"preprocessing must be one of {', '.join(PREPROCESSINGS)}, got {self.preprocessing!r}")
+            if self.pairing_metric not in PAIRING_METRICS:
+                raise ValueError(f"pairing_metric must be one of {', '.join(PAIRING_METRICS)}, got {self.pairing_metric!r}")
             if not 0 <= self.margin <= 1:
                 raise ValueError(f"margin={self.margin:g}: expected 0 <= m <= 1")
             super().validate()
 
     def __init__(self, context: MethodContext, options: dict[str, str] | None = None) -> None:
         super().__init__(context, options)
+        self.known_faces = context.expected_faces if context.aligned_input else None
         stack = self.stack = open_latent_stack(context, self.params, self.name, "FALCO",
-                                               {"trainable_layers": self.params.trainable_layers})
+                                               {"trainable_layers": self.params.trainable_layers}, faces=self.known_faces)
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models
         self.bank_key = stack.bank_key
         self.settings = OptimSettings(self.params.steps, self.params.lr, self.params.lr_gamma, self.params.lambda_id,
-                                      self.params.lambda_attr, self.params.margin, self.params.bf16)
+                                      self.params.lambda_attr, self.params.margin, self.params.bf16,
+                                      self.params.preprocessing)
         self.bank: FakeBank | None = None
         self.pairer: FakePairer | None = None
 
@@ -104,12 +117,22 @@ class FalcoMethod(Method):
     def default_batch_size(self) -> int:
         return self.stack.batch_size()
 
+    def privacy_caveat(self) -> str | None:
+        """A user-set bank smaller than the run's faces breaks the paper's |fakes| > |real faces|: faces share fakes."""
+        size, faces = self.bank_key.size, self.known_faces
+        if self.params.bank_size and faces and size < faces:
+            return (f"falco: bank_size={size} is smaller than the run's {faces} faces, so several faces start from the "
+                    f"same fake (the paper needs more fakes than faces); the automatic size would be {default_bank_size(faces)}")
+        return None
+
     # -- the bank --------------------------------------------------------------------------------------
     def ensure_bank(self) -> FakeBank:
         """Load the cached bank or build it (once per method instance)."""
         if self.bank is None:
-            self.bank = self.stack.load_bank()
-            self.pairer = FakePairer(self.bank.features, use_gpu=self.device.type == "cuda")
+            euclidean = self.params.pairing_metric == "euclidean"
+            self.bank = self.stack.load_bank(with_norms=euclidean)
+            features = self.bank.raw_features() if euclidean else self.bank.features
+            self.pairer = FakePairer(features, use_gpu=self.device.type == "cuda", metric=self.params.pairing_metric)
         return self.bank
 
     # -- the method ------------------------------------------------------------------------------------
@@ -121,8 +144,10 @@ class FalcoMethod(Method):
         real = CanonicalImages.from_uint8(np.stack([face.image for face in faces]), self.device)
         with torch.no_grad():
             real_ws = self.models.encoder(real).float()
-            query = networks.farl(real).cls.float().cpu().numpy()
-        targets = real_targets(real, networks, self.params.bf16)
+            pairing = networks.farl(real)
+            query = (pairing.cls * pairing.cls_norm[:, None] if self.params.pairing_metric == "euclidean"
+                     else pairing.cls).float().cpu().numpy()
+        targets = falco_targets(real, networks, self.params.preprocessing, self.params.bf16)
         keys = [face.key for face in faces]
         try:
             pairs = self.pairer.pair(query, unique=self.params.unique_pairs, keys=keys)

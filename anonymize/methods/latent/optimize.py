@@ -106,11 +106,15 @@ def attribute_loss(tokens: Tensor, target_tokens: Tensor) -> Tensor:
     return (tokens - target_tokens).abs().mean(dim=2).sum(dim=1)
 
 
-def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool) -> CanonicalImages:
-    """G(ws) with constant noise (so a code always gives the same face), returned in float32."""
+def render(generator: StyleGAN2Generator, ws: Tensor, bf16: bool, clamp: bool = True) -> CanonicalImages:
+    """G(ws) with constant noise (so a code always gives the same face), returned in float32; clamped to
+    [-1, 1] unless ``clamp`` is False (then pixels beyond the range keep their gradient)."""
     with autocast_for(ws.device, bf16):
-        images = generator(ws, noise_mode="const")
-    return CanonicalImages(images.tensor.float())
+        if clamp:
+            images = generator(ws, noise_mode="const").tensor
+        else:
+            images = generator.synthesis(ws, noise_mode="const")
+    return CanonicalImages(images.float())
 
 
 class Schedule(Protocol):
@@ -141,12 +145,15 @@ class LoopResult:
 
 
 def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generator: StyleGAN2Generator,
-                   loss: FaceLoss, schedule: Schedule, on_step: Callable[[int], None] | None = None) -> LoopResult:
+                   loss: FaceLoss, schedule: Schedule, on_step: Callable[[int], None] | None = None,
+                   clamp: bool = True) -> LoopResult:
     """The W+ optimisation every latent method shares (see the module docstring): Adam on the trainable
     layers of a batch of codes, the per-face losses summed, the written face rendered in float32.
 
     ``on_step(i)`` (optional) is told the 0-based step before each loss evaluation, and ``steps`` before
-    the final one, for objectives whose weights follow a schedule (the parts method's identity ramp)."""
+    the final one, for objectives whose weights follow a schedule (the parts method's identity ramp).
+    With ``clamp=False`` the faces the loss sees during the steps are the generator's raw output (FALCO, as
+    its reference); the final, written face is clamped either way."""
     frozen = initial_ws.detach().float()
     layers = torch.as_tensor(list(trainable_layers), device=frozen.device)
     trainable = frozen.index_select(1, layers).clone().requires_grad_(True)
@@ -159,7 +166,7 @@ def optimise_codes(initial_ws: Tensor, trainable_layers: Sequence[int], generato
         if on_step is not None:
             on_step(step)
         ws = frozen.index_copy(1, layers, trainable)
-        images = render(generator, ws, schedule.bf16)
+        images = render(generator, ws, schedule.bf16, clamp)
         losses, parts = loss(images, ws, schedule.bf16)
         if step == 0:
             start = {name: value.detach() for name, value in parts.items()}

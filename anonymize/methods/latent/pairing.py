@@ -1,7 +1,10 @@
-"""Pair each real face with the fake whose FaRL CLS feature is most similar (cosine), with faiss.
+"""Pair each real face with the fake whose FaRL CLS feature is nearest, with faiss.
 
-Features are L2-normalised, so the inner product of an exact flat index (``IndexFlatIP``) is the
-cosine similarity. The index lives on the GPU when the run does and faiss was built with GPU
+By cosine (the default, as the FALCO authors' commands pair): features are L2-normalised, so the
+inner product of an exact flat index (``IndexFlatIP``) is the cosine similarity. By Euclidean
+distance (``metric="euclidean"``, what FALCO's paper writes): the raw, unnormalised CLS embeddings in
+an exact ``IndexFlatL2`` (on unit vectors the two orders would be the same). Either way a pair's
+reported ``similarity`` is the cosine of the two features. The index lives on the GPU when the run does and faiss was built with GPU
 support, on the CPU otherwise; both are exact, so they pick the same fakes.
 
 With ``unique=True`` no fake is used twice in the whole run, however the faces are split into
@@ -24,6 +27,7 @@ import faiss
 import numpy as np
 
 GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger searches go to the CPU index
+PAIRING_METRICS = ("cosine", "euclidean")
 
 
 class PairingError(ValueError):
@@ -50,15 +54,22 @@ def faiss_gpu_available() -> bool:
 
 @dataclass
 class FakePairer:
-    """A cosine k-NN index over the bank's features, plus the fakes already handed out."""
+    """A cosine (or Euclidean) k-NN index over the bank's features, plus the fakes already handed out."""
 
     features: np.ndarray
     use_gpu: bool = False
     holders: dict[int, str] = field(default_factory=dict)  # reserved fake -> the face key holding it
+    metric: str = "cosine"  # or "euclidean": then ``features`` and the queries must be the raw embeddings
 
     def __post_init__(self) -> None:
-        self.features = _normalised(self.features)
-        self.cpu_index = faiss.IndexFlatIP(self.features.shape[1])
+        if self.metric not in PAIRING_METRICS:
+            raise ValueError(f"pairing metric must be one of {', '.join(PAIRING_METRICS)}, got {self.metric!r}")
+        if self.metric == "cosine":
+            self.features = _normalised(self.features)
+            self.cpu_index = faiss.IndexFlatIP(self.features.shape[1])
+        else:
+            self.features = np.ascontiguousarray(self.features, dtype=np.float32)
+            self.cpu_index = faiss.IndexFlatL2(self.features.shape[1])
         self.cpu_index.add(self.features)
         self.gpu_index = None
         if self.use_gpu and faiss_gpu_available():
@@ -85,11 +96,22 @@ class FakePairer:
         return int(self.features.shape[0])
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, fake indices), each [Q, k], best first."""
+        """(scores, fake indices), each [Q, k], best first: the cosine similarity, or minus the
+        squared Euclidean distance."""
         k = min(k, self.size)
         index = self.gpu_index if self.gpu_index is not None and k <= GPU_MAX_K else self.cpu_index
-        similarities, indices = index.search(_normalised(queries), k)
-        return similarities, indices
+        if self.metric == "cosine":
+            return index.search(_normalised(queries), k)
+        distances, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return -distances, indices
+
+    def _with_cosines(self, queries: np.ndarray, pairs: list[Pair]) -> list[Pair]:
+        """The pairs with their cosine similarity (what the manifest reports, whatever the metric)."""
+        if self.metric == "cosine" or not pairs:
+            return pairs
+        fakes = _normalised(self.features[[pair.fake_index for pair in pairs]])
+        cosines = (_normalised(queries) * fakes).sum(axis=1)
+        return [Pair(pair.fake_index, float(cosine)) for pair, cosine in zip(pairs, cosines)]
 
     def pair(self, queries: np.ndarray, unique: bool = False, keys: Sequence[str] = ()) -> list[Pair]:
         """The chosen fake of each query (one row per real face); with ``unique``, among the fakes
@@ -98,9 +120,9 @@ class FakePairer:
             return []
         if not unique:
             similarities, indices = self.search(queries, 1)
-            return [Pair(int(i), float(s)) for s, i in zip(similarities[:, 0], indices[:, 0])]
+            return self._with_cosines(queries, [Pair(int(i), float(s)) for s, i in zip(similarities[:, 0], indices[:, 0])])
         wanted = set(keys)
-        return self._pair_unique(queries, {fake for fake, key in self.holders.items() if key not in wanted})
+        return self._with_cosines(queries, self._pair_unique(queries, {fake for fake, key in self.holders.items() if key not in wanted}))
 
     def _pair_unique(self, queries: np.ndarray, used: set[int]) -> list[Pair]:
         count = len(queries)

@@ -26,7 +26,7 @@ class LatentParams:
     lr_gamma: float = field(default=0.8, metadata={"help": "learning-rate factor at 75% and 90% of the steps"})
     trainable_layers: tuple[int, ...] = field(default=(3, 4, 5, 6, 7),
                                               metadata={"help": "W+ layers optimised (the middle resolutions), e.g. 3,4,5,6,7"})
-    bank_size: int = field(default=0, metadata={"help": "0: the bank's DEFAULT_BANK_SIZE (10000), whatever the run's size, so one bank serves every method"})
+    bank_size: int = field(default=0, metadata={"help": "0: automatic, 10000 fakes (falco with --aligned: max(10000, 2 x the run's faces), as its paper needs more fakes than faces)"})
     psi: float = field(default=DEFAULT_PSI, metadata={"help": "truncation of the fake bank's W codes"})
     bf16: bool = field(default=False, metadata={"help": "bf16 autocast for the networks (CUDA only)"})
     generator: str = field(default="genforce", metadata={"help": "\"genforce\" (FALCO's file) or \"e4e\" (the decoder inside e4e's file)"})

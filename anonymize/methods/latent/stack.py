@@ -71,11 +71,12 @@ class LatentStack:
     bank_folder: Path
     bf16: bool = False
 
-    def load_bank(self) -> FakeBank:
-        """The cached bank of :attr:`bank_key`, or a new one rendered and stored (a few minutes for 10000 fakes)."""
+    def load_bank(self, with_norms: bool = False) -> FakeBank:
+        """The cached bank of :attr:`bank_key`, or a new one rendered and stored (a few minutes for 10000 fakes);
+        ``with_norms``: one that stores its features' norms (Euclidean pairing)."""
         networks = self.models.networks
         bank, _ = load_or_build_bank(self.bank_folder, self.bank_key, networks.generator, networks.farl,
-                                     default_build_batch_size(self.device))
+                                     default_build_batch_size(self.device), with_norms=with_norms)
         return bank
 
     def batch_size(self) -> int:
@@ -84,10 +85,11 @@ class LatentStack:
 
 
 def open_latent_stack(context: MethodContext, params: LatentParams, method: str, purpose: str,
-                      layers: Mapping[str, Sequence[int]]) -> LatentStack:
+                      layers: Mapping[str, Sequence[int]], faces: int | None = None) -> LatentStack:
     """Check the device and the weights (one message for all that is missing), load e4e, the generator,
     ArcFace and FaRL, check every named set of W+ ``layers`` exists in the generator, and key the fake
-    bank by the generator, FaRL, the run seed, ``bank_size`` and ``psi``."""
+    bank by the generator, FaRL, the run seed, ``bank_size`` (when 0, :func:`default_bank_size` of the
+    run's known face count ``faces``) and ``psi``."""
     device = torch.device(context.device)
     if params.bf16 and device.type != "cuda":
         raise MethodError(f"method {method!r}: bf16=true needs a CUDA device (--device cuda)")
@@ -102,7 +104,7 @@ def open_latent_stack(context: MethodContext, params: LatentParams, method: str,
         if missing:
             raise MethodError(f"method {method!r}: {name} {missing} do not exist; the generator has W+ layers 0..{num_ws - 1}")
     bank_key = BankKey(sha256[generator_artefact(params.generator)], sha256[artefact_of("farl")], context.seed,
-                       params.bank_size or default_bank_size(), params.psi)
+                       params.bank_size or default_bank_size(faces), params.psi)
     return LatentStack(device, artefacts, sha256, models, bank_key, bank_dir(context.weights.root), params.bf16)
 
 

@@ -1,9 +1,13 @@
 """Zero-shot attribute targets from FaRL's text tower (CLIP's BPE tokenizer, from open_clip's wheel).
 
-For each part, two prompts name the attribute Li et al. flip and its opposite ("a photo of a face
-with a big nose" / "... with a small nose"). The face's current side is the prompt its FaRL image
-embedding is closer to; the target is the other one. The attribute loss of an edited face is CLIP's
-zero-shot classification loss toward the target: the cross-entropy of
+For each part, two prompts name the attribute Li et al. give it and its opposite ("a photo of a face
+with a big nose" / "... with a small nose"). The target is always the named attribute: in the paper
+the indicator L_t is the StarGAN target label, 1 on the attributes chosen for obfuscation (Bushy
+Eyebrows, Narrow Eyes, Big Nose, Big Lips), and "obfuscating" a part means making the face carry that
+attribute (the paper's "specifying a desired attribute e.g. big nose"), the direction the warp
+backend moves too. A face that already has it is pushed further along it (the loss never reaches 0).
+The attribute loss of an edited face is CLIP's zero-shot classification loss toward the target: the
+cross-entropy of
 ``softmax(logit_scale * [cos(image, target), cos(image, current)])`` at the target, summed over the
 edited parts. No training, no attribute classifier: FaRL's image and text towers were trained
 together on LAION-Face captions.
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 from anonymize.models.farl import FaRLTextEncoder, encode_prompt_pairs, tokenize  # noqa: F401 (tokenize: re-exported)
 
 PROMPT = "a photo of a face with {}"
-# part -> (the attribute the paper gives it, its opposite)
+# part -> (the attribute the paper gives it: always the target, its opposite)
 ATTRIBUTES: dict[str, tuple[str, str]] = {
     "eyebrows": ("bushy eyebrows", "thin eyebrows"),
     "eyes": ("narrow eyes", "big eyes"),
@@ -42,14 +46,9 @@ class AttributeTexts:
         pairs = [(PROMPT.format(ATTRIBUTES[part][0]), PROMPT.format(ATTRIBUTES[part][1])) for part in parts]
         return cls(tuple(parts), *encode_prompt_pairs(text_encoder, pairs))
 
-    def targets(self, image_embedding: torch.Tensor, parts: Sequence[str]) -> torch.Tensor:
-        """[len(parts), 2, E]: per part (target prompt, current prompt) for a face's unit image embedding [E]."""
-        rows = []
-        for part in parts:
-            pair = self.embeddings[self.parts.index(part)]
-            current = int((pair @ image_embedding.float()).argmax())
-            rows.append(torch.stack([pair[1 - current], pair[current]]))
-        return torch.stack(rows)
+    def targets(self, parts: Sequence[str]) -> torch.Tensor:
+        """[len(parts), 2, E]: per part (the named attribute's prompt: the target, its opposite's)."""
+        return torch.stack([self.embeddings[self.parts.index(part)] for part in parts])
 
     def loss(self, image_embeddings: torch.Tensor, targets: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per face [B]: zero-shot cross-entropy toward each face's targets ([k_i, 2, E]), summed over its parts."""

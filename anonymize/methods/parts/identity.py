@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from anonymize.faces.chips import ChipLocation, extract_face_chips, face_chip_location
 from anonymize.faces.landmarks import LandmarkFinder
 from anonymize.methods.parts.relevance import arcface_map_on_crop, decompose_arcface, decompose_dlib, dlib_map_on_crop
-from anonymize.models.arcface import ArcFace
+from anonymize.models.arcface import ArcFace, arcface_input
 from anonymize.models.dlib_resnet import DlibFaceResNet
 from anonymize.models.images import CanonicalImages
 
@@ -49,6 +49,26 @@ class IdentityModel(Protocol):
     def passes(self, score: torch.Tensor) -> torch.Tensor: ...
 
     def relevance_on_crop(self, reference: Reference) -> np.ndarray: ...
+
+
+def layer_identity_loss(features: list[torch.Tensor], reference: list[torch.Tensor]) -> torch.Tensor:
+    """Li et al.'s Eq. 7 per image [B]: ``sum_k ||R_k(x_p) - R_k(x)||_2 / ||R_k(x)||_2`` over the layers.
+
+    Always on (it pulls until the features are the original's, unlike the hinge). Each layer's L2 norm
+    is divided by the original's at that layer, so every layer weighs alike whatever its width and
+    ``lambda_id`` means the same for any recogniser (the paper's plain sum leaves the scale to alpha_id).
+    ``features``: per layer [B, ...]; ``reference``: per layer the original's [1, ...] (or [B, ...]).
+    """
+    total = torch.zeros(features[0].shape[0], device=features[0].device)
+    for mine, theirs in zip(features, reference, strict=True):
+        difference = (mine.float() - theirs.float()).flatten(1).norm(dim=1)
+        total = total + difference / theirs.float().flatten(1).norm(dim=1).clamp_min(1e-12)
+    return total
+
+
+def arcface_layers(arcface: ArcFace, images: CanonicalImages) -> list[torch.Tensor]:
+    """The outputs of the recogniser's four IR-SE50 stages (56, 28, 14, 7 px at 112 px input): Eq. 7's layers."""
+    return arcface.stage_features(arcface_input(images, arcface.input_size))
 
 
 def to_canonical(images: torch.Tensor) -> CanonicalImages:

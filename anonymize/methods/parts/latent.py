@@ -1,24 +1,30 @@
-"""The parts method's latent backend: W+ edits from the e4e inversion, kept to the chosen parts.
+"""The parts method's latent backend: W+ edits from the e4e inversion of the chosen parts' attributes.
 
 The candidates of one face (one per set of parts) start from the same e4e inversion ``w0`` and only
 the layers in ``trainable_layers`` (3-8 by default, the middle resolutions that carry facial shape)
 move, through the shared loop :func:`anonymize.methods.latent.optimize.optimise_codes`. Every term of
-the loss is computed on the composite
+the loss is computed on the written image c: with ``paste=face`` (the default, as in Li et al., whose
+generator regenerates the whole face) c = G(w) brought to the crop's size; with ``paste=parts`` the
+composite
 
     c = m * G(w) + (1 - m) * x
 
-(m: the candidate's feathered part mask, x: the original crop, G(w) brought to the crop's size), so
-pixels outside the parts are the original's and the written crop is that composite. Per candidate:
+(m: the candidate's feathered part mask, x: the original crop), so pixels outside the parts are the
+original's. Per candidate:
 
-    lambda_id(t) * max(0, tau - cos(ArcFace(c), ArcFace(x)))      identity hinge: stops once cos >= tau
-    + lambda_text * zero-shot CE toward the flipped attributes      (FaRL image CLS vs text prompts)
+    lambda_id(t) * L_id(c, x)                                       identity, ``identity=layers`` (default):
+                                                                    Eq. 7, sum over ArcFace's 4 IR-SE50 stages
+                                                                    of ||R_k(c) - R_k(x)|| / ||R_k(x)||, always on;
+                                                                    ``identity=hinge``: max(0, tau - cos), stops at tau
+    + lambda_text * zero-shot CE toward the named attributes        (FaRL image CLS vs text prompts)
     + lambda_tokens * sum_t (1 - m_t) * mean_c |F_tc(c) - F_tc(x)|  FaRL tokens outside the parts
     + lambda_latent * ||w - w0||^2                                  W+ regulariser
 
-where m_t is the share of patch t covered by the mask (the CLS token, t = 0, counts as outside). As
-in Li et al., the identity weight ramps up over the optimisation: ``lambda_id(t) = lambda_id * t / T``
+where m_t is the share of patch t covered by the mask (the CLS token, t = 0, counts as outside): the
+stand-in for the paper's reconstruction term, which keeps what the indicator does not select. As in
+Li et al., the identity weight ramps up over the optimisation: ``lambda_id(t) = lambda_id * t / T``
 for step t of T (0 at the first step, full at the end and in the final evaluation), so the attribute
-edit leads and the identity constraint takes over; the hinge adds nothing once the threshold is met.
+edit leads and the identity constraint takes over.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from torch import Tensor
 from anonymize.methods.base import MethodError
 from anonymize.methods.latent.optimize import LoopResult, optimise_codes
 from anonymize.methods.parts.attributes import AttributeTexts
-from anonymize.methods.parts.identity import ArcFaceIdentity, Reference
+from anonymize.methods.parts.identity import ArcFaceIdentity, Reference, arcface_layers, layer_identity_loss
 from anonymize.models.e4e import E4EEncoder
 from anonymize.models.farl import FaRLEncoder
 from anonymize.models.images import CanonicalImages
@@ -55,6 +61,8 @@ class LatentSettings:
     lambda_tokens: float = 0.1
     lambda_latent: float = 0.001
     tau: float = 0.5
+    identity: str = "layers"  # "layers": Eq. 7 over ArcFace's stages; "hinge": max(0, tau - cos)
+    paste: str = "face"  # "face": the whole regenerated crop; "parts": only inside the part masks
 
 
 class PartsLoss:
@@ -68,6 +76,8 @@ class PartsLoss:
         self.identity, self.reference, self.settings = identity, reference, settings
         with torch.no_grad():
             self.tokens = farl(original).tokens.float()  # [1, T, C]
+            self.layers = [layer.float() for layer in arcface_layers(identity.arcface, original)]
+        self.paste_masks = masks if settings.paste == "parts" else torch.ones_like(masks)
         grid = farl.config.grid
         inside = F.adaptive_avg_pool2d(masks, (grid, grid)).flatten(1)  # [K, grid²]
         self.token_weights = torch.cat([torch.zeros_like(inside[:, :1]), inside], dim=1).neg().add(1)  # [K, T]
@@ -79,20 +89,23 @@ class PartsLoss:
 
     def composite(self, generated: CanonicalImages) -> CanonicalImages:
         size = self.original.size
-        return CanonicalImages(self.masks * generated.resized(size).tensor + (1 - self.masks) * self.original.tensor)
+        return CanonicalImages(self.paste_masks * generated.resized(size).tensor + (1 - self.paste_masks) * self.original.tensor)
 
     def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
         composite = self.composite(images)
-        embeddings = self.identity.arcface(composite)
+        stages = arcface_layers(self.identity.arcface, composite)
+        embeddings = F.normalize(self.identity.arcface.output_layer(stages[-1]), dim=1)  # ArcFace's forward, same pass
         cosine = self.identity.score(embeddings, self.reference)
         hinge = (self.settings.tau - cosine).clamp_min(0)
+        layers = layer_identity_loss(stages, self.layers)
+        identity = layers if self.settings.identity == "layers" else hinge
         features = self.farl(composite)
         text = self.texts.loss(features.cls.float(), self.targets)
         tokens = ((features.tokens.float() - self.tokens).abs().mean(dim=2) * self.token_weights).sum(dim=1)
         latent = (ws - self.inversion).square().sum(dim=(1, 2))
         s = self.settings
-        total = self.id_weight * hinge + s.lambda_text * text + s.lambda_tokens * tokens + s.lambda_latent * latent
-        return total, {"id_cos": cosine, "hinge": hinge, "text": text, "tokens": tokens, "latent": latent}
+        total = self.id_weight * identity + s.lambda_text * text + s.lambda_tokens * tokens + s.lambda_latent * latent
+        return total, {"id_cos": cosine, "hinge": hinge, "id_layers": layers, "text": text, "tokens": tokens, "latent": latent}
 
 
 @dataclass
@@ -119,7 +132,8 @@ class LatentEditor:
 
         encoder, generator = load_e4e_pair(store, device)
         settings = LatentSettings(steps=params.steps, lr=params.lr, lambda_id=params.lambda_id, lambda_text=params.lambda_text,
-                                  lambda_tokens=params.lambda_tokens, lambda_latent=params.lambda_latent, tau=params.tau)
+                                  lambda_tokens=params.lambda_tokens, lambda_latent=params.lambda_latent, tau=params.tau,
+                                  identity=params.identity, paste=params.paste or "face")
         texts = AttributeTexts.build(load_farl_text_model(store, device))
         return cls(encoder, generator, load_farl_model(store, device), texts, params.trainable_layers, settings)
 
@@ -130,8 +144,7 @@ class LatentEditor:
         mask_tensor = torch.from_numpy(masks).float().unsqueeze(1).to(device)
         with torch.no_grad():
             inversion = self.encoder(original).float()
-            face_embedding = self.farl(original).cls[0].float()
-        targets = [self.texts.targets(face_embedding, parts) for parts in choices]
+        targets = [self.texts.targets(parts) for parts in choices]
         loss = PartsLoss(original, mask_tensor, inversion, self.texts, targets, self.farl, identity, reference, self.settings)
         initial = inversion.expand(len(choices), -1, -1)
         result = optimise_codes(initial, self.trainable_layers, self.generator, loss, self.settings, on_step=loss.set_step)

@@ -6,16 +6,19 @@ recognition still matches it to the original (``privacy_goal = "human"``). Per f
 1. dlib's 68 landmarks on the aligned crop and a feathered mask per part (:mod:`.masks`);
 2. each part's identity relevance from the recogniser's exact head decomposition (:mod:`.relevance`),
    parts ranked least relevant first;
-3. candidates k = 1..4 (the k least relevant parts), one batch item each, or the parts given with
+3. candidates k = 1..4 (the k least relevant parts), one batch item each; or one candidate: the k
+   least relevant parts with ``-p k=K`` (the paper's tables are per k), the parts given with
    ``-p parts=nose,lips``;
-4. the edit: ``backend=latent`` optimises W+ codes from the e4e inversion with the composite loss of
-   :mod:`.latent` (FALCO's weights); ``backend=warp`` scales the parts (:mod:`.warp`) and runs a bounded
-   pixel PGD on the identity hinge (dlib's 68/5-point predictors and ResNet only, CPU friendly);
+4. the edit, toward the attribute the paper names for each part (bushy eyebrows, narrow eyes, big
+   nose, big lips): ``backend=latent`` optimises W+ codes from the e4e inversion with the loss of
+   :mod:`.latent` (FALCO's weights; the whole regenerated face is written, or with ``paste=parts`` only
+   the parts); ``backend=warp`` moves the parts' landmarks (:mod:`.warp`) and runs a bounded pixel PGD
+   on the identity hinge (dlib's 68/5-point predictors and ResNet only, CPU friendly);
 5. adaptive selection: the largest k whose output still passes the recogniser's threshold ``tau``
    (with ``select_with=dlib`` also dlib's own 0.6, run through dlib's C++ binding; dlib is then no
    longer held out from the run, and the manifest says so in ``parts_selected_by``).
 
-Pixels outside the chosen parts' masks are the original's, bit for bit.
+With ``backend=warp`` or ``paste=parts``, pixels outside the chosen parts' masks are the original's, bit for bit.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from anonymize.models.checkpoint import CheckpointError
 from anonymize.weights import WeightsError
 
 BACKENDS = ("latent", "warp")
+IDENTITY_LOSSES = ("layers", "hinge")
+PASTES = ("face", "parts")
 RECOGNISERS = ("dlib", "arcface")
 DLIB_SAME_PERSON = 0.6
 
@@ -76,6 +81,9 @@ class PartsMethod(Method):
     class Params:
         backend: str = field(default="latent", metadata={"help": '"latent" (FALCO\'s weights) or "warp" (CPU fallback, dlib only)'})
         parts: str = field(default="", metadata={"help": 'fixed parts, e.g. "nose,lips"; empty: adaptive over k = 1..4'})
+        k: int = field(default=0, metadata={"help": "1..4: always the k least identity-relevant parts; 0: adaptive (largest k that passes)"})
+        paste: str = field(default="", metadata={"help": 'latent: "face" (default: the whole regenerated face, as the paper) or "parts" (only the part masks)'})
+        identity: str = field(default="layers", metadata={"help": 'latent: "layers" (Eq. 7, L2 over ArcFace\'s 4 stages, always on) or "hinge" (max(0, tau - cos))'})
         recogniser: str = field(default="dlib", metadata={"help": 'warp backend: the recogniser in the PGD ("dlib" or "arcface"); latent uses ArcFace'})
         tau: float = field(default=0.5, metadata={"help": 'ArcFace: pass when cos >= tau'})
         dlib_tau: float = field(default=0.5, metadata={"help": "dlib: pass when distance <= dlib_tau (dlib's own same-person threshold is 0.6)"})
@@ -85,8 +93,8 @@ class PartsMethod(Method):
         pgd_step: float = 1.5
         steps: int = 50  # latent backend: W+ optimisation steps
         lr: float = 0.01
-        lambda_id: float = 10.0  # final weight of the identity hinge (ramped up from 0 over the steps)
-        lambda_text: float = 1.0  # zero-shot attribute loss toward the flipped prompts
+        lambda_id: float = 10.0  # final weight of the identity term, Eq. 7 or the hinge (ramped up from 0 over the steps)
+        lambda_text: float = 1.0  # zero-shot attribute loss toward the named attributes' prompts
         lambda_tokens: float = 0.1  # FaRL-token preservation outside the parts
         lambda_latent: float = 0.001  # W+ regulariser
         trainable_layers: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
@@ -99,6 +107,16 @@ class PartsMethod(Method):
             if self.select_with not in ("", "dlib"):
                 raise ValueError(f"select_with must be empty or 'dlib', got {self.select_with!r}")
             parse_parts(self.parts)
+            if not 0 <= self.k <= len(PARTS):
+                raise ValueError(f"k must be 1..{len(PARTS)} (or 0: adaptive), got {self.k}")
+            if self.k and self.parts:
+                raise ValueError("give either k (how many of the least relevant parts) or parts (which), not both")
+            if self.identity not in IDENTITY_LOSSES:
+                raise ValueError(f"identity must be one of {', '.join(IDENTITY_LOSSES)}, got {self.identity!r}")
+            if self.paste not in ("", *PASTES):
+                raise ValueError(f"paste must be one of {', '.join(PASTES)}, got {self.paste!r}")
+            if self.backend == "warp" and self.paste == "face":
+                raise ValueError("paste=face needs backend=latent: the warp moves the parts only")
             if not -1 <= self.tau <= 1:
                 raise ValueError(f"tau is a cosine in [-1, 1], got {self.tau}")
             if self.dlib_tau <= 0:
@@ -191,7 +209,7 @@ class PartsMethod(Method):
         masks = part_masks(landmarks, size)
         relevance = part_relevance(self.model.relevance_on_crop(reference), masks)
         ranking = rank_parts(relevance)
-        choices = [self.fixed_parts] if self.fixed_parts else [tuple(ranking[:k]) for k in range(1, len(PARTS) + 1)]
+        choices = candidate_parts(ranking, self.fixed_parts, self.params.k)
         candidate_masks = np.stack([union_mask([masks[part] for part in parts]) for parts in choices])
         if self.latent is not None:
             edit = self.latent.edit(crop, choices, candidate_masks, self.model, reference)
@@ -237,6 +255,15 @@ class PartsMethod(Method):
             "parts_passed": chosen.passes,
             "seed": self.context.seed,
         }
+
+
+def candidate_parts(ranking: Sequence[str], fixed: tuple[str, ...] = (), k: int = 0) -> list[tuple[str, ...]]:
+    """The candidates of one face: the fixed parts, or the ``k`` least relevant, else k = 1..4 (adaptive)."""
+    if fixed:
+        return [fixed]
+    if k:
+        return [tuple(ranking[:k])]
+    return [tuple(ranking[:count]) for count in range(1, len(ranking) + 1)]
 
 
 def select_candidate(candidates: Sequence[Candidate]) -> Candidate:

@@ -1,8 +1,8 @@
 """The CPU fallback that needs no generator: landmark-driven warps of the chosen parts, then a
 bounded pixel-space PGD that pulls the recogniser's identity back to the original's.
 
-The warp moves dlib's 68 landmarks of each chosen part to new positions (:func:`control_points`: the
-attribute flips of Li et al., kept modest: a wider, slightly longer nose, fuller and wider lips, eyes
+The warp moves dlib's 68 landmarks of each chosen part to new positions (:func:`control_points`: toward
+the attributes Li et al. name (bushy eyebrows, narrow eyes, big nose, big lips), kept modest: a wider, slightly longer nose, fuller and wider lips, eyes
 opened a little less, brows raised into an arch with their upper edge lifted more than their lower,
 so they also read thicker) together with a few helper points that carry the feature's surroundings
 along (the brow's lower edge, the nose wings, a rim around the lips). Every other landmark stays, and
