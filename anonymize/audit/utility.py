@@ -10,11 +10,16 @@ image still labels real faces as well as one trained on them. Here:
   as FALCO labels LFW with two classifiers trained on CelebA-HQ. An anonymized image inherits its
   original's labels (the claim under test);
 * classifier: the project's ``probe`` heads (:mod:`anonymize.attributes.probe`): one scikit-learn
-  ``LogisticRegression`` (L2, C = ``c``) per attribute on FaRL ViT-B/16's frozen, L2-normalised CLS
-  embedding of the whole image, not the paper's MobileNetV2 trained end to end with a focal loss:
-  a linear probe needs no GPU and no training schedule. FaRL sits inside FALCO's attribute loss, so
-  a FALCO release is measured with the features it was tuned to keep: read its figure as an upper
-  bound for other classifiers;
+  ``LogisticRegression`` (L2, C = ``c``) per attribute on a frozen backbone's L2-normalised features,
+  not the paper's MobileNetV2 trained end to end with a focal loss: a linear probe needs no GPU and no
+  training schedule. Backbones (``backbone``): ``dlib`` (the default) is dlib's 128-d ResNet
+  descriptor of the face, whose weights every install has: the face is the detected one nearest the
+  original's centre (the centre half of the image when none is found), and its anonymized version is
+  read in the same box (a release keeps the geometry). A recognition descriptor still carries sex, age,
+  glasses and expression linearly, and it is in no loss of FALCO, CFA or the attribute edits (only the
+  adversarial step's, which keeps attributes anyway). ``farl`` is FaRL ViT-B/16's CLS embedding of the
+  whole image: closer to what an attribute model sees, but FaRL sits inside FALCO's attribute loss, so a
+  FALCO release is measured with the features it was tuned to keep: read its figure as an upper bound;
 * split: CelebA's ``list_eval_partition.txt`` when given (``--split``: 0 train, 2 test, 1 unused, as
   FALCO splits CelebA-HQ), else a seeded random split of the labelled images, ``test_share`` of them
   for testing (FALCO's 80-20 on LFW). An image is on one side only, its original and its anonymized
@@ -48,8 +53,11 @@ from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.device import resolve_device
 from anonymize.weights import WeightsError, WeightsStore
 
-CLASSIFIER = ("linear probe: one scikit-learn LogisticRegression (L2, C={c}) per attribute on the frozen FaRL ViT-B/16 "
-              "CLS embedding (farl_ep64, L2-normalised) of the whole image")
+BACKBONES = {
+    "dlib": "dlib ResNet 128-d descriptor (L2-normalised) of the face nearest the image's centre, the same box in both versions",
+    "farl": "FaRL ViT-B/16 CLS embedding (farl_ep64, L2-normalised) of the whole image",
+}
+CLASSIFIER = "linear probe: one scikit-learn LogisticRegression (L2, C={c}) per attribute on the frozen {backbone}"
 UTILITY_RESULT_NAME = "utility.json"
 BATCH = 32
 
@@ -64,6 +72,7 @@ class UtilityConfig:
     test_share: float = 0.2
     seed: int = 0
     c: float = 1.0
+    backbone: str = "dlib"  # dlib | farl (BACKBONES)
     manifest_path: Path | None = None
     weights_dir: Path | None = None
     trust_unverified: bool = False
@@ -99,7 +108,11 @@ def utility_figures(real_train: np.ndarray, anonymized_train: np.ndarray, real_t
                     test_labels: np.ndarray, names: Sequence[str], c: float = 1.0) -> dict[str, AttributeUtility]:
     """Per attribute, test accuracy of heads fitted on the real and on the anonymized training features (see module doc).
 
-    ``*_labels``: [images, attributes] in [0, 1] (present when >= 0.5), NaN unknown."""
+    ``*_labels``: [images, attributes] in [0, 1] (present when >= 0.5), NaN unknown. Each classifier standardises its
+    features with its own training set's mean and spread (part of the classifier: the real test images go through
+    the same transform), so ``c`` means the same for every backbone whatever the scale of its features."""
+    real_train, test_for_real = _standardised(real_train, real_test)
+    anonymized_train, test_for_anonymized = _standardised(anonymized_train, real_test)
     heads_real = _heads(real_train, train_labels, names, c)
     heads_anonymized = _heads(anonymized_train, train_labels, names, c)
     figures = {}
@@ -116,10 +129,17 @@ def utility_figures(real_train: np.ndarray, anonymized_train: np.ndarray, real_t
         if name not in heads_real.names:
             figures[name] = AttributeUtility(*counts, majority, None, None, "not measured (one class only in the training split)")
             continue
-        accuracy = [float(((heads.probabilities(real_test[known_test])[:, heads.names.index(name)] >= 0.5) == truth).mean())
-                    for heads in (heads_real, heads_anonymized)]
+        accuracy = [float(((heads.probabilities(features[known_test])[:, heads.names.index(name)] >= 0.5) == truth).mean())
+                    for heads, features in ((heads_real, test_for_real), (heads_anonymized, test_for_anonymized))]
         figures[name] = AttributeUtility(*counts, majority, accuracy[0], accuracy[1], "measured")
     return figures
+
+
+def _standardised(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both arrays centred and scaled by ``train``'s per-feature mean and spread (a constant feature stays 0)."""
+    mean, spread = train.mean(axis=0), train.std(axis=0)
+    spread = np.where(spread > 1e-8, spread, 1.0)
+    return (train - mean) / spread, (test - mean) / spread
 
 
 def _heads(features: np.ndarray, labels: np.ndarray, names: Sequence[str], c: float) -> ProbeHeads:
@@ -177,10 +197,13 @@ def run_utility(config: UtilityConfig, progress: Callable[[str], None] = lambda 
     sources = sorted(output_of)
     if not sources:
         raise AuditError(f"{config.anonymized_dir}: no anonymized image has an original in {config.original_dir}")
+    if config.backbone not in BACKBONES:
+        raise AuditError(f"unknown utility backbone {config.backbone!r}: choose one of {', '.join(BACKBONES)}")
     weights = WeightsStore(config.weights_dir, trust_unverified=config.trust_unverified)
     device = resolve_device(config.device)
     try:
-        weights.require(FARL_ARTEFACT)
+        if config.backbone == "farl":
+            weights.require(FARL_ARTEFACT)
         table, described = _labels(config, sources, pairing.originals, weights, device)
     except (WeightsError, CheckpointError) as exc:
         raise AuditError(f"the utility classifier's backbone: {exc}") from None
@@ -198,15 +221,19 @@ def run_utility(config: UtilityConfig, progress: Callable[[str], None] = lambda 
     else:
         train, test = random_split(len(kept), config.test_share, config.seed)
         split = f"seeded random split (seed {config.seed}): {len(test)} of {len(kept)} labelled images for testing"
-    progress(f"utility: FaRL features of {len(kept) + len(train)} images")
+    progress(f"utility: {config.backbone} features of {len(kept) + len(train)} images")
+    originals = [pairing.originals[source] for source in kept]
     try:
-        real = _features([pairing.originals[source] for source in kept], config, weights, device)
-        anonymized = _features([output_of[kept[index]] for index in train], config, weights, device)
+        if config.backbone == "farl":
+            real = _features(originals, config, weights, device)
+            anonymized = _features([output_of[kept[index]] for index in train], config, weights, device)
+        else:
+            real, anonymized = dlib_features(originals, [output_of[kept[index]] for index in train], train, config, weights)
     except (WeightsError, CheckpointError) as exc:
         raise AuditError(f"the utility classifier's backbone: {exc}") from None
     figures = utility_figures(real[train], anonymized, real[test], values[train], values[test], table.names, config.c)
     measured = [item for item in figures.values() if item.status == "measured"]
-    return UtilityResult(CLASSIFIER.format(c=config.c), described, split, len(train), len(test), int((~labelled).sum()), figures,
+    return UtilityResult(CLASSIFIER.format(c=config.c, backbone=BACKBONES[config.backbone]), described, split, len(train), len(test), int((~labelled).sum()), figures,
                          float(np.mean([item.trained_on_real for item in measured])) if measured else None,
                          float(np.mean([item.trained_on_anonymized for item in measured])) if measured else None)
 
@@ -240,6 +267,43 @@ def _features(paths: Sequence[Path], config: UtilityConfig, weights: WeightsStor
     keys = [str(path) for path in paths]
     parts = [farl_features(crops, weights, device) for crops in _batches(paths, keys, config)]
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))
+
+
+def centre_face_box(rgb: np.ndarray, faces: Sequence[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
+    """The box nearest the image's centre, or the centre half of the image when no face was found."""
+    height, width = rgb.shape[:2]
+    if not faces:
+        return (width / 4, height / 4, width * 3 / 4, height * 3 / 4)
+    return min(faces, key=lambda box: ((box[0] + box[2]) / 2 - width / 2) ** 2 + ((box[1] + box[3]) / 2 - height / 2) ** 2)
+
+
+def dlib_features(originals: Sequence[Path], anonymized: Sequence[Path], train: Sequence[int], config: UtilityConfig,
+                  weights: WeightsStore) -> tuple[np.ndarray, np.ndarray]:
+    """dlib descriptors of every original's centre face, and of the anonymized training images in their original's box."""
+    from anonymize.faces.detect import DetectorSettings, create_detector
+    from anonymize.metrics.identity import DlibRecogniser
+
+    detector = create_detector("dlib-hog", weights, DetectorSettings(recall_first=True))  # its weights come with dlib
+    recogniser = DlibRecogniser(weights, backend="dlib")
+    boxes, real = [], []
+    for path in originals:
+        rgb = _decoded(path, config)
+        boxes.append(centre_face_box(rgb, [face.box for face in detector.detect(rgb)]))
+        real.append(recogniser.descriptors(rgb, [boxes[-1]])[0])
+    released = [recogniser.descriptors(_decoded(path, config), [boxes[index]])[0] for path, index in zip(anonymized, train)]
+    return _unit_rows(real), _unit_rows(released)
+
+
+def _unit_rows(rows: Sequence[np.ndarray]) -> np.ndarray:
+    array = np.asarray(rows, np.float64).reshape(len(rows), -1)
+    return array / np.linalg.norm(array, axis=1, keepdims=True).clip(1e-12)
+
+
+def _decoded(path: Path, config: UtilityConfig) -> np.ndarray:
+    try:
+        return decode_image(path, config.max_pixels).rgb
+    except ImageDecodeError as exc:
+        raise AuditError(str(exc)) from None
 
 
 def write_utility_result(result: UtilityResult, path: Path, config: UtilityConfig) -> Path:

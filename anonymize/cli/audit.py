@@ -413,18 +413,19 @@ def utility_command(
     test_share: float = typer.Option(0.2, "--test-share", min=0.01, max=0.99, help="Share of the labelled images tested on, with the random split (FALCO's LFW: 0.2)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random split."),
     c: float = typer.Option(1.0, "--c", min=1e-6, help="Inverse L2 regularisation strength of each logistic head."),
+    backbone: str = typer.Option("dlib", "--backbone", help="Frozen features the heads read: dlib (the face's 128-d descriptor; every install has it) or farl (FaRL's CLS embedding of the whole image; inside FALCO's loss, so an upper bound for FALCO)."),
     manifest: Optional[Path] = typer.Option(None, help="Run manifest used to pair outputs with sources (default: <ANON_DIR>/manifest.parquet if present, else pair by relative path)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Result JSON (default: <ANON_DIR>-audit/utility.json)."),
     weights_dir: Optional[Path] = typer.Option(None, envvar="ANONYMIZE_HOME", help="Weights folder (default: ~/.cache/anonymize)."),
     trust_unverified: bool = typer.Option(False, "--trust-unverified", help="Use weight files that do not match weights.lock."),
-    device: Device = typer.Option("auto", help="Where FaRL runs."),
+    device: Device = typer.Option("auto", help="Where FaRL (and neural label sources) run."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
-    """Train on anonymized, test on real (FALCO Tables 3, 5, 6): per-attribute accuracy of a linear probe on FaRL features
+    """Train on anonymized, test on real (FALCO Tables 3, 5, 6): per-attribute accuracy of a linear probe on frozen features
     trained on the real training images vs on their anonymized versions, both tested on the real test images."""
     from anonymize.audit.utility import UTILITY_RESULT_NAME, UtilityConfig, run_utility, write_utility_result
 
-    config = UtilityConfig(original_dir, anon_dir, labels, labels_from, split, test_share, seed, c, manifest, weights_dir,
+    config = UtilityConfig(original_dir, anon_dir, labels, labels_from, split, test_share, seed, c, backbone, manifest, weights_dir,
                            trust_unverified, device.value)
     try:
         result = run_utility(config, lambda text: None if as_json else stdout.print(shown(text)))
