@@ -52,39 +52,58 @@ def test_the_face_mesh_fits_real_faces_cut_small_or_covered_but_not_dogs(human_w
     assert mesh_crop(dogs, (0, 0, 10, 10)).shape == (192, 192, 3)
 
 
-def test_a_sharp_face_that_only_one_detector_finds_fails_the_audit(human_weights, shared_dir, tmp_path):
-    """Faces cut by the frame: some only one of the audit's detectors finds, and no other confirms on a close-up
-    (possible faces). One left sharp used to pass with "possible faces: 1 left unchanged, not counted"; it must fail
-    unless the face mesh rules it out, and the mesh fits a real half face."""
+def faint_face(shared_dir: Path, name: str, index: int, darken: float, sigma: float) -> tuple[np.ndarray, list, tuple]:
+    """A VOC photo with its ``index``-th labelled face (sorted) blurred and darkened: faint enough for one detector."""
+    from anonymize.io.decode import decode_image
+    from anonymize.metrics.detection import read_imglab_boxes
+
+    groups = shared_dir / "data" / "groups"
+    boxes = sorted((read_imglab_boxes(groups / "training.xml") | read_imglab_boxes(groups / "testing.xml"))[name])
+    scene = decode_image(groups / name).rgb.copy()
+    x0, y0, x1, y1 = (int(value) for value in boxes[index])
+    scene[y0:y1, x0:x1] = (cv2.GaussianBlur(scene[y0:y1, x0:x1], (0, 0), sigma) * darken).astype(np.uint8)
+    return scene, boxes, boxes[index]
+
+
+def test_a_face_left_unchanged_that_only_one_detector_finds_fails_the_audit(human_weights, shared_dir, tmp_path):
+    """A face only one of the audit's detectors finds (RetinaFace, MTCNN and dlib's HOG at recall-first thresholds,
+    padded and mirrored), and no other confirms on a close-up, is a possible face. One left unchanged used to pass
+    with "possible faces: 1 left unchanged, not counted"; it fails unless the face mesh rules it out. Two faint faces
+    (measured): one only RetinaFace finds (0.81, under its default 0.9), which the mesh fits (0.97); one only MTCNN
+    finds, at 0.95, above its default 0.85, which the mesh scores 0.13 and would have ruled out, so the mesh is not
+    asked (the run would have trusted it)."""
     from anonymize.audit.summary import Thresholds
     from anonymize.metrics.detection import iou
 
-    scene, boxes = edge_faces(shared_dir, inward=0.0, share=0.4)  # centred on the edges: harder than the crowded set's
-    originals, copy, release = tmp_path / "originals", tmp_path / "copy", tmp_path / "release"
-    for folder in (originals, copy, release):
+    originals, release = tmp_path / "originals", tmp_path / "release"
+    for folder in (originals, release):
         folder.mkdir()
-    cv2.imwrite(str(originals / "edges.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
-    cv2.imwrite(str(copy / "edges.png"), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+    faint = {"retinaface.png": faint_face(shared_dir, "2008_001322.jpg", 2, 0.9, 4.0),
+             "mtcnn.png": faint_face(shared_dir, "2008_002470.jpg", 0, 0.8, 3.5)}
+    for file_name, (scene, boxes, kept) in faint.items():
+        cv2.imwrite(str(originals / file_name), cv2.cvtColor(scene, cv2.COLOR_RGB2BGR))
+        blurred = scene.copy()
+        for box in boxes:  # every other labelled face blurred beyond recognition; the faint one left as it was
+            if box != kept:
+                x0, y0, x1, y1 = int(max(box[0] - 10, 0)), int(max(box[1] - 10, 0)), int(box[2] + 10), int(box[3] + 10)
+                blurred[y0:y1, x0:x1] = cv2.GaussianBlur(blurred[y0:y1, x0:x1], (0, 0), 12)
+        cv2.imwrite(str(release / file_name), cv2.cvtColor(blurred, cv2.COLOR_RGB2BGR))
 
-    def audit(released: Path, **limits):
-        return run_audit(AuditConfig(originals, released, weights_dir=human_weights.weights_dir, device="cpu", write_files=False,
-                                     fid=False, farl_proxy=False, lpips=False, attribute_source=None,
+    def audit(**limits):
+        return run_audit(AuditConfig(originals, release, weights_dir=human_weights.weights_dir, device="cpu", write_files=False,
+                                     fid=False, farl_proxy=False, lpips=False, attribute_source=None, heads=False,
                                      thresholds=Thresholds(max_reid_rate=1.0, max_missed_faces=100, **limits)))
 
-    unchanged = audit(copy)
-    possible = [row for row in unchanged.rows if row["face_status"] == "possible face"]
-    sharp = next(box for box in boxes if any(iou(tuple(row["box"]), box) >= 0.3 and row["mesh_score"] > 0.5 for row in possible))
-    blurred = scene.copy()
-    for box in boxes:  # every other labelled face blurred beyond recognition
-        if box is not sharp:
-            x0, y0, x1, y1 = int(max(box[0] - 10, 0)), int(max(box[1] - 10, 0)), int(box[2] + 10), int(box[3] + 10)
-            blurred[y0:y1, x0:x1] = cv2.GaussianBlur(blurred[y0:y1, x0:x1], (0, 0), 12)
-    cv2.imwrite(str(release / "edges.png"), cv2.cvtColor(blurred, cv2.COLOR_RGB2BGR))
-
-    result = audit(release)
+    result = audit()
+    left = {file_name: [row for row in result.rows if row["source_path"] == file_name and iou(tuple(row["box"]), kept) >= 0.3]
+            for file_name, (_, _, kept) in faint.items()}
+    (by_retinaface,), (by_mtcnn,) = left["retinaface.png"], left["mtcnn.png"]
+    assert by_retinaface["face_status"] == by_mtcnn["face_status"] == "possible face"
+    assert by_retinaface["missed"] and by_retinaface["mesh_score"] > 0.5
+    assert by_mtcnn["missed"] and by_mtcnn["mesh_score"] is None  # trusted at MTCNN's own default threshold
     assert not result.passed
-    assert any("possible face(s) left unchanged and not ruled out > max 0" in line for line in result.summary.crossed)
-    tolerant = audit(release, max_possible_faces=len(possible))
+    assert any("2 possible face(s) left unchanged and not ruled out > max 0" in line for line in result.summary.crossed)
+    tolerant = audit(max_possible_faces=2)
     assert not any("possible face" in line for line in tolerant.summary.crossed)
 
 

@@ -1,9 +1,11 @@
 """Test-time augmentation for recall: the frame padded, and the mirror image searched too.
 
 A face cut by the frame is half a face at the image's border, where a detector's convolutions see
-zeros and its anchors have no room: padding the photo (by PAD_SHARE of its long side, with its own
-edge pixels' mean colour) puts the half face inside the network's field, and its box is clipped back
-to the frame. A detector's errors are not mirror-symmetric (anchors, training crops), so searching the
+zeros and its anchors have no room: padding the photo by PAD_SHARE of its long side with its own
+reflection across each edge puts the half face inside the network's field and completes it with its
+mirror half (a face is nearly symmetric), and its box is clipped back to the frame. On the crowded set
+the reflection found 50 of the 50 cut faces with the default ensemble, where padding with the edge's
+mean colour found 48 (small faces 22 px inside the frame; README, Detection). A detector's errors are not mirror-symmetric (anchors, training crops), so searching the
 mirrored photo finds some faces the original misses. Faces found both ways are merged as the
 ensemble merges its members' (:func:`anonymize.faces.ensemble.same_face`); a face found only in the
 mirror gets its landmarks mirrored back (left and right swapped, as five points); a face found both
@@ -47,6 +49,12 @@ def clipped(face: Face, height: int, width: int) -> Face | None:
     return Face(box, face.score, face.landmarks, face.found_by)
 
 
+def reflect_padded(rgb: np.ndarray, margin: int) -> np.ndarray:
+    """``rgb`` with ``margin`` pixels on every side, each the image reflected across its nearest edge (edge row
+    repeated, as a mirror placed on the frame; a margin wider than the image is reflected back and forth)."""
+    return np.pad(rgb, ((margin, margin), (margin, margin), (0, 0)), mode="symmetric")
+
+
 class AugmentedDetector:
     """``base`` on the padded photo, and on its mirror when ``flips``; the union of what both find."""
 
@@ -66,10 +74,7 @@ class AugmentedDetector:
             return self.base.detect(rgb)
         height, width = rgb.shape[:2]
         margin = int(round(PAD_SHARE * max(height, width)))
-        edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]]).mean(axis=0).round().astype(np.uint8)
-        canvas = np.empty((height + 2 * margin, width + 2 * margin, 3), np.uint8)
-        canvas[:] = edge
-        canvas[margin:margin + height, margin:margin + width] = rgb
+        canvas = reflect_padded(rgb, margin)
         found = []
         for face in self.base.detect(canvas):
             x0, y0, x1, y1 = face.box
