@@ -109,9 +109,9 @@ def test_the_default_dlib_backbone_reads_real_faces_and_a_release_without_faces_
     from tests.helpers import copy_celeba_ids
 
     identities = tuple(MALE_BY_IDENTITY)
-    originals = copy_celeba_ids(shared_dir, tmp_path / "originals", identities, per_identity=6)
-    copy = copy_celeba_ids(shared_dir, tmp_path / "copy", identities, per_identity=6)
-    blacked = copy_celeba_ids(shared_dir, tmp_path / "blacked", identities, per_identity=6)
+    originals = copy_celeba_ids(shared_dir, tmp_path / "originals", identities, per_identity=4)
+    copy = copy_celeba_ids(shared_dir, tmp_path / "copy", identities, per_identity=4)
+    blacked = copy_celeba_ids(shared_dir, tmp_path / "blacked", identities, per_identity=4)
     for photo in blacked.glob("*/*.jpg"):
         Image.new("RGB", Image.open(photo).size).save(photo)
     labels = tmp_path / "labels.csv"
