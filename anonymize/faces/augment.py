@@ -5,8 +5,9 @@ zeros and its anchors have no room: padding the photo by PAD_SHARE of its long s
 reflection across each edge puts the half face inside the network's field and completes it with its
 mirror half (a face is nearly symmetric), and its box is clipped back to the frame. On the crowded set
 the reflection found 50 of the 50 cut faces with the default ensemble, where padding with the edge's
-mean colour found 48 (small faces 22 px inside the frame; README, Detection). A detector's errors are not mirror-symmetric (anchors, training crops), so searching the
-mirrored photo finds some faces the original misses. Faces found both ways are merged as the
+mean colour found 48 (small faces 22 px inside the frame; README, Detection). A detector's errors are
+not mirror-symmetric (anchors, training crops), so searching the mirrored photo finds some faces the
+original misses. Faces found both ways are merged as the
 ensemble merges its members' (:func:`anonymize.faces.ensemble.same_face`); a face found only in the
 mirror gets its landmarks mirrored back (left and right swapped, as five points); a face found both
 ways keeps the original's box and landmarks and the union of who found it (``found_by``).

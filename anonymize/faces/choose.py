@@ -11,7 +11,7 @@
 
 Whatever it chooses, ``auto`` searches the frame padded and the mirror image too
 (:mod:`anonymize.faces.augment`): on the crowded set (benchmarks/crowd.py) that takes the default
-chain from 81 % of the faces to 98 % online and from 80 % to 97 % offline (README, Detection). A named
+chain from 81 % of the faces to 100 % online and from 80 % to 98.9 % offline (README, Detection). A named
 detector runs plain, as fast as it can, unless ``--recall-first``.
 
 The audit chooses differently (:func:`choose_audit_detector`): not the best single detector but the

@@ -51,6 +51,11 @@ class Detection:
     augment: bool = False  # the padded frame and the mirror searched too (auto's chain; --recall-first always)
     heads: str = "auto"  # on | off | auto (on with --recall-first when the pose model is here): anonymize.faces.heads
 
+    @property
+    def searches_augmented(self) -> bool:
+        """Whether each detector also searches the padded frame and the mirror: auto's chain, and --recall-first."""
+        return self.augment or self.recall_first
+
 
 @dataclass(frozen=True)
 class PasteRegion:

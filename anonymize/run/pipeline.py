@@ -101,7 +101,7 @@ class Pipeline:
             "detector": None if detection.aligned else detection.detector,
             "det_threshold": detection.threshold,
             "recall_first": detection.recall_first,
-            "augment": detection.augment or detection.recall_first,
+            "augment": detection.searches_augmented,
             "min_face": detection.min_face,
             "region": region.kind,
             "region_scale": region.scale,

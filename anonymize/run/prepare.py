@@ -226,7 +226,7 @@ def build_detector(detection: Detection, weights: WeightsStore, device: str) -> 
         return _landmark_detector(detection.detector, weights, DetectorSettings(detection.threshold, detection.min_face, device))
     # auto and --recall-first also pad the frame and search the mirror (faces cut by the frame: benchmarks/crowd.py)
     settings = DetectorSettings(detection.threshold, detection.min_face, device, detection.recall_first,
-                                augment=detection.recall_first or detection.augment, heads=heads_on(detection, weights))
+                                augment=detection.searches_augmented, heads=heads_on(detection, weights))
     return create_detector(detection.detector, weights, settings)
 
 
