@@ -59,7 +59,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import cv2
 import numpy as np
 
 from anonymize import __version__
@@ -80,7 +79,7 @@ from anonymize.audit.mesh_check import MESH_FACE_SCORE
 from anonymize.audit.missed import is_unchanged, region_change
 from anonymize.audit.originals_cache import CACHE_FOLDER, OriginalsCache, detector_fingerprint
 from anonymize.audit.outside import is_inside, refuse_inside
-from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images
+from anonymize.audit.pairing import AuditError, ImagePair, Pairing, pair_images, same_size
 from anonymize.audit.protocols import FARS, different_person_distances, parrot_identification, tpr_at_far, true_identity_ranks
 from anonymize.audit.reid import IdentitySeparation, identify, identity_separation, pairwise_distances
 from anonymize.audit.report import REPORT_NAME, check_report_folders, write_report
@@ -199,12 +198,11 @@ def _open_instruments(config: AuditConfig, weights: WeightsStore, device: str, c
     fid = open_fid_features(weights, device, config.fid_region) if config.fid else FidResult(None, "not requested")
     farl = open_farl_features(weights, device, config.fid_region) if config.farl_proxy else FidResult(None, "not requested")
     if config.fid_target is not None:  # FALCO's FID against another set: read it before the first image, loudly
-        for collector in (fid, farl):
-            if isinstance(collector, FidFeatures):
-                try:
-                    add_target_folder(collector, Path(config.fid_target), config.max_pixels)
-                except FidTargetError as exc:
-                    raise AuditError(str(exc)) from None
+        try:
+            add_target_folder([item for item in (fid, farl) if isinstance(item, FidFeatures)], Path(config.fid_target),
+                              config.max_pixels)
+        except FidTargetError as exc:
+            raise AuditError(str(exc)) from None
     lpips = open_lpips(weights, device) if config.lpips else Unavailable("lpips", "LPIPS", "not requested")
     if isinstance(lpips, Unavailable):
         unavailable.append(lpips)
@@ -277,7 +275,7 @@ def _measure_pair(pair: ImagePair, plan: AuditPlan, instruments: AuditInstrument
         return _image_row(pair, **common, error=f"unreadable original: {exc}")
     common["identity"] = plan.labels.get(pair.source_rel) if plan.labels else None
     common["identical_to_source"] = _same_bytes(pair.source_path, pair.output_path)
-    output_rgb, common["size_mismatch"] = _same_size(output.rgb, original.rgb)
+    output_rgb, common["size_mismatch"] = same_size(output.rgb, original.rgb)
     detector = instruments.detector
     try:
         findings = originals.findings(sha256_file(pair.source_path))
@@ -414,14 +412,6 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return os.path.getsize(a) == os.path.getsize(b) and sha256_file(a) == sha256_file(b)
     except OSError:
         return False
-
-
-def _same_size(output: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, bool]:
-    """The output at the original's size (resized when it differs) and whether it differed."""
-    if output.shape == original.shape:
-        return output, False
-    height, width = original.shape[:2]
-    return cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA), True
 
 
 # ---- across the dataset ---------------------------------------------------------------------------

@@ -120,14 +120,13 @@ class FidFeatures:
             return self.select(self.model(CanonicalImages.from_uint8(np.ascontiguousarray(rgb), self.device))).float().cpu().numpy()[0]
 
     def add(self, original: np.ndarray, output: np.ndarray, boxes: Sequence[Sequence[float]] = ()) -> None:
-        """One image pair: both whole, or (region "face") the crops of ``boxes`` in both."""
-        if self.region == "face":
-            for before, after in zip(face_crops(original, boxes), face_crops(output, boxes)):
+        """One image pair: both whole, or (region "face") the crops of ``boxes`` in both. With a target set the
+        originals are not the reference, so their features are not computed."""
+        pairs = zip(face_crops(original, boxes), face_crops(output, boxes)) if self.region == "face" else [(original, output)]
+        for before, after in pairs:
+            if self.target_name is None:
                 self.originals.append(self._features(before))
-                self.outputs.append(self._features(after))
-            return
-        self.originals.append(self._features(original))
-        self.outputs.append(self._features(output))
+            self.outputs.append(self._features(after))
 
     def add_target(self, rgb: np.ndarray) -> None:
         """One image of the target set, whole (a set of face images, such as CelebA-HQ's aligned crops)."""
@@ -146,8 +145,9 @@ class FidFeatures:
         return FidResult(max(value, 0.0), f"computed on {described}", count)
 
 
-def add_target_folder(collector: FidFeatures, folder: Path, max_pixels: int) -> None:
-    """Every image under ``folder`` as the collector's target set; an unreadable or empty folder stops the audit loudly."""
+def add_target_folder(collectors: Sequence[FidFeatures], folder: Path, max_pixels: int) -> None:
+    """Every image under ``folder`` as each collector's target set, each image decoded once; an unreadable or empty
+    folder stops the audit loudly."""
     if not Path(folder).is_dir():
         raise FidTargetError(f"{folder}: --fid-target is not a folder")
     images = list(walk_images(folder))
@@ -155,10 +155,13 @@ def add_target_folder(collector: FidFeatures, folder: Path, max_pixels: int) -> 
         raise FidTargetError(f"{folder}: no image found for --fid-target")
     for found in images:
         try:
-            collector.add_target(decode_image(found.path, max_pixels).rgb)
+            rgb = decode_image(found.path, max_pixels).rgb
         except ImageDecodeError as exc:
             raise FidTargetError(f"--fid-target: {exc}") from None
-    collector.target_name = str(folder)
+        for collector in collectors:
+            collector.add_target(rgb)
+    for collector in collectors:
+        collector.target_name = str(folder)
 
 
 class FidTargetError(ValueError):

@@ -30,15 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 
 from anonymize.audit.faces import source_faces
 from anonymize.audit.instruments import Recogniser, open_recognisers
 from anonymize.audit.judges import choose_judges
 from anonymize.audit.outside import write_json_outside
-from anonymize.audit.pairing import AuditError, pair_images
+from anonymize.audit.pairing import AuditError, pair_images, same_size
 from anonymize.audit.protocols import tpr_at_far
+from anonymize.faces.align import centred_face
 from anonymize.faces.choose import choose_audit_detector
 from anonymize.faces.detect import Detector, DetectorSettings, create_detector
 from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
@@ -203,22 +203,10 @@ class PairsResult:
 
 
 def _central_box(faces: Sequence, shape: tuple[int, ...]) -> tuple[float, float, float, float] | None:
-    """The face box whose centre is nearest the image centre (LFW centres the person the pair names)."""
-    if not faces:
-        return None
-    centre = np.array([shape[1] / 2, shape[0] / 2])
-
-    def offset(face) -> float:
-        x0, y0, x1, y1 = face.box
-        return float(np.linalg.norm(np.array([(x0 + x1) / 2, (y0 + y1) / 2]) - centre))
-
-    return min((face for face in faces if not face.possible), key=offset, default=min(faces, key=offset)).box
-
-
-def _at_size(image: np.ndarray, like: np.ndarray) -> np.ndarray:
-    if image.shape == like.shape:
-        return image
-    return cv2.resize(image, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_AREA)
+    """The face box whose centre is nearest the image centre (LFW centres the person the pair names), a confirmed
+    face before a possible one."""
+    face = centred_face([face for face in faces if not face.possible], shape) or centred_face(faces, shape)
+    return None if face is None else face.box
 
 
 def _index(paths: dict[str, Path]) -> dict[str, Path]:
@@ -288,7 +276,7 @@ def _describe(stems: list[str], anonymized_needed: set[str], originals: dict[str
     for number, stem in enumerate(stems):
         try:
             original = decode_image(originals[stem], config.max_pixels).rgb
-            output = (_at_size(decode_image(outputs[stem], config.max_pixels).rgb, original)
+            output = (same_size(decode_image(outputs[stem], config.max_pixels).rgb, original)[0]
                       if stem in anonymized_needed else original)
         except ImageDecodeError as exc:
             raise AuditError(str(exc)) from None

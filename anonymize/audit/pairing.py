@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from anonymize.errors import AnonymizeError
 from anonymize.io.manifest import MANIFEST_NAME, STATUS_DONE, read_manifest
 from anonymize.io.walk import walk_images
@@ -144,3 +147,11 @@ def _further_renders(row: dict) -> list[str]:
     except json.JSONDecodeError:
         return []
     return [entry["path"] for entry in listed if isinstance(entry, dict) and isinstance(entry.get("path"), str)]
+
+
+def same_size(output: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The output at the original's size (resized when it differs) and whether it differed."""
+    if output.shape == original.shape:
+        return output, False
+    height, width = original.shape[:2]
+    return cv2.resize(output, (width, height), interpolation=cv2.INTER_AREA), True

@@ -47,7 +47,8 @@ from anonymize.attributes.table import AttributeTable
 from anonymize.audit.outside import write_json_outside
 from anonymize.audit.pairing import AuditError, pair_images
 from anonymize.errors import AnonymizeError
-from anonymize.faces.types import FaceCrop
+from anonymize.faces.align import centred_face
+from anonymize.faces.types import Face, FaceCrop
 from anonymize.io.decode import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from anonymize.models.checkpoint import CheckpointError
 from anonymize.models.device import resolve_device
@@ -269,12 +270,11 @@ def _features(paths: Sequence[Path], config: UtilityConfig, weights: WeightsStor
     return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 0))
 
 
-def centre_face_box(rgb: np.ndarray, faces: Sequence[tuple[float, float, float, float]]) -> tuple[float, float, float, float]:
-    """The box nearest the image's centre, or the centre half of the image when no face was found."""
+def centre_face_box(rgb: np.ndarray, faces: Sequence[Face]) -> tuple[float, float, float, float]:
+    """The box of the face nearest the image's centre, or the centre half of the image when no face was found."""
+    face = centred_face(faces, rgb.shape)
     height, width = rgb.shape[:2]
-    if not faces:
-        return (width / 4, height / 4, width * 3 / 4, height * 3 / 4)
-    return min(faces, key=lambda box: ((box[0] + box[2]) / 2 - width / 2) ** 2 + ((box[1] + box[3]) / 2 - height / 2) ** 2)
+    return (width / 4, height / 4, width * 3 / 4, height * 3 / 4) if face is None else tuple(face.box)
 
 
 def dlib_features(originals: Sequence[Path], anonymized: Sequence[Path], train: Sequence[int], config: UtilityConfig,
@@ -288,7 +288,7 @@ def dlib_features(originals: Sequence[Path], anonymized: Sequence[Path], train: 
     boxes, real = [], []
     for path in originals:
         rgb = _decoded(path, config)
-        boxes.append(centre_face_box(rgb, [face.box for face in detector.detect(rgb)]))
+        boxes.append(centre_face_box(rgb, detector.detect(rgb)))
         real.append(recogniser.descriptors(rgb, [boxes[-1]])[0])
     released = [recogniser.descriptors(_decoded(path, config), [boxes[index]])[0] for path, index in zip(anonymized, train)]
     return _unit_rows(real), _unit_rows(released)
