@@ -57,8 +57,7 @@ def population_shares(codes: np.ndarray) -> np.ndarray:
 
 def validate_literal_t(t: float, shares: np.ndarray, names: Sequence[str]) -> None:
     """Refuse a ``t`` for which the literal Algorithm 1 flips a value the majority of the population has."""
-    if not 0 <= t <= 1:
-        raise SelectionError(f"t={t:g}: an EMD between binary distributions lies in [0, 1]")
+    validate_t(t)
     for share, name in zip(shares, names):
         if np.isnan(share):
             continue

@@ -189,11 +189,12 @@ class CfaMethod(Method):
         if self.gallery is not None and not self.gallery.is_dir():
             raise MethodError(f"method 'cfa': gallery {self.gallery}: not a folder")
         self.threshold = calibrated_threshold(context.weights)
+        specs = self.params.angle_list()
         try:
-            self.angles = resolve_angles(self.params.angle_list(), self.threshold, context.weights)
+            self.angles = resolve_angles(specs, self.threshold, context.weights)
         except ValueError as exc:
             raise MethodError(f"method 'cfa': {exc}") from None
-        self.relative = any(spec.relative for spec in self.params.angle_list())
+        self.relative = any(spec.relative for spec in specs)
         stack = self.stack = open_latent_stack(context, self.params, self.name, "CFA",
                                                {"trainable_layers": self.params.trainable_layers})
         self.device, self.artefacts, self.sha256, self.models = stack.device, stack.artefacts, stack.sha256, stack.models

@@ -77,7 +77,7 @@ class PartsLoss:
         with torch.no_grad():
             self.tokens = farl(original).tokens.float()  # [1, T, C]
             self.layers = [layer.float() for layer in arcface_layers(identity.arcface, original)]
-        self.paste_masks = masks if settings.paste == "parts" else torch.ones_like(masks)
+        self.paste_masks = masks if settings.paste == "parts" else None  # None: the whole regenerated face
         grid = farl.config.grid
         inside = F.adaptive_avg_pool2d(masks, (grid, grid)).flatten(1)  # [K, grid²]
         self.token_weights = torch.cat([torch.zeros_like(inside[:, :1]), inside], dim=1).neg().add(1)  # [K, T]
@@ -88,8 +88,10 @@ class PartsLoss:
         self.id_weight = self.settings.lambda_id * min(step, steps) / steps
 
     def composite(self, generated: CanonicalImages) -> CanonicalImages:
-        size = self.original.size
-        return CanonicalImages(self.paste_masks * generated.resized(size).tensor + (1 - self.paste_masks) * self.original.tensor)
+        resized = generated.resized(self.original.size)
+        if self.paste_masks is None:
+            return resized
+        return CanonicalImages(self.paste_masks * resized.tensor + (1 - self.paste_masks) * self.original.tensor)
 
     def __call__(self, images: CanonicalImages, ws: Tensor, bf16: bool) -> tuple[Tensor, dict[str, Tensor]]:
         composite = self.composite(images)
