@@ -256,6 +256,7 @@ class AttributeEditMethod(Method):
         self.flips = parse_attribute_names(params.flip, "flip") if params.flip.strip() else ()
         self.randomized = parse_attribute_names(params.randomize, "randomize") if params.randomize.strip() else ()
         self.selected = params.selected()
+        self.sensitive = parse_attribute_names(params.sensitive, "sensitive") if params.sensitive.strip() else ()
         self.edited = (*self.targets, *self.flips, *self.randomized, *self.selected)
         self.dataset_level = bool(self.selected)  # stage II needs every face's attributes first
         self.surveyed: dict[str, np.ndarray] = {}  # face key -> its probabilities [A] (pass 1; stage II's columns from `source`)
@@ -373,7 +374,7 @@ class AttributeEditMethod(Method):
                 table = self.survey_source.estimate(faces)
             except (AnonymizeError, ValueError) as exc:
                 raise MethodError(f"method 'attributes': source={self.params.source}: {exc}") from None
-            for name in (*self.selected, *self.sensitive_names()):  # NaN where the source says nothing: plan() refuses it
+            for name in (*self.selected, *self.sensitive):  # NaN where the source says nothing: plan() refuses it
                 column = CELEBA_ATTRIBUTES.index(name)
                 probabilities[:, column] = table.probabilities[:, table.names.index(name)] if name in table.names else np.nan
         self.surveyed.update((face.key, row) for face, row in zip(faces, probabilities))
@@ -382,14 +383,11 @@ class AttributeEditMethod(Method):
         """The reference table whose distributions are S; it must hold the stage II attributes."""
         path = Path(self.params.reference).expanduser()
         table = read_attribute_table(path)
-        names = (*self.selected, *self.sensitive_names())
+        names = (*self.selected, *self.sensitive)
         missing = [name for name in names if name not in table.names or np.isnan(table.select((name,)).probabilities).all()]
         if missing:
             raise ValueError(f"reference={path}: no values of {', '.join(missing)} (source {table.source})")
         return table
-
-    def sensitive_names(self) -> tuple[str, ...]:
-        return parse_attribute_names(self.params.sensitive, "sensitive") if self.params.sensitive.strip() else ()
 
     def plan(self) -> dict[str, Any]:
         """Stage II on every face (stored faces and new ones), keeping what a stored plan chose."""
@@ -405,7 +403,7 @@ class AttributeEditMethod(Method):
             return {"faces": 0}
         columns = [CELEBA_ATTRIBUTES.index(name) for name in self.selected]
         everything = np.stack(probabilities)
-        stage_two = [*columns, *(CELEBA_ATTRIBUTES.index(name) for name in self.sensitive_names())]
+        stage_two = [*columns, *(CELEBA_ATTRIBUTES.index(name) for name in self.sensitive)]
         unknown = np.argwhere(np.isnan(everything[:, stage_two]))
         if unknown.size:  # never a silent 0: a face stage II cannot read stops the plan
             row, column = unknown[0]
@@ -443,10 +441,10 @@ class AttributeEditMethod(Method):
                                   for row, key in zip(selection.codes, keys)])
             return Selection(perturbed, perturbed != codes)
         sensitive = reference = None
-        if self.sensitive_names():
-            columns = [CELEBA_ATTRIBUTES.index(name) for name in self.sensitive_names()]
+        if self.sensitive:
+            columns = [CELEBA_ATTRIBUTES.index(name) for name in self.sensitive]
             sensitive = (probabilities[:, columns] >= 0.5).astype(np.int8)
-            reference = None if self.reference is None else codes_of(self.reference, self.sensitive_names())
+            reference = None if self.reference is None else codes_of(self.reference, self.sensitive)
         requirements = Requirements(params.k, params.l or None, params.t or None)
         return k_member_recoding(codes, requirements, sensitive, reference)
 
